@@ -1,0 +1,101 @@
+//! Commands: what a client request becomes once validated at the edge. Each
+//! names the key it touches (provider, user or mailbox), so that the log can
+//! later be partitioned by key.
+
+use crate::ids::{ContentType, DeviceId, MessageId, ProviderId, RegistrationId, Seq, UserId};
+use crate::keys::{OneTimePrekey, SignedPrekey};
+use crate::limits::Limits;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// One Raft entry's payload: many client commands sharing one append and one
+/// fsync (group commit), stamped with the leader's clock when it was formed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Leader wall-clock milliseconds. `apply` never goes backwards: it uses
+    /// max(stamp, previous stamp), so a leader with a slow clock cannot
+    /// un-expire anything.
+    pub stamp_ms: u64,
+    pub commands: Vec<Command>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Operator: onboard a provider (active).
+    AddProvider { provider: ProviderId },
+    /// Operator: replace the replicated limits.
+    SetLimits { limits: Limits },
+    RegisterUser { provider: ProviderId, user: UserId },
+    DeregisterUser { provider: ProviderId, user: UserId },
+    RegisterDevice {
+        provider: ProviderId,
+        user: UserId,
+        device: DeviceId,
+        registration_id: RegistrationId,
+    },
+    RemoveDevice { provider: ProviderId, user: UserId, device: DeviceId },
+    /// Signatures were verified at the edge before this entered the log.
+    UploadPrekeys {
+        provider: ProviderId,
+        user: UserId,
+        device: DeviceId,
+        upload: PrekeyUpload,
+    },
+    /// Take one bundle per device (or for one device); consumes one-time keys.
+    ClaimPrekeys {
+        requester: ProviderId,
+        user: UserId,
+        device: Option<DeviceId>,
+    },
+    Send(SendEnvelope),
+    Ack { provider: ProviderId, seqs: Vec<Seq> },
+}
+
+impl Command {
+    /// The provider on whose behalf the command runs (for metrics and logs).
+    pub fn actor(&self) -> Option<&ProviderId> {
+        match self {
+            Command::AddProvider { .. } | Command::SetLimits { .. } => None,
+            Command::RegisterUser { provider, .. }
+            | Command::DeregisterUser { provider, .. }
+            | Command::RegisterDevice { provider, .. }
+            | Command::RemoveDevice { provider, .. }
+            | Command::UploadPrekeys { provider, .. }
+            | Command::Ack { provider, .. } => Some(provider),
+            Command::ClaimPrekeys { requester, .. } => Some(requester),
+            Command::Send(s) => Some(&s.sender),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrekeyUpload {
+    /// 33-byte serialized identity key.
+    pub identity_key: Bytes,
+    pub signed_prekey: Option<SignedPrekey>,
+    pub one_time: Vec<OneTimePrekey>,
+    pub kyber_one_time: Vec<SignedPrekey>,
+    pub kyber_last_resort: Option<SignedPrekey>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendEnvelope {
+    /// The authenticated sending provider.
+    pub sender: ProviderId,
+    /// Absent for sealed sender.
+    pub sender_user: Option<UserId>,
+    pub message_id: MessageId,
+    pub recipient: UserId,
+    pub content_type: ContentType,
+    pub ttl_ms: u64,
+    pub parts: Vec<DevicePart>,
+}
+
+/// The ciphertext for one recipient device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevicePart {
+    pub device: DeviceId,
+    pub registration_id: RegistrationId,
+    pub message_type: u32,
+    pub ciphertext: Bytes,
+}

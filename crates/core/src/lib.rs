@@ -1,0 +1,43 @@
+//! `router-core`: the Interop Router's domain types and its replicated state
+//! machine.
+//!
+//! # What this crate owns
+//! - Identifiers (`ProviderId`, `UserId`, `MessageId`), the commands a
+//!   client request turns into ([`Command`]), and what applying one answers
+//!   ([`Outcome`]).
+//! - [`State`]: the routing table, device lists, the prekey directory,
+//!   per-provider mailboxes, send dedup and TTL expiry. [`State::apply_batch`]
+//!   is a pure, deterministic function of the state and a leader-stamped
+//!   [`Batch`]: every replica applying the same log reaches the same state and
+//!   answers the same outcomes.
+//!
+//! # What it must not depend on
+//! No I/O, no async runtime, no clock, no randomness, no openraft, sled or
+//! tonic. Time enters only as the `stamp_ms` the leader wrote into the log
+//! entry. Iteration uses ordered maps only, so snapshots are byte-identical
+//! across replicas.
+//!
+//! # Layout
+//! - [`ids`]: identifier newtypes and small value types.
+//! - [`command`]: [`Command`], [`Batch`] and their payloads.
+//! - [`outcome`]: [`Outcome`] and [`Rejection`] (a rejection is an outcome, not an error).
+//! - [`limits`]: [`Limits`], the replicated limits `apply` enforces.
+//! - [`mailbox`]: one provider's ordered mailbox.
+//! - [`keys`]: a device's stored prekeys and the claim rule.
+//! - [`state`]: [`State`] and `apply`.
+
+pub mod command;
+pub mod ids;
+pub mod keys;
+pub mod limits;
+pub mod mailbox;
+pub mod outcome;
+pub mod state;
+
+pub use command::{Batch, Command, DevicePart, PrekeyUpload, SendEnvelope};
+pub use ids::{ContentType, DeviceId, MessageId, ProviderId, RegistrationId, Seq, UserId};
+pub use keys::{Bundle, DeviceKeys, OneTimePrekey, SignedPrekey};
+pub use limits::Limits;
+pub use mailbox::{Mailbox, MailboxEntry, MailboxItem};
+pub use outcome::{Outcome, Rejection};
+pub use state::{DeviceRecord, State, UserRecord};

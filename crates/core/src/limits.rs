@@ -1,0 +1,36 @@
+//! Limits enforced inside `apply`. They are part of the replicated state (set
+//! at bootstrap and by `Command::SetLimits`) because a limit read from a
+//! node's local config could differ between replicas and make them diverge.
+//! Size limits that need no state (bytes per envelope, keys per upload) are
+//! enforced at the API edge instead.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Devices one user may register (Signal-Server: 6).
+    pub max_devices_per_user: u32,
+    /// EC one-time prekeys (and, separately, Kyber one-time prekeys) stocked per device.
+    pub max_one_time_prekeys_per_device: u32,
+    /// Entries one provider's mailbox may hold before sends to it are refused.
+    pub max_mailbox_entries: u64,
+    /// How long an accepted send's answer is remembered for retries.
+    pub dedup_window_ms: u64,
+    /// At most this many remembered answers; the oldest go first.
+    pub max_dedup_entries: u64,
+    /// TTL given to expiry reports queued for a sender.
+    pub report_ttl_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_devices_per_user: 6,
+            max_one_time_prekeys_per_device: 1_000,
+            max_mailbox_entries: 1_000_000,
+            dedup_window_ms: 24 * 3600 * 1000,
+            max_dedup_entries: 10_000_000,
+            report_ttl_ms: 30 * 24 * 3600 * 1000,
+        }
+    }
+}

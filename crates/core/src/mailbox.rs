@@ -1,0 +1,52 @@
+//! One provider's mailbox: accepted entries in sequence order until the
+//! provider acks them or they expire.
+
+use crate::command::SendEnvelope;
+use crate::ids::{MessageId, ProviderId, Seq, UserId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mailbox {
+    /// The next sequence number to assign; sequences are never reused, even
+    /// after acks, so a receiver can dedupe by sequence.
+    pub next_seq: Seq,
+    pub entries: BTreeMap<Seq, MailboxEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxEntry {
+    pub seq: Seq,
+    pub accepted_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub item: MailboxItem,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MailboxItem {
+    Envelope(SendEnvelope),
+    /// Tells a sender that its envelope expired before the recipient acked it.
+    Expired { message_id: MessageId, recipient: UserId, recipient_provider: ProviderId },
+}
+
+impl Mailbox {
+    pub fn push(&mut self, accepted_at_ms: u64, expires_at_ms: u64, item: MailboxItem) -> Seq {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.entries.insert(seq, MailboxEntry { seq, accepted_at_ms, expires_at_ms, item });
+        seq
+    }
+
+    /// Up to `limit` entries with `seq >= from`, in order.
+    pub fn range_from(&self, from: Seq, limit: usize) -> impl Iterator<Item = &MailboxEntry> {
+        self.entries.range(from..).map(|(_, e)| e).take(limit)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}

@@ -1,0 +1,65 @@
+//! Outcomes of `apply`. A rejection is an outcome, identical on every replica;
+//! it is never an `Err` (an `Err` would mean this node is broken).
+
+use crate::ids::{DeviceId, ProviderId, RegistrationId, Seq, UserId};
+use crate::keys::Bundle;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The command took effect (or was already in effect).
+    Done,
+    KeysStored { one_time_remaining: u32, kyber_one_time_remaining: u32 },
+    Bundles { provider: ProviderId, bundles: Vec<Bundle> },
+    /// An envelope is durable in the recipient provider's mailbox.
+    Sent { seq: Seq, accepted_at_ms: u64 },
+    Acked { removed: u32, unknown: u32 },
+    Rejected(Rejection),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    /// The acting provider was never onboarded.
+    ProviderNotOnboarded { provider: ProviderId },
+    UserNotFound { user: UserId },
+    /// The user belongs to another provider (which one is not disclosed).
+    NotOwner { user: UserId },
+    /// Another provider already registered this user id.
+    UserTaken { user: UserId },
+    DeviceNotFound { user: UserId, device: DeviceId },
+    TooManyDevices { limit: u32 },
+    /// Signal's 409/410: the send's device list does not match.
+    DeviceMismatch { missing: Vec<DeviceId>, extra: Vec<DeviceId>, stale: Vec<DeviceId> },
+    /// No device of the user (or not the requested one) has a signed prekey.
+    NoKeys { user: UserId },
+    /// First upload, or an identity key change, must carry a signed prekey.
+    SignedPrekeyRequired,
+    /// The upload would exceed the per-device stock.
+    PrekeyStockFull { limit: u32, actual: u64 },
+    /// A one-time key id already in the stock.
+    DuplicatePrekeyId { key_id: u32 },
+    MailboxFull { provider: ProviderId, limit: u64 },
+}
+
+impl Rejection {
+    /// Stable machine-readable reason, used in error details and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::ProviderNotOnboarded { .. } => "PROVIDER_NOT_ONBOARDED",
+            Rejection::UserNotFound { .. } => "USER_NOT_FOUND",
+            Rejection::NotOwner { .. } => "NOT_OWNER",
+            Rejection::UserTaken { .. } => "USER_TAKEN",
+            Rejection::DeviceNotFound { .. } => "DEVICE_NOT_FOUND",
+            Rejection::TooManyDevices { .. } => "TOO_MANY_DEVICES",
+            Rejection::DeviceMismatch { .. } => "DEVICE_MISMATCH",
+            Rejection::NoKeys { .. } => "NO_KEYS",
+            Rejection::SignedPrekeyRequired => "SIGNED_PREKEY_REQUIRED",
+            Rejection::PrekeyStockFull { .. } => "PREKEY_STOCK_FULL",
+            Rejection::DuplicatePrekeyId { .. } => "DUPLICATE_PREKEY_ID",
+            Rejection::MailboxFull { .. } => "MAILBOX_FULL",
+        }
+    }
+}
+
+/// Kept for readability at call sites that check a registration id.
+pub type Registration = (DeviceId, RegistrationId);

@@ -1,0 +1,398 @@
+//! The replicated state and `apply`.
+//!
+//! ```text
+//!  Batch{stamp, [cmd..]} ──> apply_batch ──> expire(stamp) ──> apply(cmd) per command ──> [Outcome..]
+//! ```
+//!
+//! Invariants (checked by the tests below and by the cluster tests):
+//! - a one-time prekey leaves the stock at most once (DESIGN §4);
+//! - a send accepted once is stored once, and a retry within the dedup window
+//!   gets the first answer back (DESIGN §4);
+//! - mailbox sequences strictly increase in acceptance order, so order per
+//!   (sender device, recipient device) is kept;
+//! - an ack removes exactly the sequences it names.
+
+use crate::command::{Batch, Command, PrekeyUpload, SendEnvelope};
+use crate::ids::{DeviceId, MessageId, ProviderId, RegistrationId, Seq, UserId};
+use crate::keys::DeviceKeys;
+use crate::limits::Limits;
+use crate::mailbox::{Mailbox, MailboxEntry, MailboxItem};
+use crate::outcome::{Outcome, Rejection};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Highest leader stamp applied; time never goes backwards.
+    pub clock_ms: u64,
+    pub limits: Limits,
+    pub providers: BTreeSet<ProviderId>,
+    pub users: BTreeMap<UserId, UserRecord>,
+    pub mailboxes: BTreeMap<ProviderId, Mailbox>,
+    /// (expires_at_ms, mailbox owner, seq) for every mailbox entry.
+    expiry: BTreeSet<(u64, ProviderId, Seq)>,
+    dedup: Dedup,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub provider: ProviderId,
+    pub devices: BTreeMap<DeviceId, DeviceRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub registration_id: RegistrationId,
+    pub keys: Option<DeviceKeys>,
+}
+
+/// Answers of accepted sends, by (sender provider, message id), for the
+/// dedup window. Stamps are monotonic, so insertion order is time order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Dedup {
+    answers: BTreeMap<(ProviderId, MessageId), Outcome>,
+    order: VecDeque<(u64, ProviderId, MessageId)>,
+}
+
+impl Dedup {
+    fn prune(&mut self, now_ms: u64, limits: &Limits) {
+        while let Some((stamp, _, _)) = self.order.front() {
+            let too_old = now_ms.saturating_sub(*stamp) > limits.dedup_window_ms;
+            let too_many = self.order.len() as u64 > limits.max_dedup_entries;
+            if !(too_old || too_many) {
+                break;
+            }
+            let (_, p, m) = self.order.pop_front().expect("front exists");
+            self.answers.remove(&(p, m));
+        }
+    }
+}
+
+impl State {
+    pub fn new(limits: Limits) -> Self {
+        State { limits, ..State::default() }
+    }
+
+    /// Applies one log entry. Deterministic: depends only on `self` and `batch`.
+    pub fn apply_batch(&mut self, batch: &Batch) -> Vec<Outcome> {
+        self.clock_ms = self.clock_ms.max(batch.stamp_ms);
+        self.expire();
+        self.dedup.prune(self.clock_ms, &self.limits);
+        batch.commands.iter().map(|c| self.apply(c)).collect()
+    }
+
+    fn apply(&mut self, cmd: &Command) -> Outcome {
+        let result = match cmd {
+            Command::AddProvider { provider } => {
+                self.providers.insert(provider.clone());
+                Ok(Outcome::Done)
+            }
+            Command::SetLimits { limits } => {
+                self.limits = limits.clone();
+                Ok(Outcome::Done)
+            }
+            Command::RegisterUser { provider, user } => self.register_user(provider, user),
+            Command::DeregisterUser { provider, user } => self.deregister_user(provider, user),
+            Command::RegisterDevice { provider, user, device, registration_id } => {
+                self.register_device(provider, user, *device, *registration_id)
+            }
+            Command::RemoveDevice { provider, user, device } => self.remove_device(provider, user, *device),
+            Command::UploadPrekeys { provider, user, device, upload } => {
+                self.upload_prekeys(provider, user, *device, upload)
+            }
+            Command::ClaimPrekeys { requester, user, device } => self.claim(requester, user, *device),
+            Command::Send(env) => self.send(env),
+            Command::Ack { provider, seqs } => self.ack(provider, seqs),
+        };
+        result.unwrap_or_else(Outcome::Rejected)
+    }
+
+    fn onboarded(&self, provider: &ProviderId) -> Result<(), Rejection> {
+        if self.providers.contains(provider) {
+            Ok(())
+        } else {
+            Err(Rejection::ProviderNotOnboarded { provider: provider.clone() })
+        }
+    }
+
+    /// The user, if it exists and belongs to `provider`.
+    fn owned_user_mut(&mut self, provider: &ProviderId, user: &UserId) -> Result<&mut UserRecord, Rejection> {
+        self.onboarded(provider)?;
+        match self.users.get_mut(user) {
+            None => Err(Rejection::UserNotFound { user: user.clone() }),
+            Some(rec) if &rec.provider != provider => Err(Rejection::NotOwner { user: user.clone() }),
+            Some(rec) => Ok(rec),
+        }
+    }
+
+    fn register_user(&mut self, provider: &ProviderId, user: &UserId) -> Result<Outcome, Rejection> {
+        self.onboarded(provider)?;
+        match self.users.get(user) {
+            Some(rec) if &rec.provider == provider => Ok(Outcome::Done),
+            Some(_) => Err(Rejection::UserTaken { user: user.clone() }),
+            None => {
+                self.users
+                    .insert(user.clone(), UserRecord { provider: provider.clone(), devices: BTreeMap::new() });
+                Ok(Outcome::Done)
+            }
+        }
+    }
+
+    fn deregister_user(&mut self, provider: &ProviderId, user: &UserId) -> Result<Outcome, Rejection> {
+        self.owned_user_mut(provider, user)?;
+        self.users.remove(user);
+        Ok(Outcome::Done)
+    }
+
+    fn register_device(
+        &mut self,
+        provider: &ProviderId,
+        user: &UserId,
+        device: DeviceId,
+        registration_id: RegistrationId,
+    ) -> Result<Outcome, Rejection> {
+        let limit = self.limits.max_devices_per_user;
+        let rec = self.owned_user_mut(provider, user)?;
+        match rec.devices.get_mut(&device) {
+            Some(d) if d.registration_id == registration_id => {}
+            Some(d) => {
+                // Reinstalled: the old keys belong to the old installation.
+                *d = DeviceRecord { registration_id, keys: None };
+            }
+            None => {
+                if rec.devices.len() as u32 >= limit {
+                    return Err(Rejection::TooManyDevices { limit });
+                }
+                rec.devices.insert(device, DeviceRecord { registration_id, keys: None });
+            }
+        }
+        Ok(Outcome::Done)
+    }
+
+    fn remove_device(&mut self, provider: &ProviderId, user: &UserId, device: DeviceId) -> Result<Outcome, Rejection> {
+        let rec = self.owned_user_mut(provider, user)?;
+        match rec.devices.remove(&device) {
+            Some(_) => Ok(Outcome::Done),
+            None => Err(Rejection::DeviceNotFound { user: user.clone(), device }),
+        }
+    }
+
+    fn upload_prekeys(
+        &mut self,
+        provider: &ProviderId,
+        user: &UserId,
+        device: DeviceId,
+        upload: &PrekeyUpload,
+    ) -> Result<Outcome, Rejection> {
+        let limit = self.limits.max_one_time_prekeys_per_device;
+        let rec = self.owned_user_mut(provider, user)?;
+        let dev = rec
+            .devices
+            .get_mut(&device)
+            .ok_or_else(|| Rejection::DeviceNotFound { user: user.clone(), device })?;
+
+        // Work on a copy and commit only if every check passes: a rejected
+        // upload changes nothing.
+        let same_identity = dev.keys.as_ref().is_some_and(|k| k.identity_key == upload.identity_key);
+        let mut keys = match (&dev.keys, same_identity, &upload.signed_prekey) {
+            (Some(k), true, _) => k.clone(),
+            (_, _, Some(spk)) => DeviceKeys {
+                identity_key: upload.identity_key.clone(),
+                signed_prekey: spk.clone(),
+                one_time: Default::default(),
+                kyber_one_time: Default::default(),
+                kyber_last_resort: None,
+            },
+            (_, _, None) => return Err(Rejection::SignedPrekeyRequired),
+        };
+        if let Some(spk) = &upload.signed_prekey {
+            keys.signed_prekey = spk.clone();
+        }
+        if let Some(lr) = &upload.kyber_last_resort {
+            keys.kyber_last_resort = Some(lr.clone());
+        }
+
+        let ec_total = keys.one_time.len() as u64 + upload.one_time.len() as u64;
+        if ec_total > u64::from(limit) {
+            return Err(Rejection::PrekeyStockFull { limit, actual: ec_total });
+        }
+        let kyber_total = keys.kyber_one_time.len() as u64 + upload.kyber_one_time.len() as u64;
+        if kyber_total > u64::from(limit) {
+            return Err(Rejection::PrekeyStockFull { limit, actual: kyber_total });
+        }
+        let mut ec_ids: BTreeSet<u32> = keys.one_time.iter().map(|k| k.key_id).collect();
+        for k in &upload.one_time {
+            if !ec_ids.insert(k.key_id) {
+                return Err(Rejection::DuplicatePrekeyId { key_id: k.key_id });
+            }
+        }
+        let mut kyber_ids: BTreeSet<u32> = keys.kyber_one_time.iter().map(|k| k.key_id).collect();
+        for k in &upload.kyber_one_time {
+            if !kyber_ids.insert(k.key_id) {
+                return Err(Rejection::DuplicatePrekeyId { key_id: k.key_id });
+            }
+        }
+        keys.one_time.extend(upload.one_time.iter().cloned());
+        keys.kyber_one_time.extend(upload.kyber_one_time.iter().cloned());
+        let out = Outcome::KeysStored {
+            one_time_remaining: keys.one_time.len() as u32,
+            kyber_one_time_remaining: keys.kyber_one_time.len() as u32,
+        };
+        dev.keys = Some(keys);
+        Ok(out)
+    }
+
+    fn claim(&mut self, requester: &ProviderId, user: &UserId, device: Option<DeviceId>) -> Result<Outcome, Rejection> {
+        self.onboarded(requester)?;
+        let rec = self.users.get_mut(user).ok_or_else(|| Rejection::UserNotFound { user: user.clone() })?;
+        let mut bundles = Vec::new();
+        match device {
+            Some(d) => {
+                let dev = rec
+                    .devices
+                    .get_mut(&d)
+                    .ok_or_else(|| Rejection::DeviceNotFound { user: user.clone(), device: d })?;
+                if let Some(keys) = dev.keys.as_mut() {
+                    bundles.push(keys.claim(d, dev.registration_id));
+                }
+            }
+            None => {
+                for (d, dev) in rec.devices.iter_mut() {
+                    if let Some(keys) = dev.keys.as_mut() {
+                        bundles.push(keys.claim(*d, dev.registration_id));
+                    }
+                }
+            }
+        }
+        if bundles.is_empty() {
+            return Err(Rejection::NoKeys { user: user.clone() });
+        }
+        Ok(Outcome::Bundles { provider: rec.provider.clone(), bundles })
+    }
+
+    fn send(&mut self, env: &SendEnvelope) -> Result<Outcome, Rejection> {
+        self.onboarded(&env.sender)?;
+        let key = (env.sender.clone(), env.message_id.clone());
+        if let Some(answer) = self.dedup.answers.get(&key) {
+            return Ok(answer.clone());
+        }
+        let rec = self
+            .users
+            .get(&env.recipient)
+            .ok_or_else(|| Rejection::UserNotFound { user: env.recipient.clone() })?;
+        check_devices(rec, env)?;
+        let recipient_provider = rec.provider.clone();
+        let mailbox = self.mailboxes.entry(recipient_provider.clone()).or_default();
+        if mailbox.len() as u64 >= self.limits.max_mailbox_entries {
+            return Err(Rejection::MailboxFull {
+                provider: recipient_provider,
+                limit: self.limits.max_mailbox_entries,
+            });
+        }
+        let now = self.clock_ms;
+        let expires = now.saturating_add(env.ttl_ms);
+        let seq = mailbox.push(now, expires, MailboxItem::Envelope(env.clone()));
+        self.expiry.insert((expires, recipient_provider, seq));
+        let answer = Outcome::Sent { seq, accepted_at_ms: now };
+        self.dedup.answers.insert(key.clone(), answer.clone());
+        self.dedup.order.push_back((now, key.0, key.1));
+        Ok(answer)
+    }
+
+    fn ack(&mut self, provider: &ProviderId, seqs: &[Seq]) -> Result<Outcome, Rejection> {
+        self.onboarded(provider)?;
+        let (mut removed, mut unknown) = (0u32, 0u32);
+        let mailbox = self.mailboxes.get_mut(provider);
+        let Some(mailbox) = mailbox else {
+            return Ok(Outcome::Acked { removed: 0, unknown: seqs.len() as u32 });
+        };
+        for seq in seqs {
+            match mailbox.entries.remove(seq) {
+                Some(e) => {
+                    self.expiry.remove(&(e.expires_at_ms, provider.clone(), *seq));
+                    removed += 1;
+                }
+                None => unknown += 1,
+            }
+        }
+        Ok(Outcome::Acked { removed, unknown })
+    }
+
+    /// Removes every entry whose TTL passed. An expired message is reported
+    /// to its sender's mailbox: expiry is never silent (DESIGN §4).
+    fn expire(&mut self) {
+        let now = self.clock_ms;
+        while let Some((at, _, _)) = self.expiry.first() {
+            if *at > now {
+                break;
+            }
+            let (_, owner, seq) = self.expiry.pop_first().expect("first exists");
+            let Some(entry) = self.mailboxes.get_mut(&owner).and_then(|m| m.entries.remove(&seq)) else {
+                continue;
+            };
+            if let MailboxItem::Envelope(env) = entry.item {
+                let report = MailboxItem::Expired {
+                    message_id: env.message_id,
+                    recipient: env.recipient,
+                    recipient_provider: owner,
+                };
+                let expires = now.saturating_add(self.limits.report_ttl_ms);
+                let mb = self.mailboxes.entry(env.sender.clone()).or_default();
+                let seq = mb.push(now, expires, report);
+                self.expiry.insert((expires, env.sender, seq));
+            }
+        }
+    }
+
+    // ------------------------------------------------------------- reads
+
+    pub fn user(&self, user: &UserId) -> Option<&UserRecord> {
+        self.users.get(user)
+    }
+
+    pub fn is_onboarded(&self, provider: &ProviderId) -> bool {
+        self.providers.contains(provider)
+    }
+
+    /// Up to `limit` entries of `provider`'s mailbox with `seq >= from`.
+    pub fn mailbox_from(&self, provider: &ProviderId, from: Seq, limit: usize) -> Vec<MailboxEntry> {
+        match self.mailboxes.get(provider) {
+            Some(m) => m.range_from(from, limit).cloned().collect(),
+            None => Vec::new(),
+        }
+    }
+
+    pub fn mailbox_depth(&self, provider: &ProviderId) -> usize {
+        self.mailboxes.get(provider).map_or(0, Mailbox::len)
+    }
+
+    /// Remembered answer for a send, if still in the dedup window.
+    pub fn dedup_answer(&self, sender: &ProviderId, message_id: &MessageId) -> Option<&Outcome> {
+        self.dedup.answers.get(&(sender.clone(), message_id.clone()))
+    }
+}
+
+/// Signal's 409/410 check: the send must address exactly the registered
+/// devices, each with its current registration id.
+fn check_devices(rec: &UserRecord, env: &SendEnvelope) -> Result<(), Rejection> {
+    let addressed: BTreeMap<DeviceId, RegistrationId> =
+        env.parts.iter().map(|p| (p.device, p.registration_id)).collect();
+    let missing: Vec<DeviceId> = rec.devices.keys().filter(|d| !addressed.contains_key(d)).copied().collect();
+    let mut extra = Vec::new();
+    let mut stale = Vec::new();
+    for (d, reg) in &addressed {
+        match rec.devices.get(d) {
+            None => extra.push(*d),
+            Some(dev) if dev.registration_id != *reg => stale.push(*d),
+            Some(_) => {}
+        }
+    }
+    if missing.is_empty() && extra.is_empty() && stale.is_empty() && !rec.devices.is_empty() {
+        Ok(())
+    } else {
+        Err(Rejection::DeviceMismatch { missing, extra, stale })
+    }
+}
+
+#[cfg(test)]
+mod tests;

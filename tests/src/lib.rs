@@ -1,0 +1,1 @@
+//! Test binaries live under cluster/.

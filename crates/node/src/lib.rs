@@ -1,1 +1,50 @@
-//! placeholder
+//! `router-node`: the `routerd` server.
+//!
+//! # What this crate owns
+//! Configuration, the gRPC services (provider API, admin API, node-to-node
+//! API), mTLS and caller identity, the Raft network transport, the batched
+//! write path, the receive streams, the admin HTTP listener, and the
+//! development cluster (`routerd dev`).
+//!
+//! # What it must not depend on
+//! Nothing depends on this crate except `router-testkit` and tests. The
+//! replicated logic lives in `router-core` (pure) and storage in
+//! `router-raft`; this crate only wires them to the network. The library never
+//! binds sockets or handles signals: `main.rs` (or a test) does.
+//!
+//! # Layout
+//! - [`config`]: `routerd.toml`, two-step validation.
+//! - [`node`]: [`node::Node`]: start, shutdown, crash.
+//! - [`writer`]: group commit and forwarding to the leader.
+//! - [`grpc`]: services, edge validation, the status mapping.
+//! - [`network`], [`peers`]: openraft over gRPC, peer channels.
+//! - [`identity`], [`tls`], [`devcerts`]: who is calling, rustls setup, a dev PKI.
+//! - [`admin_http`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`dev`]: `routerd dev`, a local three-node cluster.
+//!
+//! ```text
+//! provider ──mTLS gRPC──> grpc::{directory,prekeys,messaging} ──> writer ──> raft (leader) ──> sled log, fsync
+//!                                   │                                         │ append_entries (peer port, mTLS)
+//!                                   └──── receive stream <── local replica <──┘ apply (router-core)
+//! ```
+
+pub mod admin_http;
+pub mod config;
+pub mod ctx;
+pub mod dev;
+pub mod devcerts;
+pub mod grpc;
+pub mod identity;
+pub mod network;
+pub mod node;
+pub mod peers;
+pub mod tls;
+pub mod writer;
+
+pub use config::Config;
+pub use node::{Listeners, Node};
+
+/// Installs ring as rustls' process-wide crypto provider (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,1 +1,105 @@
-fn main() {}
+//! `routerd`: run a node from a config file, or `routerd dev` for a local
+//! three-node cluster with generated certificates.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use router_node::dev::{LocalCluster, LocalClusterSpec};
+use router_node::{Config, Listeners, Node, install_crypto_provider};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// EX_USAGE: the configuration is invalid.
+const EXIT_CONFIG: i32 = 64;
+
+#[derive(Parser)]
+#[command(name = "routerd", version, about = "Interop Router node")]
+struct Cli {
+    /// Path of routerd.toml.
+    #[arg(long, env = "ROUTERD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Overrides node_id from the file.
+    #[arg(long, env = "ROUTERD_NODE_ID")]
+    node_id: Option<u64>,
+    /// Overrides data_dir from the file.
+    #[arg(long, env = "ROUTERD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Seconds to drain on SIGTERM (match terminationGracePeriodSeconds).
+    #[arg(long, default_value_t = 20)]
+    grace_seconds: u64,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Local 3-node cluster on 127.0.0.1 with a dev CA and certificates for providers alpha and beta.
+    Dev {
+        #[arg(long, default_value = ".dev-cluster")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 7400)]
+        base_port: u16,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,openraft=warn".into()),
+    ).init();
+    install_crypto_provider();
+    let cli = Cli::parse();
+    if let Some(Cmd::Dev { dir, base_port }) = cli.command {
+        return run_dev(dir, base_port).await;
+    }
+    let Some(path) = cli.config else {
+        eprintln!("routerd: --config (or ROUTERD_CONFIG) is required; `routerd dev` starts a local cluster");
+        std::process::exit(EXIT_CONFIG);
+    };
+    let cfg = match Config::load(&path) {
+        Ok(c) => c.with_overrides(cli.node_id, cli.data_dir),
+        Err(e) => {
+            eprintln!("routerd: invalid configuration: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    let listeners = Listeners::bind(&cfg).await?;
+    let node = Node::start(cfg, listeners).await.context("start node")?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    node.shutdown(Duration::from_secs(cli.grace_seconds)).await;
+    Ok(())
+}
+
+async fn run_dev(dir: PathBuf, base_port: u16) -> anyhow::Result<()> {
+    let spec = LocalClusterSpec { base_port: Some(base_port), ..LocalClusterSpec::new(&dir, 3, &["alpha", "beta"]) };
+    let cluster = LocalCluster::start(spec).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    println!("\nInterop Router dev cluster is up (leader: node {leader}). Data and certificates: {}", dir.display());
+    println!("{:<6} {:<22} {:<22} {:<22}", "node", "provider (gRPC)", "peer/admin (gRPC)", "admin (HTTP)");
+    for n in &cluster.nodes {
+        println!("{:<6} {:<22} {:<22} http://{}", n.id, n.provider_addr, n.peer_addr, n.admin_addr);
+    }
+    println!("\nCA: {}", cluster.ca.display());
+    for (p, c) in &cluster.provider_certs {
+        println!("provider {p}: cert {} key {}", c.cert.display(), c.key.display());
+    }
+    println!("operator:       cert {} key {}", cluster.operator_cert.cert.display(), cluster.operator_cert.key.display());
+    let a = &cluster.provider_certs["alpha"];
+    println!(
+        "\nTry: grpcurl -cacert {} -cert {} -key {} -d '{{\"user_id\":\"handle:alice\"}}' {} interop_router.v1.Directory/RegisterUser",
+        cluster.ca.display(), a.cert.display(), a.key.display(), cluster.nodes[0].provider_addr
+    );
+    println!("Ctrl-C stops the cluster.");
+    wait_for_signal().await;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,1 +1,64 @@
-//! placeholder
+//! `router-raft`: the Interop Router's openraft plumbing.
+//!
+//! # What this crate owns
+//! - The openraft [`TypeConfig`]: log entries carry a [`router_core::Batch`],
+//!   applying one answers a `Vec<router_core::Outcome>`; members are
+//!   addressed by [`NodeAddr`].
+//! - Log storage ([`LogStore`]) and state-machine storage
+//!   ([`StateMachineStore`]) behind a small [`Backend`] trait, with two
+//!   backends: [`SledBackend`] on disk and [`MemBackend`] in memory (which can
+//!   lose its unsynced writes, for crash simulation).
+//! - Snapshots of the state machine and the on-disk format (a version byte
+//!   plus bincode, see [`codec`]).
+//!
+//! # What it must not depend on
+//! No tonic, no gRPC, no `router-node`, no clock: it plugs the pure
+//! `router-core` into openraft and persists it. The raft-to-raft transport
+//! lives with the server, which owns the network.
+//!
+//! # Layout
+//! - [`types`]: `NodeId`, `NodeAddr`, `TypeConfig`, openraft aliases.
+//! - [`backend`]: the [`Backend`] trait, [`SledBackend`], [`MemBackend`].
+//! - [`codec`]: versioned value encoding shared by both stores.
+//! - [`log_store`]: [`LogStore`] (log, vote, committed; group-commit append).
+//! - [`state_machine`]: [`StateMachineStore`] (apply, snapshots, restore on open).
+//!
+//! ```text
+//!  openraft ──append/vote──> LogStore ─────┐
+//!      │                                   ├──> Backend (sled | mem): trees "log", "meta"
+//!      └──apply/snapshot──> StateMachineStore ┘
+//!                              │
+//!                              └──> Arc<RwLock<State>> + applied watch ──> readers (router-node)
+//! ```
+
+// openraft's `StorageError` is what its storage traits return, and it is
+// large; boxing it only at our own boundaries would mean converting back and
+// forth on every call.
+#![allow(clippy::result_large_err)]
+
+pub mod backend;
+pub mod codec;
+pub mod log_store;
+pub mod state_machine;
+pub mod types;
+
+pub use backend::{Backend, BackendError, MemBackend, SledBackend, Tree};
+pub use codec::{FORMAT_VERSION, FormatError};
+pub use log_store::LogStore;
+pub use state_machine::StateMachineStore;
+pub use types::{
+    Entry, LogId, Membership, NodeAddr, NodeId, Raft, Snapshot, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig, Vote,
+};
+
+/// Opens the log and the state machine of one node on `backend`. The state
+/// machine comes back as of its latest stored snapshot; openraft re-applies
+/// the committed log after it when the `Raft` starts.
+pub fn open<B: Backend>(backend: B) -> Result<(LogStore<B>, StateMachineStore<B>), StorageError> {
+    let log = LogStore::open(backend.clone())?;
+    let sm = StateMachineStore::open(backend)?;
+    Ok((log, sm))
+}
+
+#[cfg(test)]
+mod tests;

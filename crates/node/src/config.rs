@@ -1,0 +1,407 @@
+//! `routerd.toml`, read in two steps: serde into [`RawConfig`] (unknown keys
+//! refused), then [`Config::validate`], which destructures every raw field so
+//! a new field cannot go unhandled. Parsing binds no ports.
+//!
+//! Overrides: `ROUTERD_NODE_ID` and `ROUTERD_DATA_DIR` environment variables
+//! (and the matching `routerd` flags) replace the file's values.
+
+use router_raft::{NodeAddr, NodeId};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("parse {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("{field}: {problem}")]
+    Invalid { field: &'static str, problem: String },
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, problem: problem.into() }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    pub listen: RawListen,
+    #[serde(default)]
+    pub advertise: RawAdvertise,
+    pub tls: RawTls,
+    #[serde(default)]
+    pub cluster: RawCluster,
+    #[serde(default)]
+    pub raft: RawRaft,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub batching: RawBatching,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub provider: SocketAddr,
+    pub peer: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Addresses other nodes and clients use to reach this node (host:port);
+/// default to the listen addresses.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdvertise {
+    pub provider: Option<String>,
+    pub peer: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM file with the CA that signs node, provider and operator certificates.
+    pub ca: PathBuf,
+    /// PEM certificate of this node (URI SAN spiffe://interop-router/node/<id>).
+    pub cert: PathBuf,
+    /// PEM private key of this node (a file path; never inline).
+    pub key: PathBuf,
+    /// DNS name or IP the node certificates are valid for, used when dialing peers.
+    #[serde(default = "default_peer_server_name")]
+    pub peer_server_name: String,
+}
+
+fn default_peer_server_name() -> String {
+    "localhost".into()
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// Initialize a new cluster from `initial_members` when this node has no Raft state.
+    #[serde(default)]
+    pub bootstrap: bool,
+    #[serde(default)]
+    pub initial_members: Vec<RawMember>,
+    /// Providers onboarded at bootstrap (more through the admin API).
+    #[serde(default)]
+    pub initial_providers: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMember {
+    pub id: NodeId,
+    pub peer: String,
+    pub provider: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRaft {
+    pub heartbeat_ms: Option<u64>,
+    pub election_timeout_min_ms: Option<u64>,
+    pub election_timeout_max_ms: Option<u64>,
+    pub snapshot_every_entries: Option<u64>,
+    pub max_payload_entries: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_envelope_bytes: Option<usize>,
+    pub max_parts_per_send: Option<usize>,
+    pub max_prekeys_per_upload: Option<usize>,
+    pub max_ack_batch: Option<usize>,
+    pub max_receive_window: Option<u32>,
+    pub default_receive_window: Option<u32>,
+    pub default_ttl_seconds: Option<u32>,
+    pub max_ttl_seconds: Option<u32>,
+    pub max_user_id_bytes: Option<usize>,
+    pub max_message_id_bytes: Option<usize>,
+    pub max_devices_per_user: Option<u32>,
+    pub max_one_time_prekeys_per_device: Option<u32>,
+    pub max_mailbox_entries: Option<u64>,
+    pub dedup_window_seconds: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBatching {
+    pub max_commands_per_entry: Option<usize>,
+    pub max_entries_in_flight: Option<usize>,
+}
+
+/// Validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    pub listen: RawListen,
+    pub advertise: NodeAddr,
+    pub tls: RawTls,
+    pub bootstrap: bool,
+    pub initial_members: BTreeMap<NodeId, NodeAddr>,
+    pub initial_providers: Vec<String>,
+    pub raft: RaftTuning,
+    pub limits: EdgeLimits,
+    pub replicated_limits: router_core::Limits,
+    pub batching: Batching,
+}
+
+#[derive(Clone, Debug)]
+pub struct RaftTuning {
+    pub heartbeat: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    pub snapshot_every_entries: u64,
+    pub max_payload_entries: u64,
+}
+
+/// Limits checked at the API edge, before anything enters the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EdgeLimits {
+    /// Sum of ciphertext bytes in one send.
+    pub max_envelope_bytes: usize,
+    /// Device ciphertexts in one send.
+    pub max_parts_per_send: usize,
+    /// Keys of each kind in one upload.
+    pub max_prekeys_per_upload: usize,
+    pub max_ack_batch: usize,
+    pub max_receive_window: u32,
+    pub default_receive_window: u32,
+    pub default_ttl_seconds: u32,
+    pub max_ttl_seconds: u32,
+    pub max_user_id_bytes: usize,
+    pub max_message_id_bytes: usize,
+}
+
+impl Default for EdgeLimits {
+    fn default() -> Self {
+        EdgeLimits {
+            max_envelope_bytes: 256 * 1024,
+            max_parts_per_send: 16,
+            max_prekeys_per_upload: 100,
+            max_ack_batch: 1024,
+            max_receive_window: 4096,
+            default_receive_window: 256,
+            default_ttl_seconds: 30 * 24 * 3600,
+            max_ttl_seconds: 30 * 24 * 3600,
+            max_user_id_bytes: 128,
+            max_message_id_bytes: 64,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Batching {
+    /// Client commands folded into one Raft entry.
+    pub max_commands_per_entry: usize,
+    /// Raft entries proposed and not yet committed at once (pipelining).
+    pub max_entries_in_flight: usize,
+}
+
+impl Config {
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let raw: RawConfig = toml::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })?;
+        Config::validate(raw)
+    }
+
+    pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let RawConfig { node_id, data_dir, listen, advertise, tls, cluster, raft, limits, batching } = raw;
+        if node_id == 0 {
+            return Err(invalid("node_id", "must be >= 1"));
+        }
+        let RawAdvertise { provider: adv_provider, peer: adv_peer } = advertise;
+        let advertise = NodeAddr {
+            provider: adv_provider.unwrap_or_else(|| listen.provider.to_string()),
+            peer: adv_peer.unwrap_or_else(|| listen.peer.to_string()),
+        };
+
+        let RawCluster { bootstrap, initial_members, initial_providers } = cluster;
+        let mut members = BTreeMap::new();
+        for m in initial_members {
+            let RawMember { id, peer, provider } = m;
+            if members.insert(id, NodeAddr { peer, provider }).is_some() {
+                return Err(invalid("cluster.initial_members", format!("node id {id} listed twice")));
+            }
+        }
+        if bootstrap && !members.contains_key(&node_id) {
+            return Err(invalid("cluster.initial_members", "bootstrap is set but this node is not listed"));
+        }
+        for p in &initial_providers {
+            crate::identity::check_provider_id(p).map_err(|e| invalid("cluster.initial_providers", e))?;
+        }
+
+        let RawRaft {
+            heartbeat_ms,
+            election_timeout_min_ms,
+            election_timeout_max_ms,
+            snapshot_every_entries,
+            max_payload_entries,
+        } = raft;
+        let raft = RaftTuning {
+            heartbeat: Duration::from_millis(heartbeat_ms.unwrap_or(50)),
+            election_timeout_min: Duration::from_millis(election_timeout_min_ms.unwrap_or(150)),
+            election_timeout_max: Duration::from_millis(election_timeout_max_ms.unwrap_or(300)),
+            snapshot_every_entries: snapshot_every_entries.unwrap_or(5_000),
+            max_payload_entries: max_payload_entries.unwrap_or(64),
+        };
+        if raft.election_timeout_min <= raft.heartbeat * 2 {
+            return Err(invalid("raft.election_timeout_min_ms", "must exceed twice heartbeat_ms"));
+        }
+        if raft.election_timeout_max <= raft.election_timeout_min {
+            return Err(invalid("raft.election_timeout_max_ms", "must exceed election_timeout_min_ms"));
+        }
+
+        let RawLimits {
+            max_envelope_bytes,
+            max_parts_per_send,
+            max_prekeys_per_upload,
+            max_ack_batch,
+            max_receive_window,
+            default_receive_window,
+            default_ttl_seconds,
+            max_ttl_seconds,
+            max_user_id_bytes,
+            max_message_id_bytes,
+            max_devices_per_user,
+            max_one_time_prekeys_per_device,
+            max_mailbox_entries,
+            dedup_window_seconds,
+        } = limits;
+        let d = EdgeLimits::default();
+        let edge = EdgeLimits {
+            max_envelope_bytes: max_envelope_bytes.unwrap_or(d.max_envelope_bytes),
+            max_parts_per_send: max_parts_per_send.unwrap_or(d.max_parts_per_send),
+            max_prekeys_per_upload: max_prekeys_per_upload.unwrap_or(d.max_prekeys_per_upload),
+            max_ack_batch: max_ack_batch.unwrap_or(d.max_ack_batch),
+            max_receive_window: max_receive_window.unwrap_or(d.max_receive_window),
+            default_receive_window: default_receive_window.unwrap_or(d.default_receive_window),
+            default_ttl_seconds: default_ttl_seconds.unwrap_or(d.default_ttl_seconds),
+            max_ttl_seconds: max_ttl_seconds.unwrap_or(d.max_ttl_seconds),
+            max_user_id_bytes: max_user_id_bytes.unwrap_or(d.max_user_id_bytes),
+            max_message_id_bytes: max_message_id_bytes.unwrap_or(d.max_message_id_bytes),
+        };
+        // The gRPC message size cap is derived from this; keep it sane.
+        if !(1..=16 * 1024 * 1024).contains(&edge.max_envelope_bytes) {
+            return Err(invalid("limits.max_envelope_bytes", "must be 1..=16777216"));
+        }
+        if edge.default_receive_window == 0 || edge.default_receive_window > edge.max_receive_window {
+            return Err(invalid("limits.default_receive_window", "must be 1..=max_receive_window"));
+        }
+        if edge.default_ttl_seconds == 0 || edge.default_ttl_seconds > edge.max_ttl_seconds {
+            return Err(invalid("limits.default_ttl_seconds", "must be 1..=max_ttl_seconds"));
+        }
+        for (field, v) in [
+            ("limits.max_parts_per_send", edge.max_parts_per_send),
+            ("limits.max_prekeys_per_upload", edge.max_prekeys_per_upload),
+            ("limits.max_ack_batch", edge.max_ack_batch),
+            ("limits.max_user_id_bytes", edge.max_user_id_bytes),
+            ("limits.max_message_id_bytes", edge.max_message_id_bytes),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be >= 1"));
+            }
+        }
+        let dl = router_core::Limits::default();
+        let replicated_limits = router_core::Limits {
+            max_devices_per_user: max_devices_per_user.unwrap_or(dl.max_devices_per_user),
+            max_one_time_prekeys_per_device: max_one_time_prekeys_per_device
+                .unwrap_or(dl.max_one_time_prekeys_per_device),
+            max_mailbox_entries: max_mailbox_entries.unwrap_or(dl.max_mailbox_entries),
+            dedup_window_ms: dedup_window_seconds.map_or(dl.dedup_window_ms, |s| s * 1000),
+            ..dl
+        };
+
+        let RawBatching { max_commands_per_entry, max_entries_in_flight } = batching;
+        let batching = Batching {
+            max_commands_per_entry: max_commands_per_entry.unwrap_or(1024),
+            max_entries_in_flight: max_entries_in_flight.unwrap_or(4),
+        };
+        if batching.max_commands_per_entry == 0 || batching.max_entries_in_flight == 0 {
+            return Err(invalid("batching", "values must be >= 1"));
+        }
+
+        Ok(Config {
+            node_id,
+            data_dir,
+            listen,
+            advertise,
+            tls,
+            bootstrap,
+            initial_members: members,
+            initial_providers,
+            raft,
+            limits: edge,
+            replicated_limits,
+            batching,
+        })
+    }
+
+    /// Applies `ROUTERD_NODE_ID` / `ROUTERD_DATA_DIR` style overrides.
+    pub fn with_overrides(mut self, node_id: Option<NodeId>, data_dir: Option<PathBuf>) -> Self {
+        if let Some(id) = node_id {
+            self.node_id = id;
+        }
+        if let Some(d) = data_dir {
+            self.data_dir = d;
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(extra: &str) -> Result<RawConfig, toml::de::Error> {
+        toml::from_str(&format!(
+            r#"
+node_id = 1
+data_dir = "/tmp/x"
+[listen]
+provider = "127.0.0.1:1"
+peer = "127.0.0.1:2"
+admin = "127.0.0.1:3"
+[tls]
+ca = "ca.pem"
+cert = "node.pem"
+key = "node.key"
+{extra}
+"#
+        ))
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let cfg = Config::validate(raw("").unwrap()).unwrap();
+        assert_eq!(cfg.limits, EdgeLimits::default());
+        assert_eq!(cfg.advertise.provider, "127.0.0.1:1");
+        assert_eq!(cfg.replicated_limits, router_core::Limits::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = raw("[limits]\nmax_envelope_byte = 3").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let e = Config::validate(raw("[limits]\ndefault_receive_window = 0").unwrap()).unwrap_err();
+        assert!(e.to_string().starts_with("limits.default_receive_window"), "{e}");
+        let e = Config::validate(raw("[cluster]\nbootstrap = true").unwrap()).unwrap_err();
+        assert!(e.to_string().starts_with("cluster.initial_members"), "{e}");
+        let e = Config::validate(raw("[raft]\nheartbeat_ms = 200").unwrap()).unwrap_err();
+        assert!(e.to_string().starts_with("raft.election_timeout_min_ms"), "{e}");
+    }
+}

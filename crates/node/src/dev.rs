@@ -1,0 +1,213 @@
+//! A local cluster of in-process nodes on loopback with a generated PKI:
+//! `routerd dev` runs one, and `router-testkit` builds its test clusters on
+//! the same code (so the demo and the tests exercise one path).
+
+use crate::config::{Config, RawCluster, RawConfig, RawListen, RawMember, RawTls};
+use crate::devcerts::{CertPaths, DevPki};
+use crate::node::{Listeners, Node};
+use anyhow::Context;
+use router_raft::NodeId;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+pub struct LocalClusterSpec {
+    pub dir: PathBuf,
+    pub nodes: u64,
+    pub providers: Vec<String>,
+    /// `None`: ephemeral ports (tests). `Some(base)`: node i listens on
+    /// base+10i+1 (provider), +2 (peer), +3 (admin).
+    pub base_port: Option<u16>,
+    /// Applied to every node's raw config before validation.
+    pub customize: fn(&mut RawConfig),
+}
+
+pub struct LocalNode {
+    pub id: NodeId,
+    pub config: Config,
+    pub provider_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub node: Option<Node>,
+}
+
+pub struct LocalCluster {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub provider_certs: BTreeMap<String, CertPaths>,
+    pub operator_cert: CertPaths,
+    pub nodes: Vec<LocalNode>,
+}
+
+fn no_customization(_: &mut RawConfig) {}
+
+impl LocalClusterSpec {
+    pub fn new(dir: &Path, nodes: u64, providers: &[&str]) -> Self {
+        LocalClusterSpec {
+            dir: dir.to_path_buf(),
+            nodes,
+            providers: providers.iter().map(|s| s.to_string()).collect(),
+            base_port: None,
+            customize: no_customization,
+        }
+    }
+}
+
+impl LocalCluster {
+    /// Generates certificates and configs, binds every listener, starts every
+    /// node; node 1 bootstraps the cluster and onboards the providers.
+    pub async fn start(spec: LocalClusterSpec) -> anyhow::Result<LocalCluster> {
+        let pki = DevPki::create(&spec.dir.join("certs")).context("create dev PKI")?;
+        let mut provider_certs = BTreeMap::new();
+        for p in &spec.providers {
+            provider_certs.insert(p.clone(), pki.issue_provider(p)?);
+        }
+        let operator_cert = pki.issue_operator("admin")?;
+
+        let mut bound = Vec::new();
+        for id in 1..=spec.nodes {
+            let port = |k: u16| match spec.base_port {
+                Some(base) => SocketAddr::from(([127, 0, 0, 1], base + 10 * id as u16 + k)),
+                None => SocketAddr::from(([127, 0, 0, 1], 0)),
+            };
+            let bind = |a: SocketAddr| async move { TcpListener::bind(a).await.with_context(|| format!("bind {a}")) };
+            bound.push(Listeners { provider: bind(port(1)).await?, peer: bind(port(2)).await?, admin: bind(port(3)).await? });
+        }
+        let addrs: Vec<(SocketAddr, SocketAddr, SocketAddr)> = bound
+            .iter()
+            .map(|l| Ok((l.provider.local_addr()?, l.peer.local_addr()?, l.admin.local_addr()?)))
+            .collect::<std::io::Result<_>>()?;
+        let members: Vec<RawMember> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, (prov, peer, _))| RawMember { id: i as u64 + 1, peer: peer.to_string(), provider: prov.to_string() })
+            .collect();
+
+        let mut nodes = Vec::new();
+        for (i, listeners) in bound.into_iter().enumerate() {
+            let id = i as u64 + 1;
+            let (provider_addr, peer_addr, admin_addr) = addrs[i];
+            let cert = pki.issue_node(id)?;
+            let mut raw = RawConfig {
+                node_id: id,
+                data_dir: spec.dir.join(format!("node-{id}")),
+                listen: RawListen { provider: provider_addr, peer: peer_addr, admin: admin_addr },
+                advertise: Default::default(),
+                tls: RawTls { ca: pki.ca.clone(), cert: cert.cert, key: cert.key, peer_server_name: "localhost".into() },
+                cluster: RawCluster {
+                    bootstrap: id == 1,
+                    initial_members: members.clone(),
+                    initial_providers: spec.providers.clone(),
+                },
+                raft: Default::default(),
+                limits: Default::default(),
+                batching: Default::default(),
+            };
+            (spec.customize)(&mut raw);
+            std::fs::create_dir_all(&raw.data_dir)?;
+            std::fs::write(spec.dir.join(format!("routerd-{id}.toml")), render_toml(&raw))?;
+            let config = Config::validate(raw).context("validate generated config")?;
+            let node = Node::start(config.clone(), listeners).await.with_context(|| format!("start node {id}"))?;
+            nodes.push(LocalNode { id, config, provider_addr, peer_addr, admin_addr, node: Some(node) });
+        }
+        Ok(LocalCluster { dir: spec.dir, ca: pki.ca.clone(), provider_certs, operator_cert, nodes })
+    }
+
+    pub fn node(&self, id: NodeId) -> &LocalNode {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    /// The current leader as seen by any running node.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.nodes.iter().filter_map(|n| n.node.as_ref()).find_map(|n| n.raft().metrics().borrow().current_leader)
+    }
+
+    /// Waits until a leader exists and every running node knows it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<NodeId> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let views: Vec<Option<NodeId>> = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.node.as_ref())
+                .map(|n| n.raft().metrics().borrow().current_leader)
+                .collect();
+            if let Some(Some(l)) = views.first() {
+                let running = self.nodes.iter().any(|n| n.id == *l && n.node.is_some());
+                if running && views.iter().all(|v| *v == Some(*l)) {
+                    return Ok(*l);
+                }
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "no agreed leader within {timeout:?}: {views:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops a node at once (its data directory stays).
+    pub async fn crash(&mut self, id: NodeId) {
+        if let Some(node) = self.nodes[(id - 1) as usize].node.take() {
+            node.crash().await;
+        }
+    }
+
+    /// Starts a stopped node again on the same addresses and data directory.
+    pub async fn restart(&mut self, id: NodeId) -> anyhow::Result<()> {
+        let n = &mut self.nodes[(id - 1) as usize];
+        anyhow::ensure!(n.node.is_none(), "node {id} is running");
+        let mut config = n.config.clone();
+        config.bootstrap = false;
+        let listeners = Listeners {
+            provider: TcpListener::bind(n.provider_addr).await?,
+            peer: TcpListener::bind(n.peer_addr).await?,
+            admin: TcpListener::bind(n.admin_addr).await?,
+        };
+        n.node = Some(Node::start(config, listeners).await?);
+        Ok(())
+    }
+
+    /// Deletes a stopped node's data directory (disk loss).
+    pub fn wipe(&mut self, id: NodeId) -> anyhow::Result<()> {
+        let n = &self.nodes[(id - 1) as usize];
+        anyhow::ensure!(n.node.is_none(), "node {id} is running");
+        std::fs::remove_dir_all(&n.config.data_dir).context("wipe data dir")?;
+        std::fs::create_dir_all(&n.config.data_dir)?;
+        Ok(())
+    }
+
+    pub async fn shutdown(mut self) {
+        for n in &mut self.nodes {
+            if let Some(node) = n.node.take() {
+                node.shutdown(Duration::from_secs(2)).await;
+            }
+        }
+    }
+}
+
+/// The generated per-node config as TOML, so a node can also be run as its
+/// own process: `routerd --config <dir>/routerd-1.toml`.
+fn render_toml(raw: &RawConfig) -> String {
+    let members: String = raw
+        .cluster
+        .initial_members
+        .iter()
+        .map(|m| format!("  {{ id = {}, peer = \"{}\", provider = \"{}\" }},\n", m.id, m.peer, m.provider))
+        .collect();
+    let providers: Vec<String> = raw.cluster.initial_providers.iter().map(|p| format!("\"{p}\"")).collect();
+    format!(
+        "node_id = {id}\ndata_dir = \"{data}\"\n\n[listen]\nprovider = \"{lp}\"\npeer = \"{lpe}\"\nadmin = \"{la}\"\n\n\
+         [tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\n\
+         [cluster]\nbootstrap = {boot}\ninitial_providers = [{providers}]\ninitial_members = [\n{members}]\n",
+        id = raw.node_id,
+        data = raw.data_dir.display(),
+        lp = raw.listen.provider,
+        lpe = raw.listen.peer,
+        la = raw.listen.admin,
+        ca = raw.tls.ca.display(),
+        cert = raw.tls.cert.display(),
+        key = raw.tls.key.display(),
+        boot = raw.cluster.bootstrap,
+        providers = providers.join(", "),
+    )
+}

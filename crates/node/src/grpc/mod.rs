@@ -1,0 +1,11 @@
+//! gRPC services. Provider-facing ones (directory, prekeys, messaging) are
+//! served on the provider port; admin and peer (Raft-internal) on the peer
+//! port, kept apart so a provider certificate can never reach Raft.
+
+pub mod admin;
+pub mod directory;
+pub mod messaging;
+pub mod peer;
+pub mod prekeys;
+pub mod status;
+pub mod validate;

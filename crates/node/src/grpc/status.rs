@@ -1,0 +1,112 @@
+//! The one place where failures become gRPC statuses. Every non-OK status
+//! carries an `interop_router.v1.ErrorDetail` in its binary details with a
+//! stable `reason`, so clients never parse message text.
+
+use crate::writer::WriteError;
+use prost::Message;
+use router_core::{Outcome, Rejection};
+use router_proto::v1::{DeviceMismatch, ErrorDetail};
+use tonic::{Code, Status};
+
+pub fn with_detail(code: Code, message: impl Into<String>, detail: ErrorDetail) -> Status {
+    Status::with_details(code, message, detail.encode_to_vec().into())
+}
+
+fn reason(code: Code, reason: &str, message: impl Into<String>) -> Status {
+    with_detail(code, message, ErrorDetail { reason: reason.into(), ..Default::default() })
+}
+
+/// Malformed input: which field, why, and the limit when one applies.
+pub fn invalid_field(field: impl Into<String>, why: &str, message: impl Into<String>) -> Status {
+    with_detail(
+        Code::InvalidArgument,
+        message,
+        ErrorDetail { reason: why.into(), field: field.into(), ..Default::default() },
+    )
+}
+
+pub fn over_limit(field: impl Into<String>, limit: u64, actual: u64) -> Status {
+    let field = field.into();
+    with_detail(
+        Code::InvalidArgument,
+        format!("{field}: {actual} exceeds the limit of {limit}"),
+        ErrorDetail { reason: "TOO_LARGE".into(), field, limit, actual, ..Default::default() },
+    )
+}
+
+pub fn permission_denied(message: impl Into<String>) -> Status {
+    reason(Code::PermissionDenied, "PERMISSION_DENIED", message)
+}
+
+pub fn rejection(r: &Rejection) -> Status {
+    let code = match r {
+        Rejection::ProviderNotOnboarded { .. } | Rejection::NotOwner { .. } => Code::PermissionDenied,
+        Rejection::UserNotFound { .. } | Rejection::DeviceNotFound { .. } | Rejection::NoKeys { .. } => Code::NotFound,
+        Rejection::UserTaken { .. } => Code::AlreadyExists,
+        Rejection::DeviceMismatch { .. } | Rejection::SignedPrekeyRequired => Code::FailedPrecondition,
+        Rejection::TooManyDevices { .. } | Rejection::PrekeyStockFull { .. } | Rejection::MailboxFull { .. } => {
+            Code::ResourceExhausted
+        }
+        Rejection::DuplicatePrekeyId { .. } => Code::InvalidArgument,
+    };
+    let mut detail = ErrorDetail { reason: r.reason().into(), ..Default::default() };
+    let message = match r {
+        Rejection::ProviderNotOnboarded { provider } => format!("provider {provider} is not onboarded"),
+        Rejection::UserNotFound { user } => format!("user {user} is not registered"),
+        Rejection::NotOwner { user } => format!("user {user} belongs to another provider"),
+        Rejection::UserTaken { user } => format!("user {user} is registered by another provider"),
+        Rejection::DeviceNotFound { user, device } => format!("user {user} has no device {device}"),
+        Rejection::TooManyDevices { limit } => {
+            detail.limit = u64::from(*limit);
+            format!("a user may have at most {limit} devices")
+        }
+        Rejection::DeviceMismatch { missing, extra, stale } => {
+            detail.device_mismatch = Some(DeviceMismatch {
+                missing_devices: missing.clone(),
+                extra_devices: extra.clone(),
+                stale_devices: stale.clone(),
+            });
+            format!("device list mismatch: missing {missing:?}, extra {extra:?}, stale {stale:?}")
+        }
+        Rejection::NoKeys { user } => format!("no device of user {user} has uploaded prekeys"),
+        Rejection::SignedPrekeyRequired => {
+            detail.field = "signed_prekey".into();
+            "the first upload, or one with a new identity key, must include a signed prekey".into()
+        }
+        Rejection::PrekeyStockFull { limit, actual } => {
+            detail.limit = u64::from(*limit);
+            detail.actual = *actual;
+            format!("the device would hold {actual} one-time prekeys; the limit is {limit}")
+        }
+        Rejection::DuplicatePrekeyId { key_id } => format!("one-time prekey id {key_id} is already stocked"),
+        Rejection::MailboxFull { provider, limit } => {
+            detail.limit = *limit;
+            format!("the mailbox of provider {provider} holds its limit of {limit} entries; retry later")
+        }
+    };
+    with_detail(code, message, detail)
+}
+
+pub fn write_error(e: WriteError) -> Status {
+    match e {
+        WriteError::NoLeader | WriteError::NotLeader { .. } => reason(
+            Code::Unavailable,
+            "NO_LEADER",
+            "the cluster has no reachable leader right now; retry (the same message id is safe)",
+        ),
+        WriteError::ShuttingDown => reason(Code::Unavailable, "SHUTTING_DOWN", "node is shutting down; use another node"),
+        WriteError::Raft(m) => reason(Code::Unavailable, "RAFT_ERROR", format!("replication failed: {m}; retry")),
+    }
+}
+
+/// Turns an outcome into `Ok` unless it is a rejection.
+pub fn accepted(outcome: Outcome) -> Result<Outcome, Status> {
+    match outcome {
+        Outcome::Rejected(r) => Err(rejection(&r)),
+        other => Ok(other),
+    }
+}
+
+pub fn unexpected(outcome: &Outcome) -> Status {
+    Status::internal(format!("unexpected outcome {outcome:?}"))
+}

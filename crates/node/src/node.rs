@@ -1,0 +1,250 @@
+//! A running node: storage, Raft, the write path and three listeners.
+//!
+//! The library never binds sockets or listens for signals: [`Node::start`]
+//! takes already-bound listeners, and [`Node::shutdown`] is called by whoever
+//! owns the process (`main.rs`, `routerd dev`, tests).
+
+use crate::admin_http;
+use crate::config::Config;
+use crate::ctx::{Ctx, NodeCtx};
+use crate::grpc::{admin::AdminService, directory::DirectoryService, messaging::MessagingService};
+use crate::grpc::{peer::PeerService, prekeys::PrekeysService};
+use crate::network::Network;
+use crate::peers::{PEER_MAX_MESSAGE_BYTES, PeerPool};
+use crate::tls::TlsMaterials;
+use crate::writer::Writer;
+use anyhow::Context;
+use router_core::{Command, ProviderId};
+use router_proto::v1::admin_server::AdminServer;
+use router_proto::v1::directory_server::DirectoryServer;
+use router_proto::v1::messaging_server::MessagingServer;
+use router_proto::v1::peer_server::PeerServer;
+use router_proto::v1::prekeys_server::PrekeysServer;
+use router_raft::{NodeId, Raft, SledBackend};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+/// Sockets bound by the caller.
+pub struct Listeners {
+    pub provider: TcpListener,
+    pub peer: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(cfg: &Config) -> anyhow::Result<Self> {
+        let bind = |a| async move { TcpListener::bind(a).await.with_context(|| format!("bind {a}")) };
+        Ok(Listeners {
+            provider: bind(cfg.listen.provider).await?,
+            peer: bind(cfg.listen.peer).await?,
+            admin: bind(cfg.listen.admin).await?,
+        })
+    }
+}
+
+pub struct Node {
+    ctx: Ctx,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    pub async fn start(cfg: Config, listeners: Listeners) -> anyhow::Result<Node> {
+        let tls = Arc::new(TlsMaterials::load(&cfg.tls).context("load TLS material")?);
+        std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("create {}", cfg.data_dir.display()))?;
+        let backend = SledBackend::open(&cfg.data_dir.join("raft")).context("open raft storage")?;
+        let (log_store, sm_store) = router_raft::open(backend).context("load raft state")?;
+        let state = sm_store.state();
+        let applied = sm_store.applied();
+
+        let raft_config = openraft::Config {
+            cluster_name: "interop-router".into(),
+            heartbeat_interval: cfg.raft.heartbeat.as_millis() as u64,
+            election_timeout_min: cfg.raft.election_timeout_min.as_millis() as u64,
+            election_timeout_max: cfg.raft.election_timeout_max.as_millis() as u64,
+            max_payload_entries: cfg.raft.max_payload_entries,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.raft.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: 1_000,
+            install_snapshot_timeout: 10_000,
+            ..Default::default()
+        }
+        .validate()
+        .context("raft config")?;
+        let peers = PeerPool::new(tls.clone());
+        let raft = Raft::new(cfg.node_id, Arc::new(raft_config), Network { peers: peers.clone() }, log_store, sm_store)
+            .await
+            .context("start raft")?;
+        let writer = Writer::start(
+            cfg.node_id,
+            raft.clone(),
+            peers,
+            cfg.batching.max_commands_per_entry,
+            cfg.batching.max_entries_in_flight,
+        );
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let ctx: Ctx = Arc::new(NodeCtx {
+            node_id: cfg.node_id,
+            advertise: cfg.advertise.clone(),
+            raft: raft.clone(),
+            writer,
+            state,
+            applied,
+            limits: cfg.limits.clone(),
+            shutdown: shutdown_rx.clone(),
+            open_streams: Default::default(),
+        });
+
+        let mut tasks = Vec::new();
+        tasks.push(spawn_provider_server(&ctx, &tls, listeners.provider, shutdown_rx.clone())?);
+        tasks.push(spawn_peer_server(&ctx, &tls, listeners.peer, shutdown_rx.clone())?);
+        let admin = admin_http::router(ctx.clone());
+        let mut admin_shutdown = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let stop = async move {
+                let _ = admin_shutdown.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listeners.admin, admin).with_graceful_shutdown(stop).await {
+                tracing::error!("failed to serve admin HTTP: {e:#}");
+            }
+        }));
+
+        if cfg.bootstrap {
+            tasks.push(tokio::spawn(bootstrap(ctx.clone(), cfg.clone())));
+        }
+        tracing::info!(node_id = cfg.node_id, provider = %cfg.advertise.provider, peer = %cfg.advertise.peer, "node started");
+        Ok(Node { ctx, shutdown: shutdown_tx, tasks })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.ctx.node_id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.ctx.raft
+    }
+
+    pub fn ctx(&self) -> &Ctx {
+        &self.ctx
+    }
+
+    /// Graceful stop: receive streams end with UNAVAILABLE (providers
+    /// reconnect elsewhere), listeners drain, Raft stops.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        let all = futures::future::join_all(self.tasks);
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!("listeners did not drain within {grace:?}");
+        }
+        if let Err(e) = self.ctx.raft.shutdown().await {
+            tracing::warn!("failed to stop raft cleanly: {e}");
+        }
+    }
+
+    /// Stops at once, without draining: the in-process stand-in for kill -9
+    /// used by tests. Durable state is whatever was fsynced.
+    pub async fn crash(self) {
+        let _ = self.shutdown.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = self.ctx.raft.shutdown().await;
+    }
+}
+
+fn spawn_provider_server(
+    ctx: &Ctx,
+    tls: &TlsMaterials,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let max_msg = ctx.limits.max_envelope_bytes + 64 * 1024;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(router_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("build reflection service")?;
+    let router = Server::builder()
+        .tls_config(tls.server())
+        .context("provider TLS config")?
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(DirectoryServer::new(DirectoryService { ctx: ctx.clone() }))
+        .add_service(PrekeysServer::new(PrekeysService { ctx: ctx.clone() }))
+        .add_service(MessagingServer::new(MessagingService { ctx: ctx.clone() }).max_decoding_message_size(max_msg));
+    Ok(tokio::spawn(async move {
+        health.set_serving::<DirectoryServer<DirectoryService>>().await;
+        health.set_serving::<PrekeysServer<PrekeysService>>().await;
+        health.set_serving::<MessagingServer<MessagingService>>().await;
+        let stop = async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        };
+        if let Err(e) = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop).await {
+            tracing::error!("failed to serve provider API: {e:#}");
+        }
+    }))
+}
+
+fn spawn_peer_server(
+    ctx: &Ctx,
+    tls: &TlsMaterials,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let (_health, health_service) = tonic_health::server::health_reporter();
+    let router = Server::builder()
+        .tls_config(tls.server())
+        .context("peer TLS config")?
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(
+            PeerServer::new(PeerService { ctx: ctx.clone() })
+                .max_decoding_message_size(PEER_MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES),
+        )
+        .add_service(AdminServer::new(AdminService { ctx: ctx.clone() }));
+    Ok(tokio::spawn(async move {
+        let stop = async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        };
+        if let Err(e) = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop).await {
+            tracing::error!("failed to serve peer API: {e:#}");
+        }
+    }))
+}
+
+/// Initializes a new cluster (only when this node has no Raft state), then
+/// makes sure the configured limits and providers are in the replicated state.
+async fn bootstrap(ctx: Ctx, cfg: Config) {
+    let fresh = match ctx.raft.is_initialized().await {
+        Ok(initialized) => !initialized,
+        Err(e) => {
+            tracing::error!("failed to read raft state: {e}");
+            return;
+        }
+    };
+    if fresh {
+        if let Err(e) = ctx.raft.initialize(cfg.initial_members.clone()).await {
+            tracing::error!("failed to initialize cluster: {e}");
+            return;
+        }
+        tracing::info!(members = ?cfg.initial_members.keys().collect::<Vec<_>>(), "cluster initialized");
+        if let Err(e) = ctx.writer.submit(Command::SetLimits { limits: cfg.replicated_limits.clone() }).await {
+            tracing::error!("failed to set replicated limits: {e}");
+        }
+    }
+    for p in &cfg.initial_providers {
+        let provider = ProviderId::new(p);
+        if ctx.read(|s| s.is_onboarded(&provider)) {
+            continue;
+        }
+        if let Err(e) = ctx.writer.submit(Command::AddProvider { provider }).await {
+            tracing::error!("failed to onboard initial provider {p}: {e}");
+        }
+    }
+}

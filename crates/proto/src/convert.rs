@@ -1,0 +1,85 @@
+//! Core → wire conversions. Incoming requests are validated and converted in
+//! `router-node` (`grpc/validate.rs`), where the configured limits are known.
+
+use crate::v1;
+use router_core as core;
+
+impl From<core::ContentType> for v1::ContentType {
+    fn from(c: core::ContentType) -> Self {
+        match c {
+            core::ContentType::Message => v1::ContentType::Message,
+            core::ContentType::Receipt => v1::ContentType::Receipt,
+            core::ContentType::Typing => v1::ContentType::Typing,
+            core::ContentType::CallSignaling => v1::ContentType::CallSignaling,
+        }
+    }
+}
+
+impl From<&core::SignedPrekey> for v1::SignedEcPrekey {
+    fn from(k: &core::SignedPrekey) -> Self {
+        v1::SignedEcPrekey { key_id: k.key_id, public_key: k.public_key.clone(), signature: k.signature.clone() }
+    }
+}
+
+impl From<&core::SignedPrekey> for v1::SignedKyberPrekey {
+    fn from(k: &core::SignedPrekey) -> Self {
+        v1::SignedKyberPrekey { key_id: k.key_id, public_key: k.public_key.clone(), signature: k.signature.clone() }
+    }
+}
+
+impl From<&core::Bundle> for v1::PrekeyBundle {
+    fn from(b: &core::Bundle) -> Self {
+        v1::PrekeyBundle {
+            device_id: b.device,
+            registration_id: b.registration_id,
+            identity_key: b.identity_key.clone(),
+            signed_prekey: Some((&b.signed_prekey).into()),
+            one_time_prekey: b
+                .one_time
+                .as_ref()
+                .map(|k| v1::EcOneTimePrekey { key_id: k.key_id, public_key: k.public_key.clone() }),
+            kyber_prekey: b.kyber.as_ref().map(Into::into),
+            kyber_is_last_resort: b.kyber_is_last_resort,
+            one_time_exhausted: b.one_time_exhausted(),
+        }
+    }
+}
+
+impl From<&core::DevicePart> for v1::DeviceCiphertext {
+    fn from(p: &core::DevicePart) -> Self {
+        v1::DeviceCiphertext {
+            device_id: p.device,
+            registration_id: p.registration_id,
+            message_type: p.message_type,
+            ciphertext: p.ciphertext.clone(),
+        }
+    }
+}
+
+impl From<&core::MailboxEntry> for v1::MailboxEntry {
+    fn from(e: &core::MailboxEntry) -> Self {
+        let kind = match &e.item {
+            core::MailboxItem::Envelope(env) => v1::mailbox_entry::Kind::Envelope(v1::Envelope {
+                sender_provider_id: env.sender.0.clone(),
+                sender_user_id: env.sender_user.as_ref().map(|u| u.0.clone()).unwrap_or_default(),
+                message_id: env.message_id.0.clone(),
+                recipient_user_id: env.recipient.0.clone(),
+                content_type: v1::ContentType::from(env.content_type) as i32,
+                parts: env.parts.iter().map(Into::into).collect(),
+            }),
+            core::MailboxItem::Expired { message_id, recipient, recipient_provider } => {
+                v1::mailbox_entry::Kind::Expired(v1::ExpiryReport {
+                    message_id: message_id.0.clone(),
+                    recipient_user_id: recipient.0.clone(),
+                    recipient_provider_id: recipient_provider.0.clone(),
+                })
+            }
+        };
+        v1::MailboxEntry {
+            seq: e.seq,
+            accepted_at_ms: e.accepted_at_ms,
+            expires_at_ms: e.expires_at_ms,
+            kind: Some(kind),
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! [`LogStore`]: the raft log, vote and committed id, kept in a [`Backend`].
+//!
+//! Layout:
+//! - tree `log`: key = log index as 8 big-endian bytes (so key order is index
+//!   order), value = [`codec`]-encoded [`Entry`];
+//! - tree `meta`: `vote`, `committed` and `last_purged`, each a codec-encoded value.
+//!
+//! Durability: [`append`](RaftLogStorage::append) writes all entries of the
+//! call, fsyncs once, then reports them flushed (group commit: openraft hands
+//! us every entry that queued up meanwhile in one call). `save_vote` fsyncs
+//! before returning (Raft §5.2: a vote must survive a crash). `committed`,
+//! `truncate` and `purge` do not fsync: the backend keeps write order, so they
+//! become durable with the next append or vote, and losing them is safe
+//! (committed is only a hint for re-applying after restart; a lost purge leaves
+//! extra entries; a lost truncate means the node restarts with its older log,
+//! as if the request that caused it never arrived, and nothing written after
+//! it can have been acknowledged since the fsync that acknowledges it would
+//! have persisted the truncate too).
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogId, RaftLogReader};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::backend::{Backend, KeyRange, Tree};
+use crate::codec::{self, io_error};
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+fn index_key(index: u64) -> Vec<u8> {
+    index.to_be_bytes().to_vec()
+}
+
+fn key_range(range: &impl RangeBounds<u64>) -> KeyRange {
+    let map = |b: Bound<&u64>| match b {
+        Bound::Included(i) => Bound::Included(index_key(*i)),
+        Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    (map(range.start_bound()), map(range.end_bound()))
+}
+
+/// The raft log of one node. Cheap to clone: clones share the backend, and
+/// openraft's log readers (replication tasks) are such clones.
+#[derive(Clone, Debug)]
+pub struct LogStore<B: Backend> {
+    backend: B,
+}
+
+impl<B: Backend> LogStore<B> {
+    /// Wraps `backend`, checking that what is stored there is readable by
+    /// this build (so a too-new format fails at startup, not mid-election).
+    pub fn open(backend: B) -> Result<Self, StorageError> {
+        let store = LogStore { backend };
+        store.load_meta::<Vote>(KEY_VOTE, ErrorSubject::Vote)?;
+        store.load_meta::<Option<LogId>>(KEY_COMMITTED, ErrorSubject::Store)?;
+        store.load_meta::<LogId>(KEY_LAST_PURGED, ErrorSubject::Logs)?;
+        store.last_entry_id()?;
+        Ok(store)
+    }
+
+    fn load_meta<T: DeserializeOwned>(
+        &self,
+        key: &[u8],
+        subject: ErrorSubject<u64>,
+    ) -> Result<Option<T>, StorageError> {
+        let name = String::from_utf8_lossy(key);
+        let raw = self
+            .backend
+            .get(Tree::Meta, key)
+            .map_err(|e| io_error(subject.clone(), ErrorVerb::Read, &e, format!("read {name}")))?;
+        raw.map(|bytes| codec::decode(&bytes))
+            .transpose()
+            .map_err(|e| io_error(subject, ErrorVerb::Read, &e, format!("decode {name}")))
+    }
+
+    fn store_meta<T: Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+        subject: ErrorSubject<u64>,
+    ) -> Result<(), StorageError> {
+        let name = String::from_utf8_lossy(key);
+        let bytes = codec::encode(value).map_err(|e| {
+            io_error(
+                subject.clone(),
+                ErrorVerb::Write,
+                &e,
+                format!("encode {name}"),
+            )
+        })?;
+        self.backend
+            .insert(Tree::Meta, key, bytes)
+            .map_err(|e| io_error(subject, ErrorVerb::Write, &e, format!("write {name}")))
+    }
+
+    fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, StorageError> {
+        codec::decode(value).map_err(|e| {
+            let index = <[u8; 8]>::try_from(key).map(u64::from_be_bytes).ok();
+            io_error(
+                ErrorSubject::Logs,
+                ErrorVerb::Read,
+                &e,
+                format!("decode log entry at index {index:?}"),
+            )
+        })
+    }
+
+    fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
+        let last = self.backend.last(Tree::Log).map_err(|e| {
+            io_error(
+                ErrorSubject::Logs,
+                ErrorVerb::Read,
+                &e,
+                "read last log entry",
+            )
+        })?;
+        match last {
+            Some((k, v)) => Ok(Some(*Self::decode_entry(&k, &v)?.get_log_id())),
+            None => Ok(None),
+        }
+    }
+}
+
+impl<B: Backend> RaftLogReader<TypeConfig> for LogStore<B> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let pairs = self
+            .backend
+            .range(Tree::Log, key_range(&range))
+            .map_err(|e| {
+                io_error(
+                    ErrorSubject::Logs,
+                    ErrorVerb::Read,
+                    &e,
+                    format!("read log entries {range:?}"),
+                )
+            })?;
+        pairs
+            .iter()
+            .map(|(k, v)| Self::decode_entry(k, v))
+            .collect()
+    }
+}
+
+impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id = self.load_meta::<LogId>(KEY_LAST_PURGED, ErrorSubject::Logs)?;
+        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.store_meta(KEY_VOTE, vote, ErrorSubject::Vote)?;
+        self.backend
+            .flush()
+            .await
+            .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, &e, "fsync vote"))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.load_meta(KEY_VOTE, ErrorSubject::Vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.store_meta(KEY_COMMITTED, &committed, ErrorSubject::Store)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self
+            .load_meta::<Option<LogId>>(KEY_COMMITTED, ErrorSubject::Store)?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        for entry in entries {
+            let log_id = *entry.get_log_id();
+            let bytes = codec::encode(&entry).map_err(|e| {
+                io_error(
+                    ErrorSubject::Log(log_id),
+                    ErrorVerb::Write,
+                    &e,
+                    "encode log entry",
+                )
+            })?;
+            self.backend
+                .insert(Tree::Log, &index_key(log_id.index), bytes)
+                .map_err(|e| {
+                    io_error(
+                        ErrorSubject::Log(log_id),
+                        ErrorVerb::Write,
+                        &e,
+                        "write log entry",
+                    )
+                })?;
+        }
+        match self.backend.flush().await {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(io::Error::other(e.to_string())));
+                Err(io_error(
+                    ErrorSubject::Logs,
+                    ErrorVerb::Write,
+                    &e,
+                    "fsync appended log entries",
+                ))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(%log_id, "truncate log");
+        self.backend
+            .remove_range(Tree::Log, key_range(&(log_id.index..)))
+            .map_err(|e| {
+                io_error(
+                    ErrorSubject::Logs,
+                    ErrorVerb::Delete,
+                    &e,
+                    format!("truncate log from {log_id}"),
+                )
+            })
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(%log_id, "purge log");
+        // Record the purge point first: if the deletion is lost, the entries
+        // are merely still there; never the other way round (a hole).
+        self.store_meta(KEY_LAST_PURGED, &log_id, ErrorSubject::Logs)?;
+        self.backend
+            .remove_range(Tree::Log, key_range(&(..=log_id.index)))
+            .map_err(|e| {
+                io_error(
+                    ErrorSubject::Logs,
+                    ErrorVerb::Delete,
+                    &e,
+                    format!("purge log up to {log_id}"),
+                )
+            })
+    }
+}

@@ -1,0 +1,402 @@
+//! Storage tests: openraft's conformance suite against both backends, then
+//! the properties the router relies on beyond it (restore from snapshot,
+//! re-apply after restart, crash loses only unsynced writes, format versions).
+
+use std::collections::BTreeSet;
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{
+    CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder, StorageHelper,
+};
+use router_core::{Batch, Command, Outcome, ProviderId, State, UserId};
+use tempfile::TempDir;
+
+use crate::backend::{Backend, MemBackend, SledBackend, Tree};
+use crate::types::{Entry, LogId, Membership, NodeAddr, StorageError, TypeConfig};
+use crate::{LogStore, StateMachineStore, open};
+
+struct MemBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore<MemBackend>, StateMachineStore<MemBackend>> for MemBuilder {
+    async fn build(
+        &self,
+    ) -> Result<((), LogStore<MemBackend>, StateMachineStore<MemBackend>), StorageError> {
+        let (log, sm) = open(MemBackend::new())?;
+        Ok(((), log, sm))
+    }
+}
+
+struct SledBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore<SledBackend>, StateMachineStore<SledBackend>, TempDir>
+    for SledBuilder
+{
+    async fn build(
+        &self,
+    ) -> Result<
+        (
+            TempDir,
+            LogStore<SledBackend>,
+            StateMachineStore<SledBackend>,
+        ),
+        StorageError,
+    > {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let (log, sm) = open(SledBackend::open(dir.path())?)?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn conformance_mem() {
+    Suite::test_all(MemBuilder).expect("openraft storage suite on MemBackend");
+}
+
+#[test]
+fn conformance_sled() {
+    Suite::test_all(SledBuilder).expect("openraft storage suite on SledBackend");
+}
+
+fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn membership_entry(index: u64) -> Entry {
+    let voters = BTreeSet::from([1u64]);
+    let nodes = [(
+        1u64,
+        NodeAddr {
+            peer: "127.0.0.1:1".into(),
+            provider: "127.0.0.1:2".into(),
+        },
+    )];
+    let m = Membership::new(
+        vec![voters],
+        nodes
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>(),
+    );
+    Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Membership(m),
+    }
+}
+
+fn batch_entry(index: u64, commands: Vec<Command>) -> Entry {
+    Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Normal(Batch {
+            stamp_ms: 1_000 * index,
+            commands,
+        }),
+    }
+}
+
+/// A few entries that change the state visibly.
+fn workload() -> Vec<Entry> {
+    let acme = ProviderId::new("acme");
+    vec![
+        membership_entry(1),
+        batch_entry(
+            2,
+            vec![Command::AddProvider {
+                provider: acme.clone(),
+            }],
+        ),
+        batch_entry(
+            3,
+            vec![
+                Command::RegisterUser {
+                    provider: acme.clone(),
+                    user: UserId::new("alice"),
+                },
+                Command::RegisterUser {
+                    provider: acme.clone(),
+                    user: UserId::new("bob"),
+                },
+            ],
+        ),
+        Entry {
+            log_id: log_id(2, 4),
+            payload: EntryPayload::Blank,
+        },
+    ]
+}
+
+fn snapshot_of(sm: &StateMachineStore<impl Backend>) -> State {
+    sm.state().read().unwrap().clone()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Applies the workload, builds a snapshot, and returns the state it covers.
+async fn apply_and_snapshot<B: Backend>(sm: &mut StateMachineStore<B>) -> State {
+    let replies = sm.apply(workload()).await.unwrap();
+    assert_eq!(replies.len(), 4);
+    assert_eq!(
+        replies[0],
+        Vec::<Outcome>::new(),
+        "membership answers nothing"
+    );
+    assert_eq!(replies[2].len(), 2, "one outcome per command");
+    assert_eq!(*sm.applied().borrow(), 4);
+    let state = snapshot_of(sm);
+    assert!(
+        state.user(&UserId::new("alice")).is_some(),
+        "workload registered alice: {replies:?}"
+    );
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(snap.meta.last_log_id, Some(log_id(2, 4)));
+    state
+}
+
+async fn assert_restored<B: Backend>(sm: &mut StateMachineStore<B>, want: &State) {
+    assert_eq!(&snapshot_of(sm), want, "state restored from snapshot");
+    assert_eq!(*sm.applied().borrow(), 4, "applied index restored");
+    let (applied, membership) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(2, 4)));
+    assert_eq!(membership.log_id(), &Some(log_id(1, 1)));
+    let current = sm
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .expect("snapshot stored");
+    assert_eq!(current.meta.last_log_id, Some(log_id(2, 4)));
+}
+
+#[test]
+fn snapshot_restores_state_mem() {
+    rt().block_on(async {
+        let backend = MemBackend::new();
+        let (_log, mut sm) = open(backend.clone()).unwrap();
+        let want = apply_and_snapshot(&mut sm).await;
+        // The snapshot was fsynced, so it survives a crash of the "disk" too.
+        backend.crash();
+        let (_log, mut restarted) = open(backend).unwrap();
+        assert_restored(&mut restarted, &want).await;
+    });
+}
+
+#[test]
+fn snapshot_restores_state_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = rt().block_on(async {
+        let (_log, mut sm) = open(SledBackend::open(dir.path()).unwrap()).unwrap();
+        apply_and_snapshot(&mut sm).await
+    });
+    // Every handle on the first database is dropped here; reopen from disk.
+    rt().block_on(async {
+        let (_log, mut sm) = open(SledBackend::open(dir.path()).unwrap()).unwrap();
+        assert_restored(&mut sm, &want).await;
+    });
+}
+
+#[test]
+fn install_snapshot_replaces_state_and_persists() {
+    rt().block_on(async {
+        let (_l, mut leader) = open(MemBackend::new()).unwrap();
+        let want = apply_and_snapshot(&mut leader).await;
+        let snap = leader.get_current_snapshot().await.unwrap().unwrap();
+
+        let backend = MemBackend::new();
+        let (_l, mut follower) = open(backend.clone()).unwrap();
+        let rx = follower.applied();
+        let mut data = follower.begin_receiving_snapshot().await.unwrap();
+        *data = *snap.snapshot;
+        follower.install_snapshot(&snap.meta, data).await.unwrap();
+        assert!(
+            rx.has_changed().unwrap(),
+            "install notifies the applied watch"
+        );
+        assert_restored(&mut follower, &want).await;
+
+        backend.crash();
+        let (_l, mut restarted) = open(backend).unwrap();
+        assert_restored(&mut restarted, &want).await;
+    });
+}
+
+#[test]
+fn restart_reapplies_committed_entries() {
+    rt().block_on(async {
+        let backend = MemBackend::new();
+        let (mut log, mut sm) = open(backend.clone()).unwrap();
+        // Openraft starts a log at index 0; without a purge it reads from there.
+        let first = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(0, 0), 0),
+            payload: EntryPayload::Blank,
+        };
+        let entries: Vec<Entry> = std::iter::once(first).chain(workload()).collect();
+        log.blocking_append(entries.clone()).await.unwrap();
+        log.save_committed(Some(log_id(2, 4))).await.unwrap();
+        sm.apply(entries).await.unwrap();
+        let want = snapshot_of(&sm);
+        // Flush the committed id the way the next append would.
+        backend.flush().await.unwrap();
+        drop((log, sm));
+
+        let (mut log, mut sm) = open(backend).unwrap();
+        assert_eq!(
+            snapshot_of(&sm),
+            State::default(),
+            "no snapshot: starts empty"
+        );
+        StorageHelper::new(&mut log, &mut sm)
+            .get_initial_state()
+            .await
+            .unwrap();
+        assert_eq!(snapshot_of(&sm), want, "committed entries re-applied");
+        assert_eq!(*sm.applied().borrow(), 4);
+    });
+}
+
+#[test]
+fn mem_crash_drops_only_unflushed_writes() {
+    rt().block_on(async {
+        let backend = MemBackend::new();
+        backend.insert(Tree::Meta, b"a", b"1".to_vec()).unwrap();
+        backend.flush().await.unwrap();
+        backend.insert(Tree::Meta, b"b", b"2".to_vec()).unwrap();
+        backend.remove(Tree::Meta, b"a").unwrap();
+        assert_eq!(
+            backend.get(Tree::Meta, b"b").unwrap(),
+            Some(b"2".to_vec()),
+            "reads see unflushed writes"
+        );
+        assert_eq!(backend.pending_writes(), 2);
+
+        let restarted = backend.clone();
+        backend.crash();
+        assert_eq!(
+            restarted.get(Tree::Meta, b"a").unwrap(),
+            Some(b"1".to_vec()),
+            "flushed write kept"
+        );
+        assert_eq!(
+            restarted.get(Tree::Meta, b"b").unwrap(),
+            None,
+            "unflushed write lost"
+        );
+        assert_eq!(restarted.pending_writes(), 0);
+
+        // A torn crash keeps a prefix of the unflushed writes, in order.
+        backend.insert(Tree::Log, b"x", b"1".to_vec()).unwrap();
+        backend.insert(Tree::Log, b"y", b"2".to_vec()).unwrap();
+        backend.crash_keeping(1);
+        assert_eq!(
+            backend
+                .range(
+                    Tree::Log,
+                    (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded)
+                )
+                .unwrap(),
+            vec![(b"x".to_vec(), b"1".to_vec())]
+        );
+    });
+}
+
+#[test]
+fn mem_crash_keeps_appended_log_but_not_later_unsynced_writes() {
+    rt().block_on(async {
+        let backend = MemBackend::new();
+        let (mut log, _sm) = open(backend.clone()).unwrap();
+        log.blocking_append(workload()).await.unwrap();
+        log.save_committed(Some(log_id(2, 4))).await.unwrap(); // not fsynced on its own
+        log.purge(log_id(1, 2)).await.unwrap(); // neither is this
+        backend.crash();
+
+        let (mut log, _sm) = open(backend).unwrap();
+        assert_eq!(
+            log.read_committed().await.unwrap(),
+            None,
+            "unsynced committed id lost"
+        );
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, None, "unsynced purge lost");
+        assert_eq!(
+            state.last_log_id,
+            Some(log_id(2, 4)),
+            "fsynced entries kept"
+        );
+        assert_eq!(log.try_get_log_entries(1..5).await.unwrap().len(), 4);
+    });
+}
+
+fn bump_version(bytes: &mut [u8]) {
+    assert_eq!(bytes[0], crate::FORMAT_VERSION);
+    bytes[0] = crate::FORMAT_VERSION + 1;
+}
+
+fn assert_newer_refused(result: Result<impl std::fmt::Debug, StorageError>) {
+    let err = result.expect_err("newer format must be refused");
+    let msg = format!("{err}");
+    assert!(
+        msg.contains("format version 2") && msg.contains("newer"),
+        "unclear error: {msg}"
+    );
+}
+
+#[test]
+fn newer_format_version_is_refused() {
+    rt().block_on(async {
+        // A log entry written by a newer build.
+        let backend = MemBackend::new();
+        let (mut log, _sm) = open(backend.clone()).unwrap();
+        log.blocking_append(workload()).await.unwrap();
+        let key = 4u64.to_be_bytes();
+        let mut raw = backend.get(Tree::Log, &key).unwrap().unwrap();
+        bump_version(&mut raw);
+        backend.insert(Tree::Log, &key, raw).unwrap();
+        assert_newer_refused(log.try_get_log_entries(4..5).await);
+        assert_newer_refused(open(backend).map(|_| ()));
+
+        // A stored snapshot written by a newer build.
+        let backend = MemBackend::new();
+        let (_log, mut sm) = open(backend.clone()).unwrap();
+        apply_and_snapshot(&mut sm).await;
+        let snap = sm.get_current_snapshot().await.unwrap().unwrap();
+        let mut raw = backend.get(Tree::Meta, b"snapshot").unwrap().unwrap();
+        bump_version(&mut raw);
+        backend.insert(Tree::Meta, b"snapshot", raw).unwrap();
+        assert_newer_refused(open(backend).map(|_| ()));
+
+        // A snapshot received from a newer leader.
+        let mut data = snap.snapshot.into_inner();
+        bump_version(&mut data);
+        let (_log, mut follower) = open(MemBackend::new()).unwrap();
+        let result = follower
+            .install_snapshot(&snap.meta, Box::new(std::io::Cursor::new(data)))
+            .await;
+        assert_newer_refused(result);
+        assert_eq!(
+            snapshot_of(&follower),
+            State::default(),
+            "refused snapshot leaves state alone"
+        );
+    });
+}
+
+#[test]
+fn codec_rejects_empty_and_unknown() {
+    assert!(matches!(
+        crate::codec::decode::<u64>(&[]),
+        Err(crate::FormatError::Empty)
+    ));
+    assert!(matches!(
+        crate::codec::decode::<u64>(&[0, 1]),
+        Err(crate::FormatError::Unknown { found: 0 })
+    ));
+    let bytes = crate::codec::encode(&7u64).unwrap();
+    assert_eq!(crate::codec::decode::<u64>(&bytes).unwrap(), 7);
+}

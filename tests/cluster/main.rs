@@ -1,0 +1,9 @@
+//! In-process multi-node tests: real nodes (openraft + sled on disk, tonic
+//! over mTLS on 127.0.0.1:0), real provider clients (`router-sdk`).
+
+mod common;
+mod delivery;
+mod failover;
+mod permissions;
+mod prekeys;
+mod restart;

@@ -109,6 +109,7 @@ pub struct RawRaft {
     pub election_timeout_max_ms: Option<u64>,
     pub snapshot_every_entries: Option<u64>,
     pub max_payload_entries: Option<u64>,
+    pub keep_logs_after_snapshot: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -161,6 +162,9 @@ pub struct RaftTuning {
     pub election_timeout_max: Duration,
     pub snapshot_every_entries: u64,
     pub max_payload_entries: u64,
+    /// Log entries kept behind a snapshot, so a briefly lagging follower
+    /// catches up from the log instead of a full snapshot.
+    pub keep_logs_after_snapshot: u64,
 }
 
 /// Limits checked at the API edge, before anything enters the log.
@@ -247,6 +251,7 @@ impl Config {
             election_timeout_max_ms,
             snapshot_every_entries,
             max_payload_entries,
+            keep_logs_after_snapshot,
         } = raft;
         let raft = RaftTuning {
             heartbeat: Duration::from_millis(heartbeat_ms.unwrap_or(50)),
@@ -254,6 +259,7 @@ impl Config {
             election_timeout_max: Duration::from_millis(election_timeout_max_ms.unwrap_or(300)),
             snapshot_every_entries: snapshot_every_entries.unwrap_or(5_000),
             max_payload_entries: max_payload_entries.unwrap_or(64),
+            keep_logs_after_snapshot: keep_logs_after_snapshot.unwrap_or(1_000),
         };
         if raft.election_timeout_min <= raft.heartbeat * 2 {
             return Err(invalid("raft.election_timeout_min_ms", "must exceed twice heartbeat_ms"));

@@ -35,6 +35,8 @@ pub struct LocalNode {
 
 pub struct LocalCluster {
     pub dir: PathBuf,
+    /// The dev CA, kept to issue more certificates (tests: unknown providers).
+    pub pki: DevPki,
     pub ca: PathBuf,
     pub provider_certs: BTreeMap<String, CertPaths>,
     pub operator_cert: CertPaths,
@@ -112,7 +114,7 @@ impl LocalCluster {
             let node = Node::start(config.clone(), listeners).await.with_context(|| format!("start node {id}"))?;
             nodes.push(LocalNode { id, config, provider_addr, peer_addr, admin_addr, node: Some(node) });
         }
-        Ok(LocalCluster { dir: spec.dir, ca: pki.ca.clone(), provider_certs, operator_cert, nodes })
+        Ok(LocalCluster { dir: spec.dir, ca: pki.ca.clone(), pki, provider_certs, operator_cert, nodes })
     }
 
     pub fn node(&self, id: NodeId) -> &LocalNode {

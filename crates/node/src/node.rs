@@ -69,7 +69,7 @@ impl Node {
             election_timeout_max: cfg.raft.election_timeout_max.as_millis() as u64,
             max_payload_entries: cfg.raft.max_payload_entries,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.raft.snapshot_every_entries),
-            max_in_snapshot_log_to_keep: 1_000,
+            max_in_snapshot_log_to_keep: cfg.raft.keep_logs_after_snapshot,
             install_snapshot_timeout: 10_000,
             ..Default::default()
         }

@@ -1,8 +1,8 @@
 //! Signal's serialized KEM (Kyber / ML-KEM) public keys: a type byte followed by the
 //! raw public key. Type bytes and lengths follow libsignal's `kem` module.
 
-use crate::error::KeyError;
 use crate::MAX_KYBER_PUBLIC_KEY_LEN;
+use crate::error::KeyError;
 
 /// The KEM key types libsignal knows, by their serialized type byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

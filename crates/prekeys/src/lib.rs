@@ -20,7 +20,7 @@
 //!
 //! libsignal or any other AGPL code; I/O; async runtimes; anything of the rest of
 //! the workspace. `rand` is only pulled in by the optional `signing` feature (for
-//! [`sign::KeyPair::generate`]).
+//! `sign::KeyPair::generate`).
 //!
 //! # Modules
 //!

@@ -15,7 +15,7 @@
 //!    s in `[l, 2^253)` mod l; no signer produces such an s, so being strict only
 //!    refuses malleated copies of valid signatures;
 //! 4. h = SHA-512(R || A || M) reduced mod l;
-//! 5. accept iff the encoding of [s]B - [h]A equals R byte for byte.
+//! 5. accept iff the encoding of `[s]B - [h]A` equals R byte for byte.
 //!
 //! Everything here is public data, so variable-time arithmetic is fine.
 

@@ -1,1 +1,29 @@
-//! placeholder
+//! `router-sdk`: the provider-facing client of the Interop Router.
+//!
+//! # What this crate owns
+//! Connecting to a cluster over mTLS with a list of node endpoints, moving to
+//! another node when one fails or has no leader, retrying with backoff and
+//! jitter (every write is retry-safe: sends carry their message id, see
+//! `router-node`'s writer), typed errors with the router's error details, and
+//! a receive subscription that reconnects and delivers each mailbox entry to
+//! the application at least once, without duplicates inside one
+//! subscription.
+//!
+//! # What it must not depend on
+//! Only the wire contract (`router-proto`) and tonic; never the node, the
+//! Raft layer or the core state machine — it must work against any router
+//! that speaks `interop_router.v1`.
+//!
+//! # Layout
+//! - [`client`]: [`RouterClient`], unary calls with failover.
+//! - [`subscription`]: [`Subscription`], the reconnecting receive stream.
+//! - [`error`]: [`SdkError`].
+
+pub mod client;
+pub mod error;
+pub mod subscription;
+
+pub use client::{ClientConfig, RouterClient};
+pub use error::SdkError;
+pub use router_proto::v1;
+pub use subscription::Subscription;

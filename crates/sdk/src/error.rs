@@ -1,0 +1,55 @@
+//! Errors as a provider sees them.
+
+use prost::Message;
+use router_proto::v1::ErrorDetail;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SdkError {
+    /// The router refused the request; retrying it unchanged will not help.
+    #[error("{code:?} {reason}: {message}")]
+    Rejected { code: Code, reason: String, message: String, detail: Box<ErrorDetail> },
+    /// No node could complete the call before the deadline.
+    #[error("unavailable after {attempts} attempts: {last}")]
+    Unavailable { attempts: u32, last: String },
+    #[error("invalid client configuration: {0}")]
+    Config(String),
+}
+
+impl SdkError {
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            SdkError::Rejected { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            SdkError::Rejected { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    pub fn detail(&self) -> Option<&ErrorDetail> {
+        match self {
+            SdkError::Rejected { detail, .. } => Some(detail),
+            _ => None,
+        }
+    }
+}
+
+/// Codes worth another attempt (possibly on another node).
+pub(crate) fn is_retryable(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted)
+}
+
+pub(crate) fn rejected(status: Status) -> SdkError {
+    let detail = ErrorDetail::decode(status.details()).unwrap_or_default();
+    SdkError::Rejected {
+        code: status.code(),
+        reason: if detail.reason.is_empty() { format!("{:?}", status.code()) } else { detail.reason.clone() },
+        message: status.message().to_string(),
+        detail: Box::new(detail),
+    }
+}

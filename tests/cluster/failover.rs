@@ -1,0 +1,77 @@
+//! Leader loss under load: acked sends survive, sending resumes, a receiver
+//! on the dead node reconnects elsewhere and misses nothing.
+
+use crate::common::*;
+use router_testkit::TestCluster;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const DEVICES: [(u32, u32); 1] = [(1, 55)];
+const TOTAL_SENDS: usize = 240;
+const KILL_AFTER: usize = 80;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_loses_no_acked_envelope() {
+    let mut tc = TestCluster::start(3).await.unwrap();
+    let leader = tc.cluster.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    let others: Vec<u64> = tc.all_nodes().into_iter().filter(|n| *n != leader).collect();
+    let beta_setup = tc.client("beta");
+    setup_user(&beta_setup, "handle:dave", &DEVICES).await;
+
+    // The receiver starts on the leader (the node we will kill).
+    let receiver = tc.client_on("beta", &[leader, others[0], others[1]]);
+    let received: Arc<Mutex<Vec<String>>> = Arc::default();
+    let recv_task = {
+        let received = received.clone();
+        tokio::spawn(async move {
+            let mut sub = receiver.subscribe(64);
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while Instant::now() < deadline {
+                let Ok(Ok(entry)) = tokio::time::timeout(Duration::from_secs(5), sub.next()).await else { continue };
+                received.lock().unwrap().push(message_id_of(&entry));
+                sub.ack(vec![entry.seq]).await.expect("ack");
+                if received.lock().unwrap().len() >= TOTAL_SENDS {
+                    break;
+                }
+            }
+            sub.reconnects()
+        })
+    };
+
+    // The sender prefers a node that survives, and sends one message at a time.
+    let sender = tc.client_on("alpha", &[others[0], others[1], leader]);
+    let mut acked = BTreeMap::new();
+    let mut gap = Duration::ZERO;
+    let mut killed_at = None;
+    for i in 0..TOTAL_SENDS {
+        if i == KILL_AFTER {
+            tc.cluster.crash(leader).await;
+            killed_at = Some(Instant::now());
+        }
+        let id = format!("f-{i}");
+        let started = Instant::now();
+        let resp = sender.send(message(&id, "handle:dave", &DEVICES)).await.expect("send eventually succeeds");
+        if killed_at.is_some() {
+            gap = gap.max(started.elapsed());
+        }
+        acked.insert(id, resp.mailbox_seq);
+    }
+    let new_leader = tc.cluster.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    assert_ne!(new_leader, leader);
+    println!("leader {leader} killed; new leader {new_leader}; longest send during failover {gap:?}");
+
+    let reconnects = recv_task.await.unwrap();
+    let received = received.lock().unwrap().clone();
+    let unique: BTreeSet<&String> = received.iter().collect();
+    assert_eq!(unique.len(), received.len(), "no envelope delivered twice within the subscription");
+    for id in acked.keys() {
+        assert!(unique.contains(id), "acked envelope {id} was not delivered");
+    }
+    assert_eq!(acked.len(), TOTAL_SENDS);
+    assert!(reconnects >= 1, "the receiver had to move off the killed node");
+    // Every message id is stored at most once: distinct mailbox sequences.
+    let seqs: BTreeSet<u64> = acked.values().copied().collect();
+    assert_eq!(seqs.len(), TOTAL_SENDS);
+    tc.shutdown().await;
+}

@@ -17,7 +17,7 @@
 //! # Layout
 //! - [`client`]: [`RouterClient`], unary calls with failover.
 //! - [`subscription`]: [`Subscription`], the reconnecting receive stream.
-//! - [`error`]: [`SdkError`].
+//! - [`mod@error`]: [`SdkError`].
 
 pub mod client;
 pub mod error;

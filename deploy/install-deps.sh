@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the system packages the build needs on a fresh Debian machine.
+#   protobuf-compiler: protoc, used by crates/proto/build.rs (tonic-prost-build).
+# Idempotent; does nothing when everything is already there.
+set -euo pipefail
+
+need=()
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+
+if [ "${#need[@]}" -gt 0 ]; then
+    echo "install-deps: installing ${need[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+protoc --version

@@ -160,13 +160,28 @@ impl LocalCluster {
         anyhow::ensure!(n.node.is_none(), "node {id} is running");
         let mut config = n.config.clone();
         config.bootstrap = false;
-        let listeners = Listeners {
-            provider: TcpListener::bind(n.provider_addr).await?,
-            peer: TcpListener::bind(n.peer_addr).await?,
-            admin: TcpListener::bind(n.admin_addr).await?,
-        };
-        n.node = Some(Node::start(config, listeners).await?);
-        Ok(())
+        // A crashed node's storage is released by its Raft task shortly after
+        // `crash` returns; until then sled's directory lock refuses a reopen.
+        let mut attempt = 0;
+        loop {
+            let listeners = Listeners {
+                provider: TcpListener::bind(n.provider_addr).await?,
+                peer: TcpListener::bind(n.peer_addr).await?,
+                admin: TcpListener::bind(n.admin_addr).await?,
+            };
+            match Node::start(config.clone(), listeners).await {
+                Ok(node) => {
+                    n.node = Some(node);
+                    return Ok(());
+                }
+                Err(e) if attempt < 50 => {
+                    attempt += 1;
+                    tracing::debug!("restart of node {id} failed ({e:#}); retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Deletes a stopped node's data directory (disk loss).

@@ -282,13 +282,14 @@ impl State {
             .ok_or_else(|| Rejection::UserNotFound { user: env.recipient.clone() })?;
         check_devices(rec, env)?;
         let recipient_provider = rec.provider.clone();
-        let mailbox = self.mailboxes.entry(recipient_provider.clone()).or_default();
-        if mailbox.len() as u64 >= self.limits.max_mailbox_entries {
+        // Check before creating the mailbox: a rejected send changes nothing.
+        if self.mailbox_depth(&recipient_provider) as u64 >= self.limits.max_mailbox_entries {
             return Err(Rejection::MailboxFull {
                 provider: recipient_provider,
                 limit: self.limits.max_mailbox_entries,
             });
         }
+        let mailbox = self.mailboxes.entry(recipient_provider.clone()).or_default();
         let now = self.clock_ms;
         let expires = now.saturating_add(env.ttl_ms);
         let seq = mailbox.push(now, expires, MailboxItem::Envelope(env.clone()));

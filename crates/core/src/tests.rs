@@ -1,1 +1,0 @@
-// tests are added below

@@ -132,7 +132,7 @@ async fn malformed_requests_get_precise_errors_and_change_nothing() {
     setup_user(&alpha, "handle:alice", &[(1, 10)]).await;
     let mut keys = DeviceIdentity::new(5);
     alpha.upload_prekeys(keys.upload("handle:alice", 1, 1, 5, true)).await.unwrap();
-    tc.wait_until(Duration::from_secs(5), |s| s.user(&router_core::UserId::new("handle:alice")).is_some_and(|u| u.devices[&1].keys.is_some())).await.unwrap();
+    tc.wait_until(Duration::from_secs(5), |s| s.user(&router_core::UserId::new("handle:alice")).is_some_and(|u| u.devices.get(&1).is_some_and(|d| d.keys.is_some()))).await.unwrap();
     let before = tc.cluster.node(1).node.as_ref().unwrap().ctx().read(|s| s.clone());
 
     let a = &tc.cluster.provider_certs["alpha"];

@@ -47,6 +47,13 @@ async fn main() -> anyhow::Result<()> {
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,openraft=error".into()),
     ).init();
     install_crypto_provider();
+    // A panic anywhere (e.g. in apply) must take the process down rather than
+    // leave a half-working replica; the supervisor restarts it from disk.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
     let cli = Cli::parse();
     if let Some(Cmd::Dev { dir, base_port }) = cli.command {
         return run_dev(dir, base_port).await;

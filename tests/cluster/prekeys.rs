@@ -15,6 +15,8 @@ async fn sixty_four_concurrent_claims_of_fifty_keys() {
     let stored = beta.upload_prekeys(keys.upload("tel:+4915100000001", 1, 1, 50, true)).await.unwrap();
     assert_eq!((stored.one_time_prekeys_remaining, stored.kyber_one_time_prekeys_remaining), (50, 50));
 
+    let leader = tc.cluster.wait_for_leader(std::time::Duration::from_secs(10)).await.unwrap();
+    let log_before = tc.cluster.node(leader).node.as_ref().unwrap().raft().metrics().borrow().last_log_index.unwrap_or(0);
     // 64 claimers spread over the three nodes, all at once.
     let clients: Vec<_> = (1..=3).map(|n| tc.client_on("alpha", &[n, n % 3 + 1])).collect();
     let mut tasks = Vec::new();
@@ -49,6 +51,10 @@ async fn sixty_four_concurrent_claims_of_fifty_keys() {
             }
         }
     }
+    // Group commit: concurrent claims share log entries.
+    let log_after = tc.cluster.node(leader).node.as_ref().unwrap().raft().metrics().borrow().last_log_index.unwrap_or(0);
+    println!("64 claims took {} log entries", log_after - log_before);
+    assert!(log_after - log_before < 64, "claims were not batched: {} entries", log_after - log_before);
     let distinct: BTreeSet<u32> = ec_ids.iter().copied().collect();
     assert_eq!(ec_ids.len(), 50, "exactly the stocked one-time prekeys were handed out");
     assert_eq!(distinct.len(), 50, "no one-time prekey was handed out twice");

@@ -130,6 +130,7 @@ async fn malformed_requests_get_precise_errors_and_change_nothing() {
     let beta = tc.client("beta");
     setup_user(&beta, "handle:bob", &[(1, 100)]).await;
     setup_user(&alpha, "handle:alice", &[(1, 10)]).await;
+    beta.register_user("handle:nodevice").await.unwrap();
     let mut keys = DeviceIdentity::new(5);
     alpha.upload_prekeys(keys.upload("handle:alice", 1, 1, 5, true)).await.unwrap();
     tc.wait_until(Duration::from_secs(5), |s| s.user(&router_core::UserId::new("handle:alice")).is_some_and(|u| u.devices.get(&1).is_some_and(|d| d.keys.is_some()))).await.unwrap();
@@ -183,6 +184,7 @@ async fn malformed_requests_get_precise_errors_and_change_nothing() {
     case!("ttl above maximum", InvalidArgument, "TOO_LARGE", "ttl_seconds", msg.send(send(|r| r.ttl_seconds = 31 * 24 * 3600)));
     case!("part registration id out of range", InvalidArgument, "OUT_OF_RANGE", "parts[0].registration_id", msg.send(send(|r| r.parts[0].registration_id = 20000)));
     case!("send to unknown device", FailedPrecondition, "DEVICE_MISMATCH", "", msg.send(send(|r| r.parts[0].device_id = 3)));
+    case!("send to a user without devices", NotFound, "NO_DEVICES", "", msg.send(send(|r| r.recipient_user_id = "handle:nodevice".into())));
     case!("empty ack", InvalidArgument, "EMPTY", "seqs", msg.ack(AckRequest { seqs: vec![] }));
     case!("ack batch too large", InvalidArgument, "TOO_LARGE", "seqs", msg.ack(AckRequest { seqs: (0..1025).collect() }));
     case!("receive window too large", InvalidArgument, "TOO_LARGE", "window", msg.receive(ReceiveRequest { window: 1_000_000 }));

@@ -27,6 +27,8 @@ pub enum Rejection {
     /// Another provider already registered this user id.
     UserTaken { user: UserId },
     DeviceNotFound { user: UserId, device: DeviceId },
+    /// The recipient has no registered device, so nothing can be addressed.
+    NoDevices { user: UserId },
     TooManyDevices { limit: u32 },
     /// Signal's 409/410: the send's device list does not match.
     DeviceMismatch { missing: Vec<DeviceId>, extra: Vec<DeviceId>, stale: Vec<DeviceId> },
@@ -50,6 +52,7 @@ impl Rejection {
             Rejection::NotOwner { .. } => "NOT_OWNER",
             Rejection::UserTaken { .. } => "USER_TAKEN",
             Rejection::DeviceNotFound { .. } => "DEVICE_NOT_FOUND",
+            Rejection::NoDevices { .. } => "NO_DEVICES",
             Rejection::TooManyDevices { .. } => "TOO_MANY_DEVICES",
             Rejection::DeviceMismatch { .. } => "DEVICE_MISMATCH",
             Rejection::NoKeys { .. } => "NO_KEYS",

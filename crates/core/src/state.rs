@@ -376,6 +376,9 @@ impl State {
 /// Signal's 409/410 check: the send must address exactly the registered
 /// devices, each with its current registration id.
 fn check_devices(rec: &UserRecord, env: &SendEnvelope) -> Result<(), Rejection> {
+    if rec.devices.is_empty() {
+        return Err(Rejection::NoDevices { user: env.recipient.clone() });
+    }
     let addressed: BTreeMap<DeviceId, RegistrationId> =
         env.parts.iter().map(|p| (p.device, p.registration_id)).collect();
     let missing: Vec<DeviceId> = rec.devices.keys().filter(|d| !addressed.contains_key(d)).copied().collect();
@@ -388,7 +391,7 @@ fn check_devices(rec: &UserRecord, env: &SendEnvelope) -> Result<(), Rejection> 
             Some(_) => {}
         }
     }
-    if missing.is_empty() && extra.is_empty() && stale.is_empty() && !rec.devices.is_empty() {
+    if missing.is_empty() && extra.is_empty() && stale.is_empty() {
         Ok(())
     } else {
         Err(Rejection::DeviceMismatch { missing, extra, stale })

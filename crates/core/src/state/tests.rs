@@ -592,15 +592,15 @@ fn device_mismatch_lists_missing_extra_and_stale_sorted() {
         h.reject_unchanged(send(PA, "m1", "bob", &[], 1_000)),
         Rejection::DeviceMismatch { missing: vec![1, 2, 3, 5], extra: vec![], stale: vec![] }
     );
-    // A user without devices cannot receive.
+    // A user without devices cannot receive: said plainly, not as a mismatch.
     h.user(PB, "carol", &[]);
     assert_eq!(
         h.reject_unchanged(send(PA, "m1", "carol", &[], 1_000)),
-        Rejection::DeviceMismatch { missing: vec![], extra: vec![], stale: vec![] }
+        Rejection::NoDevices { user: UserId::new("carol") }
     );
     assert_eq!(
         h.reject_unchanged(send(PA, "m1", "carol", &[(1, 1)], 1_000)),
-        Rejection::DeviceMismatch { missing: vec![], extra: vec![1], stale: vec![] }
+        Rejection::NoDevices { user: UserId::new("carol") }
     );
     // A rejected send is not remembered: the same id is then accepted.
     assert_eq!(h.state.dedup_answer(&pid(PA), &mid("m1")), None);

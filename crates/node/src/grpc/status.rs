@@ -41,7 +41,10 @@ pub fn permission_denied(message: impl Into<String>) -> Status {
 pub fn rejection(r: &Rejection) -> Status {
     let code = match r {
         Rejection::ProviderNotOnboarded { .. } | Rejection::NotOwner { .. } => Code::PermissionDenied,
-        Rejection::UserNotFound { .. } | Rejection::DeviceNotFound { .. } | Rejection::NoKeys { .. } => Code::NotFound,
+        Rejection::UserNotFound { .. }
+        | Rejection::DeviceNotFound { .. }
+        | Rejection::NoDevices { .. }
+        | Rejection::NoKeys { .. } => Code::NotFound,
         Rejection::UserTaken { .. } => Code::AlreadyExists,
         Rejection::DeviceMismatch { .. } | Rejection::SignedPrekeyRequired => Code::FailedPrecondition,
         Rejection::TooManyDevices { .. } | Rejection::PrekeyStockFull { .. } | Rejection::MailboxFull { .. } => {
@@ -69,6 +72,7 @@ pub fn rejection(r: &Rejection) -> Status {
             format!("device list mismatch: missing {missing:?}, extra {extra:?}, stale {stale:?}")
         }
         Rejection::NoKeys { user } => format!("no device of user {user} has uploaded prekeys"),
+        Rejection::NoDevices { user } => format!("user {user} has no registered device"),
         Rejection::SignedPrekeyRequired => {
             detail.field = "signed_prekey".into();
             "the first upload, or one with a new identity key, must include a signed prekey".into()

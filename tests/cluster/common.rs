@@ -29,6 +29,7 @@ pub fn message(id: &str, recipient: &str, devices: &[(u32, u32)]) -> SendRequest
             })
             .collect(),
         sender_user_id: String::new(),
+        sender_device_id: 0,
     }
 }
 

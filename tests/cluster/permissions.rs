@@ -166,7 +166,7 @@ async fn malformed_requests_get_precise_errors_and_change_nothing() {
     case!("user id too long", InvalidArgument, "TOO_LARGE", "user_id", dir.register_user(RegisterUserRequest { user_id: "u".repeat(129) }));
     case!("control character in user id", InvalidArgument, "BAD_CHARACTERS", "user_id", dir.register_user(RegisterUserRequest { user_id: "bad\u{7}id".into() }));
     case!("device id 0", InvalidArgument, "OUT_OF_RANGE", "device_id", dir.register_device(RegisterDeviceRequest { user_id: "handle:alice".into(), device_id: 0, registration_id: 5 }));
-    case!("device id too large", InvalidArgument, "OUT_OF_RANGE", "device_id", dir.register_device(RegisterDeviceRequest { user_id: "handle:alice".into(), device_id: 256, registration_id: 5 }));
+    case!("device id too large", InvalidArgument, "OUT_OF_RANGE", "device_id", dir.register_device(RegisterDeviceRequest { user_id: "handle:alice".into(), device_id: 128, registration_id: 5 }));
     case!("registration id 0", InvalidArgument, "OUT_OF_RANGE", "registration_id", dir.register_device(RegisterDeviceRequest { user_id: "handle:alice".into(), device_id: 2, registration_id: 0 }));
     case!("registration id too large", InvalidArgument, "OUT_OF_RANGE", "registration_id", dir.register_device(RegisterDeviceRequest { user_id: "handle:alice".into(), device_id: 2, registration_id: 16381 }));
     case!("unknown device removed", NotFound, "DEVICE_NOT_FOUND", "", dir.remove_device(RemoveDeviceRequest { user_id: "handle:alice".into(), device_id: 9 }));
@@ -185,6 +185,9 @@ async fn malformed_requests_get_precise_errors_and_change_nothing() {
     case!("part registration id out of range", InvalidArgument, "OUT_OF_RANGE", "parts[0].registration_id", msg.send(send(|r| r.parts[0].registration_id = 20000)));
     case!("send to unknown device", FailedPrecondition, "DEVICE_MISMATCH", "", msg.send(send(|r| r.parts[0].device_id = 3)));
     case!("send to a user without devices", NotFound, "NO_DEVICES", "", msg.send(send(|r| r.recipient_user_id = "handle:nodevice".into())));
+    case!("sender device without sender user", InvalidArgument, "UNEXPECTED", "sender_device_id", msg.send(send(|r| r.sender_device_id = 1)));
+    case!("sender user without sender device", InvalidArgument, "OUT_OF_RANGE", "sender_device_id", msg.send(send(|r| r.sender_user_id = "handle:alice".into())));
+    case!("sender user of another provider", PermissionDenied, "NOT_OWNER", "", msg.send(send(|r| { r.sender_user_id = "handle:bob".into(); r.sender_device_id = 1 })));
     case!("empty ack", InvalidArgument, "EMPTY", "seqs", msg.ack(AckRequest { seqs: vec![] }));
     case!("ack batch too large", InvalidArgument, "TOO_LARGE", "seqs", msg.ack(AckRequest { seqs: (0..1025).collect() }));
     case!("receive window too large", InvalidArgument, "TOO_LARGE", "window", msg.receive(ReceiveRequest { window: 1_000_000 }));

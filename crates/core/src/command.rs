@@ -82,8 +82,10 @@ pub struct PrekeyUpload {
 pub struct SendEnvelope {
     /// The authenticated sending provider.
     pub sender: ProviderId,
-    /// Absent for sealed sender.
+    /// Absent for sealed sender; when present, a user of `sender`.
     pub sender_user: Option<UserId>,
+    /// The sending device; present exactly when `sender_user` is.
+    pub sender_device: Option<DeviceId>,
     pub message_id: MessageId,
     pub recipient: UserId,
     pub content_type: ContentType,

@@ -276,6 +276,14 @@ impl State {
         if let Some(answer) = self.dedup.answers.get(&key) {
             return Ok(answer.clone());
         }
+        // A provider may name only its own users as senders.
+        if let Some(sender_user) = &env.sender_user {
+            match self.users.get(sender_user) {
+                Some(u) if u.provider == env.sender => {}
+                Some(_) => return Err(Rejection::NotOwner { user: sender_user.clone() }),
+                None => return Err(Rejection::UserNotFound { user: sender_user.clone() }),
+            }
+        }
         let rec = self
             .users
             .get(&env.recipient)

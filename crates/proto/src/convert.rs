@@ -66,6 +66,7 @@ impl From<&core::MailboxEntry> for v1::MailboxEntry {
                 recipient_user_id: env.recipient.0.clone(),
                 content_type: v1::ContentType::from(env.content_type) as i32,
                 parts: env.parts.iter().map(Into::into).collect(),
+                sender_device_id: env.sender_device.unwrap_or(0),
             }),
             core::MailboxItem::Expired { message_id, recipient, recipient_provider } => {
                 v1::mailbox_entry::Kind::Expired(v1::ExpiryReport {

@@ -71,6 +71,7 @@ fn envelope(
     SendEnvelope {
         sender: pid(sender),
         sender_user: None,
+        sender_device: None,
         message_id: mid(message_id),
         recipient: uid(recipient),
         content_type: ContentType::Message,
@@ -1576,4 +1577,22 @@ mod properties {
             "claims {claims} keys {keys} sends {sends} acked {removed} expired {expired}; outcomes {hist:?}"
         );
     }
+}
+
+#[test]
+fn a_provider_may_name_only_its_own_users_as_sender() {
+    let mut h = Harness::new();
+    h.user(PA, "alice", &[(1, 10)]);
+    h.user(PB, "bob", &[(1, 11)]);
+    let with_sender = |provider: &str, sender_user: &str, id: &str| {
+        let Command::Send(mut env) = send(provider, id, "bob", &[(1, 11)], 1_000) else { unreachable!() };
+        env.sender_user = Some(uid(sender_user));
+        env.sender_device = Some(1);
+        Command::Send(env)
+    };
+    // pc claims to send as pa's alice.
+    h.ok(Command::AddProvider { provider: pid(PC) });
+    assert_eq!(h.reject_unchanged(with_sender(PC, "alice", "s1")), Rejection::NotOwner { user: uid("alice") });
+    assert_eq!(h.reject_unchanged(with_sender(PA, "ghost", "s1")), Rejection::UserNotFound { user: uid("ghost") });
+    assert!(matches!(h.apply(with_sender(PA, "alice", "s1")), Outcome::Sent { .. }));
 }

@@ -39,12 +39,31 @@ impl Messaging for MessagingService {
             ));
         }
         let ttl_ms = validate::ttl_ms(r.ttl_seconds, limits)?;
-        let sender_user = match r.sender_user_id.as_str() {
-            "" => None,
-            s => Some(validate::user_id("sender_user_id", s, limits)?),
+        let (sender_user, sender_device) = match (r.sender_user_id.as_str(), r.sender_device_id) {
+            ("", 0) => (None, None),
+            ("", _) => {
+                return Err(status::invalid_field(
+                    "sender_device_id",
+                    "UNEXPECTED",
+                    "sender_device_id is set without sender_user_id",
+                ));
+            }
+            (user, device) => (
+                Some(validate::user_id("sender_user_id", user, limits)?),
+                Some(validate::device_id("sender_device_id", device)?),
+            ),
         };
         let parts = validate::parts(r.parts, limits)?;
-        let env = SendEnvelope { sender, sender_user, message_id, recipient, content_type, ttl_ms, parts };
+        let env = SendEnvelope {
+            sender,
+            sender_user,
+            sender_device,
+            message_id,
+            recipient,
+            content_type,
+            ttl_ms,
+            parts,
+        };
         match self.ctx.write(Command::Send(env)).await? {
             Outcome::Sent { seq, accepted_at_ms } => {
                 Ok(Response::new(SendResponse { mailbox_seq: seq, accepted_at_ms }))

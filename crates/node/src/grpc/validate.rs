@@ -12,7 +12,8 @@ use router_proto::v1;
 use std::collections::BTreeSet;
 use tonic::Status;
 
-pub const MAX_DEVICE_ID: u32 = 255;
+/// Signal's (libsignal's) device id range is 1..=127.
+pub const MAX_DEVICE_ID: u32 = 127;
 pub const MAX_REGISTRATION_ID: u32 = 16380;
 
 pub fn user_id(field: &str, s: &str, limits: &EdgeLimits) -> Result<UserId, Status> {

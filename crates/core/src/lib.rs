@@ -18,13 +18,13 @@
 //! across replicas.
 //!
 //! # Layout
-//! - [`ids`]: identifier newtypes and small value types.
-//! - [`command`]: [`Command`], [`Batch`] and their payloads.
-//! - [`outcome`]: [`Outcome`] and [`Rejection`] (a rejection is an outcome, not an error).
-//! - [`limits`]: [`Limits`], the replicated limits `apply` enforces.
-//! - [`mailbox`]: one provider's ordered mailbox.
-//! - [`keys`]: a device's stored prekeys and the claim rule.
-//! - [`state`]: [`State`] and `apply`.
+//! - `ids`: identifier newtypes and small value types.
+//! - `command`: [`Command`], [`Batch`] and their payloads.
+//! - `outcome`: [`Outcome`] and [`Rejection`] (a rejection is an outcome, not an error).
+//! - `limits`: [`Limits`], the replicated limits `apply` enforces.
+//! - `mailbox`: one provider's ordered mailbox.
+//! - `keys`: a device's stored prekeys and the claim rule.
+//! - `state`: [`State`] and `apply`.
 
 pub mod command;
 pub mod ids;

@@ -13,14 +13,14 @@
 //! binds sockets or handles signals: `main.rs` (or a test) does.
 //!
 //! # Layout
-//! - [`config`]: `routerd.toml`, two-step validation.
-//! - [`node`]: [`node::Node`]: start, shutdown, crash.
-//! - [`writer`]: group commit and forwarding to the leader.
-//! - [`grpc`]: services, edge validation, the status mapping.
+//! - `config`: `routerd.toml`, two-step validation.
+//! - `node`: [`node::Node`]: start, shutdown, crash.
+//! - `writer`: group commit and forwarding to the leader.
+//! - `grpc`: services, edge validation, the status mapping.
 //! - [`network`], [`peers`]: openraft over gRPC, peer channels.
 //! - [`identity`], [`tls`], [`devcerts`]: who is calling, rustls setup, a dev PKI.
-//! - [`admin_http`]: `/healthz`, `/readyz`, `/metrics`.
-//! - [`dev`]: `routerd dev`, a local three-node cluster.
+//! - `admin_http`: `/healthz`, `/readyz`, `/metrics`.
+//! - `dev`: `routerd dev`, a local three-node cluster.
 //!
 //! ```text
 //! provider ──mTLS gRPC──> grpc::{directory,prekeys,messaging} ──> writer ──> raft (leader) ──> sled log, fsync

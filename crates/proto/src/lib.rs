@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //! - [`v1`]: generated messages, clients and servers.
-//! - [`convert`]: core → wire conversions (bundles, mailbox entries).
+//! - `convert`: core → wire conversions (bundles, mailbox entries).
 //! - [`FILE_DESCRIPTOR_SET`]: for gRPC server reflection.
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -17,11 +17,11 @@
 //! lives with the server, which owns the network.
 //!
 //! # Layout
-//! - [`types`]: `NodeId`, `NodeAddr`, `TypeConfig`, openraft aliases.
-//! - [`backend`]: the [`Backend`] trait, [`SledBackend`], [`MemBackend`].
-//! - [`codec`]: versioned value encoding shared by both stores.
-//! - [`log_store`]: [`LogStore`] (log, vote, committed; group-commit append).
-//! - [`state_machine`]: [`StateMachineStore`] (apply, snapshots, restore on open).
+//! - `types`: `NodeId`, `NodeAddr`, `TypeConfig`, openraft aliases.
+//! - `backend`: the [`Backend`] trait, [`SledBackend`], [`MemBackend`].
+//! - `codec`: versioned value encoding shared by both stores.
+//! - `log_store`: [`LogStore`] (log, vote, committed; group-commit append).
+//! - `state_machine`: [`StateMachineStore`] (apply, snapshots, restore on open).
 //!
 //! ```text
 //!  openraft ──append/vote──> LogStore ─────┐

@@ -15,9 +15,9 @@
 //! that speaks `interop_router.v1`.
 //!
 //! # Layout
-//! - [`client`]: [`RouterClient`], unary calls with failover.
-//! - [`subscription`]: [`Subscription`], the reconnecting receive stream.
-//! - [`mod@error`]: [`SdkError`].
+//! - `client`: [`RouterClient`], unary calls with failover.
+//! - `subscription`: [`Subscription`], the reconnecting receive stream.
+//! - `error`: [`SdkError`].
 
 pub mod client;
 pub mod error;

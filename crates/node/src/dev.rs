@@ -57,64 +57,108 @@ impl LocalClusterSpec {
     }
 }
 
-impl LocalCluster {
-    /// Generates certificates and configs, binds every listener, starts every
-    /// node; node 1 bootstraps the cluster and onboards the providers.
-    pub async fn start(spec: LocalClusterSpec) -> anyhow::Result<LocalCluster> {
-        let pki = DevPki::create(&spec.dir.join("certs")).context("create dev PKI")?;
-        let mut provider_certs = BTreeMap::new();
-        for p in &spec.providers {
-            provider_certs.insert(p.clone(), pki.issue_provider(p)?);
-        }
-        let operator_cert = pki.issue_operator("admin")?;
+/// Certificates and per-node configs of a local cluster, written to disk.
+pub struct DevLayout {
+    pub pki: DevPki,
+    pub provider_certs: BTreeMap<String, CertPaths>,
+    pub operator_cert: CertPaths,
+    /// Validated config of node i+1, also written as `<dir>/routerd-<i+1>.toml`.
+    pub configs: Vec<Config>,
+}
 
+/// Addresses of one node: provider, peer, admin.
+pub type NodeAddrs = (SocketAddr, SocketAddr, SocketAddr);
+
+/// The loopback addresses `routerd dev` and `routerd init-dev` use: node i
+/// listens on base+10i+1 (provider), +2 (peer), +3 (admin).
+pub fn fixed_addrs(base_port: u16, nodes: u64) -> Vec<NodeAddrs> {
+    (1..=nodes as u16)
+        .map(|id| {
+            let a = |k: u16| SocketAddr::from(([127, 0, 0, 1], base_port + 10 * id + k));
+            (a(1), a(2), a(3))
+        })
+        .collect()
+}
+
+/// Generates a dev CA, node/provider/operator certificates and one config
+/// per node (node 1 bootstraps and onboards the providers).
+pub fn write_layout(spec: &LocalClusterSpec, addrs: &[NodeAddrs]) -> anyhow::Result<DevLayout> {
+    let pki = DevPki::create(&spec.dir.join("certs")).context("create dev PKI")?;
+    let mut provider_certs = BTreeMap::new();
+    for p in &spec.providers {
+        provider_certs.insert(p.clone(), pki.issue_provider(p)?);
+    }
+    let operator_cert = pki.issue_operator("admin")?;
+    let members: Vec<RawMember> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, (prov, peer, _))| RawMember { id: i as u64 + 1, peer: peer.to_string(), provider: prov.to_string() })
+        .collect();
+    let mut configs = Vec::new();
+    for (i, (provider_addr, peer_addr, admin_addr)) in addrs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let cert = pki.issue_node(id)?;
+        let mut raw = RawConfig {
+            node_id: id,
+            data_dir: spec.dir.join(format!("node-{id}")),
+            listen: RawListen { provider: *provider_addr, peer: *peer_addr, admin: *admin_addr },
+            advertise: Default::default(),
+            tls: RawTls { ca: pki.ca.clone(), cert: cert.cert, key: cert.key, peer_server_name: "localhost".into() },
+            cluster: RawCluster {
+                bootstrap: id == 1,
+                initial_members: members.clone(),
+                initial_providers: spec.providers.clone(),
+            },
+            raft: Default::default(),
+            limits: Default::default(),
+            batching: Default::default(),
+        };
+        (spec.customize)(&mut raw);
+        std::fs::create_dir_all(&raw.data_dir)?;
+        std::fs::write(spec.dir.join(format!("routerd-{id}.toml")), render_toml(&raw))?;
+        configs.push(Config::validate(raw).context("validate generated config")?);
+    }
+    Ok(DevLayout { pki, provider_certs, operator_cert, configs })
+}
+
+impl LocalCluster {
+    /// Binds every listener, writes the layout, starts every node in this
+    /// process; node 1 bootstraps the cluster and onboards the providers.
+    pub async fn start(spec: LocalClusterSpec) -> anyhow::Result<LocalCluster> {
         let mut bound = Vec::new();
-        for id in 1..=spec.nodes {
-            let port = |k: u16| match spec.base_port {
-                Some(base) => SocketAddr::from(([127, 0, 0, 1], base + 10 * id as u16 + k)),
-                None => SocketAddr::from(([127, 0, 0, 1], 0)),
-            };
+        let wanted = match spec.base_port {
+            Some(base) => fixed_addrs(base, spec.nodes),
+            None => {
+                let any = SocketAddr::from(([127, 0, 0, 1], 0));
+                vec![(any, any, any); spec.nodes as usize]
+            }
+        };
+        for (p, pe, a) in wanted {
             let bind = |a: SocketAddr| async move { TcpListener::bind(a).await.with_context(|| format!("bind {a}")) };
-            bound.push(Listeners { provider: bind(port(1)).await?, peer: bind(port(2)).await?, admin: bind(port(3)).await? });
+            bound.push(Listeners { provider: bind(p).await?, peer: bind(pe).await?, admin: bind(a).await? });
         }
-        let addrs: Vec<(SocketAddr, SocketAddr, SocketAddr)> = bound
+        let addrs: Vec<NodeAddrs> = bound
             .iter()
             .map(|l| Ok((l.provider.local_addr()?, l.peer.local_addr()?, l.admin.local_addr()?)))
             .collect::<std::io::Result<_>>()?;
-        let members: Vec<RawMember> = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, (prov, peer, _))| RawMember { id: i as u64 + 1, peer: peer.to_string(), provider: prov.to_string() })
-            .collect();
-
+        let layout = write_layout(&spec, &addrs)?;
         let mut nodes = Vec::new();
-        for (i, listeners) in bound.into_iter().enumerate() {
-            let id = i as u64 + 1;
-            let (provider_addr, peer_addr, admin_addr) = addrs[i];
-            let cert = pki.issue_node(id)?;
-            let mut raw = RawConfig {
-                node_id: id,
-                data_dir: spec.dir.join(format!("node-{id}")),
-                listen: RawListen { provider: provider_addr, peer: peer_addr, admin: admin_addr },
-                advertise: Default::default(),
-                tls: RawTls { ca: pki.ca.clone(), cert: cert.cert, key: cert.key, peer_server_name: "localhost".into() },
-                cluster: RawCluster {
-                    bootstrap: id == 1,
-                    initial_members: members.clone(),
-                    initial_providers: spec.providers.clone(),
-                },
-                raft: Default::default(),
-                limits: Default::default(),
-                batching: Default::default(),
-            };
-            (spec.customize)(&mut raw);
-            std::fs::create_dir_all(&raw.data_dir)?;
-            std::fs::write(spec.dir.join(format!("routerd-{id}.toml")), render_toml(&raw))?;
-            let config = Config::validate(raw).context("validate generated config")?;
+        for ((config, listeners), (provider_addr, peer_addr, admin_addr)) in
+            layout.configs.into_iter().zip(bound).zip(addrs)
+        {
+            let id = config.node_id;
             let node = Node::start(config.clone(), listeners).await.with_context(|| format!("start node {id}"))?;
             nodes.push(LocalNode { id, config, provider_addr, peer_addr, admin_addr, node: Some(node) });
         }
-        Ok(LocalCluster { dir: spec.dir, ca: pki.ca.clone(), pki, provider_certs, operator_cert, nodes })
+        let ca = layout.pki.ca.clone();
+        Ok(LocalCluster {
+            dir: spec.dir,
+            ca,
+            pki: layout.pki,
+            provider_certs: layout.provider_certs,
+            operator_cert: layout.operator_cert,
+            nodes,
+        })
     }
 
     pub fn node(&self, id: NodeId) -> &LocalNode {

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use router_node::dev::{LocalCluster, LocalClusterSpec};
+use router_node::dev::{LocalCluster, LocalClusterSpec, fixed_addrs, write_layout};
 use router_node::{Config, Listeners, Node, install_crypto_provider};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,6 +39,19 @@ enum Cmd {
         #[arg(long, default_value_t = 7400)]
         base_port: u16,
     },
+    /// Writes a dev CA, certificates and one routerd-<id>.toml per node into --dir,
+    /// for running each node as its own process (`routerd --config <dir>/routerd-1.toml`).
+    InitDev {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        #[arg(long, default_value_t = 7400)]
+        base_port: u16,
+        /// Providers to certify and onboard at bootstrap.
+        #[arg(long, value_delimiter = ',', default_value = "alpha,beta")]
+        providers: Vec<String>,
+    },
 }
 
 #[tokio::main]
@@ -55,8 +68,16 @@ async fn main() -> anyhow::Result<()> {
         std::process::abort();
     }));
     let cli = Cli::parse();
-    if let Some(Cmd::Dev { dir, base_port }) = cli.command {
-        return run_dev(dir, base_port).await;
+    match cli.command {
+        Some(Cmd::Dev { dir, base_port }) => return run_dev(dir, base_port).await,
+        Some(Cmd::InitDev { dir, nodes, base_port, providers }) => {
+            let providers: Vec<&str> = providers.iter().map(String::as_str).collect();
+            let spec = LocalClusterSpec::new(&dir, nodes, &providers);
+            write_layout(&spec, &fixed_addrs(base_port, nodes))?;
+            println!("wrote certificates and routerd-1..{nodes}.toml to {}", dir.display());
+            return Ok(());
+        }
+        None => {}
     }
     let Some(path) = cli.config else {
         eprintln!("routerd: --config (or ROUTERD_CONFIG) is required; `routerd dev` starts a local cluster");

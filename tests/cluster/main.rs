@@ -8,3 +8,4 @@ mod failover;
 mod permissions;
 mod prekeys;
 mod restart;
+mod sdk;

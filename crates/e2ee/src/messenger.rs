@@ -113,6 +113,14 @@ impl<S: ProtocolStore> Messenger<S> {
         Ok(())
     }
 
+    /// Takes over a device registered earlier (e.g. after a restart, with
+    /// its store reopened from disk); nothing is sent to the router.
+    pub fn adopt_device(&mut self, user: &str, device: u32, store: S) -> Result<(), E2eeError> {
+        let signal = SignalDevice::new(user, device, store)?;
+        self.devices.insert((user.to_string(), device), signal);
+        Ok(())
+    }
+
     pub fn device(&self, user: &str, device: u32) -> Option<&SignalDevice<S>> {
         self.devices.get(&(user.to_string(), device))
     }

@@ -176,3 +176,51 @@ async fn a_reinstalled_device_gets_a_new_session() {
     assert!(err.to_string().contains("untrusted identity"), "{err}");
     tc.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prekey_stock_is_topped_up_when_it_runs_low() {
+    let tc = TestCluster::start(3).await.unwrap();
+    let mut beta = Messenger::new(tc.client("beta"));
+    beta.prekey_batch = 5;
+    beta.prekey_low_water = 3;
+    beta.add_device("handle:bob", 1, memory_store()).await.unwrap();
+    let alpha = tc.client("alpha");
+    // Three claims leave 2 < 3 of each kind.
+    for _ in 0..3 {
+        alpha.fetch_bundles("handle:bob", 0).await.unwrap();
+    }
+    let count = tc.client("beta").prekey_count("handle:bob", 1).await.unwrap();
+    assert_eq!(count.one_time_prekeys_remaining, 2);
+    assert_eq!(beta.top_up_prekeys().await.unwrap(), 1);
+    let count = tc.client("beta").prekey_count("handle:bob", 1).await.unwrap();
+    assert_eq!((count.one_time_prekeys_remaining, count.kyber_one_time_prekeys_remaining), (7, 7));
+    // Above the low-water mark nothing is uploaded.
+    assert_eq!(beta.top_up_prekeys().await.unwrap(), 0);
+    tc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_survive_a_restart_with_the_sled_store() {
+    use router_e2ee::store::SledProtocolStore;
+    let tc = TestCluster::start(3).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (identity, registration_id) = new_identity();
+    let mut alpha = Messenger::new(tc.client("alpha"));
+    alpha.add_device("handle:alice", 1, memory_store()).await.unwrap();
+    {
+        let mut beta: Messenger<SledProtocolStore> = Messenger::new(tc.client("beta"));
+        let store = SledProtocolStore::open(dir.path(), identity, registration_id).unwrap();
+        beta.add_device("handle:bob", 1, store).await.unwrap();
+        alpha.send(("handle:alice", 1), "handle:bob", ContentType::Message, "p-1", b"first").await.unwrap();
+        let Inbound::Message(r) = beta.next().await.unwrap() else { panic!() };
+        assert_eq!(text_of(&r, 1), "first");
+        beta.ack(vec![r.seq]).await.unwrap();
+    }
+    // The provider process restarts: its sessions come back from disk.
+    let mut beta: Messenger<SledProtocolStore> = Messenger::new(tc.client("beta"));
+    beta.adopt_device("handle:bob", 1, SledProtocolStore::open_existing(dir.path()).unwrap()).unwrap();
+    alpha.send(("handle:alice", 1), "handle:bob", ContentType::Message, "p-2", b"second").await.unwrap();
+    let Inbound::Message(r) = beta.next().await.unwrap() else { panic!() };
+    assert_eq!(text_of(&r, 1), "second");
+    tc.shutdown().await;
+}

@@ -49,13 +49,15 @@ pub enum Command {
     },
     Send(SendEnvelope),
     Ack { provider: ProviderId, seqs: Vec<Seq> },
+    /// Operator: load a backup into an empty cluster (disaster recovery).
+    Restore { state: Box<crate::state::State> },
 }
 
 impl Command {
     /// The provider on whose behalf the command runs (for metrics and logs).
     pub fn actor(&self) -> Option<&ProviderId> {
         match self {
-            Command::AddProvider { .. } | Command::SetLimits { .. } => None,
+            Command::AddProvider { .. } | Command::SetLimits { .. } | Command::Restore { .. } => None,
             Command::RegisterUser { provider, .. }
             | Command::DeregisterUser { provider, .. }
             | Command::RegisterDevice { provider, .. }

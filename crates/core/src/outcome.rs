@@ -41,6 +41,8 @@ pub enum Rejection {
     /// A one-time key id already in the stock.
     DuplicatePrekeyId { key_id: u32 },
     MailboxFull { provider: ProviderId, limit: u64 },
+    /// A restore needs a cluster without users and mailbox entries.
+    RestoreIntoNonEmpty,
 }
 
 impl Rejection {
@@ -60,6 +62,7 @@ impl Rejection {
             Rejection::PrekeyStockFull { .. } => "PREKEY_STOCK_FULL",
             Rejection::DuplicatePrekeyId { .. } => "DUPLICATE_PREKEY_ID",
             Rejection::MailboxFull { .. } => "MAILBOX_FULL",
+            Rejection::RestoreIntoNonEmpty => "RESTORE_INTO_NON_EMPTY",
         }
     }
 }

@@ -103,6 +103,7 @@ impl State {
             Command::ClaimPrekeys { requester, user, device } => self.claim(requester, user, *device),
             Command::Send(env) => self.send(env),
             Command::Ack { provider, seqs } => self.ack(provider, seqs),
+            Command::Restore { state } => self.restore(state),
         };
         result.unwrap_or_else(Outcome::Rejected)
     }
@@ -327,6 +328,17 @@ impl State {
         Ok(Outcome::Acked { removed, unknown })
     }
 
+    fn restore(&mut self, backup: &State) -> Result<Outcome, Rejection> {
+        let has_mail = self.mailboxes.values().any(|m| !m.is_empty());
+        if !self.users.is_empty() || has_mail {
+            return Err(Rejection::RestoreIntoNonEmpty);
+        }
+        let clock_ms = self.clock_ms.max(backup.clock_ms);
+        *self = backup.clone();
+        self.clock_ms = clock_ms;
+        Ok(Outcome::Done)
+    }
+
     /// Removes every entry whose TTL passed. An expired message is reported
     /// to its sender's mailbox: expiry is never silent (DESIGN §4).
     fn expire(&mut self) {
@@ -369,6 +381,11 @@ impl State {
             Some(m) => m.range_from(from, limit).cloned().collect(),
             None => Vec::new(),
         }
+    }
+
+    /// Acceptance time of the oldest entry in a provider's mailbox.
+    pub fn mailbox_oldest_ms(&self, provider: &ProviderId) -> Option<u64> {
+        self.mailboxes.get(provider)?.entries.values().next().map(|e| e.accepted_at_ms)
     }
 
     pub fn mailbox_depth(&self, provider: &ProviderId) -> usize {

@@ -16,6 +16,7 @@ pub struct NodeCtx {
     pub advertise: NodeAddr,
     pub raft: Raft,
     pub writer: Writer,
+    pub peers: crate::peers::PeerPool,
     pub state: Arc<RwLock<State>>,
     /// Last applied log index; changes after every apply.
     pub applied: watch::Receiver<u64>,
@@ -23,11 +24,19 @@ pub struct NodeCtx {
     /// Becomes true when the node starts shutting down.
     pub shutdown: watch::Receiver<bool>,
     pub open_streams: AtomicI64,
+    /// How long a follower refuses votes after hearing from its leader
+    /// (openraft's leader lease = election_timeout_max).
+    pub leader_lease: std::time::Duration,
+    /// Set once the leader told this node it was removed; persisted as
+    /// `<data_dir>/REMOVED` so a restart does not bring it back.
+    pub removed: std::sync::atomic::AtomicBool,
+    pub data_dir: std::path::PathBuf,
 }
 
 impl NodeCtx {
     /// Commits a command; rejections and write failures become statuses.
     pub async fn write(&self, command: Command) -> Result<Outcome, Status> {
+        self.require_member()?;
         let outcome = self.writer.submit(command).await.map_err(status::write_error)?;
         status::accepted(outcome)
     }
@@ -38,8 +47,33 @@ impl NodeCtx {
         f(&state)
     }
 
+    /// Providers are served only by members: a node removed from the
+    /// cluster (or not yet added) answers UNAVAILABLE so clients move on.
+    pub fn mark_removed(&self) {
+        self.removed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let marker = self.data_dir.join(REMOVED_MARKER);
+        if let Err(e) = std::fs::write(&marker, b"removed from the cluster; wipe this directory to rejoin\n") {
+            tracing::error!("failed to write {}: {e}", marker.display());
+        }
+    }
+
+    pub fn require_member(&self) -> Result<(), Status> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let removed = self.removed.load(std::sync::atomic::Ordering::SeqCst);
+        if !removed && metrics.membership_config.membership().get_node(&self.node_id).is_some() {
+            Ok(())
+        } else {
+            Err(status::with_detail(
+                tonic::Code::Unavailable,
+                "this node is not a member of the cluster; use another node",
+                router_proto::v1::ErrorDetail { reason: "NOT_A_MEMBER".into(), ..Default::default() },
+            ))
+        }
+    }
+
     /// Local check for reads (writes are checked inside `apply`).
     pub fn require_onboarded(&self, provider: &ProviderId) -> Result<(), Status> {
+        self.require_member()?;
         if self.read(|s| s.is_onboarded(provider)) {
             Ok(())
         } else {
@@ -49,3 +83,6 @@ impl NodeCtx {
 }
 
 pub type Ctx = Arc<NodeCtx>;
+
+/// File in the data directory marking a node that was removed.
+pub const REMOVED_MARKER: &str = "REMOVED";

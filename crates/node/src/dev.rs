@@ -22,6 +22,9 @@ pub struct LocalClusterSpec {
     pub base_port: Option<u16>,
     /// Applied to every node's raw config before validation.
     pub customize: fn(&mut RawConfig),
+    /// Nodes 1..=voters form the initial cluster; the others start empty,
+    /// waiting to be added (default: all).
+    pub voters: Option<u64>,
 }
 
 pub struct LocalNode {
@@ -53,6 +56,7 @@ impl LocalClusterSpec {
             providers: providers.iter().map(|s| s.to_string()).collect(),
             base_port: None,
             customize: no_customization,
+            voters: None,
         }
     }
 }
@@ -89,8 +93,10 @@ pub fn write_layout(spec: &LocalClusterSpec, addrs: &[NodeAddrs]) -> anyhow::Res
         provider_certs.insert(p.clone(), pki.issue_provider(p)?);
     }
     let operator_cert = pki.issue_operator("admin")?;
+    let voters = spec.voters.unwrap_or(spec.nodes) as usize;
     let members: Vec<RawMember> = addrs
         .iter()
+        .take(voters)
         .enumerate()
         .map(|(i, (prov, peer, _))| RawMember { id: i as u64 + 1, peer: peer.to_string(), provider: prov.to_string() })
         .collect();
@@ -174,10 +180,12 @@ impl LocalCluster {
     pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<NodeId> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            // Nodes waiting to be added (not members yet) have no leader to agree on.
             let views: Vec<Option<NodeId>> = self
                 .nodes
                 .iter()
                 .filter_map(|n| n.node.as_ref())
+                .filter(|n| n.is_member())
                 .map(|n| n.raft().metrics().borrow().current_leader)
                 .collect();
             if let Some(Some(l)) = views.first() {

@@ -29,6 +29,7 @@
 //! ```
 
 pub mod admin_http;
+pub mod backup;
 pub mod config;
 pub mod ctx;
 pub mod dev;

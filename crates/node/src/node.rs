@@ -82,7 +82,7 @@ impl Node {
         let writer = Writer::start(
             cfg.node_id,
             raft.clone(),
-            peers,
+            peers.clone(),
             cfg.batching.max_commands_per_entry,
             cfg.batching.max_entries_in_flight,
         );
@@ -92,12 +92,20 @@ impl Node {
             advertise: cfg.advertise.clone(),
             raft: raft.clone(),
             writer,
+            peers,
             state,
             applied,
             limits: cfg.limits.clone(),
             shutdown: shutdown_rx.clone(),
             open_streams: Default::default(),
+            leader_lease: cfg.raft.election_timeout_max,
+            removed: cfg.data_dir.join(crate::ctx::REMOVED_MARKER).exists().into(),
+            data_dir: cfg.data_dir.clone(),
         });
+        if ctx.removed.load(std::sync::atomic::Ordering::SeqCst) {
+            tracing::warn!("this node was removed from its cluster; it serves nothing (wipe the data directory to rejoin)");
+            ctx.raft.runtime_config().elect(false);
+        }
 
         let mut tasks = Vec::new();
         tasks.push(spawn_provider_server(&ctx, &tls, listeners.provider, shutdown_rx.clone())?);
@@ -132,9 +140,24 @@ impl Node {
         &self.ctx
     }
 
+    /// This node is in the cluster's membership (as this node sees it).
+    pub fn is_member(&self) -> bool {
+        self.ctx.raft.metrics().borrow().membership_config.membership().get_node(&self.ctx.node_id).is_some()
+    }
+
     /// Graceful stop: receive streams end with UNAVAILABLE (providers
     /// reconnect elsewhere), listeners drain, Raft stops.
     pub async fn shutdown(self, grace: Duration) {
+        // A leader hands over first, so the cluster does not wait out an
+        // election timeout (openraft 0.9 has no transfer API; see
+        // grpc::admin::transfer_leadership).
+        let is_leader = self.ctx.raft.metrics().borrow().current_leader == Some(self.ctx.node_id);
+        if is_leader {
+            match crate::grpc::admin::transfer_leadership(&self.ctx, None).await {
+                Ok(to) => tracing::info!(to, "handed leadership over before shutdown"),
+                Err(e) => tracing::warn!("failed to hand leadership over: {}", e.message()),
+            }
+        }
         let _ = self.shutdown.send(true);
         let all = futures::future::join_all(self.tasks);
         if tokio::time::timeout(grace, all).await.is_err() {

@@ -51,14 +51,23 @@ pub struct Writer {
     raft: Raft,
     queue: mpsc::Sender<Pending>,
     peers: PeerPool,
+    /// While true the batcher proposes nothing new (leadership transfer:
+    /// appends would keep the followers' leader lease alive).
+    paused: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Writer {
     /// Starts the batcher task; it ends when every `Writer` clone is dropped.
     pub fn start(node_id: NodeId, raft: Raft, peers: PeerPool, max_commands: usize, max_in_flight: usize) -> Self {
         let (tx, rx) = mpsc::channel(max_commands * max_in_flight * 4);
-        tokio::spawn(run_batcher(raft.clone(), rx, max_commands, max_in_flight));
-        Writer { node_id, raft, queue: tx, peers }
+        let (paused, paused_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(run_batcher(raft.clone(), rx, paused_rx, max_commands, max_in_flight));
+        Writer { node_id, raft, queue: tx, peers, paused: std::sync::Arc::new(paused) }
+    }
+
+    /// Holds (or releases) new proposals; queued commands wait.
+    pub fn pause(&self, paused: bool) {
+        self.paused.send_replace(paused);
     }
 
     /// Commits `command` through the leader and returns its outcome.
@@ -118,16 +127,24 @@ type InFlight = std::pin::Pin<
 /// One task owns the queue. `biased` polling of the in-flight set before
 /// taking new work means each proposal is handed to openraft (on its first
 /// poll) before the next batch is formed, so log order is queue order.
-async fn run_batcher(raft: Raft, mut rx: mpsc::Receiver<Pending>, max_commands: usize, max_in_flight: usize) {
+async fn run_batcher(
+    raft: Raft,
+    mut rx: mpsc::Receiver<Pending>,
+    mut paused: tokio::sync::watch::Receiver<bool>,
+    max_commands: usize,
+    max_in_flight: usize,
+) {
     let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
     let mut open = true;
     while open || !in_flight.is_empty() {
+        let is_paused = *paused.borrow();
         tokio::select! {
             biased;
             Some((result, replies)) = in_flight.next(), if !in_flight.is_empty() => {
                 deliver(result, replies);
             }
-            first = rx.recv(), if open && in_flight.len() < max_in_flight => {
+            _ = paused.changed(), if is_paused => {}
+            first = rx.recv(), if open && !is_paused && in_flight.len() < max_in_flight => {
                 let Some(first) = first else { open = false; continue };
                 let mut commands = Vec::with_capacity(max_commands.min(64));
                 let mut replies = Vec::with_capacity(max_commands.min(64));

@@ -53,3 +53,13 @@ pub(crate) fn rejected(status: Status) -> SdkError {
         detail: Box::new(detail),
     }
 }
+
+/// "CODE REASON: message" for a status, reading the router's error detail.
+pub fn describe(status: &Status) -> String {
+    let detail = ErrorDetail::decode(status.details()).unwrap_or_default();
+    if detail.reason.is_empty() {
+        format!("{:?}: {}", status.code(), status.message())
+    } else {
+        format!("{:?} {}: {}", status.code(), detail.reason, status.message())
+    }
+}

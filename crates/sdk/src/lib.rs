@@ -15,10 +15,12 @@
 //! that speaks `interop_router.v1`.
 //!
 //! # Layout
+//! - `admin`: [`admin::AdminConnector`], operator access to the admin API.
 //! - `client`: [`RouterClient`], unary calls with failover.
 //! - `subscription`: [`Subscription`], the reconnecting receive stream.
 //! - `error`: [`SdkError`].
 
+pub mod admin;
 pub mod client;
 pub mod error;
 pub mod subscription;

@@ -44,9 +44,15 @@ impl TestCluster {
     /// waits until a leader is agreed and the test providers are onboarded
     /// on every node.
     pub async fn start_with(nodes: u64, customize: fn(&mut RawConfig)) -> anyhow::Result<Self> {
+        Self::start_spec(nodes, None, customize).await
+    }
+
+    /// `nodes` nodes of which the first `voters` (default all) form the
+    /// cluster; the rest run empty until added.
+    pub async fn start_spec(nodes: u64, voters: Option<u64>, customize: fn(&mut RawConfig)) -> anyhow::Result<Self> {
         init_tracing();
         let dir = tempfile::tempdir().context("tempdir")?;
-        let spec = LocalClusterSpec { customize, ..LocalClusterSpec::new(dir.path(), nodes, &PROVIDERS) };
+        let spec = LocalClusterSpec { customize, voters, ..LocalClusterSpec::new(dir.path(), nodes, &PROVIDERS) };
         let cluster = LocalCluster::start(spec).await?;
         let tc = TestCluster { cluster, _dir: dir };
         tc.cluster.wait_for_leader(Duration::from_secs(15)).await?;
@@ -71,6 +77,7 @@ impl TestCluster {
                 .nodes
                 .iter()
                 .filter_map(|n| n.node.as_ref())
+                .filter(|n| n.is_member())
                 .all(|n| n.ctx().read(|s| pred(s)));
             if all {
                 return Ok(());

@@ -1596,3 +1596,21 @@ fn a_provider_may_name_only_its_own_users_as_sender() {
     assert_eq!(h.reject_unchanged(with_sender(PA, "ghost", "s1")), Rejection::UserNotFound { user: uid("ghost") });
     assert!(matches!(h.apply(with_sender(PA, "alice", "s1")), Outcome::Sent { .. }));
 }
+
+#[test]
+fn restore_loads_a_backup_only_into_an_empty_state() {
+    let mut source = Harness::new();
+    source.user(PB, "bob", &[(1, 11)]);
+    assert!(matches!(source.apply(send(PA, "m1", "bob", &[(1, 11)], 60_000)), Outcome::Sent { .. }));
+    let backup = source.state.clone();
+
+    let mut fresh = Harness::new();
+    assert_eq!(fresh.apply(Command::Restore { state: Box::new(backup.clone()) }), Outcome::Done);
+    assert_eq!(fresh.state.users, backup.users);
+    assert_eq!(fresh.state.mailboxes, backup.mailboxes);
+    // The restored dedup window still answers a retry identically.
+    assert_eq!(fresh.apply(send(PA, "m1", "bob", &[(1, 11)], 60_000)), source.apply(send(PA, "m1", "bob", &[(1, 11)], 60_000)));
+
+    // Not over existing data.
+    assert_eq!(fresh.reject_unchanged(Command::Restore { state: Box::new(backup) }), Rejection::RestoreIntoNonEmpty);
+}

@@ -9,6 +9,8 @@ use router_core::{Command, ProviderId};
 use router_proto::v1::admin_server::Admin;
 use router_proto::v1::*;
 use router_raft::NodeAddr;
+use router_proto::v1::RaftPayload;
+use crate::grpc::peer::ElectionControl;
 use std::collections::{BTreeMap, BTreeSet};
 use tonic::{Code, Request, Response, Status};
 
@@ -134,6 +136,158 @@ impl Admin for AdminService {
         Ok(Response::new(AddProviderResponse {}))
     }
 
+    async fn transfer_leader(
+        &self,
+        req: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        require_admin(&req)?;
+        let to = match req.get_ref().to_node_id {
+            0 => None,
+            n => Some(n),
+        };
+        let new_leader_id = transfer_leadership(&self.ctx, to).await?;
+        Ok(Response::new(TransferLeaderResponse { new_leader_id }))
+    }
+
+    async fn remove_member(&self, req: Request<RemoveMemberRequest>) -> Result<Response<RemoveMemberResponse>, Status> {
+        require_admin(&req)?;
+        let m = require_leader(&self.ctx)?;
+        let id = req.get_ref().node_id;
+        let membership = m.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(status::with_detail(
+                Code::NotFound,
+                format!("node {id} is not a member"),
+                ErrorDetail { reason: "NOT_A_MEMBER".into(), field: "node_id".into(), ..Default::default() },
+            ));
+        }
+        let voters: BTreeSet<u64> = membership.voter_ids().filter(|v| *v != id).collect();
+        if voters.is_empty() {
+            return Err(Status::failed_precondition("cannot remove the last voter"));
+        }
+        if id == self.ctx.node_id {
+            // Removing the leader: hand over first so the change commits under a new leader.
+            return Err(Status::failed_precondition(
+                "this node is the leader: transfer leadership first (routerctl leader transfer), then remove it",
+            ));
+        }
+        let change = if membership.voter_ids().any(|v| v == id) {
+            // Joint consensus to the smaller voter set; `retain = false` drops
+            // the removed voter instead of keeping it as a learner.
+            openraft::ChangeMembers::ReplaceAllVoters(voters)
+        } else {
+            openraft::ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.ctx.raft.change_membership(change, false).await.map_err(raft_status)?;
+        // Tell the removed node (best effort: if it is down, it learns nothing,
+        // but no quorum includes it any more).
+        if let Some(addr) = membership.get_node(&id).map(|n| n.peer.clone()) {
+            let data = bincode::serialize(&ElectionControl::Removed).expect("serialize election control");
+            let notified = match self.ctx.peers.client(id, &addr) {
+                Ok(mut c) => c.elect(RaftPayload { data: data.into() }).await.map(drop),
+                Err(e) => Err(Status::unavailable(e.to_string())),
+            };
+            if let Err(e) = notified {
+                tracing::warn!(node = id, "removed node not notified: {}", e.message());
+            }
+        }
+        Ok(Response::new(RemoveMemberResponse {}))
+    }
+
+    async fn list_providers(
+        &self,
+        req: Request<ListProvidersRequest>,
+    ) -> Result<Response<ListProvidersResponse>, Status> {
+        require_admin(&req)?;
+        let provider_ids = self.ctx.read(|s| s.providers.iter().map(|p| p.0.clone()).collect());
+        Ok(Response::new(ListProvidersResponse { provider_ids }))
+    }
+
+    async fn lookup_user(&self, req: Request<LookupUserRequest>) -> Result<Response<LookupUserResponse>, Status> {
+        require_admin(&req)?;
+        let user = router_core::UserId::new(req.get_ref().user_id.clone());
+        let found = self.ctx.read(|s| {
+            s.user(&user).map(|rec| LookupUserResponse {
+                user_id: user.0.clone(),
+                provider_id: rec.provider.0.clone(),
+                devices: rec
+                    .devices
+                    .iter()
+                    .map(|(d, r)| DeviceStock {
+                        device_id: *d,
+                        registration_id: r.registration_id,
+                        has_keys: r.keys.is_some(),
+                        one_time_prekeys: r.keys.as_ref().map_or(0, |k| k.one_time.len() as u32),
+                        kyber_one_time_prekeys: r.keys.as_ref().map_or(0, |k| k.kyber_one_time.len() as u32),
+                        has_kyber_last_resort: r.keys.as_ref().is_some_and(|k| k.kyber_last_resort.is_some()),
+                    })
+                    .collect(),
+            })
+        });
+        found.map(Response::new).ok_or_else(|| status::rejection(&router_core::Rejection::UserNotFound { user }))
+    }
+
+    async fn mailbox_depth(&self, req: Request<MailboxDepthRequest>) -> Result<Response<MailboxDepthResponse>, Status> {
+        require_admin(&req)?;
+        let only = req.get_ref().provider_id.clone();
+        let mailboxes = self.ctx.read(|s| {
+            s.mailboxes
+                .iter()
+                .filter(|(p, _)| only.is_empty() || p.0 == only)
+                .map(|(p, mb)| MailboxInfo {
+                    provider_id: p.0.clone(),
+                    depth: mb.len() as u64,
+                    oldest_age_ms: s.mailbox_oldest_ms(p).map_or(0, |t| s.clock_ms.saturating_sub(t)),
+                    next_seq: mb.next_seq,
+                })
+                .collect()
+        });
+        Ok(Response::new(MailboxDepthResponse { mailboxes }))
+    }
+
+    type BackupStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<BackupChunk, Status>> + Send>>;
+
+    async fn backup(&self, req: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        require_admin(&req)?;
+        // The read lock makes state and applied index one consistent cut.
+        let (state, applied) = {
+            let guard = self.ctx.state.read().expect("state lock poisoned");
+            (guard.clone(), *self.ctx.applied.borrow())
+        };
+        let bytes = crate::backup::encode(&state, applied).map_err(|e| Status::internal(e.to_string()))?;
+        let chunks: Vec<Result<BackupChunk, Status>> = bytes
+            .chunks(1024 * 1024)
+            .enumerate()
+            .map(|(i, c)| Ok(BackupChunk { applied_index: if i == 0 { applied } else { 0 }, data: c.to_vec().into() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn restore(
+        &self,
+        req: Request<tonic::Streaming<BackupChunk>>,
+    ) -> Result<Response<RestoreResponse>, Status> {
+        require_admin(&req)?;
+        let mut stream = req.into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            bytes.extend_from_slice(&chunk.data);
+            if bytes.len() > crate::backup::MAX_RESTORE_BYTES {
+                return Err(status::over_limit(
+                    "data",
+                    crate::backup::MAX_RESTORE_BYTES as u64,
+                    bytes.len() as u64,
+                ));
+            }
+        }
+        let (state, _) = crate::backup::decode(&bytes)
+            .map_err(|e| status::invalid_field("data", "BAD_BACKUP", e.to_string()))?;
+        let users = state.users.len() as u64;
+        let mailbox_entries = state.mailboxes.values().map(|m| m.len() as u64).sum();
+        self.ctx.write(Command::Restore { state: Box::new(state) }).await?;
+        Ok(Response::new(RestoreResponse { users, mailbox_entries }))
+    }
+
     async fn trigger_snapshot(
         &self,
         req: Request<TriggerSnapshotRequest>,
@@ -141,5 +295,90 @@ impl Admin for AdminService {
         require_admin(&req)?;
         self.ctx.raft.trigger().snapshot().await.map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(TriggerSnapshotResponse {}))
+    }
+}
+
+/// Leadership transfer and membership removal must run on the leader.
+fn require_leader(ctx: &crate::ctx::NodeCtx) -> Result<openraft::RaftMetrics<u64, NodeAddr>, Status> {
+    let m = ctx.raft.metrics().borrow().clone();
+    if m.current_leader == Some(ctx.node_id) {
+        return Ok(m);
+    }
+    let leader_endpoint = m
+        .current_leader
+        .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.peer.clone()))
+        .unwrap_or_default();
+    Err(status::with_detail(
+        Code::FailedPrecondition,
+        format!("not the leader; the leader's peer endpoint is {leader_endpoint:?}"),
+        ErrorDetail { reason: "NOT_LEADER".into(), leader_endpoint, ..Default::default() },
+    ))
+}
+
+/// Hands leadership to `to` (or the most caught-up voter) and waits for it.
+pub async fn transfer_leadership(ctx: &crate::ctx::NodeCtx, to: Option<u64>) -> Result<u64, Status> {
+    let m = require_leader(ctx)?;
+    let membership = m.membership_config.membership().clone();
+    let voters: Vec<u64> = membership.voter_ids().filter(|v| *v != ctx.node_id).collect();
+    let target = match to {
+        Some(t) if voters.contains(&t) => t,
+        Some(t) => {
+            return Err(status::invalid_field("to_node_id", "NOT_A_VOTER", format!("node {t} is not another voter")));
+        }
+        None => {
+            let matched = |id: &u64| {
+                m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map_or(0, |l| l.index)
+            };
+            *voters.iter().max_by_key(|v| matched(v)).ok_or_else(|| {
+                Status::failed_precondition("no other voter to hand leadership to")
+            })?
+        }
+    };
+    // openraft 0.9 has no transfer call, and followers refuse votes while
+    // their leader lease (election_timeout_max since the last append) runs.
+    // So: stop proposing and heartbeating, keep the other voters from
+    // starting elections of their own, let the lease run out, then have the
+    // target (whose log matches ours once in-flight appends land) elect.
+    let others: Vec<u64> = voters.iter().copied().filter(|v| *v != target).collect();
+    ctx.writer.pause(true);
+    ctx.raft.runtime_config().heartbeat(false);
+    let control = |id: u64, c: ElectionControl| {
+        let addr = membership.get_node(&id).map(|n| n.peer.clone()).unwrap_or_default();
+        let peers = ctx.peers.clone();
+        async move {
+            let data = bincode::serialize(&c).expect("serialize election control");
+            match peers.client(id, &addr) {
+                Ok(mut client) => client.elect(RaftPayload { data: data.into() }).await.map(drop),
+                Err(e) => Err(Status::unavailable(e.to_string())),
+            }
+        }
+    };
+    let suspend_ms = (ctx.leader_lease * 10).as_millis() as u64;
+    for o in &others {
+        let _ = control(*o, ElectionControl::Suspend { millis: suspend_ms }).await;
+    }
+    tokio::time::sleep(ctx.leader_lease + std::time::Duration::from_millis(50)).await;
+    let elected = control(target, ElectionControl::ElectNow).await;
+    let mut metrics = ctx.raft.metrics();
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            if metrics.borrow().current_leader == Some(target) {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    ctx.raft.runtime_config().heartbeat(true);
+    ctx.writer.pause(false);
+    for o in &others {
+        let _ = control(*o, ElectionControl::Resume).await;
+    }
+    elected.map_err(|e| Status::unavailable(format!("node {target} did not start an election: {}", e.message())))?;
+    match waited {
+        Ok(()) if ctx.raft.metrics().borrow().current_leader == Some(target) => Ok(target),
+        _ => Err(Status::unavailable(format!("node {target} did not take over within 5 s"))),
     }
 }

@@ -10,6 +10,21 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
+/// What `Peer.Elect` asks a node to do: leadership transfer steps, and the
+/// notice that the node was removed from the cluster.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub enum ElectionControl {
+    /// Do not start elections on timeout for this long.
+    Suspend { millis: u64 },
+    Resume,
+    /// Start an election now.
+    ElectNow,
+    /// The leader committed a membership without this node. A removed node
+    /// never hears the final configuration through Raft (replication to it
+    /// stops), so the leader tells it: it stops electing and serving.
+    Removed,
+}
+
 pub struct PeerService {
     pub ctx: Ctx,
 }
@@ -41,6 +56,35 @@ impl Peer for PeerService {
         require_node(&req)?;
         let rpc = decode(&req)?;
         encode(&self.ctx.raft.vote(rpc).await)
+    }
+
+    async fn elect(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let from = require_node(&req)?;
+        let control: ElectionControl = decode(&req)?;
+        let runtime = self.ctx.raft.runtime_config();
+        match control {
+            ElectionControl::Suspend { millis } => {
+                // Bounded: elections come back on their own if the leader never resumes them.
+                runtime.elect(false);
+                let raft = self.ctx.raft.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+                    raft.runtime_config().elect(true);
+                });
+            }
+            ElectionControl::Resume => runtime.elect(true),
+            ElectionControl::Removed => {
+                tracing::warn!(from, "removed from the cluster; refusing traffic from now on");
+                runtime.elect(false);
+                self.ctx.mark_removed();
+            }
+            ElectionControl::ElectNow => {
+                tracing::info!(from, "leadership transfer: starting an election");
+                runtime.elect(true);
+                self.ctx.raft.trigger().elect().await.map_err(|e| Status::unavailable(e.to_string()))?;
+            }
+        }
+        encode(&())
     }
 
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

@@ -46,7 +46,9 @@ pub fn rejection(r: &Rejection) -> Status {
         | Rejection::NoDevices { .. }
         | Rejection::NoKeys { .. } => Code::NotFound,
         Rejection::UserTaken { .. } => Code::AlreadyExists,
-        Rejection::DeviceMismatch { .. } | Rejection::SignedPrekeyRequired => Code::FailedPrecondition,
+        Rejection::DeviceMismatch { .. } | Rejection::SignedPrekeyRequired | Rejection::RestoreIntoNonEmpty => {
+            Code::FailedPrecondition
+        }
         Rejection::TooManyDevices { .. } | Rejection::PrekeyStockFull { .. } | Rejection::MailboxFull { .. } => {
             Code::ResourceExhausted
         }
@@ -83,6 +85,7 @@ pub fn rejection(r: &Rejection) -> Status {
             format!("the device would hold {actual} one-time prekeys; the limit is {limit}")
         }
         Rejection::DuplicatePrekeyId { key_id } => format!("one-time prekey id {key_id} is already stocked"),
+        Rejection::RestoreIntoNonEmpty => "a backup can only be restored into a cluster without users or queued mail".into(),
         Rejection::MailboxFull { provider, limit } => {
             detail.limit = *limit;
             format!("the mailbox of provider {provider} holds its limit of {limit} entries; retry later")

@@ -1,0 +1,380 @@
+//! `routerctl`: the operator CLI. Talks to the admin API on the nodes' peer
+//! ports with an operator certificate (mTLS).
+//!
+//! Exit codes: 0 success, 1 the cluster refused or failed the operation,
+//! 2 usage error (clap), 3 no node could be reached / bad local files.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use router_sdk::SdkError;
+use router_sdk::admin::AdminConnector;
+use router_sdk::v1::admin_client::AdminClient;
+use router_sdk::v1::*;
+use tonic::transport::Channel;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "routerctl", version, about = "Operate an Interop Router cluster")]
+struct Cli {
+    /// Peer (admin) endpoint of a node, host:port; repeat for several nodes.
+    #[arg(long = "endpoint", short = 'e', env = "ROUTERCTL_ENDPOINTS", value_delimiter = ',', required = true)]
+    endpoints: Vec<String>,
+    /// CA certificate (PEM).
+    #[arg(long, env = "ROUTERCTL_CA")]
+    ca: PathBuf,
+    /// Operator certificate (PEM, URI SAN spiffe://interop-router/operator/<name>).
+    #[arg(long, env = "ROUTERCTL_CERT")]
+    cert: PathBuf,
+    /// Operator private key (PEM).
+    #[arg(long, env = "ROUTERCTL_KEY")]
+    key: PathBuf,
+    /// Name the node certificates are valid for.
+    #[arg(long, env = "ROUTERCTL_SERVER_NAME", default_value = "localhost")]
+    server_name: String,
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Every reachable node's view: role, term, leader, log, applied, lag.
+    Status,
+    /// Cluster membership.
+    #[command(subcommand)]
+    Member(MemberCmd),
+    /// Leadership.
+    #[command(subcommand)]
+    Leader(LeaderCmd),
+    /// Take a snapshot (and compact the log) on every given node.
+    Snapshot,
+    /// Providers.
+    #[command(subcommand)]
+    Provider(ProviderCmd),
+    /// A user's owner, devices and prekey stock.
+    User { user_id: String },
+    /// Mailbox depth and oldest-entry age per provider.
+    Mailbox {
+        #[arg(long)]
+        provider: Option<String>,
+    },
+    /// Write a consistent backup of one node's state to a file.
+    Backup {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Load a backup into a new, empty cluster.
+    Restore {
+        #[arg(long = "in")]
+        input: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberCmd {
+    /// Add a node: as a learner first, promoted to voter once caught up.
+    Add {
+        #[arg(long)]
+        id: u64,
+        /// Its peer endpoint (host:port).
+        #[arg(long)]
+        peer: String,
+        /// Its provider endpoint (host:port).
+        #[arg(long)]
+        provider: String,
+        /// Stay a learner (no promotion).
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Promote a caught-up learner to voter.
+    Promote {
+        #[arg(long)]
+        id: u64,
+    },
+    /// Remove a node (voter or learner) from the cluster.
+    Remove {
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum LeaderCmd {
+    /// Hand leadership to another voter (default: the most caught-up one).
+    Transfer {
+        #[arg(long)]
+        to: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProviderCmd {
+    /// Onboard a provider.
+    Add { provider_id: String },
+    /// List onboarded providers.
+    List,
+}
+
+/// An error with the exit code it maps to.
+struct Failure {
+    code: i32,
+    error: anyhow::Error,
+}
+
+impl From<SdkError> for Failure {
+    fn from(e: SdkError) -> Self {
+        let code = match e {
+            SdkError::Rejected { .. } => 1,
+            SdkError::Unavailable { .. } | SdkError::Config(_) => 3,
+        };
+        Failure { code, error: e.into() }
+    }
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Self {
+        let code = match s.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => 3,
+            _ => 1,
+        };
+        Failure { code, error: anyhow::anyhow!("{}", router_sdk::error::describe(&s)) }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure { code: 3, error }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(f) = run(cli).await {
+        eprintln!("routerctl: {:#}", f.error);
+        std::process::exit(f.code);
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+    let admin = AdminConnector::new(&read(&cli.ca)?, &read(&cli.cert)?, &read(&cli.key)?, &cli.server_name);
+    let out = cli.output;
+    let leader = || async { admin.leader_endpoint(&cli.endpoints).await };
+    match cli.command {
+        Cmd::Status => {
+            let mut rows = Vec::new();
+            for e in &cli.endpoints {
+                match admin.client(e)?.status(StatusRequest {}).await {
+                    Ok(s) => rows.push((e.clone(), Some(s.into_inner()))),
+                    Err(status) => {
+                        eprintln!("routerctl: {e}: {}", status.message());
+                        rows.push((e.clone(), None));
+                    }
+                }
+            }
+            print_status(out, &rows);
+            if rows.iter().all(|(_, s)| s.is_none()) {
+                return Err(Failure { code: 3, error: anyhow::anyhow!("no node answered") });
+            }
+        }
+        Cmd::Member(MemberCmd::Add { id, peer, provider, learner }) => {
+            let mut c = admin.client(&leader().await?)?;
+            let node = NodeInfo { node_id: id, peer_endpoint: peer, provider_endpoint: provider };
+            // Blocks until the learner has caught up with the leader's log.
+            c.add_learner(AddLearnerRequest { node: Some(node) }).await?;
+            if !learner {
+                let voters = voter_ids(&mut c).await?;
+                let mut all: Vec<u64> = voters.into_iter().chain([id]).collect();
+                all.sort_unstable();
+                all.dedup();
+                c.change_membership(ChangeMembershipRequest { voter_ids: all, remove_unlisted: false }).await?;
+            }
+            done(out, json!({"added": id, "voter": !learner}), &format!("node {id} added{}", if learner { " as a learner" } else { " as a voter" }));
+        }
+        Cmd::Member(MemberCmd::Promote { id }) => {
+            let mut c = admin.client(&leader().await?)?;
+            let mut all = voter_ids(&mut c).await?;
+            all.push(id);
+            all.sort_unstable();
+            all.dedup();
+            c.change_membership(ChangeMembershipRequest { voter_ids: all, remove_unlisted: false }).await?;
+            done(out, json!({"promoted": id}), &format!("node {id} is a voter"));
+        }
+        Cmd::Member(MemberCmd::Remove { id }) => {
+            let mut c = admin.client(&leader().await?)?;
+            c.remove_member(RemoveMemberRequest { node_id: id }).await?;
+            done(out, json!({"removed": id}), &format!("node {id} removed"));
+        }
+        Cmd::Leader(LeaderCmd::Transfer { to }) => {
+            let mut c = admin.client(&leader().await?)?;
+            let r = c.transfer_leader(TransferLeaderRequest { to_node_id: to.unwrap_or(0) }).await?.into_inner();
+            done(out, json!({"leader": r.new_leader_id}), &format!("node {} now leads", r.new_leader_id));
+        }
+        Cmd::Snapshot => {
+            for e in &cli.endpoints {
+                admin.client(e)?.trigger_snapshot(TriggerSnapshotRequest {}).await?;
+            }
+            done(out, json!({"snapshot": cli.endpoints}), "snapshot triggered");
+        }
+        Cmd::Provider(ProviderCmd::Add { provider_id }) => {
+            admin.client(&cli.endpoints[0])?.add_provider(AddProviderRequest { provider_id: provider_id.clone() }).await?;
+            done(out, json!({"provider": provider_id}), &format!("provider {provider_id} onboarded"));
+        }
+        Cmd::Provider(ProviderCmd::List) => {
+            let r = admin.client(&cli.endpoints[0])?.list_providers(ListProvidersRequest {}).await?.into_inner();
+            match out {
+                Output::Json => println!("{}", json!({"providers": r.provider_ids})),
+                Output::Table => {
+                    println!("PROVIDER");
+                    for p in r.provider_ids {
+                        println!("{p}");
+                    }
+                }
+            }
+        }
+        Cmd::User { user_id } => {
+            let r = admin.client(&cli.endpoints[0])?.lookup_user(LookupUserRequest { user_id }).await?.into_inner();
+            match out {
+                Output::Json => println!(
+                    "{}",
+                    json!({"user": r.user_id, "provider": r.provider_id, "devices": r.devices.iter().map(|d| json!({
+                        "device": d.device_id, "registration_id": d.registration_id, "has_keys": d.has_keys,
+                        "one_time_prekeys": d.one_time_prekeys, "kyber_one_time_prekeys": d.kyber_one_time_prekeys,
+                        "kyber_last_resort": d.has_kyber_last_resort})).collect::<Vec<_>>()})
+                ),
+                Output::Table => {
+                    println!("user {} (provider {})", r.user_id, r.provider_id);
+                    println!("{:<8} {:<10} {:<6} {:>9} {:>9} {:>12}", "DEVICE", "REG_ID", "KEYS", "EC_OTPK", "KYBER_OTPK", "LAST_RESORT");
+                    for d in r.devices {
+                        println!(
+                            "{:<8} {:<10} {:<6} {:>9} {:>9} {:>12}",
+                            d.device_id, d.registration_id, d.has_keys, d.one_time_prekeys, d.kyber_one_time_prekeys, d.has_kyber_last_resort
+                        );
+                    }
+                }
+            }
+        }
+        Cmd::Mailbox { provider } => {
+            let r = admin
+                .client(&cli.endpoints[0])?
+                .mailbox_depth(MailboxDepthRequest { provider_id: provider.unwrap_or_default() })
+                .await?
+                .into_inner();
+            match out {
+                Output::Json => println!(
+                    "{}",
+                    Value::Array(r.mailboxes.iter().map(|m| json!({"provider": m.provider_id, "depth": m.depth, "oldest_age_ms": m.oldest_age_ms, "next_seq": m.next_seq})).collect())
+                ),
+                Output::Table => {
+                    println!("{:<20} {:>10} {:>14} {:>10}", "PROVIDER", "DEPTH", "OLDEST_AGE_MS", "NEXT_SEQ");
+                    for m in r.mailboxes {
+                        println!("{:<20} {:>10} {:>14} {:>10}", m.provider_id, m.depth, m.oldest_age_ms, m.next_seq);
+                    }
+                }
+            }
+        }
+        Cmd::Backup { out: path } => {
+            let mut stream = admin.client(&cli.endpoints[0])?.backup(BackupRequest {}).await?.into_inner();
+            let (mut bytes, mut applied) = (Vec::new(), 0);
+            while let Some(chunk) = stream.message().await? {
+                if chunk.applied_index != 0 {
+                    applied = chunk.applied_index;
+                }
+                bytes.extend_from_slice(&chunk.data);
+            }
+            std::fs::write(&path, &bytes).with_context(|| format!("write {}", path.display()))?;
+            done(
+                out,
+                json!({"file": path, "bytes": bytes.len(), "applied_index": applied}),
+                &format!("backup of log index {applied} written to {} ({} bytes)", path.display(), bytes.len()),
+            );
+        }
+        Cmd::Restore { input } => {
+            let bytes = std::fs::read(&input).with_context(|| format!("read {}", input.display()))?;
+            let chunks: Vec<BackupChunk> =
+                bytes.chunks(1024 * 1024).map(|c| BackupChunk { applied_index: 0, data: c.to_vec().into() }).collect();
+            let r = admin.client(&cli.endpoints[0])?.restore(futures::stream::iter(chunks)).await?.into_inner();
+            done(
+                out,
+                json!({"users": r.users, "mailbox_entries": r.mailbox_entries}),
+                &format!("restored {} users and {} mailbox entries", r.users, r.mailbox_entries),
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn voter_ids(c: &mut AdminClient<Channel>) -> Result<Vec<u64>, Failure> {
+    let s = c.status(StatusRequest {}).await?.into_inner();
+    Ok(s.voters.iter().map(|v| v.node_id).collect())
+}
+
+fn done(out: Output, value: Value, text: &str) {
+    match out {
+        Output::Json => println!("{value}"),
+        Output::Table => println!("{text}"),
+    }
+}
+
+fn print_status(out: Output, rows: &[(String, Option<StatusResponse>)]) {
+    if out == Output::Json {
+        let nodes: Vec<Value> = rows
+            .iter()
+            .map(|(e, s)| match s {
+                None => json!({"endpoint": e, "reachable": false}),
+                Some(s) => json!({
+                    "endpoint": e, "reachable": true, "node_id": s.node_id, "role": s.role, "term": s.current_term,
+                    "leader_id": s.leader_id, "last_log_index": s.last_log_index, "applied_index": s.last_applied_index,
+                    "snapshot_index": s.snapshot_index,
+                    "voters": s.voters.iter().map(|v| v.node_id).collect::<Vec<_>>(),
+                    "learners": s.learners.iter().map(|v| v.node_id).collect::<Vec<_>>(),
+                    "replication_lag": s.replication_lag,
+                }),
+            })
+            .collect();
+        println!("{}", json!({"nodes": nodes}));
+        return;
+    }
+    println!(
+        "{:<22} {:>4} {:<10} {:>6} {:>7} {:>9} {:>9} {:>9}  MEMBERS",
+        "ENDPOINT", "NODE", "ROLE", "TERM", "LEADER", "LAST_LOG", "APPLIED", "SNAPSHOT"
+    );
+    for (e, s) in rows {
+        match s {
+            None => println!("{e:<22} {:>4} {:<10}", "-", "unreachable"),
+            Some(s) => {
+                let voters: Vec<String> = s.voters.iter().map(|v| v.node_id.to_string()).collect();
+                let learners: Vec<String> = s.learners.iter().map(|v| v.node_id.to_string()).collect();
+                println!(
+                    "{e:<22} {:>4} {:<10} {:>6} {:>7} {:>9} {:>9} {:>9}  voters [{}] learners [{}]",
+                    s.node_id,
+                    s.role,
+                    s.current_term,
+                    s.leader_id,
+                    s.last_log_index,
+                    s.last_applied_index,
+                    s.snapshot_index,
+                    voters.join(","),
+                    learners.join(",")
+                );
+            }
+        }
+    }
+    if let Some(leader) = rows.iter().filter_map(|(_, s)| s.as_ref()).find(|s| s.role == "leader") {
+        if !leader.replication_lag.is_empty() {
+            let mut lag: Vec<_> = leader.replication_lag.iter().collect();
+            lag.sort();
+            let lag: Vec<String> = lag.iter().map(|(id, l)| format!("node {id}: {l}")).collect();
+            println!("replication lag (entries behind the leader): {}", lag.join(", "));
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! routerctl drives a live cluster: 3 voters → add a 4th and 5th → transfer
+//! leadership → remove one, while a provider sends throughout; nothing is
+//! lost, and the removed node refuses provider traffic.
+
+use router_sdk::v1::directory_client::DirectoryClient;
+use router_sdk::v1::{ContentType, DeviceCiphertext, ResolveRequest, SendRequest, mailbox_entry};
+use router_testkit::TestCluster;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+struct Ctl<'a> {
+    tc: &'a TestCluster,
+}
+
+impl Ctl<'_> {
+    /// Runs routerctl against `nodes`' peer endpoints; returns (exit code, stdout, stderr).
+    async fn run(&self, nodes: &[u64], args: &[&str]) -> (i32, String, String) {
+        let endpoints: Vec<String> = nodes.iter().map(|n| self.tc.cluster.node(*n).peer_addr.to_string()).collect();
+        let op = &self.tc.cluster.operator_cert;
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_routerctl"))
+            .arg("--endpoint")
+            .arg(endpoints.join(","))
+            .arg("--ca")
+            .arg(&self.tc.cluster.ca)
+            .arg("--cert")
+            .arg(&op.cert)
+            .arg("--key")
+            .arg(&op.key)
+            .args(args)
+            .output()
+            .await
+            .expect("run routerctl");
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    }
+
+    async fn ok(&self, nodes: &[u64], args: &[&str]) -> String {
+        let (code, out, err) = self.run(nodes, args).await;
+        assert_eq!(code, 0, "routerctl {args:?} failed: {err}");
+        out
+    }
+
+    async fn status_json(&self, node: u64) -> Value {
+        let out = self.ok(&[node], &["--output", "json", "status"]).await;
+        serde_json::from_str::<Value>(&out).unwrap()["nodes"][0].clone()
+    }
+}
+
+fn voters(v: &Value) -> Vec<u64> {
+    v["voters"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_through_routerctl_under_traffic() {
+    let tc = TestCluster::start_spec(5, Some(3), |_| {}).await.unwrap();
+    let ctl = Ctl { tc: &tc };
+    let beta = tc.client("beta");
+    beta.register_user("handle:hana").await.unwrap();
+    beta.register_device("handle:hana", 1, 5).await.unwrap();
+
+    // A provider sends one message at a time for the whole test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let alpha = tc.client_on("alpha", &[2, 3, 1]);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) && i < 5_000 {
+                let id = format!("m-{i}");
+                let req = SendRequest {
+                    message_id: id.clone(),
+                    recipient_user_id: "handle:hana".into(),
+                    content_type: ContentType::Message as i32,
+                    ttl_seconds: 0,
+                    parts: vec![DeviceCiphertext { device_id: 1, registration_id: 5, message_type: 2, ciphertext: b"x".to_vec().into() }],
+                    sender_user_id: String::new(),
+                    sender_device_id: 0,
+                };
+                alpha.send(req).await.expect("send keeps working through membership changes");
+                acked.push(id);
+                i += 1;
+            }
+            acked
+        })
+    };
+
+    let s = ctl.status_json(1).await;
+    assert_eq!(voters(&s), vec![1, 2, 3]);
+    for id in [4u64, 5] {
+        let n = tc.cluster.node(id);
+        ctl.ok(
+            &[1, 2, 3],
+            &["member", "add", "--id", &id.to_string(), "--peer", &n.peer_addr.to_string(), "--provider", &n.provider_addr.to_string()],
+        )
+        .await;
+    }
+    assert_eq!(voters(&ctl.status_json(2).await), vec![1, 2, 3, 4, 5]);
+
+    let out = ctl.ok(&[1, 2, 3], &["--output", "json", "leader", "transfer", "--to", "4"]).await;
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["leader"], 4);
+    assert_eq!(ctl.status_json(4).await["role"], "leader");
+
+    ctl.ok(&[4], &["member", "remove", "--id", "1"]).await;
+    let s = ctl.status_json(4).await;
+    assert_eq!(voters(&s), vec![2, 3, 4, 5]);
+    // The table output names every node it could reach.
+    let table = ctl.ok(&[2, 3, 4, 5], &["status"]).await;
+    assert!(table.contains("leader") && table.contains("voters [2,3,4,5]"), "{table}");
+
+    // The removed node refuses provider traffic: UNAVAILABLE / NOT_A_MEMBER, so clients move on.
+    let certs = &tc.cluster.provider_certs["beta"];
+    let mut on_removed = DirectoryClient::new(tc.raw_channel(1, &certs.cert, &certs.key));
+    let err = on_removed.resolve(ResolveRequest { user_id: "handle:hana".into() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert!(router_sdk::error::describe(&err).contains("NOT_A_MEMBER"), "{err:?}");
+
+    // Errors: a precise message and exit code 1 for a refused operation.
+    let (code, _, err) = ctl.run(&[4], &["member", "remove", "--id", "9"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("NOT_A_MEMBER"), "{err}");
+
+    stop.store(true, Ordering::Relaxed);
+    let acked = sender.await.unwrap();
+    assert!(acked.len() > 10, "the sender made progress: {}", acked.len());
+
+    // Every acked message is delivered.
+    let mut sub = tc.client_on("beta", &[2, 3, 4, 5]).subscribe(1024);
+    let mut seen = BTreeSet::new();
+    let mut to_ack = Vec::new();
+    while seen.len() < acked.len() {
+        let e = tokio::time::timeout(Duration::from_secs(15), sub.next()).await.expect("delivery").unwrap();
+        if let Some(mailbox_entry::Kind::Envelope(env)) = e.kind {
+            seen.insert(env.message_id);
+        }
+        to_ack.push(e.seq);
+        if to_ack.len() == 512 {
+            sub.ack(std::mem::take(&mut to_ack)).await.unwrap();
+        }
+    }
+    assert_eq!(seen, acked.into_iter().collect());
+    tc.shutdown().await;
+}

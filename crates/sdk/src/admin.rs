@@ -1,0 +1,61 @@
+//! Operator access to the admin API (peer port, operator certificate), with
+//! the leader found through `Status` for calls that must reach it.
+
+use crate::error::{SdkError, rejected};
+use router_proto::v1::StatusRequest;
+use router_proto::v1::admin_client::AdminClient;
+use std::time::Duration;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+#[derive(Clone)]
+pub struct AdminConnector {
+    tls: ClientTlsConfig,
+    pub timeout: Duration,
+}
+
+impl AdminConnector {
+    pub fn new(ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8], server_name: &str) -> Self {
+        AdminConnector {
+            tls: ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca_pem))
+                .identity(Identity::from_pem(cert_pem, key_pem))
+                .domain_name(server_name.to_string()),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// A client for one node's peer endpoint (`host:port`); dials lazily.
+    pub fn client(&self, endpoint: &str) -> Result<AdminClient<Channel>, SdkError> {
+        let ch = Endpoint::from_shared(format!("https://{endpoint}"))
+            .map_err(|e| SdkError::Config(format!("endpoint {endpoint}: {e}")))?
+            .tls_config(self.tls.clone())
+            .map_err(|e| SdkError::Config(format!("TLS: {e}")))?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(self.timeout)
+            .connect_lazy();
+        Ok(AdminClient::new(ch).max_decoding_message_size(64 * 1024 * 1024))
+    }
+
+    /// The peer endpoint of the current leader, asking `endpoints` in turn.
+    pub async fn leader_endpoint(&self, endpoints: &[String]) -> Result<String, SdkError> {
+        let mut last = String::from("no endpoint given");
+        for e in endpoints {
+            let mut c = self.client(e)?;
+            match c.status(StatusRequest {}).await {
+                Ok(s) => {
+                    let s = s.into_inner();
+                    if !s.has_leader {
+                        last = format!("{e}: no leader");
+                        continue;
+                    }
+                    if let Some(v) = s.voters.iter().chain(&s.learners).find(|v| v.node_id == s.leader_id) {
+                        return Ok(v.peer_endpoint.clone());
+                    }
+                }
+                Err(status) if status.code() == tonic::Code::PermissionDenied => return Err(rejected(status)),
+                Err(status) => last = format!("{e}: {}", status.message()),
+            }
+        }
+        Err(SdkError::Unavailable { attempts: endpoints.len() as u32, last })
+    }
+}

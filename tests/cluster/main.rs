@@ -5,6 +5,7 @@ mod api;
 mod common;
 mod delivery;
 mod failover;
+mod formation;
 mod permissions;
 mod prekeys;
 mod restart;

@@ -91,6 +91,12 @@ pub struct RawCluster {
     /// Providers onboarded at bootstrap (more through the admin API).
     #[serde(default)]
     pub initial_providers: Vec<String>,
+    /// Peer endpoints of the cluster's nodes (Kubernetes: every StatefulSet
+    /// pod's DNS name). With seeds, a node without Raft state joins the
+    /// cluster a seed knows (learner, then voter); node 1 with `bootstrap`
+    /// initializes a new one when every seed answered and none knows a cluster.
+    #[serde(default)]
+    pub seeds: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -149,6 +155,7 @@ pub struct Config {
     pub bootstrap: bool,
     pub initial_members: BTreeMap<NodeId, NodeAddr>,
     pub initial_providers: Vec<String>,
+    pub seeds: Vec<String>,
     pub raft: RaftTuning,
     pub limits: EdgeLimits,
     pub replicated_limits: router_core::Limits,
@@ -230,7 +237,7 @@ impl Config {
             peer: adv_peer.unwrap_or_else(|| listen.peer.to_string()),
         };
 
-        let RawCluster { bootstrap, initial_members, initial_providers } = cluster;
+        let RawCluster { bootstrap, initial_members, initial_providers, seeds } = cluster;
         let mut members = BTreeMap::new();
         for m in initial_members {
             let RawMember { id, peer, provider } = m;
@@ -238,8 +245,11 @@ impl Config {
                 return Err(invalid("cluster.initial_members", format!("node id {id} listed twice")));
             }
         }
-        if bootstrap && !members.contains_key(&node_id) {
+        if bootstrap && seeds.is_empty() && !members.contains_key(&node_id) {
             return Err(invalid("cluster.initial_members", "bootstrap is set but this node is not listed"));
+        }
+        if !seeds.is_empty() && !members.is_empty() {
+            return Err(invalid("cluster.seeds", "use either seeds (join/bootstrap through seeds) or initial_members"));
         }
         for p in &initial_providers {
             crate::identity::check_provider_id(p).map_err(|e| invalid("cluster.initial_providers", e))?;
@@ -346,6 +356,7 @@ impl Config {
             bootstrap,
             initial_members: members,
             initial_providers,
+            seeds,
             raft,
             limits: edge,
             replicated_limits,
@@ -353,15 +364,55 @@ impl Config {
         })
     }
 
-    /// Applies `ROUTERD_NODE_ID` / `ROUTERD_DATA_DIR` style overrides.
-    pub fn with_overrides(mut self, node_id: Option<NodeId>, data_dir: Option<PathBuf>) -> Self {
-        if let Some(id) = node_id {
+    /// Applies environment / flag overrides (see [`Overrides`]).
+    pub fn with_overrides(mut self, o: Overrides) -> Result<Self, ConfigError> {
+        if let Some(id) = o.node_id.or(o.pod_index.map(|i| i + 1)) {
+            if id == 0 {
+                return Err(invalid("node_id", "must be >= 1"));
+            }
             self.node_id = id;
         }
-        if let Some(d) = data_dir {
+        if let Some(d) = o.data_dir {
             self.data_dir = d;
         }
-        self
+        if let Some(p) = o.advertise_peer {
+            self.advertise.peer = p;
+        }
+        if let Some(p) = o.advertise_provider {
+            self.advertise.provider = p;
+        }
+        if let Some(p) = o.tls_ca {
+            self.tls.ca = p;
+        }
+        if let Some(p) = o.tls_cert {
+            self.tls.cert = p;
+        }
+        if let Some(p) = o.tls_key {
+            self.tls.key = p;
+        }
+        Ok(self)
+    }
+}
+
+/// Per-process values that do not belong in a shared config file
+/// (Kubernetes sets them per pod). Precedence: explicit node id, then pod
+/// index (node id = index + 1), then the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub node_id: Option<NodeId>,
+    pub pod_index: Option<u64>,
+    pub data_dir: Option<PathBuf>,
+    pub advertise_peer: Option<String>,
+    pub advertise_provider: Option<String>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Config {
+    /// Whether this node bootstraps: explicitly configured, or node 1 in seed mode.
+    pub fn bootstraps(&self) -> bool {
+        self.bootstrap && (self.seeds.is_empty() || self.node_id == 1)
     }
 }
 
@@ -407,7 +458,30 @@ key = "node.key"
         assert!(e.to_string().starts_with("limits.default_receive_window"), "{e}");
         let e = Config::validate(raw("[cluster]\nbootstrap = true").unwrap()).unwrap_err();
         assert!(e.to_string().starts_with("cluster.initial_members"), "{e}");
+        let e = Config::validate(raw("[cluster]\nseeds = [\"a:1\"]\ninitial_members = [{ id = 1, peer = \"a:1\", provider = \"a:2\" }]").unwrap()).unwrap_err();
+        assert!(e.to_string().starts_with("cluster.seeds"), "{e}");
         let e = Config::validate(raw("[raft]\nheartbeat_ms = 200").unwrap()).unwrap_err();
         assert!(e.to_string().starts_with("raft.election_timeout_min_ms"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod override_tests {
+    use super::*;
+
+    #[test]
+    fn pod_index_gives_node_id_and_explicit_id_wins() {
+        let raw: RawConfig = toml::from_str(
+            "node_id = 1\ndata_dir = \"/d\"\n[listen]\nprovider = \"0.0.0.0:1\"\npeer = \"0.0.0.0:2\"\nadmin = \"0.0.0.0:3\"\n[tls]\nca = \"c\"\ncert = \"n\"\nkey = \"k\"\n[cluster]\nbootstrap = true\nseeds = [\"r-0.p:2\", \"r-1.p:2\"]\n",
+        )
+        .unwrap();
+        let cfg = Config::validate(raw).unwrap();
+        let o = Overrides { pod_index: Some(2), advertise_peer: Some("r-2.p:2".into()), ..Default::default() };
+        let c = cfg.clone().with_overrides(o).unwrap();
+        assert_eq!((c.node_id, c.advertise.peer.as_str()), (3, "r-2.p:2"));
+        assert!(!c.bootstraps(), "only node 1 bootstraps in seed mode");
+        let c = cfg.clone().with_overrides(Overrides { node_id: Some(7), pod_index: Some(2), ..Default::default() }).unwrap();
+        assert_eq!(c.node_id, 7);
+        assert!(cfg.bootstraps());
     }
 }

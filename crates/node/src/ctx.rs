@@ -31,6 +31,9 @@ pub struct NodeCtx {
     /// `<data_dir>/REMOVED` so a restart does not bring it back.
     pub removed: std::sync::atomic::AtomicBool,
     pub data_dir: std::path::PathBuf,
+    /// Set while this node joins under an id whose previous incarnation
+    /// (lost disk) it just removed: that removal notice is not for us.
+    pub joining: std::sync::atomic::AtomicBool,
 }
 
 impl NodeCtx {

@@ -114,6 +114,7 @@ pub fn write_layout(spec: &LocalClusterSpec, addrs: &[NodeAddrs]) -> anyhow::Res
                 bootstrap: id == 1,
                 initial_members: members.clone(),
                 initial_providers: spec.providers.clone(),
+                seeds: Vec::new(),
             },
             raft: Default::default(),
             limits: Default::default(),

@@ -36,9 +36,11 @@ pub mod dev;
 pub mod devcerts;
 pub mod grpc;
 pub mod identity;
+pub mod join;
 pub mod network;
 pub mod node;
 pub mod peers;
+pub mod probe;
 pub mod tls;
 pub mod writer;
 

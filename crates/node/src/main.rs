@@ -23,6 +23,22 @@ struct Cli {
     /// Overrides data_dir from the file.
     #[arg(long, env = "ROUTERD_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// StatefulSet pod ordinal: node_id = index + 1 (unless --node-id is given).
+    #[arg(long, env = "ROUTERD_POD_INDEX")]
+    pod_index: Option<u64>,
+    /// Overrides [advertise] peer.
+    #[arg(long, env = "ROUTERD_ADVERTISE_PEER")]
+    advertise_peer: Option<String>,
+    /// Overrides [advertise] provider.
+    #[arg(long, env = "ROUTERD_ADVERTISE_PROVIDER")]
+    advertise_provider: Option<String>,
+    /// Override [tls] ca / cert / key.
+    #[arg(long, env = "ROUTERD_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    #[arg(long, env = "ROUTERD_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, env = "ROUTERD_TLS_KEY")]
+    tls_key: Option<PathBuf>,
     /// Seconds to drain on SIGTERM (match terminationGracePeriodSeconds).
     #[arg(long, default_value_t = 20)]
     grace_seconds: u64,
@@ -41,6 +57,14 @@ enum Cmd {
     },
     /// Writes a dev CA, certificates and one routerd-<id>.toml per node into --dir,
     /// for running each node as its own process (`routerd --config <dir>/routerd-1.toml`).
+    /// GETs an http:// URL (e.g. the admin /readyz) and exits 0 on HTTP 200:
+    /// a health check for images without a shell or curl.
+    Probe {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     InitDev {
         #[arg(long)]
         dir: PathBuf,
@@ -77,14 +101,28 @@ async fn main() -> anyhow::Result<()> {
             println!("wrote certificates and routerd-1..{nodes}.toml to {}", dir.display());
             return Ok(());
         }
+        Some(Cmd::Probe { url, timeout_ms }) => {
+            let code = router_node::probe::probe(&url, std::time::Duration::from_millis(timeout_ms)).await;
+            std::process::exit(code);
+        }
         None => {}
     }
     let Some(path) = cli.config else {
         eprintln!("routerd: --config (or ROUTERD_CONFIG) is required; `routerd dev` starts a local cluster");
         std::process::exit(EXIT_CONFIG);
     };
-    let cfg = match Config::load(&path) {
-        Ok(c) => c.with_overrides(cli.node_id, cli.data_dir),
+    let overrides = router_node::config::Overrides {
+        node_id: cli.node_id,
+        pod_index: cli.pod_index,
+        data_dir: cli.data_dir,
+        advertise_peer: cli.advertise_peer,
+        advertise_provider: cli.advertise_provider,
+        tls_ca: cli.tls_ca,
+        tls_cert: cli.tls_cert,
+        tls_key: cli.tls_key,
+    };
+    let cfg = match Config::load(&path).and_then(|c| c.with_overrides(overrides)) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("routerd: invalid configuration: {e}");
             std::process::exit(EXIT_CONFIG);

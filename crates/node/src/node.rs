@@ -101,6 +101,7 @@ impl Node {
             leader_lease: cfg.raft.election_timeout_max,
             removed: cfg.data_dir.join(crate::ctx::REMOVED_MARKER).exists().into(),
             data_dir: cfg.data_dir.clone(),
+            joining: Default::default(),
         });
         if ctx.removed.load(std::sync::atomic::Ordering::SeqCst) {
             tracing::warn!("this node was removed from its cluster; it serves nothing (wipe the data directory to rejoin)");
@@ -121,7 +122,9 @@ impl Node {
             }
         }));
 
-        if cfg.bootstrap {
+        if !cfg.seeds.is_empty() {
+            tasks.push(tokio::spawn(crate::join::run(ctx.clone(), cfg.clone())));
+        } else if cfg.bootstrap {
             tasks.push(tokio::spawn(bootstrap(ctx.clone(), cfg.clone())));
         }
         tracing::info!(node_id = cfg.node_id, provider = %cfg.advertise.provider, peer = %cfg.advertise.peer, "node started");
@@ -243,7 +246,7 @@ fn spawn_peer_server(
 
 /// Initializes a new cluster (only when this node has no Raft state), then
 /// makes sure the configured limits and providers are in the replicated state.
-async fn bootstrap(ctx: Ctx, cfg: Config) {
+pub(crate) async fn bootstrap(ctx: Ctx, cfg: Config) {
     let fresh = match ctx.raft.is_initialized().await {
         Ok(initialized) => !initialized,
         Err(e) => {
@@ -261,6 +264,11 @@ async fn bootstrap(ctx: Ctx, cfg: Config) {
             tracing::error!("failed to set replicated limits: {e}");
         }
     }
+    onboard_initial_providers(&ctx, &cfg).await;
+}
+
+/// Idempotent: providers already onboarded are skipped.
+pub(crate) async fn onboard_initial_providers(ctx: &Ctx, cfg: &Config) {
     for p in &cfg.initial_providers {
         let provider = ProviderId::new(p);
         if ctx.read(|s| s.is_onboarded(&provider)) {

@@ -27,7 +27,22 @@ impl PeerPool {
         PeerPool { tls, channels: Arc::default() }
     }
 
+    /// The admin service of a node known only by address (a seed); uses
+    /// this node's certificate, which the admin API accepts.
+    pub fn admin(
+        &self,
+        addr: &str,
+    ) -> Result<router_proto::v1::admin_client::AdminClient<Channel>, tonic::transport::Error> {
+        Ok(router_proto::v1::admin_client::AdminClient::new(self.channel(0, addr)?))
+    }
+
     pub fn client(&self, id: NodeId, addr: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
+        Ok(PeerClient::new(self.channel(id, addr)?)
+            .max_decoding_message_size(PEER_MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES))
+    }
+
+    fn channel(&self, id: NodeId, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let key = (id, addr.to_string());
         let mut channels = self.channels.lock().expect("peer pool lock poisoned");
         let channel = match channels.get(&key) {
@@ -42,13 +57,13 @@ impl PeerPool {
                     .keep_alive_timeout(Duration::from_secs(5))
                     .connect_lazy();
                 // A node that moved to a new address leaves the old entry behind.
-                channels.retain(|(n, _), _| *n != id);
+                if id != 0 {
+                    channels.retain(|(n, _), _| *n != id);
+                }
                 channels.insert(key, c.clone());
                 c
             }
         };
-        Ok(PeerClient::new(channel)
-            .max_decoding_message_size(PEER_MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES))
+        Ok(channel)
     }
 }

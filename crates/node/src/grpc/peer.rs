@@ -73,6 +73,9 @@ impl Peer for PeerService {
                 });
             }
             ElectionControl::Resume => runtime.elect(true),
+            ElectionControl::Removed if self.ctx.joining.load(std::sync::atomic::Ordering::SeqCst) => {
+                tracing::info!(from, "ignoring the removal of this node id's previous incarnation");
+            }
             ElectionControl::Removed => {
                 tracing::warn!(from, "removed from the cluster; refusing traffic from now on");
                 runtime.elect(false);

@@ -1,0 +1,127 @@
+//! Cluster formation through seeds (Kubernetes StatefulSets): no config
+//! lists the members; every pod gets the same seed list (all pods' peer DNS
+//! names) and works out what to do from what the seeds say.
+//!
+//! ```text
+//! has Raft state?        yes -> nothing (restart; Raft takes it from here)
+//! a seed knows a leader? yes -> join: (remove my old incarnation if listed) -> AddLearner (waits
+//!                               until caught up) -> ChangeMembership (promote)
+//! node 1 with bootstrap, every other seed answered, none knows a cluster
+//!                        yes -> initialize a one-node cluster; the others join it
+//! otherwise               -> retry every 2 s
+//! ```
+//!
+//! A seed that does not answer is never taken as "no cluster": node 1 with
+//! a lost disk must not start a second cluster beside a live one.
+
+use crate::config::Config;
+use crate::ctx::Ctx;
+use router_core::Command;
+use router_proto::v1::{AddLearnerRequest, ChangeMembershipRequest, NodeInfo, RemoveMemberRequest, StatusRequest, StatusResponse};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+const RETRY: Duration = Duration::from_secs(2);
+
+pub async fn run(ctx: Ctx, cfg: Config) {
+    match ctx.raft.is_initialized().await {
+        Ok(true) => {
+            if cfg.bootstraps() {
+                crate::node::onboard_initial_providers(&ctx, &cfg).await;
+            }
+            return;
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!("failed to read raft state: {e}");
+            return;
+        }
+    }
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        match attempt(&ctx, &cfg).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => tracing::warn!("failed to join through seeds: {e}; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// One round: true when this node is now part of a cluster.
+async fn attempt(ctx: &Ctx, cfg: &Config) -> Result<bool, String> {
+    let mut answers: Vec<StatusResponse> = Vec::new();
+    let mut all_answered = true;
+    for seed in cfg.seeds.iter().filter(|s| **s != cfg.advertise.peer) {
+        let mut admin = ctx.peers.admin(seed).map_err(|e| e.to_string())?;
+        match admin.status(StatusRequest {}).await {
+            Ok(s) => answers.push(s.into_inner()),
+            Err(status) => {
+                tracing::debug!(seed, "seed did not answer: {}", status.message());
+                all_answered = false;
+            }
+        }
+    }
+    if let Some(s) = answers.iter().find(|s| s.has_leader && !s.voters.is_empty()) {
+        let leader = s
+            .voters
+            .iter()
+            .chain(&s.learners)
+            .find(|n| n.node_id == s.leader_id)
+            .map(|n| n.peer_endpoint.clone())
+            .ok_or("the seed's leader has no address")?;
+        join(ctx, cfg, &leader, s).await?;
+        return Ok(true);
+    }
+    if cfg.bootstraps() && all_answered && answers.iter().all(|s| s.voters.is_empty()) {
+        let members = BTreeMap::from([(cfg.node_id, cfg.advertise.clone())]);
+        ctx.raft.initialize(members).await.map_err(|e| e.to_string())?;
+        tracing::info!("no seed knew a cluster: initialized a new one; the other nodes join it");
+        if let Err(e) = ctx.writer.submit(Command::SetLimits { limits: cfg.replicated_limits.clone() }).await {
+            tracing::error!("failed to set replicated limits: {e}");
+        }
+        crate::node::onboard_initial_providers(ctx, cfg).await;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+async fn join(ctx: &Ctx, cfg: &Config, leader: &str, seen: &StatusResponse) -> Result<(), String> {
+    let me = cfg.node_id;
+    let mut admin = ctx.peers.admin(leader).map_err(|e| e.to_string())?;
+    let listed = seen.voters.iter().chain(&seen.learners).any(|n| n.node_id == me);
+    ctx.joining.store(true, Ordering::SeqCst);
+    let result = async {
+        if listed {
+            // This id is a member but this node has no state: its disk was lost.
+            // Rejoin as a fresh member; the old incarnation's votes must not count.
+            tracing::warn!(node = me, "joining with an empty disk under an id the cluster lists: replacing it");
+            admin.remove_member(RemoveMemberRequest { node_id: me }).await.map_err(|e| e.message().to_string())?;
+        }
+        let node = NodeInfo {
+            node_id: me,
+            peer_endpoint: cfg.advertise.peer.clone(),
+            provider_endpoint: cfg.advertise.provider.clone(),
+        };
+        // Blocks until the learner caught up with the leader's log.
+        admin.add_learner(AddLearnerRequest { node: Some(node) }).await.map_err(|e| e.message().to_string())?;
+        let status = admin.status(StatusRequest {}).await.map_err(|e| e.message().to_string())?.into_inner();
+        let mut voters: Vec<u64> = status.voters.iter().map(|v| v.node_id).chain([me]).collect();
+        voters.sort_unstable();
+        voters.dedup();
+        admin
+            .change_membership(ChangeMembershipRequest { voter_ids: voters, remove_unlisted: false })
+            .await
+            .map_err(|e| e.message().to_string())?;
+        Ok::<(), String>(())
+    }
+    .await;
+    ctx.joining.store(false, Ordering::SeqCst);
+    result?;
+    tracing::info!(node = me, leader, "joined the cluster as a voter");
+    Ok(())
+}

@@ -1,0 +1,52 @@
+//! Cluster formation through seeds (the Kubernetes path): no member list in
+//! any config; node 1 initializes, the others join; a node that lost its
+//! disk rejoins as a fresh member under its id.
+
+use crate::common::*;
+use router_testkit::TestCluster;
+use std::time::Duration;
+
+fn seed_mode(raw: &mut router_node::config::RawConfig) {
+    raw.cluster.seeds = raw.cluster.initial_members.iter().map(|m| m.peer.clone()).collect();
+    raw.cluster.initial_members.clear();
+    raw.cluster.bootstrap = true;
+}
+
+async fn voters(tc: &TestCluster, via: u64) -> Vec<u64> {
+    let s = tc.admin(via).status(router_proto::v1::StatusRequest {}).await.unwrap().into_inner();
+    s.voters.iter().map(|v| v.node_id).collect()
+}
+
+async fn wait_for_voters(tc: &TestCluster, via: u64, want: &[u64]) {
+    for _ in 0..200 {
+        if voters(tc, via).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("voters never became {want:?}: {:?}", voters(tc, via).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_form_a_cluster_from_seeds_and_a_wiped_node_rejoins() {
+    let mut tc = TestCluster::start_with(3, seed_mode).await.unwrap();
+    wait_for_voters(&tc, 1, &[1, 2, 3]).await;
+    let beta = tc.client("beta");
+    setup_user(&beta, "handle:jo", &[(1, 3)]).await;
+    let alpha = tc.client("alpha");
+    alpha.send(message("f-1", "handle:jo", &[(1, 3)])).await.unwrap();
+
+    // Node 3 loses its disk and comes back empty: it replaces its old identity.
+    let leader = tc.cluster.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    let victim = if leader == 3 { 2 } else { 3 };
+    tc.cluster.crash(victim).await;
+    tc.cluster.wipe(victim).unwrap();
+    tc.cluster.restart(victim).await.unwrap();
+    wait_for_voters(&tc, leader, &[1, 2, 3]).await;
+    tc.wait_until(Duration::from_secs(20), |s| s.mailbox_depth(&router_core::ProviderId::new("beta")) == 1).await.unwrap();
+    // It serves providers again, from its own replica.
+    let on_victim = tc.client_on("beta", &[victim]);
+    let mut sub = on_victim.subscribe(8);
+    assert_eq!(message_id_of(&next_within(&mut sub, Duration::from_secs(10)).await), "f-1");
+    tc.shutdown().await;
+}

@@ -6,6 +6,12 @@ set -euo pipefail
 
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+# --with-prometheus: promtool and a Prometheus server for the metrics checks
+# (tests/cluster/metrics.rs, deploy/check-prometheus.sh).
+if [ "${1:-}" = "--with-prometheus" ]; then
+    command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+fi
 
 if [ "${#need[@]}" -gt 0 ]; then
     echo "install-deps: installing ${need[*]}"

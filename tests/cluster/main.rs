@@ -6,6 +6,7 @@ mod common;
 mod delivery;
 mod failover;
 mod formation;
+mod metrics;
 mod permissions;
 mod prekeys;
 mod restart;

@@ -8,8 +8,6 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use std::fmt::Write;
-use std::sync::atomic::Ordering;
 
 /// A replica this many entries behind its own log is not ready.
 const READY_MAX_APPLY_LAG: u64 = 1_000;
@@ -44,43 +42,7 @@ async fn readyz(State(ctx): State<Ctx>) -> (StatusCode, String) {
     }
 }
 
-async fn metrics(State(ctx): State<Ctx>) -> String {
-    let m = ctx.raft.metrics().borrow().clone();
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, value: String| {
-        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n");
-    };
-    gauge("router_raft_term", "Current Raft term.", m.current_term.to_string());
-    gauge(
-        "router_raft_is_leader",
-        "1 if this node is the Raft leader.",
-        u8::from(m.current_leader == Some(ctx.node_id)).to_string(),
-    );
-    gauge("router_raft_leader_id", "Known leader id (0 if none).", m.current_leader.unwrap_or(0).to_string());
-    gauge("router_raft_last_log_index", "Last log index on this node.", m.last_log_index.unwrap_or(0).to_string());
-    gauge(
-        "router_raft_last_applied_index",
-        "Last log index applied to the state machine.",
-        m.last_applied.map_or(0, |l| l.index).to_string(),
-    );
-    gauge(
-        "router_raft_snapshot_index",
-        "Last log index covered by a snapshot.",
-        m.snapshot.map_or(0, |l| l.index).to_string(),
-    );
-    gauge(
-        "router_open_receive_streams",
-        "Provider receive streams open on this node.",
-        ctx.open_streams.load(Ordering::Relaxed).to_string(),
-    );
-    let depths: Vec<(String, usize)> =
-        ctx.read(|s| s.mailboxes.iter().map(|(p, mb)| (p.0.clone(), mb.len())).collect());
-    let _ = write!(
-        out,
-        "# HELP router_mailbox_depth Entries awaiting the provider's ack.\n# TYPE router_mailbox_depth gauge\n"
-    );
-    for (p, d) in depths {
-        let _ = writeln!(out, "router_mailbox_depth{{provider=\"{p}\"}} {d}");
-    }
-    out
+async fn metrics(State(ctx): State<Ctx>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    let body = ctx.metrics.render(&ctx);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

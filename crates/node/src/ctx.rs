@@ -34,13 +34,16 @@ pub struct NodeCtx {
     /// Set while this node joins under an id whose previous incarnation
     /// (lost disk) it just removed: that removal notice is not for us.
     pub joining: std::sync::atomic::AtomicBool,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl NodeCtx {
     /// Commits a command; rejections and write failures become statuses.
     pub async fn write(&self, command: Command) -> Result<Outcome, Status> {
         self.require_member()?;
-        let outcome = self.writer.submit(command).await.map_err(status::write_error)?;
+        let started = std::time::Instant::now();
+        let outcome = self.writer.submit(command.clone()).await.map_err(status::write_error)?;
+        self.metrics.observe_command(&command, &outcome, started);
         status::accepted(outcome)
     }
 

@@ -37,6 +37,7 @@ pub mod devcerts;
 pub mod grpc;
 pub mod identity;
 pub mod join;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod peers;

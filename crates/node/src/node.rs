@@ -102,6 +102,7 @@ impl Node {
             removed: cfg.data_dir.join(crate::ctx::REMOVED_MARKER).exists().into(),
             data_dir: cfg.data_dir.clone(),
             joining: Default::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new(cfg.node_id)),
         });
         if ctx.removed.load(std::sync::atomic::Ordering::SeqCst) {
             tracing::warn!("this node was removed from its cluster; it serves nothing (wipe the data directory to rejoin)");
@@ -198,6 +199,7 @@ fn spawn_provider_server(
         .tls_config(tls.server())
         .context("provider TLS config")?
         .tcp_nodelay(true)
+        .layer(crate::metrics::GrpcMetricsLayer(ctx.metrics.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(DirectoryServer::new(DirectoryService { ctx: ctx.clone() }))

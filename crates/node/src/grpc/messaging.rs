@@ -127,9 +127,12 @@ async fn deliver(ctx: Ctx, provider: ProviderId, window: usize, tx: mpsc::Sender
         });
         for entry in batch {
             cursor = entry.seq + 1;
+            let age_ms = now_ms().saturating_sub(entry.accepted_at_ms);
             if tx.send(Ok(entry)).await.is_err() {
                 return;
             }
+            ctx.metrics.delivered.with_label_values(&[provider.as_str()]).inc();
+            ctx.metrics.delivery_seconds.with_label_values(&[provider.as_str()]).observe(age_ms as f64 / 1000.0);
         }
         if *shutdown.borrow() {
             let _ = tx.send(Err(status::write_error(crate::writer::WriteError::ShuttingDown))).await;
@@ -149,4 +152,8 @@ impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.0.open_streams.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -1,0 +1,248 @@
+//! Prometheus metrics of one node. A registry per node (tests run several
+//! nodes in one process). Counters and histograms are updated on the
+//! request path; gauges describing the replica (Raft indexes, mailbox
+//! depth, prekey stock) are computed when `/metrics` is scraped.
+//!
+//! Label values are provider ids, command kinds, rejection reasons and gRPC
+//! methods: all bounded sets.
+
+use crate::ctx::NodeCtx;
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use router_core::{Command, Outcome};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// A device whose one-time prekey stock is below this counts as low.
+pub const LOW_STOCK_THRESHOLD: usize = 10;
+
+pub struct Metrics {
+    registry: Registry,
+    pub grpc_requests: IntCounterVec,
+    pub grpc_seconds: HistogramVec,
+    pub commands: IntCounterVec,
+    pub rejections: IntCounterVec,
+    pub commit_seconds: HistogramVec,
+    pub delivered: IntCounterVec,
+    pub delivery_seconds: HistogramVec,
+    pub acked: IntCounterVec,
+    pub claims: IntCounterVec,
+    raft: IntGaugeVec,
+    open_streams: IntGauge,
+    mailbox_depth: IntGaugeVec,
+    mailbox_oldest: GaugeVec,
+    prekey_stock: IntGaugeVec,
+    low_stock_devices: IntGaugeVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+/// 0.5 ms .. 16 s.
+fn latency_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.0005, 2.0, 16).expect("valid buckets")
+}
+
+impl Metrics {
+    pub fn new(node_id: u64) -> Self {
+        let registry = Registry::new_custom(Some("router".into()), None).expect("registry");
+        let _ = node_id;
+        let open_streams = IntGauge::new("open_receive_streams", "Provider receive streams open on this node.")
+            .expect("valid metric");
+        registry.register(Box::new(open_streams.clone())).expect("unique metric");
+        let mailbox_oldest = GaugeVec::new(
+            Opts::new("mailbox_oldest_entry_age_seconds", "Age of the oldest unacked entry, by the replica's clock."),
+            &["provider"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(mailbox_oldest.clone())).expect("unique metric");
+        Metrics {
+            grpc_requests: counter(&registry, "grpc_requests_total", "gRPC requests by method and status code.", &["service", "method", "code"]),
+            grpc_seconds: histogram(&registry, "grpc_request_duration_seconds", "gRPC request handling time (stream open time for streams).", &["service", "method"], latency_buckets()),
+            commands: counter(&registry, "commands_total", "Commands committed through Raft, by kind, acting provider and result.", &["kind", "provider", "result"]),
+            rejections: counter(&registry, "rejections_total", "Commands rejected by the state machine, by reason.", &["reason"]),
+            commit_seconds: histogram(&registry, "commit_duration_seconds", "Submit to quorum commit and apply (includes forwarding and batching).", &["kind"], latency_buckets()),
+            delivered: counter(&registry, "delivered_total", "Mailbox entries sent on receive streams of this node.", &["provider"]),
+            delivery_seconds: histogram(&registry, "delivery_latency_seconds", "Acceptance (leader stamp) to hand-off on a receive stream.", &["provider"], latency_buckets()),
+            acked: counter(&registry, "acked_total", "Mailbox entries removed by acks.", &["provider"]),
+            claims: counter(&registry, "prekey_claims_total", "Bundles handed out, by whether a one-time prekey was left.", &["requester", "one_time"]),
+            raft: gauge(&registry, "raft", "Raft state of this node: term, is_leader, leader_id, last_log_index, applied_index, apply_lag, snapshot_index, purged_index, voters, learners, is_member.", &["field"]),
+            open_streams,
+            mailbox_depth: gauge(&registry, "mailbox_depth", "Entries awaiting the provider's ack.", &["provider"]),
+            mailbox_oldest,
+            prekey_stock: gauge(&registry, "prekey_one_time_stock", "One-time EC prekeys stocked over all devices of the provider.", &["provider"]),
+            low_stock_devices: gauge(&registry, "prekey_low_stock_devices", "Devices with fewer than 10 one-time EC prekeys.", &["provider"]),
+            registry,
+        }
+    }
+
+    /// Counts a committed command and its outcome.
+    pub fn observe_command(&self, command: &Command, outcome: &Outcome, started: Instant) {
+        let kind = command_kind(command);
+        let provider = command.actor().map_or("-", |p| p.as_str());
+        self.commit_seconds.with_label_values(&[kind]).observe(started.elapsed().as_secs_f64());
+        let result = match outcome {
+            Outcome::Rejected(r) => {
+                self.rejections.with_label_values(&[r.reason()]).inc();
+                "rejected"
+            }
+            _ => "accepted",
+        };
+        self.commands.with_label_values(&[kind, provider, result]).inc();
+        match outcome {
+            Outcome::Bundles { bundles, .. } => {
+                for b in bundles {
+                    self.claims.with_label_values(&[provider, if b.one_time.is_some() { "yes" } else { "no" }]).inc();
+                }
+            }
+            Outcome::Acked { removed, .. } => {
+                self.acked.with_label_values(&[provider]).inc_by(u64::from(*removed));
+            }
+            _ => {}
+        }
+    }
+
+    /// The text exposition, with replica gauges refreshed first.
+    pub fn render(&self, ctx: &NodeCtx) -> String {
+        let m = ctx.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let last_log = m.last_log_index.unwrap_or(0);
+        let is_member = membership.get_node(&ctx.node_id).is_some() && !ctx.removed.load(Ordering::Relaxed);
+        for (field, value) in [
+            ("term", m.current_term),
+            ("is_leader", u64::from(m.current_leader == Some(ctx.node_id))),
+            ("leader_id", m.current_leader.unwrap_or(0)),
+            ("last_log_index", last_log),
+            ("applied_index", applied),
+            ("apply_lag", last_log.saturating_sub(applied)),
+            ("snapshot_index", m.snapshot.map_or(0, |l| l.index)),
+            ("purged_index", m.purged.map_or(0, |l| l.index)),
+            ("voters", membership.voter_ids().count() as u64),
+            ("learners", membership.learner_ids().count() as u64),
+            ("is_member", u64::from(is_member)),
+        ] {
+            self.raft.with_label_values(&[field]).set(value as i64);
+        }
+        self.open_streams.set(ctx.open_streams.load(Ordering::Relaxed));
+        ctx.read(|s| {
+            for (p, mb) in &s.mailboxes {
+                self.mailbox_depth.with_label_values(&[p.as_str()]).set(mb.len() as i64);
+                let age = s.mailbox_oldest_ms(p).map_or(0, |t| s.clock_ms.saturating_sub(t));
+                self.mailbox_oldest.with_label_values(&[p.as_str()]).set(age as f64 / 1000.0);
+            }
+            let mut stock: std::collections::BTreeMap<&str, (i64, i64)> =
+                s.providers.iter().map(|p| (p.as_str(), (0, 0))).collect();
+            for rec in s.users.values() {
+                let entry = stock.entry(rec.provider.as_str()).or_default();
+                for dev in rec.devices.values() {
+                    let n = dev.keys.as_ref().map_or(0, |k| k.one_time.len());
+                    entry.0 += n as i64;
+                    if n < LOW_STOCK_THRESHOLD {
+                        entry.1 += 1;
+                    }
+                }
+            }
+            for (p, (total, low)) in stock {
+                self.prekey_stock.with_label_values(&[p]).set(total);
+                self.low_stock_devices.with_label_values(&[p]).set(low);
+            }
+        });
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("encode metrics");
+        String::from_utf8(out).expect("metrics are UTF-8")
+    }
+}
+
+pub fn command_kind(c: &Command) -> &'static str {
+    match c {
+        Command::AddProvider { .. } => "add_provider",
+        Command::SetLimits { .. } => "set_limits",
+        Command::RegisterUser { .. } => "register_user",
+        Command::DeregisterUser { .. } => "deregister_user",
+        Command::RegisterDevice { .. } => "register_device",
+        Command::RemoveDevice { .. } => "remove_device",
+        Command::UploadPrekeys { .. } => "upload_prekeys",
+        Command::ClaimPrekeys { .. } => "claim_prekeys",
+        Command::Send(_) => "send",
+        Command::Ack { .. } => "ack",
+        Command::Restore { .. } => "restore",
+    }
+}
+
+/// Tower layer counting gRPC requests by method and status code. Errors
+/// returned by handlers are "trailers-only" responses, so their
+/// `grpc-status` is in the response headers; a response without it is OK.
+#[derive(Clone)]
+pub struct GrpcMetricsLayer(pub Arc<Metrics>);
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetrics { inner, metrics: self.0.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for GrpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or(("unknown", "unknown"));
+        let service = service.rsplit('.').next().unwrap_or(service).to_string();
+        let method = method.to_string();
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let result = fut.await;
+            if let Ok(resp) = &result {
+                let code = resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or("OK".to_string(), |c| format!("{:?}", tonic::Code::from_i32(c)));
+                metrics.grpc_requests.with_label_values(&[&service, &method, &code]).inc();
+                metrics.grpc_seconds.with_label_values(&[&service, &method]).observe(started.elapsed().as_secs_f64());
+            }
+            result
+        })
+    }
+}

@@ -113,14 +113,21 @@ impl ClusterView {
     }
 
     async fn caught_up_once(&self, id: u64) -> Result<Option<CaughtUp>> {
-        let me = self.status(id).await?;
-        if !me.has_leader {
-            bail!("node {id} ({}) knows no leader", me.role);
+        let first = self.status(id).await?;
+        if !first.has_leader {
+            bail!("node {id} ({}) knows no leader", first.role);
         }
-        if !voter_ids(&me).contains(&id) {
-            bail!("node {id} is not among the voters it knows: {:?}", voter_ids(&me));
+        if !voter_ids(&first).contains(&id) {
+            bail!("node {id} is not among the voters it knows: {:?}", voter_ids(&first));
         }
-        let leader = if me.leader_id == id { me.clone() } else { self.status(me.leader_id).await? };
+        // The leader is asked before the node's second answer, so "applied >= the
+        // leader's" holds even while traffic keeps the leader's index moving.
+        let (leader, me) = if first.leader_id == id {
+            (first.clone(), first)
+        } else {
+            let leader = self.status(first.leader_id).await?;
+            (leader, self.status(id).await?)
+        };
         if !voter_ids(&leader).contains(&id) {
             bail!("the leader (node {}) does not list node {id} as a voter", leader.node_id);
         }

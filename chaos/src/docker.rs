@@ -123,50 +123,70 @@ impl Docker {
         }
         ledger.cleaned = true;
         let mut problems = Vec::new();
-        let label = self.label();
-        let filter = format!("label={label}");
-        let mut listed = |kind: &[&str]| -> Vec<String> {
-            let mut args: Vec<&str> = kind.to_vec();
-            args.extend(["--quiet", "--filter", &filter]);
-            match call_blocking(&args, CALL_TIMEOUT) {
-                Ok(o) if o.ok => o.stdout.split_whitespace().map(str::to_string).collect(),
-                Ok(o) => {
-                    problems.push(format!("docker {}: {}", args.join(" "), o.stderr.trim()));
-                    Vec::new()
+        let filter = format!("label={}", self.label());
+        // Pass 1: what the ledger lists, by name. Pass 2: whatever still carries the
+        // label (listed after pass 1 finished, so nothing is removed twice at once).
+        let ledger_lists = [ledger.containers.clone(), ledger.networks.clone(), ledger.volumes.clone()];
+        for pass in 0..2 {
+            for (kind, ledger_names) in Kind::ALL.iter().zip(&ledger_lists) {
+                let mut names = if pass == 0 { ledger_names.clone() } else { kind.labelled(&filter, &mut problems) };
+                names.sort();
+                names.dedup();
+                if names.is_empty() {
+                    continue;
                 }
-                Err(e) => {
-                    problems.push(format!("docker {}: {e:#}", args.join(" ")));
-                    Vec::new()
+                let mut args: Vec<&str> = kind.remove_args().to_vec();
+                args.extend(names.iter().map(String::as_str));
+                match call_blocking(&args, CALL_TIMEOUT) {
+                    // Never created (a failed create) or already gone: nothing to do.
+                    Ok(o) if o.ok || o.stderr.lines().all(|l| l.contains("No such") || l.contains("not found")) => {}
+                    Ok(o) => problems.push(format!("docker {}: {}", args.join(" "), o.stderr.trim())),
+                    Err(e) => problems.push(format!("{e:#}")),
                 }
-            }
-        };
-        let mut containers = ledger.containers.clone();
-        containers.extend(listed(&["ps", "--all"]));
-        let mut networks = ledger.networks.clone();
-        networks.extend(listed(&["network", "ls"]));
-        let mut volumes = ledger.volumes.clone();
-        volumes.extend(listed(&["volume", "ls"]));
-        for (what, mut names) in [("container", containers), ("network", networks), ("volume", volumes)] {
-            names.sort();
-            names.dedup();
-            if names.is_empty() {
-                continue;
-            }
-            let mut args: Vec<&str> = match what {
-                "container" => vec!["rm", "--force", "--volumes"],
-                "network" => vec!["network", "rm"],
-                _ => vec!["volume", "rm", "--force"],
-            };
-            args.extend(names.iter().map(String::as_str));
-            match call_blocking(&args, CALL_TIMEOUT) {
-                // An id found by the sweep and its name from the ledger may both be
-                // listed: "No such ..." for the second one is expected.
-                Ok(o) if o.ok || o.stderr.lines().all(|l| l.contains("No such") || l.contains("not found")) => {}
-                Ok(o) => problems.push(format!("removing {what}s {names:?}: {}", o.stderr.trim())),
-                Err(e) => problems.push(format!("removing {what}s {names:?}: {e:#}")),
             }
         }
         problems
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Container,
+    Network,
+    Volume,
+}
+
+impl Kind {
+    /// In removal order: containers before the network and volumes they use.
+    const ALL: [Kind; 3] = [Kind::Container, Kind::Network, Kind::Volume];
+
+    fn remove_args(self) -> &'static [&'static str] {
+        match self {
+            Kind::Container => &["rm", "--force", "--volumes"],
+            Kind::Network => &["network", "rm"],
+            Kind::Volume => &["volume", "rm", "--force"],
+        }
+    }
+
+    /// Ids of the objects of this kind that match `filter` (`label=...`).
+    fn labelled(self, filter: &str, problems: &mut Vec<String>) -> Vec<String> {
+        let mut args: Vec<&str> = match self {
+            Kind::Container => vec!["ps", "--all"],
+            Kind::Network => vec!["network", "ls"],
+            Kind::Volume => vec!["volume", "ls"],
+        };
+        args.extend(["--quiet", "--filter", filter]);
+        match call_blocking(&args, CALL_TIMEOUT) {
+            Ok(o) if o.ok => o.stdout.split_whitespace().map(str::to_string).collect(),
+            Ok(o) => {
+                problems.push(format!("docker {}: {}", args.join(" "), o.stderr.trim()));
+                Vec::new()
+            }
+            Err(e) => {
+                problems.push(format!("{e:#}"));
+                Vec::new()
+            }
+        }
     }
 }
 

@@ -93,6 +93,10 @@ pub struct SendEnvelope {
     pub content_type: ContentType,
     pub ttl_ms: u64,
     pub parts: Vec<DevicePart>,
+    /// W3C `traceparent` of the send, so the delivery joins its trace.
+    /// Routing metadata only; never read by `apply`.
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 /// The ciphertext for one recipient device.

@@ -43,6 +43,8 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub batching: RawBatching,
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -160,6 +162,7 @@ pub struct Config {
     pub limits: EdgeLimits,
     pub replicated_limits: router_core::Limits,
     pub batching: Batching,
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -227,7 +230,7 @@ impl Config {
     }
 
     pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-        let RawConfig { node_id, data_dir, listen, advertise, tls, cluster, raft, limits, batching } = raw;
+        let RawConfig { node_id, data_dir, listen, advertise, tls, cluster, raft, limits, batching, telemetry } = raw;
         if node_id == 0 {
             return Err(invalid("node_id", "must be >= 1"));
         }
@@ -361,6 +364,7 @@ impl Config {
             limits: edge,
             replicated_limits,
             batching,
+            telemetry,
         })
     }
 

@@ -119,6 +119,7 @@ pub fn write_layout(spec: &LocalClusterSpec, addrs: &[NodeAddrs]) -> anyhow::Res
             raft: Default::default(),
             limits: Default::default(),
             batching: Default::default(),
+            telemetry: Default::default(),
         };
         (spec.customize)(&mut raw);
         std::fs::create_dir_all(&raw.data_dir)?;

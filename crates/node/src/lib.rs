@@ -42,6 +42,7 @@ pub mod network;
 pub mod node;
 pub mod peers;
 pub mod probe;
+pub mod telemetry;
 pub mod tls;
 pub mod writer;
 

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use router_node::dev::{LocalCluster, LocalClusterSpec, fixed_addrs, write_layout};
-use router_node::{Config, Listeners, Node, install_crypto_provider};
+use router_node::{Config, Listeners, Node, install_crypto_provider, telemetry};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -78,11 +78,11 @@ enum Cmd {
     },
 }
 
+/// Default log filter when RUST_LOG is unset.
+const LOG_FILTER: &str = "info,openraft=error";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,openraft=error".into()),
-    ).init();
     install_crypto_provider();
     // A panic anywhere (e.g. in apply) must take the process down rather than
     // leave a half-working replica; the supervisor restarts it from disk.
@@ -93,7 +93,10 @@ async fn main() -> anyhow::Result<()> {
     }));
     let cli = Cli::parse();
     match cli.command {
-        Some(Cmd::Dev { dir, base_port }) => return run_dev(dir, base_port).await,
+        Some(Cmd::Dev { dir, base_port }) => {
+            let _telemetry = telemetry::init(&Default::default(), LOG_FILTER)?;
+            return run_dev(dir, base_port).await;
+        }
         Some(Cmd::InitDev { dir, nodes, base_port, providers }) => {
             let providers: Vec<&str> = providers.iter().map(String::as_str).collect();
             let spec = LocalClusterSpec::new(&dir, nodes, &providers);
@@ -128,11 +131,13 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(EXIT_CONFIG);
         }
     };
+    let telemetry = telemetry::init(&cfg.telemetry, LOG_FILTER)?;
     let listeners = Listeners::bind(&cfg).await?;
     let node = Node::start(cfg, listeners).await.context("start node")?;
     wait_for_signal().await;
     tracing::info!("shutting down");
     node.shutdown(Duration::from_secs(cli.grace_seconds)).await;
+    telemetry.flush();
     Ok(())
 }
 

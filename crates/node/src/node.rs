@@ -199,6 +199,7 @@ fn spawn_provider_server(
         .tls_config(tls.server())
         .context("provider TLS config")?
         .tcp_nodelay(true)
+        .trace_fn(crate::telemetry::server_span)
         .layer(crate::metrics::GrpcMetricsLayer(ctx.metrics.clone()))
         .add_service(health_service)
         .add_service(reflection)
@@ -229,6 +230,7 @@ fn spawn_peer_server(
         .tls_config(tls.server())
         .context("peer TLS config")?
         .tcp_nodelay(true)
+        .trace_fn(crate::telemetry::server_span)
         .add_service(health_service)
         .add_service(
             PeerServer::new(PeerService { ctx: ctx.clone() })

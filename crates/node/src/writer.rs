@@ -104,7 +104,9 @@ impl Writer {
         let Some(addr) = addr else { return Err(WriteError::NoLeader) };
         let data = bincode::serialize(command).map_err(|e| WriteError::Raft(e.to_string()))?;
         let mut client = self.peers.client(leader, &addr.peer).map_err(|_| WriteError::NoLeader)?;
-        match client.forward(RaftPayload { data: data.into() }).await {
+        let mut request = tonic::Request::new(RaftPayload { data: data.into() });
+        crate::telemetry::inject(request.metadata_mut());
+        match client.forward(request).await {
             Ok(resp) => bincode::deserialize::<Result<Outcome, WriteError>>(&resp.into_inner().data)
                 .map_err(|e| WriteError::Raft(format!("decode forward answer: {e}")))?,
             // The leader is unreachable or just died: wait for the next one.

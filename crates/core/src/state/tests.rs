@@ -72,6 +72,7 @@ fn envelope(
         sender: pid(sender),
         sender_user: None,
         sender_device: None,
+        traceparent: None,
         message_id: mid(message_id),
         recipient: uid(recipient),
         content_type: ContentType::Message,

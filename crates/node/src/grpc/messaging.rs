@@ -10,6 +10,7 @@ use router_proto::v1::*;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
@@ -63,6 +64,7 @@ impl Messaging for MessagingService {
             content_type,
             ttl_ms,
             parts,
+            traceparent: crate::telemetry::current_traceparent(),
         };
         match self.ctx.write(Command::Send(env)).await? {
             Outcome::Sent { seq, accepted_at_ms } => {
@@ -119,16 +121,28 @@ async fn deliver(ctx: Ctx, provider: ProviderId, window: usize, tx: mpsc::Sender
     let mut shutdown = ctx.shutdown.clone();
     let mut cursor = 0u64;
     loop {
-        let batch: Vec<MailboxEntry> = ctx.read(|s| {
+        let batch: Vec<(MailboxEntry, Option<String>)> = ctx.read(|s| {
             let Some(mb) = s.mailboxes.get(&provider) else { return Vec::new() };
             let in_flight = mb.entries.range(..cursor).count();
             let room = window.saturating_sub(in_flight);
-            mb.range_from(cursor, room).map(Into::into).collect()
+            mb.range_from(cursor, room)
+                .map(|e| {
+                    let tp = match &e.item {
+                        router_core::MailboxItem::Envelope(env) => env.traceparent.clone(),
+                        _ => None,
+                    };
+                    (MailboxEntry::from(e), tp)
+                })
+                .collect()
         });
-        for entry in batch {
+        for (entry, traceparent) in batch {
             cursor = entry.seq + 1;
+            let span = tracing::info_span!("deliver", provider = %provider, seq = entry.seq, otel.kind = "producer");
+            if let Some(tp) = &traceparent {
+                crate::telemetry::set_parent_from(&span, tp);
+            }
             let age_ms = now_ms().saturating_sub(entry.accepted_at_ms);
-            if tx.send(Ok(entry)).await.is_err() {
+            if tx.send(Ok(entry)).instrument(span).await.is_err() {
                 return;
             }
             ctx.metrics.delivered.with_label_values(&[provider.as_str()]).inc();

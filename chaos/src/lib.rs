@@ -1,0 +1,28 @@
+//! `router-chaos`: fault-injection tests against real routerd clusters.
+//!
+//! # What this crate owns
+//! The binary `docker-cluster-test`: three `routerd` containers (the image from
+//! `deploy/build-image.sh`) on a private Docker network, formed through seeds,
+//! provider traffic through router-sdk, a SIGKILL of the leader's container
+//! mid-stream, its restart and rejoin, and a report with the checks that decide
+//! the exit code. `deploy/docker-test.sh` builds the image and runs it.
+//!
+//! # What it must not do
+//! Touch anything it did not create: every container, network and volume is
+//! named `<prefix>-...`, labelled `router-chaos.run=<prefix>`, and removed again
+//! on every exit path. All traffic stays on the run's Docker network or on
+//! ports published on 127.0.0.1. It depends on the wire contract and the SDK
+//! only, never on the node's internals.
+//!
+//! # Layout
+//! - [`docker`]: the Docker CLI with deadlines, and the ledger used for cleanup.
+//! - [`layout`]: `routerd init-dev` output rewritten for containers; `docker run` arguments.
+//! - [`cluster`]: admin `Status` through the published peer ports; waits for a leader and for catch-up.
+//! - [`traffic`]: the sending and the receiving provider.
+//! - [`report`]: counts, timings and checks.
+
+pub mod cluster;
+pub mod docker;
+pub mod layout;
+pub mod report;
+pub mod traffic;

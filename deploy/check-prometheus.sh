@@ -52,3 +52,20 @@ if [ -z "$ok" ]; then
 fi
 series=$(curl -fsS "http://127.0.0.1:$prom_port/api/v1/label/__name__/values" | python3 -c 'import json,sys; print(len([n for n in json.load(sys.stdin)["data"] if n.startswith("router_")]))')
 echo "check-prometheus: Prometheus scraped 3/3 nodes (up), exactly 1 leader, $series router_* metric names"
+# Every query of the shipped Grafana dashboard parses and runs against this Prometheus.
+python3 - "$prom_port" deploy/grafana-dashboard.json <<'PY'
+import json, sys, urllib.parse, urllib.request
+port, path = sys.argv[1], sys.argv[2]
+exprs = [t["expr"] for p in json.load(open(path))["panels"] for t in p["targets"]]
+bad = []
+for e in exprs:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": e})
+    try:
+        if json.load(urllib.request.urlopen(url))["status"] != "success":
+            bad.append(e)
+    except Exception as err:  # HTTP 400 on a syntax error
+        bad.append(f"{e} ({err})")
+if bad:
+    sys.exit("check-prometheus: dashboard queries failed:\n  " + "\n  ".join(bad))
+print(f"check-prometheus: all {len(exprs)} dashboard queries run")
+PY

@@ -15,8 +15,9 @@
 #
 # Cleanup: everything the run creates is named rchaos-<pid>-... and labelled
 # router-chaos.run=<prefix>; the test removes it on every exit path, and this
-# script's trap removes whatever carries the label too (e.g. after a SIGKILL of
-# the test). The image tag is removed at the end unless KEEP_IMAGE=1.
+# script's trap removes whatever carries the label too, and the test's work dir
+# (e.g. after a SIGKILL of the test). The image tag is removed at the end unless
+# KEEP_IMAGE=1.
 #
 # Environment:
 #   IMAGE       tag to build and test (default interop-router/routerd:docker-test)
@@ -53,6 +54,8 @@ cleanup() {
             timeout 60 docker image rm "$IMAGE" >/dev/null 2>&1 || true
         fi
     fi
+    # The test's default work dir (dev CA keys), left behind only if the test itself was killed.
+    rm -rf "${TMPDIR:-/tmp}/$prefix"
     exit "$rc"
 }
 trap cleanup EXIT

@@ -75,3 +75,29 @@ async fn killing_the_leader_loses_no_acked_envelope() {
     assert_eq!(seqs.len(), TOTAL_SENDS);
     tc.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_shutting_down_gracefully_hands_leadership_over() {
+    let mut tc = TestCluster::start(3).await.unwrap();
+    let leader = tc.cluster.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    let term_before = tc.cluster.node(leader).node.as_ref().unwrap().raft().metrics().borrow().current_term;
+    tc.cluster.stop(leader).await;
+    // When the old leader has exited, the others already follow a new one:
+    // the hand-over happened before shutdown, not through an election timeout.
+    let views: Vec<(Option<u64>, u64)> = tc
+        .cluster
+        .nodes
+        .iter()
+        .filter_map(|n| n.node.as_ref())
+        .map(|n| {
+            let m = n.raft().metrics().borrow().clone();
+            (m.current_leader, m.current_term)
+        })
+        .collect();
+    let new_leader = views[0].0.expect("a leader right after the old one stopped");
+    assert_ne!(new_leader, leader);
+    assert!(views.iter().all(|(l, t)| *l == Some(new_leader) && *t == term_before + 1), "{views:?}");
+    let beta = tc.client("beta");
+    setup_user(&beta, "handle:max", &DEVICES).await;
+    tc.shutdown().await;
+}

@@ -208,6 +208,13 @@ impl LocalCluster {
         }
     }
 
+    /// Stops a node gracefully (a leader hands leadership over first).
+    pub async fn stop(&mut self, id: NodeId) {
+        if let Some(node) = self.nodes[(id - 1) as usize].node.take() {
+            node.shutdown(Duration::from_secs(5)).await;
+        }
+    }
+
     /// Starts a stopped node again on the same addresses and data directory.
     pub async fn restart(&mut self, id: NodeId) -> anyhow::Result<()> {
         let n = &mut self.nodes[(id - 1) as usize];

@@ -50,3 +50,32 @@ async fn nodes_form_a_cluster_from_seeds_and_a_wiped_node_rejoins() {
     assert_eq!(message_id_of(&next_within(&mut sub, Duration::from_secs(10)).await), "f-1");
     tc.shutdown().await;
 }
+
+/// Nodes 1 and 2 are the desired membership (their seeds); node 3 is not a
+/// seed of theirs, as after a scale-down that re-rendered the seed list.
+fn node_three_not_desired(raw: &mut router_node::config::RawConfig) {
+    let peers: Vec<String> = raw.cluster.initial_members.iter().map(|m| m.peer.clone()).collect();
+    raw.cluster.seeds = if raw.node_id == 3 { peers } else { peers[..2].to_vec() };
+    raw.cluster.initial_members.clear();
+    raw.cluster.bootstrap = true;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_removes_members_that_are_no_longer_seeds() {
+    let tc = TestCluster::start_with(3, node_three_not_desired).await.unwrap();
+    wait_for_voters(&tc, 1, &[1, 2]).await;
+    // Node 3 joins through its seeds, then the leader removes it and tells it
+    // so (the `removed` flag is only ever set by that notice).
+    let node3 = tc.cluster.node(3).node.as_ref().unwrap();
+    let removed = || node3.ctx().removed.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..200 {
+        if removed() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(removed(), "the leader never removed node 3");
+    assert!(node3.ctx().require_member().is_err(), "node 3 still serves");
+    assert_eq!(voters(&tc, 2).await, vec![1, 2]);
+    tc.shutdown().await;
+}

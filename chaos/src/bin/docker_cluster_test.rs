@@ -155,10 +155,11 @@ async fn async_main(args: Args) -> ExitCode {
     let code = match outcome {
         Ok(report) => {
             report.print();
-            if let Some(path) = &args.report_json {
-                if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&report.to_json()).unwrap_or_default()) {
-                    say(format!("could not write {}: {e}", path.display()));
-                }
+            let json = serde_json::to_string_pretty(&report.to_json()).unwrap_or_default();
+            if let Some(path) = &args.report_json
+                && let Err(e) = std::fs::write(path, json)
+            {
+                say(format!("could not write {}: {e}", path.display()));
             }
             if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) }
         }

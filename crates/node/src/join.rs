@@ -13,6 +13,11 @@
 //!
 //! A seed that does not answer is never taken as "no cluster": node 1 with
 //! a lost disk must not start a second cluster beside a live one.
+//!
+//! Scale-down: the seed list is the desired membership. The leader removes
+//! members whose peer endpoint is no longer a seed ([`reconcile`]), so
+//! lowering the replica count (which re-renders the seeds) removes the
+//! nodes that went away.
 
 use crate::config::Config;
 use crate::ctx::Ctx;
@@ -124,4 +129,36 @@ async fn join(ctx: &Ctx, cfg: &Config, leader: &str, seen: &StatusResponse) -> R
     result?;
     tracing::info!(node = me, leader, "joined the cluster as a voter");
     Ok(())
+}
+
+/// How often the leader compares the membership with the seeds.
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+
+/// On the leader: removes members whose peer endpoint is not a seed.
+pub async fn reconcile(ctx: Ctx, cfg: Config) {
+    let seeds: std::collections::BTreeSet<&str> = cfg.seeds.iter().map(String::as_str).collect();
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let m = ctx.raft.metrics().borrow().clone();
+        if m.current_leader != Some(ctx.node_id) {
+            continue;
+        }
+        let stale: Vec<u64> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, addr)| **id != ctx.node_id && !seeds.contains(addr.peer.as_str()))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            tracing::info!(node = id, "its peer endpoint is no longer a seed: removing it");
+            if let Err(e) = crate::grpc::admin::remove_member(&ctx, id).await {
+                tracing::warn!(node = id, "failed to remove: {}", e.message());
+            }
+        }
+    }
 }

@@ -125,6 +125,7 @@ impl Node {
 
         if !cfg.seeds.is_empty() {
             tasks.push(tokio::spawn(crate::join::run(ctx.clone(), cfg.clone())));
+            tasks.push(tokio::spawn(crate::join::reconcile(ctx.clone(), cfg.clone())));
         } else if cfg.bootstrap {
             tasks.push(tokio::spawn(bootstrap(ctx.clone(), cfg.clone())));
         }

@@ -151,46 +151,7 @@ impl Admin for AdminService {
 
     async fn remove_member(&self, req: Request<RemoveMemberRequest>) -> Result<Response<RemoveMemberResponse>, Status> {
         require_admin(&req)?;
-        let m = require_leader(&self.ctx)?;
-        let id = req.get_ref().node_id;
-        let membership = m.membership_config.membership();
-        if membership.get_node(&id).is_none() {
-            return Err(status::with_detail(
-                Code::NotFound,
-                format!("node {id} is not a member"),
-                ErrorDetail { reason: "NOT_A_MEMBER".into(), field: "node_id".into(), ..Default::default() },
-            ));
-        }
-        let voters: BTreeSet<u64> = membership.voter_ids().filter(|v| *v != id).collect();
-        if voters.is_empty() {
-            return Err(Status::failed_precondition("cannot remove the last voter"));
-        }
-        if id == self.ctx.node_id {
-            // Removing the leader: hand over first so the change commits under a new leader.
-            return Err(Status::failed_precondition(
-                "this node is the leader: transfer leadership first (routerctl leader transfer), then remove it",
-            ));
-        }
-        let change = if membership.voter_ids().any(|v| v == id) {
-            // Joint consensus to the smaller voter set; `retain = false` drops
-            // the removed voter instead of keeping it as a learner.
-            openraft::ChangeMembers::ReplaceAllVoters(voters)
-        } else {
-            openraft::ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-        };
-        self.ctx.raft.change_membership(change, false).await.map_err(raft_status)?;
-        // Tell the removed node (best effort: if it is down, it learns nothing,
-        // but no quorum includes it any more).
-        if let Some(addr) = membership.get_node(&id).map(|n| n.peer.clone()) {
-            let data = bincode::serialize(&ElectionControl::Removed).expect("serialize election control");
-            let notified = match self.ctx.peers.client(id, &addr) {
-                Ok(mut c) => c.elect(RaftPayload { data: data.into() }).await.map(drop),
-                Err(e) => Err(Status::unavailable(e.to_string())),
-            };
-            if let Err(e) = notified {
-                tracing::warn!(node = id, "removed node not notified: {}", e.message());
-            }
-        }
+        remove_member(&self.ctx, req.get_ref().node_id).await?;
         Ok(Response::new(RemoveMemberResponse {}))
     }
 
@@ -381,4 +342,47 @@ pub async fn transfer_leadership(ctx: &crate::ctx::NodeCtx, to: Option<u64>) -> 
         Ok(()) if ctx.raft.metrics().borrow().current_leader == Some(target) => Ok(target),
         _ => Err(Status::unavailable(format!("node {target} did not take over within 5 s"))),
     }
+}
+
+/// Removes a node (voter or learner) through joint consensus, then tells it
+/// (a removed node never learns it through Raft). Runs on the leader.
+pub async fn remove_member(ctx: &crate::ctx::NodeCtx, id: u64) -> Result<(), Status> {
+    let m = require_leader(ctx)?;
+    let membership = m.membership_config.membership();
+    if membership.get_node(&id).is_none() {
+        return Err(status::with_detail(
+            Code::NotFound,
+            format!("node {id} is not a member"),
+            ErrorDetail { reason: "NOT_A_MEMBER".into(), field: "node_id".into(), ..Default::default() },
+        ));
+    }
+    let voters: BTreeSet<u64> = membership.voter_ids().filter(|v| *v != id).collect();
+    if voters.is_empty() {
+        return Err(Status::failed_precondition("cannot remove the last voter"));
+    }
+    if id == ctx.node_id {
+        return Err(Status::failed_precondition(
+            "this node is the leader: transfer leadership first (routerctl leader transfer), then remove it",
+        ));
+    }
+    let change = if membership.voter_ids().any(|v| v == id) {
+        // Joint consensus to the smaller voter set; `retain = false` drops
+        // the removed voter instead of keeping it as a learner.
+        openraft::ChangeMembers::ReplaceAllVoters(voters)
+    } else {
+        openraft::ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+    };
+    ctx.raft.change_membership(change, false).await.map_err(raft_status)?;
+    // Best effort: if it is down it learns nothing, but no quorum includes it any more.
+    if let Some(addr) = membership.get_node(&id).map(|n| n.peer.clone()) {
+        let data = bincode::serialize(&ElectionControl::Removed).expect("serialize election control");
+        let notified = match ctx.peers.client(id, &addr) {
+            Ok(mut c) => c.elect(RaftPayload { data: data.into() }).await.map(drop),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        };
+        if let Err(e) = notified {
+            tracing::warn!(node = id, "removed node not notified: {}", e.message());
+        }
+    }
+    Ok(())
 }

@@ -117,9 +117,25 @@ enum LeaderCmd {
 
 #[derive(Subcommand)]
 enum ProviderCmd {
-    /// Onboard a provider.
+    /// Onboard a provider directly (active at once; for bootstrap and tests).
     Add { provider_id: String },
-    /// List onboarded providers.
+    /// File a provider's request for interoperability (starts the three-month clock).
+    Request {
+        provider_id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        contact: String,
+        /// A host the provider serves media from; repeat for several.
+        #[arg(long = "media-host")]
+        media_hosts: Vec<String>,
+    },
+    Approve { provider_id: String },
+    Activate { provider_id: String },
+    Suspend { provider_id: String },
+    Reactivate { provider_id: String },
+    Revoke { provider_id: String },
+    /// Every provider with status, request date, DMA deadline and whether it is overdue.
     List,
 }
 
@@ -229,14 +245,47 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             admin.client(&cli.endpoints[0])?.add_provider(AddProviderRequest { provider_id: provider_id.clone() }).await?;
             done(out, json!({"provider": provider_id}), &format!("provider {provider_id} onboarded"));
         }
+        Cmd::Provider(ProviderCmd::Request { provider_id, name, contact, media_hosts }) => {
+            let req = RequestProviderRequest { provider_id: provider_id.clone(), name, contact, media_hosts };
+            admin.client(&cli.endpoints[0])?.request_provider(req).await?;
+            done(out, json!({"provider": provider_id, "status": "requested"}), &format!("request of provider {provider_id} filed"));
+        }
+        Cmd::Provider(
+            ref cmd @ (ProviderCmd::Approve { ref provider_id }
+            | ProviderCmd::Activate { ref provider_id }
+            | ProviderCmd::Suspend { ref provider_id }
+            | ProviderCmd::Reactivate { ref provider_id }
+            | ProviderCmd::Revoke { ref provider_id }),
+        ) => {
+            let action = match cmd {
+                ProviderCmd::Approve { .. } => ProviderAction::Approve,
+                ProviderCmd::Activate { .. } => ProviderAction::Activate,
+                ProviderCmd::Suspend { .. } => ProviderAction::Suspend,
+                ProviderCmd::Reactivate { .. } => ProviderAction::Reactivate,
+                _ => ProviderAction::Revoke,
+            };
+            let req = SetProviderStatusRequest { provider_id: provider_id.clone(), action: action as i32 };
+            let r = admin.client(&cli.endpoints[0])?.set_provider_status(req).await?.into_inner();
+            done(out, json!({"provider": provider_id, "status": r.status}), &format!("provider {provider_id} is {}", r.status));
+        }
         Cmd::Provider(ProviderCmd::List) => {
             let r = admin.client(&cli.endpoints[0])?.list_providers(ListProvidersRequest {}).await?.into_inner();
             match out {
-                Output::Json => println!("{}", json!({"providers": r.provider_ids})),
+                Output::Json => println!(
+                    "{}",
+                    json!({"providers": r.providers.iter().map(|p| json!({
+                        "provider": p.provider_id, "status": p.status, "name": p.name, "contact": p.contact,
+                        "media_hosts": p.media_hosts, "requested_at_ms": p.requested_at_ms,
+                        "deadline_ms": p.deadline_ms, "overdue": p.overdue, "activated_at_ms": p.activated_at_ms,
+                    })).collect::<Vec<_>>()})
+                ),
                 Output::Table => {
-                    println!("PROVIDER");
-                    for p in r.provider_ids {
-                        println!("{p}");
+                    println!("{:<16} {:<10} {:<24} {:<12} {:<12} {:<8}", "PROVIDER", "STATUS", "NAME", "REQUESTED", "DEADLINE", "OVERDUE");
+                    for p in r.providers {
+                        println!(
+                            "{:<16} {:<10} {:<24} {:<12} {:<12} {:<8}",
+                            p.provider_id, p.status, p.name, date(p.requested_at_ms), date(p.deadline_ms), if p.overdue { "YES" } else { "no" }
+                        );
                     }
                 }
             }
@@ -377,4 +426,17 @@ fn print_status(out: Output, rows: &[(String, Option<StatusResponse>)]) {
             println!("replication lag (entries behind the leader): {}", lag.join(", "));
         }
     }
+}
+
+/// `YYYY-MM-DD` (UTC) of a Unix time in milliseconds.
+fn date(ms: u64) -> String {
+    let days = (ms / 86_400_000) as i64 + 719_468;
+    let era = days.div_euclid(146_097);
+    let doe = days.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    format!("{:04}-{m:02}-{d:02}", yoe + era * 400 + i64::from(m <= 2))
 }

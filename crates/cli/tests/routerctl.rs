@@ -195,3 +195,81 @@ async fn backup_and_restore_into_a_new_cluster() {
     assert!(err.contains("BAD_BACKUP"), "{err}");
     target.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_onboarding_lifecycle() {
+    let tc = TestCluster::start(3).await.unwrap();
+    let ctl = Ctl { tc: &tc };
+    let delta_cert = tc.cluster.pki.issue_provider("delta").unwrap();
+    let delta = {
+        let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+        let mut cfg = router_sdk::ClientConfig::new(
+            tc.endpoints(&[1, 2, 3]),
+            read(&tc.cluster.ca),
+            read(&delta_cert.cert),
+            read(&delta_cert.key),
+        );
+        cfg.call_deadline = Duration::from_secs(3);
+        router_sdk::RouterClient::connect(cfg).unwrap()
+    };
+    let list = || async {
+        let out = ctl.ok(&[1], &["--output", "json", "provider", "list"]).await;
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["providers"].as_array().unwrap().iter().find(|p| p["provider"] == "delta").cloned()
+    };
+
+    ctl.ok(&[1], &["provider", "request", "delta", "--name", "Delta Chat", "--contact", "ops@delta.example", "--media-host", "media.delta.example"]).await;
+    let p = list().await.expect("delta listed");
+    assert_eq!(p["status"], "requested");
+    assert_eq!(p["overdue"], false);
+    let (requested, deadline) = (p["requested_at_ms"].as_u64().unwrap(), p["deadline_ms"].as_u64().unwrap());
+    assert!(deadline - requested >= 89 * 86_400_000 && deadline - requested <= 92 * 86_400_000, "three months");
+    let table = ctl.ok(&[1], &["provider", "list"]).await;
+    assert!(table.contains("DEADLINE") && table.contains("delta") && table.contains("requested"), "{table}");
+    // Not yet enabled: refused.
+    let err = delta.register_user("handle:dan").await.unwrap_err();
+    assert_eq!(err.reason(), Some("PROVIDER_NOT_ONBOARDED"));
+    // Activation before approval is refused with exit code 1.
+    let (code, _, stderr) = ctl.run(&[1], &["provider", "activate", "delta"]).await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("BAD_TRANSITION"), "{stderr}");
+
+    ctl.ok(&[1], &["provider", "approve", "delta"]).await;
+    ctl.ok(&[2], &["provider", "activate", "delta"]).await;
+    assert_eq!(list().await.unwrap()["status"], "active");
+    delta.register_user("handle:dan").await.unwrap();
+    delta.register_device("handle:dan", 1, 2).await.unwrap();
+    let alpha = tc.client("alpha");
+    let msg = |id: &str| SendRequest {
+        message_id: id.into(),
+        recipient_user_id: "handle:dan".into(),
+        content_type: ContentType::Message as i32,
+        ttl_seconds: 0,
+        parts: vec![DeviceCiphertext { device_id: 1, registration_id: 2, message_type: 2, ciphertext: b"d".to_vec().into() }],
+        sender_user_id: String::new(),
+        sender_device_id: 0,
+    };
+    alpha.send(msg("d-1")).await.unwrap();
+    let mut sub = delta.subscribe(8);
+    let first = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.unwrap().unwrap();
+
+    // Suspended: its open stream is closed, its calls refused, its mail kept and still accepted.
+    ctl.ok(&[3], &["provider", "suspend", "delta"]).await;
+    let err = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.unwrap().unwrap_err();
+    assert_eq!(err.reason(), Some("PROVIDER_SUSPENDED"), "{err}");
+    assert_eq!(delta.ack(vec![first.seq]).await.unwrap_err().reason(), Some("PROVIDER_SUSPENDED"));
+    alpha.send(msg("d-2")).await.unwrap();
+    ctl.ok(&[1], &["provider", "reactivate", "delta"]).await;
+    // Nothing was lost: both messages are there after reactivation.
+    let mut sub = delta.subscribe(8);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let e = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.unwrap().unwrap();
+        let Some(mailbox_entry::Kind::Envelope(env)) = e.kind else { panic!() };
+        ids.push(env.message_id);
+    }
+    assert_eq!(ids, vec!["d-1", "d-2"]);
+    ctl.ok(&[1], &["provider", "revoke", "delta"]).await;
+    assert_eq!(delta.register_user("handle:dora").await.unwrap_err().reason(), Some("PROVIDER_SUSPENDED"));
+    tc.shutdown().await;
+}

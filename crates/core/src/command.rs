@@ -21,8 +21,15 @@ pub struct Batch {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// Operator: onboard a provider (active).
+    /// Operator: onboard a provider directly (active), e.g. at bootstrap.
     AddProvider { provider: ProviderId },
+    /// A provider asks for interoperability (or the operator files it).
+    /// Starts the three-month clock. Idempotent while the request is open.
+    RequestProvider { provider: ProviderId, name: String, contact: String, media_hosts: Vec<String> },
+    /// Operator: move a provider through its lifecycle.
+    SetProviderStatus { provider: ProviderId, action: crate::provider::ProviderAction },
+    /// The provider replaces its media hosts.
+    SetMediaHosts { provider: ProviderId, media_hosts: Vec<String> },
     /// Operator: replace the replicated limits.
     SetLimits { limits: Limits },
     RegisterUser { provider: ProviderId, user: UserId },
@@ -57,7 +64,11 @@ impl Command {
     /// The provider on whose behalf the command runs (for metrics and logs).
     pub fn actor(&self) -> Option<&ProviderId> {
         match self {
-            Command::AddProvider { .. } | Command::SetLimits { .. } | Command::Restore { .. } => None,
+            Command::AddProvider { .. }
+            | Command::SetLimits { .. }
+            | Command::Restore { .. }
+            | Command::SetProviderStatus { .. } => None,
+            Command::RequestProvider { provider, .. } | Command::SetMediaHosts { provider, .. } => Some(provider),
             Command::RegisterUser { provider, .. }
             | Command::DeregisterUser { provider, .. }
             | Command::RegisterDevice { provider, .. }

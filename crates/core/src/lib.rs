@@ -24,6 +24,7 @@
 //! - `limits`: [`Limits`], the replicated limits `apply` enforces.
 //! - `mailbox`: one provider's ordered mailbox.
 //! - `keys`: a device's stored prekeys and the claim rule.
+//! - `provider`: [`ProviderRecord`] and the onboarding lifecycle.
 //! - `state`: [`State`] and `apply`.
 
 pub mod command;
@@ -32,6 +33,7 @@ pub mod keys;
 pub mod limits;
 pub mod mailbox;
 pub mod outcome;
+pub mod provider;
 pub mod state;
 
 pub use command::{Batch, Command, DevicePart, PrekeyUpload, SendEnvelope};
@@ -40,4 +42,5 @@ pub use keys::{Bundle, DeviceKeys, OneTimePrekey, SignedPrekey};
 pub use limits::Limits;
 pub use mailbox::{Mailbox, MailboxEntry, MailboxItem};
 pub use outcome::{Outcome, Rejection};
+pub use provider::{ProviderAction, ProviderRecord, ProviderStatus};
 pub use state::{DeviceRecord, State, UserRecord};

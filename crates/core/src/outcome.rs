@@ -19,8 +19,14 @@ pub enum Outcome {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Rejection {
-    /// The acting provider was never onboarded.
+    /// The acting provider was never onboarded (or only requested so far).
     ProviderNotOnboarded { provider: ProviderId },
+    /// The acting provider is suspended (or revoked) by the operator.
+    ProviderSuspended { provider: ProviderId, status: crate::provider::ProviderStatus },
+    /// A lifecycle action that does not apply to the provider's status.
+    BadTransition { provider: ProviderId, from: crate::provider::ProviderStatus },
+    /// An action on a provider the cluster does not know.
+    UnknownProvider { provider: ProviderId },
     UserNotFound { user: UserId },
     /// The user belongs to another provider (which one is not disclosed).
     NotOwner { user: UserId },
@@ -50,6 +56,9 @@ impl Rejection {
     pub fn reason(&self) -> &'static str {
         match self {
             Rejection::ProviderNotOnboarded { .. } => "PROVIDER_NOT_ONBOARDED",
+            Rejection::ProviderSuspended { .. } => "PROVIDER_SUSPENDED",
+            Rejection::BadTransition { .. } => "BAD_TRANSITION",
+            Rejection::UnknownProvider { .. } => "UNKNOWN_PROVIDER",
             Rejection::UserNotFound { .. } => "USER_NOT_FOUND",
             Rejection::NotOwner { .. } => "NOT_OWNER",
             Rejection::UserTaken { .. } => "USER_TAKEN",

@@ -18,6 +18,7 @@ use crate::keys::DeviceKeys;
 use crate::limits::Limits;
 use crate::mailbox::{Mailbox, MailboxEntry, MailboxItem};
 use crate::outcome::{Outcome, Rejection};
+use crate::provider::{ProviderAction, ProviderRecord, ProviderStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -26,7 +27,7 @@ pub struct State {
     /// Highest leader stamp applied; time never goes backwards.
     pub clock_ms: u64,
     pub limits: Limits,
-    pub providers: BTreeSet<ProviderId>,
+    pub providers: BTreeMap<ProviderId, crate::provider::ProviderRecord>,
     pub users: BTreeMap<UserId, UserRecord>,
     pub mailboxes: BTreeMap<ProviderId, Mailbox>,
     /// (expires_at_ms, mailbox owner, seq) for every mailbox entry.
@@ -84,9 +85,33 @@ impl State {
     fn apply(&mut self, cmd: &Command) -> Outcome {
         let result = match cmd {
             Command::AddProvider { provider } => {
-                self.providers.insert(provider.clone());
+                let now = self.clock_ms;
+                let rec = self.providers.entry(provider.clone()).or_insert_with(|| ProviderRecord {
+                    id: provider.clone(),
+                    status: ProviderStatus::Active,
+                    name: provider.0.clone(),
+                    contact: String::new(),
+                    media_hosts: Vec::new(),
+                    requested_at_ms: now,
+                    activated_at_ms: Some(now),
+                    status_changed_at_ms: now,
+                });
+                if rec.status != ProviderStatus::Active {
+                    rec.status = ProviderStatus::Active;
+                    rec.activated_at_ms.get_or_insert(now);
+                    rec.status_changed_at_ms = now;
+                }
                 Ok(Outcome::Done)
             }
+            Command::RequestProvider { provider, name, contact, media_hosts } => {
+                self.request_provider(provider, name, contact, media_hosts)
+            }
+            Command::SetProviderStatus { provider, action } => self.set_provider_status(provider, *action),
+            Command::SetMediaHosts { provider, media_hosts } => self.onboarded(provider).map(|()| {
+                let rec = self.providers.get_mut(provider).expect("onboarded providers have a record");
+                rec.media_hosts = media_hosts.clone();
+                Outcome::Done
+            }),
             Command::SetLimits { limits } => {
                 self.limits = limits.clone();
                 Ok(Outcome::Done)
@@ -108,12 +133,68 @@ impl State {
         result.unwrap_or_else(Outcome::Rejected)
     }
 
+    /// The provider may act: it exists and is active.
     fn onboarded(&self, provider: &ProviderId) -> Result<(), Rejection> {
-        if self.providers.contains(provider) {
-            Ok(())
-        } else {
-            Err(Rejection::ProviderNotOnboarded { provider: provider.clone() })
+        match self.providers.get(provider).map(|r| r.status) {
+            Some(ProviderStatus::Active) => Ok(()),
+            Some(status @ (ProviderStatus::Suspended | ProviderStatus::Revoked)) => {
+                Err(Rejection::ProviderSuspended { provider: provider.clone(), status })
+            }
+            _ => Err(Rejection::ProviderNotOnboarded { provider: provider.clone() }),
         }
+    }
+
+    fn request_provider(
+        &mut self,
+        provider: &ProviderId,
+        name: &str,
+        contact: &str,
+        media_hosts: &[String],
+    ) -> Result<Outcome, Rejection> {
+        let now = self.clock_ms;
+        match self.providers.get_mut(provider) {
+            // A repeated request updates the details but keeps the clock.
+            Some(rec) if matches!(rec.status, ProviderStatus::Requested | ProviderStatus::Approved) => {
+                rec.name = name.to_string();
+                rec.contact = contact.to_string();
+                rec.media_hosts = media_hosts.to_vec();
+                Ok(Outcome::Done)
+            }
+            Some(rec) => Err(Rejection::BadTransition { provider: provider.clone(), from: rec.status }),
+            None => {
+                self.providers.insert(
+                    provider.clone(),
+                    ProviderRecord {
+                        id: provider.clone(),
+                        status: ProviderStatus::Requested,
+                        name: name.to_string(),
+                        contact: contact.to_string(),
+                        media_hosts: media_hosts.to_vec(),
+                        requested_at_ms: now,
+                        activated_at_ms: None,
+                        status_changed_at_ms: now,
+                    },
+                );
+                Ok(Outcome::Done)
+            }
+        }
+    }
+
+    fn set_provider_status(&mut self, provider: &ProviderId, action: ProviderAction) -> Result<Outcome, Rejection> {
+        let now = self.clock_ms;
+        let rec = self
+            .providers
+            .get_mut(provider)
+            .ok_or_else(|| Rejection::UnknownProvider { provider: provider.clone() })?;
+        let next = action
+            .apply(rec.status)
+            .ok_or_else(|| Rejection::BadTransition { provider: provider.clone(), from: rec.status })?;
+        rec.status = next;
+        rec.status_changed_at_ms = now;
+        if next == ProviderStatus::Active {
+            rec.activated_at_ms.get_or_insert(now);
+        }
+        Ok(Outcome::Done)
     }
 
     /// The user, if it exists and belongs to `provider`.
@@ -371,8 +452,18 @@ impl State {
         self.users.get(user)
     }
 
+    /// Active (may act).
     pub fn is_onboarded(&self, provider: &ProviderId) -> bool {
-        self.providers.contains(provider)
+        self.onboarded(provider).is_ok()
+    }
+
+    /// Why `provider` may not act right now, if it may not.
+    pub fn provider_refusal(&self, provider: &ProviderId) -> Option<Rejection> {
+        self.onboarded(provider).err()
+    }
+
+    pub fn provider(&self, provider: &ProviderId) -> Option<&ProviderRecord> {
+        self.providers.get(provider)
     }
 
     /// Up to `limit` entries of `provider`'s mailbox with `seq >= from`.

@@ -80,10 +80,9 @@ impl NodeCtx {
     /// Local check for reads (writes are checked inside `apply`).
     pub fn require_onboarded(&self, provider: &ProviderId) -> Result<(), Status> {
         self.require_member()?;
-        if self.read(|s| s.is_onboarded(provider)) {
-            Ok(())
-        } else {
-            Err(status::rejection(&router_core::Rejection::ProviderNotOnboarded { provider: provider.clone() }))
+        match self.read(|s| s.provider_refusal(provider)) {
+            None => Ok(()),
+            Some(r) => Err(status::rejection(&r)),
         }
     }
 }

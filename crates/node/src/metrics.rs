@@ -152,7 +152,7 @@ impl Metrics {
                 self.mailbox_oldest.with_label_values(&[p.as_str()]).set(age as f64 / 1000.0);
             }
             let mut stock: std::collections::BTreeMap<&str, (i64, i64)> =
-                s.providers.iter().map(|p| (p.as_str(), (0, 0))).collect();
+                s.providers.keys().map(|p| (p.as_str(), (0, 0))).collect();
             for rec in s.users.values() {
                 let entry = stock.entry(rec.provider.as_str()).or_default();
                 for dev in rec.devices.values() {
@@ -177,6 +177,9 @@ impl Metrics {
 pub fn command_kind(c: &Command) -> &'static str {
     match c {
         Command::AddProvider { .. } => "add_provider",
+        Command::RequestProvider { .. } => "request_provider",
+        Command::SetProviderStatus { .. } => "set_provider_status",
+        Command::SetMediaHosts { .. } => "set_media_hosts",
         Command::SetLimits { .. } => "set_limits",
         Command::RegisterUser { .. } => "register_user",
         Command::DeregisterUser { .. } => "deregister_user",

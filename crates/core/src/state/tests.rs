@@ -1615,3 +1615,60 @@ fn restore_loads_a_backup_only_into_an_empty_state() {
     // Not over existing data.
     assert_eq!(fresh.reject_unchanged(Command::Restore { state: Box::new(backup) }), Rejection::RestoreIntoNonEmpty);
 }
+
+#[test]
+fn provider_lifecycle_and_the_three_month_deadline() {
+    use crate::provider::{ProviderAction as A, ProviderStatus as S};
+    let mut h = Harness::new();
+    let t0 = h.state.clock_ms;
+    let request = Command::RequestProvider {
+        provider: pid("pd"),
+        name: "Delta Chat".into(),
+        contact: "ops@delta.example".into(),
+        media_hosts: vec!["media.delta.example".into()],
+    };
+    assert_eq!(h.apply(request.clone()), Outcome::Done);
+    let rec = h.state.provider(&pid("pd")).unwrap().clone();
+    assert_eq!(rec.status, S::Requested);
+    // Requested is not onboarded: it may not act yet.
+    assert_eq!(h.reject_unchanged(register_user("pd", "dan")), Rejection::ProviderNotOnboarded { provider: pid("pd") });
+    assert_eq!(
+        h.reject_unchanged(Command::SetProviderStatus { provider: pid("pd"), action: A::Activate }),
+        Rejection::BadTransition { provider: pid("pd"), from: S::Requested }
+    );
+    // The deadline is three months after the request; overdue only past it and while not enabled.
+    let deadline = rec.deadline_ms();
+    assert!(deadline > t0 + 89 * 86_400_000 && deadline < t0 + 93 * 86_400_000);
+    assert!(!rec.overdue(deadline) && rec.overdue(deadline + 1));
+    // A repeated request keeps the clock.
+    h.at(t0 + 1_000_000, request);
+    assert_eq!(h.state.provider(&pid("pd")).unwrap().requested_at_ms, rec.requested_at_ms);
+
+    for (action, status) in [(A::Approve, S::Approved), (A::Activate, S::Active)] {
+        assert_eq!(h.apply(Command::SetProviderStatus { provider: pid("pd"), action }), Outcome::Done);
+        assert_eq!(h.state.provider(&pid("pd")).unwrap().status, status);
+    }
+    let rec = h.state.provider(&pid("pd")).unwrap().clone();
+    assert!(!rec.overdue(deadline + 1), "enabled providers are never overdue");
+    h.user("pd", "dan", &[(1, 1)]);
+    assert!(matches!(h.apply(send(PA, "to-dan", "dan", &[(1, 1)], 60_000)), Outcome::Sent { .. }));
+    // Suspended: refused, but its mailbox and users are kept, and mail to it is still accepted.
+    h.ok(Command::SetProviderStatus { provider: pid("pd"), action: A::Suspend });
+    assert_eq!(
+        h.reject_unchanged(ack("pd", &[0])),
+        Rejection::ProviderSuspended { provider: pid("pd"), status: S::Suspended }
+    );
+    assert!(matches!(h.apply(send(PA, "to-dan-2", "dan", &[(1, 1)], 60_000)), Outcome::Sent { .. }));
+    assert_eq!(h.state.mailbox_depth(&pid("pd")), 2);
+    h.ok(Command::SetProviderStatus { provider: pid("pd"), action: A::Reactivate });
+    assert_eq!(h.apply(ack("pd", &[0, 1])), Outcome::Acked { removed: 2, unknown: 0 });
+    h.ok(Command::SetProviderStatus { provider: pid("pd"), action: A::Revoke });
+    assert_eq!(
+        h.reject_unchanged(register_user("pd", "dora")),
+        Rejection::ProviderSuspended { provider: pid("pd"), status: S::Revoked }
+    );
+    assert_eq!(
+        h.reject_unchanged(Command::SetProviderStatus { provider: pid("nobody"), action: A::Approve }),
+        Rejection::UnknownProvider { provider: pid("nobody") }
+    );
+}

@@ -160,8 +160,76 @@ impl Admin for AdminService {
         req: Request<ListProvidersRequest>,
     ) -> Result<Response<ListProvidersResponse>, Status> {
         require_admin(&req)?;
-        let provider_ids = self.ctx.read(|s| s.providers.iter().map(|p| p.0.clone()).collect());
-        Ok(Response::new(ListProvidersResponse { provider_ids }))
+        let resp = self.ctx.read(|s| {
+            let providers: Vec<ProviderInfo> = s
+                .providers
+                .values()
+                .map(|r| ProviderInfo {
+                    provider_id: r.id.0.clone(),
+                    status: r.status.as_str().into(),
+                    name: r.name.clone(),
+                    contact: r.contact.clone(),
+                    media_hosts: r.media_hosts.clone(),
+                    requested_at_ms: r.requested_at_ms,
+                    deadline_ms: r.deadline_ms(),
+                    overdue: r.overdue(s.clock_ms),
+                    activated_at_ms: r.activated_at_ms.unwrap_or(0),
+                })
+                .collect();
+            ListProvidersResponse {
+                provider_ids: providers.iter().filter(|p| p.status == "active").map(|p| p.provider_id.clone()).collect(),
+                providers,
+            }
+        });
+        Ok(Response::new(resp))
+    }
+
+    async fn request_provider(
+        &self,
+        req: Request<RequestProviderRequest>,
+    ) -> Result<Response<RequestProviderResponse>, Status> {
+        require_admin(&req)?;
+        let r = req.into_inner();
+        check_provider_id(&r.provider_id).map_err(|e| status::invalid_field("provider_id", "BAD_CHARACTERS", e))?;
+        for (field, v, max) in [("name", &r.name, 200usize), ("contact", &r.contact, 200)] {
+            if v.is_empty() {
+                return Err(status::invalid_field(field, "EMPTY", format!("{field} is required")));
+            }
+            if v.len() > max {
+                return Err(status::over_limit(field, max as u64, v.len() as u64));
+            }
+        }
+        let media_hosts = validate_media_hosts(r.media_hosts)?;
+        self.ctx
+            .write(Command::RequestProvider {
+                provider: ProviderId::new(r.provider_id),
+                name: r.name,
+                contact: r.contact,
+                media_hosts,
+            })
+            .await?;
+        Ok(Response::new(RequestProviderResponse {}))
+    }
+
+    async fn set_provider_status(
+        &self,
+        req: Request<SetProviderStatusRequest>,
+    ) -> Result<Response<SetProviderStatusResponse>, Status> {
+        require_admin(&req)?;
+        let r = req.into_inner();
+        use router_core::ProviderAction as A;
+        let action = match ProviderAction::try_from(r.action) {
+            Ok(ProviderAction::Approve) => A::Approve,
+            Ok(ProviderAction::Activate) => A::Activate,
+            Ok(ProviderAction::Suspend) => A::Suspend,
+            Ok(ProviderAction::Reactivate) => A::Reactivate,
+            Ok(ProviderAction::Revoke) => A::Revoke,
+            _ => return Err(status::invalid_field("action", "OUT_OF_RANGE", "action is required")),
+        };
+        let provider = ProviderId::new(r.provider_id);
+        self.ctx.write(Command::SetProviderStatus { provider: provider.clone(), action }).await?;
+        let status = self.ctx.read(|s| s.provider(&provider).map(|p| p.status.as_str()).unwrap_or("unknown"));
+        Ok(Response::new(SetProviderStatusResponse { status: status.into() }))
     }
 
     async fn lookup_user(&self, req: Request<LookupUserRequest>) -> Result<Response<LookupUserResponse>, Status> {
@@ -385,4 +453,26 @@ pub async fn remove_member(ctx: &crate::ctx::NodeCtx, id: u64) -> Result<(), Sta
         }
     }
     Ok(())
+}
+
+/// Media hosts: at most 16 DNS names (optionally `:port`), no schemes or paths.
+pub fn validate_media_hosts(hosts: Vec<String>) -> Result<Vec<String>, Status> {
+    if hosts.len() > 16 {
+        return Err(status::over_limit("media_hosts", 16, hosts.len() as u64));
+    }
+    for (i, h) in hosts.iter().enumerate() {
+        let (name, port) = h.rsplit_once(':').map_or((h.as_str(), None), |(n, p)| (n, Some(p)));
+        let name_ok = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !(name_ok && port_ok) {
+            return Err(status::invalid_field(
+                format!("media_hosts[{i}]"),
+                "BAD_HOST",
+                format!("{h:?} is not a host name with an optional :port"),
+            ));
+        }
+    }
+    Ok(hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect())
 }

@@ -148,6 +148,11 @@ async fn deliver(ctx: Ctx, provider: ProviderId, window: usize, tx: mpsc::Sender
             ctx.metrics.delivered.with_label_values(&[provider.as_str()]).inc();
             ctx.metrics.delivery_seconds.with_label_values(&[provider.as_str()]).observe(age_ms as f64 / 1000.0);
         }
+        // A suspended (or revoked) provider's stream is closed; its mail stays queued.
+        if let Some(refusal) = ctx.read(|s| s.provider_refusal(&provider)) {
+            let _ = tx.send(Err(status::rejection(&refusal))).await;
+            return;
+        }
         if *shutdown.borrow() {
             let _ = tx.send(Err(status::write_error(crate::writer::WriteError::ShuttingDown))).await;
             return;

@@ -40,7 +40,11 @@ pub fn permission_denied(message: impl Into<String>) -> Status {
 
 pub fn rejection(r: &Rejection) -> Status {
     let code = match r {
-        Rejection::ProviderNotOnboarded { .. } | Rejection::NotOwner { .. } => Code::PermissionDenied,
+        Rejection::ProviderNotOnboarded { .. } | Rejection::NotOwner { .. } | Rejection::ProviderSuspended { .. } => {
+            Code::PermissionDenied
+        }
+        Rejection::BadTransition { .. } => Code::FailedPrecondition,
+        Rejection::UnknownProvider { .. } => Code::NotFound,
         Rejection::UserNotFound { .. }
         | Rejection::DeviceNotFound { .. }
         | Rejection::NoDevices { .. }
@@ -57,6 +61,13 @@ pub fn rejection(r: &Rejection) -> Status {
     let mut detail = ErrorDetail { reason: r.reason().into(), ..Default::default() };
     let message = match r {
         Rejection::ProviderNotOnboarded { provider } => format!("provider {provider} is not onboarded"),
+        Rejection::ProviderSuspended { provider, status } => {
+            format!("provider {provider} is {} by the operator; its queued data is kept", status.as_str())
+        }
+        Rejection::BadTransition { provider, from } => {
+            format!("that action does not apply to provider {provider} in status {}", from.as_str())
+        }
+        Rejection::UnknownProvider { provider } => format!("no provider {provider} is known"),
         Rejection::UserNotFound { user } => format!("user {user} is not registered"),
         Rejection::NotOwner { user } => format!("user {user} belongs to another provider"),
         Rejection::UserTaken { user } => format!("user {user} is registered by another provider"),

@@ -35,7 +35,13 @@ pub async fn run(ctx: Ctx, cfg: Config) {
             if cfg.bootstraps() {
                 crate::node::onboard_initial_providers(&ctx, &cfg).await;
             }
-            return;
+            // A node that stopped between being added as a learner and its
+            // promotion goes on to be promoted; anything else is a restart.
+            let m = ctx.raft.metrics().borrow().clone();
+            let learner = m.membership_config.membership().learner_ids().any(|l| l == cfg.node_id);
+            if !learner || ctx.removed.load(Ordering::SeqCst) {
+                return;
+            }
         }
         Ok(false) => {}
         Err(e) => {
@@ -98,7 +104,12 @@ async fn attempt(ctx: &Ctx, cfg: &Config) -> Result<bool, String> {
 async fn join(ctx: &Ctx, cfg: &Config, leader: &str, seen: &StatusResponse) -> Result<(), String> {
     let me = cfg.node_id;
     let mut admin = ctx.peers.admin(leader).map_err(|e| e.to_string())?;
-    let listed = seen.voters.iter().chain(&seen.learners).any(|n| n.node_id == me);
+    // Listed, but with a local log: an earlier attempt of ours got this node
+    // added as a learner (the promotion failed, e.g. while another node's
+    // change was in progress). Only an empty node under a listed id lost its disk.
+    let has_local_log = ctx.raft.metrics().borrow().last_log_index.is_some();
+    let listed = !has_local_log && seen.voters.iter().chain(&seen.learners).any(|n| n.node_id == me);
+    let already_learner = has_local_log && seen.learners.iter().any(|n| n.node_id == me);
     ctx.joining.store(true, Ordering::SeqCst);
     let result = async {
         if listed {
@@ -112,8 +123,10 @@ async fn join(ctx: &Ctx, cfg: &Config, leader: &str, seen: &StatusResponse) -> R
             peer_endpoint: cfg.advertise.peer.clone(),
             provider_endpoint: cfg.advertise.provider.clone(),
         };
-        // Blocks until the learner caught up with the leader's log.
-        admin.add_learner(AddLearnerRequest { node: Some(node) }).await.map_err(|e| e.message().to_string())?;
+        if !already_learner {
+            // Blocks until the learner caught up with the leader's log.
+            admin.add_learner(AddLearnerRequest { node: Some(node) }).await.map_err(|e| e.message().to_string())?;
+        }
         let status = admin.status(StatusRequest {}).await.map_err(|e| e.message().to_string())?.into_inner();
         let mut voters: Vec<u64> = status.voters.iter().map(|v| v.node_id).chain([me]).collect();
         voters.sort_unstable();
@@ -136,7 +149,7 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 
 /// On the leader: removes members whose peer endpoint is not a seed.
 pub async fn reconcile(ctx: Ctx, cfg: Config) {
-    let seeds: std::collections::BTreeSet<&str> = cfg.seeds.iter().map(String::as_str).collect();
+    let seeds: std::collections::BTreeSet<String> = cfg.seeds.iter().map(|s| normalize(s)).collect();
     let mut shutdown = ctx.shutdown.clone();
     loop {
         tokio::select! {
@@ -151,7 +164,7 @@ pub async fn reconcile(ctx: Ctx, cfg: Config) {
             .membership_config
             .membership()
             .nodes()
-            .filter(|(id, addr)| **id != ctx.node_id && !seeds.contains(addr.peer.as_str()))
+            .filter(|(id, addr)| **id != ctx.node_id && !seeds.contains(&normalize(&addr.peer)))
             .map(|(id, _)| *id)
             .collect();
         for id in stale {
@@ -160,5 +173,14 @@ pub async fn reconcile(ctx: Ctx, cfg: Config) {
                 tracing::warn!(node = id, "failed to remove: {}", e.message());
             }
         }
+    }
+}
+
+/// `Host.Example.:7412` and `host.example:7412` name the same endpoint.
+fn normalize(endpoint: &str) -> String {
+    let lower = endpoint.to_ascii_lowercase();
+    match lower.rsplit_once(':') {
+        Some((host, port)) => format!("{}:{port}", host.trim_end_matches('.')),
+        None => lower.trim_end_matches('.').to_string(),
     }
 }

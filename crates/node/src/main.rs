@@ -55,8 +55,6 @@ enum Cmd {
         #[arg(long, default_value_t = 7400)]
         base_port: u16,
     },
-    /// Writes a dev CA, certificates and one routerd-<id>.toml per node into --dir,
-    /// for running each node as its own process (`routerd --config <dir>/routerd-1.toml`).
     /// GETs an http:// URL (e.g. the admin /readyz) and exits 0 on HTTP 200:
     /// a health check for images without a shell or curl.
     Probe {
@@ -65,6 +63,8 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Writes a dev CA, certificates and one routerd-<id>.toml per node into --dir,
+    /// for running each node as its own process (`routerd --config <dir>/routerd-1.toml`).
     InitDev {
         #[arg(long)]
         dir: PathBuf,

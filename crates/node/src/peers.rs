@@ -50,7 +50,7 @@ impl PeerPool {
             None => {
                 let c = Endpoint::from_shared(format!("https://{addr}"))?
                     .tls_config(self.tls.client())?
-                    .connect_timeout(Duration::from_secs(2))
+                    .connect_timeout(Duration::from_millis(500))
                     .timeout(PEER_RPC_TIMEOUT)
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(5))

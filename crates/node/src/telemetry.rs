@@ -81,7 +81,11 @@ pub fn init(cfg: &TelemetryConfig, default_filter: &str) -> anyhow::Result<Telem
     };
     let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("routerd")));
     let (text, json) = match cfg.log_format {
-        LogFormat::Text => (Some(tracing_subscriber::fmt::layer()), None),
+        // No colour codes when the output is not a terminal (docker logs, collectors).
+        LogFormat::Text => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            (Some(tracing_subscriber::fmt::layer().with_ansi(ansi)), None)
+        }
         LogFormat::Json => (None, Some(tracing_subscriber::fmt::layer().json().flatten_event(true))),
     };
     tracing_subscriber::registry().with(filter).with(text).with(json).with(otel).try_init()?;

@@ -106,7 +106,24 @@ impl Writer {
         let mut client = self.peers.client(leader, &addr.peer).map_err(|_| WriteError::NoLeader)?;
         let mut request = tonic::Request::new(RaftPayload { data: data.into() });
         crate::telemetry::inject(request.metadata_mut());
-        match client.forward(request).await {
+        // Give up on this leader as soon as another one is known: a dead
+        // leader's address may not even refuse connections (it just hangs).
+        let mut metrics = self.raft.metrics();
+        let leader_changed = async move {
+            loop {
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+                if metrics.borrow().current_leader != Some(leader) {
+                    return;
+                }
+            }
+        };
+        let answer = tokio::select! {
+            answer = client.forward(request) => answer,
+            () = leader_changed => return Err(WriteError::NotLeader { leader: None }),
+        };
+        match answer {
             Ok(resp) => bincode::deserialize::<Result<Outcome, WriteError>>(&resp.into_inner().data)
                 .map_err(|e| WriteError::Raft(format!("decode forward answer: {e}")))?,
             // The leader is unreachable or just died: wait for the next one.

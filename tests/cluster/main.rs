@@ -4,6 +4,7 @@
 mod api;
 mod common;
 mod delivery;
+mod ephemeral;
 mod failover;
 mod formation;
 mod metrics;

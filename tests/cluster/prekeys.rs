@@ -6,9 +6,14 @@ use router_testkit::fixtures::DeviceIdentity;
 use std::collections::BTreeSet;
 use tonic::Code;
 
+/// 64 claims of one user by one provider exceed the default claim bucket.
+fn generous_claims(raw: &mut router_node::config::RawConfig) {
+    raw.limits.prekey_claim_burst = Some(1_000);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_concurrent_claims_of_fifty_keys() {
-    let tc = TestCluster::start(3).await.unwrap();
+    let tc = TestCluster::start_with(3, generous_claims).await.unwrap();
     let beta = tc.client("beta");
     setup_user(&beta, "tel:+4915100000001", &[(1, 4242)]).await;
     let mut keys = DeviceIdentity::new(7);
@@ -94,5 +99,44 @@ async fn uploads_with_bad_signatures_are_refused_whole() {
     // Nothing of either upload was stored.
     let count = beta.prekey_count("handle:carol", 1).await.unwrap();
     assert_eq!((count.one_time_prekeys_remaining, count.kyber_one_time_prekeys_remaining), (10, 0));
+    tc.shutdown().await;
+}
+
+fn tight_claims(raw: &mut router_node::config::RawConfig) {
+    raw.limits.prekey_claim_burst = Some(3);
+    raw.limits.prekey_claim_refill_ms = Some(60_000);
+    raw.limits.low_prekey_threshold = Some(8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_are_rate_limited_and_low_stock_is_pushed_to_the_owner() {
+    use router_proto::v1::mailbox_entry::Kind;
+    let tc = TestCluster::start_with(3, tight_claims).await.unwrap();
+    let beta = tc.client("beta");
+    setup_user(&beta, "handle:nia", &[(1, 9)]).await;
+    let mut keys = DeviceIdentity::new(21);
+    beta.upload_prekeys(keys.upload("handle:nia", 1, 1, 10, false)).await.unwrap();
+    let alpha = tc.client("alpha");
+    for _ in 0..3 {
+        alpha.fetch_bundles("handle:nia", 0).await.unwrap();
+    }
+    // The fourth claim within the bucket's refill time is refused, with a retry-after.
+    let err = alpha.fetch_bundles("handle:nia", 0).await.unwrap_err();
+    assert_eq!((err.code(), err.reason()), (Some(Code::ResourceExhausted), Some("RATE_LIMITED")));
+    let retry = err.detail().unwrap().retry_after_ms;
+    assert!(retry > 0 && retry <= 60_000, "{retry}");
+    // The bucket is per requester: another provider may still claim.
+    tc.client("gamma").fetch_bundles("handle:nia", 0).await.unwrap();
+    // 10 - 4 = 6 < 8: the owner got exactly one low-stock notice (on crossing below 8).
+    let mut sub = beta.subscribe(8);
+    let e = tokio::time::timeout(std::time::Duration::from_secs(10), sub.next()).await.unwrap().unwrap();
+    match e.kind {
+        Some(Kind::LowStock(l)) => {
+            assert_eq!((l.user_id.as_str(), l.device_id, l.one_time_prekeys_remaining), ("handle:nia", 1, 7));
+        }
+        other => panic!("expected a low-stock notice, got {other:?}"),
+    }
+    sub.ack(vec![e.seq]).await.unwrap();
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(500), sub.next()).await.is_err(), "one notice per crossing");
     tc.shutdown().await;
 }

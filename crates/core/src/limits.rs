@@ -20,6 +20,14 @@ pub struct Limits {
     pub max_dedup_entries: u64,
     /// TTL given to expiry reports queued for a sender.
     pub report_ttl_ms: u64,
+    /// Bundle claims: a token bucket per (requesting provider, target user)
+    /// holding this many claims (prekey draining is a known attack) …
+    pub claim_burst: u32,
+    /// … refilled by one claim every this many milliseconds.
+    pub claim_refill_ms: u64,
+    /// A device whose EC one-time stock falls below this is reported to its
+    /// provider (one `PrekeyLowStock` mailbox entry per crossing).
+    pub low_prekey_threshold: u32,
 }
 
 impl Default for Limits {
@@ -31,6 +39,9 @@ impl Default for Limits {
             dedup_window_ms: 24 * 3600 * 1000,
             max_dedup_entries: 10_000_000,
             report_ttl_ms: 30 * 24 * 3600 * 1000,
+            claim_burst: 50,
+            claim_refill_ms: 10_000,
+            low_prekey_threshold: 10,
         }
     }
 }

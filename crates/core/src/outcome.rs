@@ -49,6 +49,8 @@ pub enum Rejection {
     MailboxFull { provider: ProviderId, limit: u64 },
     /// A restore needs a cluster without users and mailbox entries.
     RestoreIntoNonEmpty,
+    /// Too many bundle claims for this (requester, user); retry after the delay.
+    RateLimited { retry_after_ms: u64 },
 }
 
 impl Rejection {
@@ -72,6 +74,7 @@ impl Rejection {
             Rejection::DuplicatePrekeyId { .. } => "DUPLICATE_PREKEY_ID",
             Rejection::MailboxFull { .. } => "MAILBOX_FULL",
             Rejection::RestoreIntoNonEmpty => "RESTORE_INTO_NON_EMPTY",
+            Rejection::RateLimited { .. } => "RATE_LIMITED",
         }
     }
 }

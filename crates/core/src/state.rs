@@ -33,6 +33,10 @@ pub struct State {
     /// (expires_at_ms, mailbox owner, seq) for every mailbox entry.
     expiry: BTreeSet<(u64, ProviderId, Seq)>,
     dedup: Dedup,
+    /// Claim token buckets: (requester, target user) -> (milli-tokens, last refill stamp).
+    claim_buckets: BTreeMap<(ProviderId, UserId), (u64, u64)>,
+    /// Leader stamp of the last bucket pruning (once a minute of leader time).
+    buckets_pruned_at_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +83,10 @@ impl State {
         self.clock_ms = self.clock_ms.max(batch.stamp_ms);
         self.expire();
         self.dedup.prune(self.clock_ms, &self.limits);
+        if self.clock_ms >= self.buckets_pruned_at_ms.saturating_add(60_000) {
+            self.prune_claim_buckets();
+            self.buckets_pruned_at_ms = self.clock_ms;
+        }
         batch.commands.iter().map(|c| self.apply(c)).collect()
     }
 
@@ -324,9 +332,36 @@ impl State {
         Ok(out)
     }
 
+    /// Checks that (requester, user) has a claim token, refilled continuously,
+    /// and returns the bucket as it will be after taking it. Nothing is
+    /// stored here: a claim that is rejected later must change nothing.
+    fn claim_token(&self, requester: &ProviderId, user: &UserId) -> Result<(u64, u64), Rejection> {
+        const MILLI: u64 = 1000;
+        let (burst, refill) = (u64::from(self.limits.claim_burst), self.limits.claim_refill_ms.max(1));
+        let now = self.clock_ms;
+        let (tokens, last) =
+            self.claim_buckets.get(&(requester.clone(), user.clone())).copied().unwrap_or((burst * MILLI, now));
+        let refilled = (tokens + now.saturating_sub(last) * MILLI / refill).min(burst * MILLI);
+        if refilled < MILLI {
+            return Err(Rejection::RateLimited { retry_after_ms: ((MILLI - refilled) * refill).div_ceil(MILLI) });
+        }
+        Ok((refilled - MILLI, now))
+    }
+
+    /// Forgets buckets that have refilled completely (bounded memory).
+    fn prune_claim_buckets(&mut self) {
+        let (burst, refill, now) = (u64::from(self.limits.claim_burst), self.limits.claim_refill_ms.max(1), self.clock_ms);
+        self.claim_buckets.retain(|_, (tokens, last)| *tokens + now.saturating_sub(*last) * 1000 / refill < burst * 1000);
+    }
+
     fn claim(&mut self, requester: &ProviderId, user: &UserId, device: Option<DeviceId>) -> Result<Outcome, Rejection> {
         self.onboarded(requester)?;
-        let rec = self.users.get_mut(user).ok_or_else(|| Rejection::UserNotFound { user: user.clone() })?;
+        if !self.users.contains_key(user) {
+            return Err(Rejection::UserNotFound { user: user.clone() });
+        }
+        let bucket = self.claim_token(requester, user)?;
+        let threshold = self.limits.low_prekey_threshold as usize;
+        let rec = self.users.get_mut(user).expect("checked above");
         let mut bundles = Vec::new();
         match device {
             Some(d) => {
@@ -349,7 +384,25 @@ impl State {
         if bundles.is_empty() {
             return Err(Rejection::NoKeys { user: user.clone() });
         }
-        Ok(Outcome::Bundles { provider: rec.provider.clone(), bundles })
+        // Tell the owner about devices whose stock just fell below the threshold.
+        let mut low = Vec::new();
+        for b in &bundles {
+            let dev = &rec.devices[&b.device];
+            let keys = dev.keys.as_ref().expect("a bundle came from these keys");
+            if b.one_time.is_some() && keys.one_time.len() + 1 == threshold {
+                low.push((b.device, keys.one_time.len() as u32, keys.kyber_one_time.len() as u32));
+            }
+        }
+        let owner = rec.provider.clone();
+        self.claim_buckets.insert((requester.clone(), user.clone()), bucket);
+        let now = self.clock_ms;
+        let expires = now.saturating_add(self.limits.report_ttl_ms);
+        for (device, one_time_remaining, kyber_one_time_remaining) in low {
+            let item = MailboxItem::PrekeyLowStock { user: user.clone(), device, one_time_remaining, kyber_one_time_remaining };
+            let seq = self.mailboxes.entry(owner.clone()).or_default().push(now, expires, item);
+            self.expiry.insert((expires, owner.clone(), seq));
+        }
+        Ok(Outcome::Bundles { provider: owner, bundles })
     }
 
     fn send(&mut self, env: &SendEnvelope) -> Result<Outcome, Rejection> {

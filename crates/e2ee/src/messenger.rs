@@ -263,6 +263,13 @@ impl<S: ProtocolStore> Messenger<S> {
                 message_id: r.message_id,
                 recipient_user: r.recipient_user_id,
             })),
+            Some(mailbox_entry::Kind::LowStock(low)) => {
+                // The router says a device is running out of one-time prekeys.
+                self.ack(vec![seq]).await?;
+                tracing::info!(user = %low.user_id, device = low.device_id, "low prekey stock reported; topping up");
+                self.top_up_prekeys().await?;
+                Ok(None)
+            }
             None => Err(E2eeError::BadEntry("mailbox entry without content")),
         }
     }

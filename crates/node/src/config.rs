@@ -45,6 +45,8 @@ pub struct RawConfig {
     pub batching: RawBatching,
     #[serde(default)]
     pub telemetry: crate::telemetry::TelemetryConfig,
+    #[serde(default)]
+    pub media: RawMedia,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -137,6 +139,9 @@ pub struct RawLimits {
     pub max_one_time_prekeys_per_device: Option<u32>,
     pub max_mailbox_entries: Option<u64>,
     pub dedup_window_seconds: Option<u64>,
+    pub prekey_claim_burst: Option<u32>,
+    pub prekey_claim_refill_ms: Option<u64>,
+    pub low_prekey_threshold: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -144,6 +149,87 @@ pub struct RawLimits {
 pub struct RawBatching {
     pub max_commands_per_entry: Option<usize>,
     pub max_entries_in_flight: Option<usize>,
+}
+
+/// `[media]`: the media proxy (`Media.Fetch`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMedia {
+    /// Largest blob the proxy passes through (default 100 MiB).
+    pub max_bytes: Option<u64>,
+    /// TCP connect plus TLS handshake, per address (default 5000).
+    pub connect_timeout_ms: Option<u64>,
+    /// Longest wait for the response head or for the next piece of the body (default 10000).
+    pub idle_timeout_ms: Option<u64>,
+    /// Whole fetch, first byte to last (default 120000).
+    pub total_timeout_ms: Option<u64>,
+    /// TEST SETTING: also fetch from loopback, private, link-local and other
+    /// internal addresses. Never set this in production: it lets a provider
+    /// make the router reach internal services (SSRF).
+    #[serde(default)]
+    pub allow_private_addresses: bool,
+    /// PEM file with extra CA certificates trusted for media hosts, on top of
+    /// the public web roots (tests, private deployments).
+    pub extra_ca_file: Option<PathBuf>,
+}
+
+/// Validated `[media]` settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediaConfig {
+    pub max_bytes: u64,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub total_timeout: Duration,
+    pub allow_private_addresses: bool,
+    pub extra_ca_file: Option<PathBuf>,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            max_bytes: 100 * 1024 * 1024,
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+            total_timeout: Duration::from_secs(120),
+            allow_private_addresses: false,
+            extra_ca_file: None,
+        }
+    }
+}
+
+impl MediaConfig {
+    fn validate(raw: RawMedia) -> Result<MediaConfig, ConfigError> {
+        let RawMedia {
+            max_bytes,
+            connect_timeout_ms,
+            idle_timeout_ms,
+            total_timeout_ms,
+            allow_private_addresses,
+            extra_ca_file,
+        } = raw;
+        let d = MediaConfig::default();
+        let ms = |field: &'static str, v: Option<u64>, default: Duration| match v {
+            None => Ok(default),
+            Some(0) => Err(invalid(field, "must be >= 1")),
+            Some(v) if v > 24 * 3600 * 1000 => Err(invalid(field, "must be at most one day")),
+            Some(v) => Ok(Duration::from_millis(v)),
+        };
+        let cfg = MediaConfig {
+            max_bytes: max_bytes.unwrap_or(d.max_bytes),
+            connect_timeout: ms("media.connect_timeout_ms", connect_timeout_ms, d.connect_timeout)?,
+            idle_timeout: ms("media.idle_timeout_ms", idle_timeout_ms, d.idle_timeout)?,
+            total_timeout: ms("media.total_timeout_ms", total_timeout_ms, d.total_timeout)?,
+            allow_private_addresses,
+            extra_ca_file,
+        };
+        if !(1..=1 << 40).contains(&cfg.max_bytes) {
+            return Err(invalid("media.max_bytes", "must be 1..=1099511627776"));
+        }
+        if cfg.connect_timeout > cfg.total_timeout || cfg.idle_timeout > cfg.total_timeout {
+            return Err(invalid("media.total_timeout_ms", "must be at least connect_timeout_ms and idle_timeout_ms"));
+        }
+        Ok(cfg)
+    }
 }
 
 /// Validated configuration.
@@ -163,6 +249,7 @@ pub struct Config {
     pub replicated_limits: router_core::Limits,
     pub batching: Batching,
     pub telemetry: crate::telemetry::TelemetryConfig,
+    pub media: MediaConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -230,7 +317,7 @@ impl Config {
     }
 
     pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-        let RawConfig { node_id, data_dir, listen, advertise, tls, cluster, raft, limits, batching, telemetry } = raw;
+        let RawConfig { node_id, data_dir, listen, advertise, tls, cluster, raft, limits, batching, telemetry, media } = raw;
         if node_id == 0 {
             return Err(invalid("node_id", "must be >= 1"));
         }
@@ -296,6 +383,9 @@ impl Config {
             max_one_time_prekeys_per_device,
             max_mailbox_entries,
             dedup_window_seconds,
+            prekey_claim_burst,
+            prekey_claim_refill_ms,
+            low_prekey_threshold,
         } = limits;
         let d = EdgeLimits::default();
         let edge = EdgeLimits {
@@ -338,8 +428,14 @@ impl Config {
                 .unwrap_or(dl.max_one_time_prekeys_per_device),
             max_mailbox_entries: max_mailbox_entries.unwrap_or(dl.max_mailbox_entries),
             dedup_window_ms: dedup_window_seconds.map_or(dl.dedup_window_ms, |s| s * 1000),
+            claim_burst: prekey_claim_burst.unwrap_or(dl.claim_burst),
+            claim_refill_ms: prekey_claim_refill_ms.unwrap_or(dl.claim_refill_ms),
+            low_prekey_threshold: low_prekey_threshold.unwrap_or(dl.low_prekey_threshold),
             ..dl
         };
+        if replicated_limits.claim_burst == 0 || replicated_limits.claim_refill_ms == 0 {
+            return Err(invalid("limits.prekey_claim_burst", "burst and refill must be >= 1"));
+        }
 
         let RawBatching { max_commands_per_entry, max_entries_in_flight } = batching;
         let batching = Batching {
@@ -349,6 +445,8 @@ impl Config {
         if batching.max_commands_per_entry == 0 || batching.max_entries_in_flight == 0 {
             return Err(invalid("batching", "values must be >= 1"));
         }
+
+        let media = MediaConfig::validate(media)?;
 
         Ok(Config {
             node_id,
@@ -365,6 +463,7 @@ impl Config {
             replicated_limits,
             batching,
             telemetry,
+            media,
         })
     }
 
@@ -466,6 +565,24 @@ key = "node.key"
         assert!(e.to_string().starts_with("cluster.seeds"), "{e}");
         let e = Config::validate(raw("[raft]\nheartbeat_ms = 200").unwrap()).unwrap_err();
         assert!(e.to_string().starts_with("raft.election_timeout_min_ms"), "{e}");
+    }
+
+    #[test]
+    fn media_section_defaults_and_checks() {
+        assert_eq!(Config::validate(raw("").unwrap()).unwrap().media, MediaConfig::default());
+        let cfg = Config::validate(
+            raw("[media]\nmax_bytes = 1024\nidle_timeout_ms = 50\nallow_private_addresses = true\nextra_ca_file = \"x.pem\"")
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cfg.media.max_bytes, 1024);
+        assert_eq!(cfg.media.idle_timeout, Duration::from_millis(50));
+        assert!(cfg.media.allow_private_addresses);
+        assert!(raw("[media]\nmax_byte = 3").unwrap_err().to_string().contains("unknown field"));
+        let e = Config::validate(raw("[media]\nconnect_timeout_ms = 0").unwrap()).unwrap_err();
+        assert!(e.to_string().starts_with("media.connect_timeout_ms"), "{e}");
+        let e = Config::validate(raw("[media]\nmax_bytes = 0").unwrap()).unwrap_err();
+        assert!(e.to_string().starts_with("media.max_bytes"), "{e}");
     }
 }
 

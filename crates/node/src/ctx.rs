@@ -35,6 +35,8 @@ pub struct NodeCtx {
     /// (lost disk) it just removed: that removal notice is not for us.
     pub joining: std::sync::atomic::AtomicBool,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Receive streams connected to this node, for ephemeral content.
+    pub ephemeral: Arc<crate::ephemeral::Registry>,
 }
 
 impl NodeCtx {

@@ -120,6 +120,7 @@ pub fn write_layout(spec: &LocalClusterSpec, addrs: &[NodeAddrs]) -> anyhow::Res
             limits: Default::default(),
             batching: Default::default(),
             telemetry: Default::default(),
+            media: Default::default(),
         };
         (spec.customize)(&mut raw);
         std::fs::create_dir_all(&raw.data_dir)?;

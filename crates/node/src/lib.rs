@@ -16,6 +16,7 @@
 //! - `config`: `routerd.toml`, two-step validation.
 //! - `node`: [`node::Node`]: start, shutdown, crash.
 //! - `writer`: group commit and forwarding to the leader.
+//! - [`ephemeral`]: typing / call signaling, pushed to connected streams, never stored.
 //! - `grpc`: services, edge validation, the status mapping.
 //! - [`network`], [`peers`]: openraft over gRPC, peer channels.
 //! - [`identity`], [`tls`], [`devcerts`]: who is calling, rustls setup, a dev PKI.
@@ -34,6 +35,7 @@ pub mod config;
 pub mod ctx;
 pub mod dev;
 pub mod devcerts;
+pub mod ephemeral;
 pub mod grpc;
 pub mod identity;
 pub mod join;

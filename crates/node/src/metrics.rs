@@ -32,6 +32,10 @@ pub struct Metrics {
     pub delivery_seconds: HistogramVec,
     pub acked: IntCounterVec,
     pub claims: IntCounterVec,
+    /// Media proxy fetches by result ("ok" or the error reason).
+    pub media_fetches: IntCounterVec,
+    /// Media bytes streamed through by completed fetches.
+    pub media_bytes: prometheus::IntCounter,
     raft: IntGaugeVec,
     open_streams: IntGauge,
     mailbox_depth: IntGaugeVec,
@@ -86,6 +90,12 @@ impl Metrics {
             delivery_seconds: histogram(&registry, "delivery_latency_seconds", "Acceptance (leader stamp) to hand-off on a receive stream.", &["provider"], latency_buckets()),
             acked: counter(&registry, "acked_total", "Mailbox entries removed by acks.", &["provider"]),
             claims: counter(&registry, "prekey_claims_total", "Bundles handed out, by whether a one-time prekey was left.", &["requester", "one_time"]),
+            media_fetches: counter(&registry, "media_fetches_total", "Media proxy fetches by result: ok or the error reason.", &["result"]),
+            media_bytes: {
+                let c = prometheus::IntCounter::new("media_bytes_total", "Media bytes passed on by fetches that completed.").expect("valid metric");
+                registry.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             raft: gauge(&registry, "raft", "Raft state of this node: term, is_leader, leader_id, last_log_index, applied_index, apply_lag, snapshot_index, purged_index, voters, learners, is_member.", &["field"]),
             open_streams,
             mailbox_depth: gauge(&registry, "mailbox_depth", "Entries awaiting the provider's ack.", &["provider"]),

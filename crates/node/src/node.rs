@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::ctx::{Ctx, NodeCtx};
 use crate::grpc::{admin::AdminService, directory::DirectoryService, messaging::MessagingService};
 use crate::grpc::{peer::PeerService, prekeys::PrekeysService};
+use crate::grpc::media::MediaService;
 use crate::network::Network;
 use crate::peers::{PEER_MAX_MESSAGE_BYTES, PeerPool};
 use crate::tls::TlsMaterials;
@@ -20,6 +21,7 @@ use router_proto::v1::directory_server::DirectoryServer;
 use router_proto::v1::messaging_server::MessagingServer;
 use router_proto::v1::peer_server::PeerServer;
 use router_proto::v1::prekeys_server::PrekeysServer;
+use router_proto::v1::media_server::MediaServer;
 use router_raft::{NodeId, Raft, SledBackend};
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,6 +105,7 @@ impl Node {
             data_dir: cfg.data_dir.clone(),
             joining: Default::default(),
             metrics: Arc::new(crate::metrics::Metrics::new(cfg.node_id)),
+            ephemeral: Default::default(),
         });
         if ctx.removed.load(std::sync::atomic::Ordering::SeqCst) {
             tracing::warn!("this node was removed from its cluster; it serves nothing (wipe the data directory to rejoin)");
@@ -110,7 +113,7 @@ impl Node {
         }
 
         let mut tasks = Vec::new();
-        tasks.push(spawn_provider_server(&ctx, &tls, listeners.provider, shutdown_rx.clone())?);
+        tasks.push(spawn_provider_server(&ctx, &tls, &cfg.media, listeners.provider, shutdown_rx.clone())?);
         tasks.push(spawn_peer_server(&ctx, &tls, listeners.peer, shutdown_rx.clone())?);
         let admin = admin_http::router(ctx.clone());
         let mut admin_shutdown = shutdown_rx.clone();
@@ -187,6 +190,7 @@ impl Node {
 fn spawn_provider_server(
     ctx: &Ctx,
     tls: &TlsMaterials,
+    media: &crate::config::MediaConfig,
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
@@ -206,10 +210,12 @@ fn spawn_provider_server(
         .add_service(reflection)
         .add_service(DirectoryServer::new(DirectoryService { ctx: ctx.clone() }))
         .add_service(PrekeysServer::new(PrekeysService { ctx: ctx.clone() }))
+        .add_service(MediaServer::new(MediaService::new(ctx.clone(), media.clone()).context("media proxy")?))
         .add_service(MessagingServer::new(MessagingService { ctx: ctx.clone() }).max_decoding_message_size(max_msg));
     Ok(tokio::spawn(async move {
         health.set_serving::<DirectoryServer<DirectoryService>>().await;
         health.set_serving::<PrekeysServer<PrekeysService>>().await;
+        health.set_serving::<MediaServer<MediaService>>().await;
         health.set_serving::<MessagingServer<MessagingService>>().await;
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;

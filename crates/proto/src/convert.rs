@@ -68,6 +68,14 @@ impl From<&core::MailboxEntry> for v1::MailboxEntry {
                 parts: env.parts.iter().map(Into::into).collect(),
                 sender_device_id: env.sender_device.unwrap_or(0),
             }),
+            core::MailboxItem::PrekeyLowStock { user, device, one_time_remaining, kyber_one_time_remaining } => {
+                v1::mailbox_entry::Kind::LowStock(v1::PrekeyLowStock {
+                    user_id: user.0.clone(),
+                    device_id: *device,
+                    one_time_prekeys_remaining: *one_time_remaining,
+                    kyber_one_time_prekeys_remaining: *kyber_one_time_remaining,
+                })
+            }
             core::MailboxItem::Expired { message_id, recipient, recipient_provider } => {
                 v1::mailbox_entry::Kind::Expired(v1::ExpiryReport {
                     message_id: message_id.0.clone(),
@@ -81,6 +89,7 @@ impl From<&core::MailboxEntry> for v1::MailboxEntry {
             accepted_at_ms: e.accepted_at_ms,
             expires_at_ms: e.expires_at_ms,
             kind: Some(kind),
+            ephemeral: false,
         }
     }
 }

@@ -5,6 +5,15 @@
 //! skipped here until acked. The application sees each entry at least once
 //! overall (a crash of the application itself leads to redelivery) and at
 //! most once per subscription.
+//!
+//! Ephemeral entries (`entry.ephemeral`: typing indicators, call signaling)
+//! are different: the router pushes them only to streams connected when they
+//! were sent, never stores or redelivers them, and gives them no sequence
+//! number (seq 0). They bypass the dedup above, are returned as they arrive,
+//! and need no [`Subscription::ack`] (an ack of seq 0 is only counted as
+//! unknown). One sent while the stream was reconnecting is simply lost, which
+//! is what typing indicators and call signaling expect; check
+//! `expires_at_ms` if a late one matters.
 
 use crate::client::RouterClient;
 use crate::error::{SdkError, is_retryable, rejected};
@@ -60,6 +69,10 @@ impl Subscription {
                 Ok(Some(entry)) => {
                     attempt = 0;
                     deadline = tokio::time::Instant::now() + self.client.config().call_deadline;
+                    // Not in the mailbox: no sequence to dedupe by, nothing to ack.
+                    if entry.ephemeral {
+                        return Ok(entry);
+                    }
                     if self.outstanding.insert(entry.seq) {
                         return Ok(entry);
                     }
@@ -76,7 +89,8 @@ impl Subscription {
         }
     }
 
-    /// Acks entries handed out by [`Subscription::next`].
+    /// Acks entries handed out by [`Subscription::next`]. Ephemeral entries
+    /// are never acked (they are not stored).
     pub async fn ack(&mut self, seqs: Vec<u64>) -> Result<AckResponse, SdkError> {
         let resp = self.client.ack(seqs.clone()).await?;
         for s in seqs {

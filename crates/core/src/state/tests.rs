@@ -216,6 +216,7 @@ fn small_limits() -> Limits {
         dedup_window_ms: 1_000,
         max_dedup_entries: 100,
         report_ttl_ms: 500,
+        ..Limits::default()
     }
 }
 
@@ -1032,6 +1033,7 @@ mod properties {
             dedup_window_ms: 24 * 3600 * 1000,
             max_dedup_entries: 1_000_000,
             report_ttl_ms: 5_000,
+            ..Limits::default()
         }
     }
 
@@ -1671,4 +1673,20 @@ fn provider_lifecycle_and_the_three_month_deadline() {
         h.reject_unchanged(Command::SetProviderStatus { provider: pid("nobody"), action: A::Approve }),
         Rejection::UnknownProvider { provider: pid("nobody") }
     );
+}
+
+#[test]
+fn claim_token_bucket_refills_with_leader_time() {
+    let mut h = Harness::with_limits(Limits { claim_burst: 2, claim_refill_ms: 1_000, ..Limits::default() });
+    h.user(PB, "bob", &[(1, 11)]);
+    assert!(matches!(h.apply(upload_cmd(PB, "bob", 1, upload(1, Some(1), &[1, 2, 3, 4, 5], &[], None))), Outcome::KeysStored { .. }));
+    let t = h.state.clock_ms + 10;
+    assert!(matches!(h.at(t, claim(PA, "bob", None)), Outcome::Bundles { .. }));
+    assert!(matches!(h.at(t, claim(PA, "bob", None)), Outcome::Bundles { .. }));
+    assert_eq!(h.at(t, claim(PA, "bob", None)), Outcome::Rejected(Rejection::RateLimited { retry_after_ms: 1_000 }));
+    assert_eq!(h.at(t + 400, claim(PA, "bob", None)), Outcome::Rejected(Rejection::RateLimited { retry_after_ms: 600 }));
+    assert!(matches!(h.at(t + 1_000, claim(PA, "bob", None)), Outcome::Bundles { .. }));
+    // Per requester: another provider has its own bucket.
+    h.ok(Command::AddProvider { provider: pid(PC) });
+    assert!(matches!(h.at(t + 1_000, claim(PC, "bob", None)), Outcome::Bundles { .. }));
 }

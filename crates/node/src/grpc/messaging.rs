@@ -1,10 +1,15 @@
 //! Messaging: quorum-durable sends, the receive stream served from the local
-//! replica, batched acks.
+//! replica, batched acks. Ephemeral content (typing, call signaling) takes
+//! another path: validated on the local replica and pushed to the connected
+//! streams of the recipient's provider on every node, never stored (see
+//! [`crate::ephemeral`]).
 
 use super::{status, validate};
 use crate::ctx::Ctx;
 use crate::identity::provider_of;
-use router_core::{Command, Outcome, ProviderId, SendEnvelope};
+use router_core::{Command, DeviceId, Outcome, ProviderId, Rejection, SendEnvelope};
+use std::collections::BTreeMap;
+use std::time::Duration;
 use router_proto::v1::messaging_server::Messaging;
 use router_proto::v1::*;
 use std::pin::Pin;
@@ -32,14 +37,11 @@ impl Messaging for MessagingService {
         tracing::Span::current().record("provider", sender.as_str()).record("msg_id", message_id.as_str());
         let recipient = validate::user_id("recipient_user_id", &r.recipient_user_id, limits)?;
         let content_type = validate::content_type(r.content_type)?;
-        if content_type.is_ephemeral() {
-            return Err(status::with_detail(
-                Code::Unimplemented,
-                "ephemeral content (typing, call signaling) is not stored; its live delivery path is not available yet",
-                ErrorDetail { reason: "EPHEMERAL_UNSUPPORTED".into(), field: "content_type".into(), ..Default::default() },
-            ));
-        }
-        let ttl_ms = validate::ttl_ms(r.ttl_seconds, limits)?;
+        let ttl_ms = if content_type.is_ephemeral() {
+            crate::ephemeral::ttl_ms(r.ttl_seconds)
+        } else {
+            validate::ttl_ms(r.ttl_seconds, limits)?
+        };
         let (sender_user, sender_device) = match (r.sender_user_id.as_str(), r.sender_device_id) {
             ("", 0) => (None, None),
             ("", _) => {
@@ -66,9 +68,12 @@ impl Messaging for MessagingService {
             parts,
             traceparent: crate::telemetry::current_traceparent(),
         };
+        if content_type.is_ephemeral() {
+            return send_ephemeral(&self.ctx, env).await.map(Response::new);
+        }
         match self.ctx.write(Command::Send(env)).await? {
             Outcome::Sent { seq, accepted_at_ms } => {
-                Ok(Response::new(SendResponse { mailbox_seq: seq, accepted_at_ms }))
+                Ok(Response::new(SendResponse { mailbox_seq: seq, accepted_at_ms, delivered_streams: 0 }))
             }
             other => Err(status::unexpected(&other)),
         }
@@ -88,7 +93,10 @@ impl Messaging for MessagingService {
             w => w,
         };
         let (tx, rx) = mpsc::channel(window.min(256) as usize);
-        tokio::spawn(deliver(self.ctx.clone(), provider, window as usize, tx));
+        // Registered before the stream is handed out: from here on, ephemeral
+        // content sent to this provider reaches this stream.
+        let ephemeral = self.ctx.ephemeral.register(&provider);
+        tokio::spawn(deliver(self.ctx.clone(), provider, window as usize, tx, ephemeral));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -108,15 +116,26 @@ impl Messaging for MessagingService {
     }
 }
 
-/// Feeds one receive stream from the local replica.
+/// Feeds one receive stream from the local replica, and from the ephemeral
+/// registry.
 ///
 /// `cursor` is the next sequence to send. Every entry below it that is still
 /// in the mailbox was sent on this stream and not yet acked, so their count is
 /// the number in flight; at most `window` are. A new stream starts at 0, so
-/// after a reconnect every unacked entry is delivered again.
-async fn deliver(ctx: Ctx, provider: ProviderId, window: usize, tx: mpsc::Sender<Result<MailboxEntry, Status>>) {
+/// after a reconnect every unacked entry is delivered again. Ephemeral entries
+/// (seq 0) are interleaved as they come, outside the window; one that expired
+/// while the stream was behind is dropped, not delivered late.
+async fn deliver(
+    ctx: Ctx,
+    provider: ProviderId,
+    window: usize,
+    tx: mpsc::Sender<Result<MailboxEntry, Status>>,
+    ephemeral: (crate::ephemeral::Registration, mpsc::Receiver<MailboxEntry>),
+) {
     ctx.open_streams.fetch_add(1, Ordering::Relaxed);
     let _guard = StreamGuard(ctx.clone());
+    // Unregisters when this task ends, whichever way.
+    let (_registration, mut ephemeral_rx) = ephemeral;
     let mut applied = ctx.applied.clone();
     let mut shutdown = ctx.shutdown.clone();
     let mut cursor = 0u64;
@@ -161,8 +180,137 @@ async fn deliver(ctx: Ctx, provider: ProviderId, window: usize, tx: mpsc::Sender
             changed = applied.changed() => if changed.is_err() { return },
             _ = shutdown.changed() => {}
             _ = tx.closed() => return,
+            Some(entry) = ephemeral_rx.recv() => {
+                if !forward_ephemeral(&ctx, &tx, entry).await {
+                    return;
+                }
+            }
         }
     }
+}
+
+/// Hands one ephemeral entry to the stream unless it expired while waiting
+/// for room. False when the stream is gone.
+async fn forward_ephemeral(ctx: &Ctx, tx: &mpsc::Sender<Result<MailboxEntry, Status>>, entry: MailboxEntry) -> bool {
+    let Ok(permit) = tx.reserve().await else { return false };
+    if entry.expires_at_ms <= now_ms() {
+        ctx.ephemeral.stats.dropped_expired.fetch_add(1, Ordering::Relaxed);
+        return true;
+    }
+    permit.send(Ok(entry));
+    true
+}
+
+/// How long the accepting node waits for one peer's `DeliverEphemeral`.
+const EPHEMERAL_PEER_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// The ephemeral send path: validation on the local replica, then a push to
+/// every connected stream of the recipient's provider, on this node and (all
+/// at once, each with a short timeout) on every other member. Nothing is
+/// written anywhere.
+async fn send_ephemeral(ctx: &Ctx, env: SendEnvelope) -> Result<SendResponse, Status> {
+    ctx.require_member()?;
+    let recipient_provider = ctx.read(|s| check_ephemeral(s, &env)).map_err(|r| status::rejection(&r))?;
+    let accepted_at_ms = now_ms();
+    let ttl_ms = env.ttl_ms;
+    let delivery = crate::ephemeral::EphemeralDelivery {
+        provider: recipient_provider,
+        accepted_at_ms,
+        expires_at_ms: accepted_at_ms.saturating_add(ttl_ms),
+        envelope: env,
+    };
+    let mut delivered = ctx.ephemeral.push(&delivery.provider, &delivery.entry());
+
+    let peers: Vec<(router_raft::NodeId, String)> = {
+        let metrics = ctx.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != ctx.node_id)
+            .map(|(id, addr)| (*id, addr.peer.clone()))
+            .collect()
+    };
+    if !peers.is_empty() {
+        let data: bytes::Bytes = bincode::serialize(&delivery)
+            .map_err(|e| Status::internal(format!("encode ephemeral delivery: {e}")))?
+            .into();
+        let calls = peers.into_iter().map(|(id, addr)| {
+            let data = data.clone();
+            async move {
+                let mut client = match ctx.peers.client(id, &addr) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!(peer = id, "ephemeral delivery: no channel: {e}");
+                        return 0;
+                    }
+                };
+                let mut request = Request::new(RaftPayload { data });
+                request.set_timeout(EPHEMERAL_PEER_TIMEOUT);
+                let answer = tokio::time::timeout(EPHEMERAL_PEER_TIMEOUT, client.deliver_ephemeral(request)).await;
+                match answer {
+                    Ok(Ok(resp)) => bincode::deserialize::<u32>(&resp.into_inner().data).unwrap_or_else(|e| {
+                        tracing::warn!(peer = id, "ephemeral delivery: bad answer: {e}");
+                        0
+                    }),
+                    Ok(Err(status)) => {
+                        tracing::debug!(peer = id, "ephemeral delivery failed: {}", status.message());
+                        0
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = id, "ephemeral delivery timed out");
+                        0
+                    }
+                }
+            }
+        });
+        delivered += futures::future::join_all(calls).await.into_iter().sum::<u32>();
+    }
+    if delivered == 0 {
+        return Err(status::with_detail(
+            Code::FailedPrecondition,
+            format!(
+                "no receive stream of provider {} is connected; ephemeral content (typing, call signaling) is not stored, so it was dropped",
+                delivery.provider
+            ),
+            ErrorDetail { reason: "RECIPIENT_NOT_CONNECTED".into(), ..Default::default() },
+        ));
+    }
+    Ok(SendResponse { mailbox_seq: 0, accepted_at_ms, delivered_streams: delivered })
+}
+
+/// The checks `apply` makes for a stored send, on the local replica: the
+/// sender may act and owns the named sender user, the recipient exists and
+/// the send addresses exactly its devices. Answers the recipient's provider.
+fn check_ephemeral(s: &router_core::State, env: &SendEnvelope) -> Result<ProviderId, Rejection> {
+    if let Some(refusal) = s.provider_refusal(&env.sender) {
+        return Err(refusal);
+    }
+    if let Some(user) = &env.sender_user {
+        match s.user(user) {
+            None => return Err(Rejection::UserNotFound { user: user.clone() }),
+            Some(rec) if rec.provider != env.sender => return Err(Rejection::NotOwner { user: user.clone() }),
+            Some(_) => {}
+        }
+    }
+    let rec = s.user(&env.recipient).ok_or_else(|| Rejection::UserNotFound { user: env.recipient.clone() })?;
+    if rec.devices.is_empty() {
+        return Err(Rejection::NoDevices { user: env.recipient.clone() });
+    }
+    let addressed: BTreeMap<DeviceId, u32> = env.parts.iter().map(|p| (p.device, p.registration_id)).collect();
+    let missing: Vec<DeviceId> = rec.devices.keys().copied().filter(|d| !addressed.contains_key(d)).collect();
+    let (mut extra, mut stale) = (Vec::new(), Vec::new());
+    for (device, registration_id) in &addressed {
+        match rec.devices.get(device) {
+            None => extra.push(*device),
+            Some(known) if known.registration_id != *registration_id => stale.push(*device),
+            Some(_) => {}
+        }
+    }
+    if !(missing.is_empty() && extra.is_empty() && stale.is_empty()) {
+        return Err(Rejection::DeviceMismatch { missing, extra, stale });
+    }
+    Ok(rec.provider.clone())
 }
 
 struct StreamGuard(Ctx);

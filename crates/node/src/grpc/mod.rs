@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod directory;
+pub mod media;
 pub mod messaging;
 pub mod peer;
 pub mod prekeys;

@@ -1,5 +1,5 @@
-//! Node-to-node service: Raft RPCs and write forwarding. Only callers with a
-//! node certificate get in.
+//! Node-to-node service: Raft RPCs, write forwarding and ephemeral delivery.
+//! Only callers with a node certificate get in.
 
 use crate::ctx::Ctx;
 use crate::identity::require_node;
@@ -88,6 +88,15 @@ impl Peer for PeerService {
             }
         }
         encode(&())
+    }
+
+    /// Pushes an ephemeral entry to this node's connected receive streams of
+    /// the named provider; answers how many took it (bincode `u32`).
+    async fn deliver_ephemeral(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        require_node(&req)?;
+        let delivery: crate::ephemeral::EphemeralDelivery = decode(&req)?;
+        let taken: u32 = self.ctx.ephemeral.push(&delivery.provider, &delivery.entry());
+        encode(&taken)
     }
 
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

@@ -53,9 +53,10 @@ pub fn rejection(r: &Rejection) -> Status {
         Rejection::DeviceMismatch { .. } | Rejection::SignedPrekeyRequired | Rejection::RestoreIntoNonEmpty => {
             Code::FailedPrecondition
         }
-        Rejection::TooManyDevices { .. } | Rejection::PrekeyStockFull { .. } | Rejection::MailboxFull { .. } => {
-            Code::ResourceExhausted
-        }
+        Rejection::TooManyDevices { .. }
+        | Rejection::PrekeyStockFull { .. }
+        | Rejection::MailboxFull { .. }
+        | Rejection::RateLimited { .. } => Code::ResourceExhausted,
         Rejection::DuplicatePrekeyId { .. } => Code::InvalidArgument,
     };
     let mut detail = ErrorDetail { reason: r.reason().into(), ..Default::default() };
@@ -96,6 +97,10 @@ pub fn rejection(r: &Rejection) -> Status {
             format!("the device would hold {actual} one-time prekeys; the limit is {limit}")
         }
         Rejection::DuplicatePrekeyId { key_id } => format!("one-time prekey id {key_id} is already stocked"),
+        Rejection::RateLimited { retry_after_ms } => {
+            detail.retry_after_ms = *retry_after_ms;
+            format!("too many bundle claims for this user; retry after {retry_after_ms} ms")
+        }
         Rejection::RestoreIntoNonEmpty => "a backup can only be restored into a cluster without users or queued mail".into(),
         Rejection::MailboxFull { provider, limit } => {
             detail.limit = *limit;

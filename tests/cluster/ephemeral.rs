@@ -272,6 +272,39 @@ async fn nobody_connected_is_refused_and_validation_matches_stored_sends() {
     big.parts[0].ciphertext = vec![7u8; 256 * 1024 + 1].into();
     let err = alpha.send(big).await.unwrap_err();
     assert_eq!((err.code(), err.reason()), (Some(Code::InvalidArgument), Some("TOO_LARGE")), "{err}");
+    // A provider cannot push to streams through the peer port.
+    let forged = router_node::ephemeral::EphemeralDelivery {
+        provider: ProviderId::new("beta"),
+        accepted_at_ms: now_ms(),
+        expires_at_ms: now_ms() + 30_000,
+        envelope: router_core::SendEnvelope {
+            sender: ProviderId::new("gamma"),
+            sender_user: None,
+            sender_device: None,
+            message_id: router_core::MessageId::new("forged"),
+            recipient: router_core::UserId::new("handle:bob"),
+            content_type: router_core::ContentType::Typing,
+            ttl_ms: 30_000,
+            parts: Vec::new(),
+            traceparent: None,
+        },
+    };
+    let certs = &tc.cluster.provider_certs["alpha"];
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read(&tc.cluster.ca)))
+        .identity(tonic::transport::Identity::from_pem(read(&certs.cert), read(&certs.key)))
+        .domain_name("localhost");
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", tc.cluster.node(2).peer_addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_lazy();
+    let st = router_proto::v1::peer_client::PeerClient::new(channel)
+        .deliver_ephemeral(router_proto::v1::RaftPayload { data: bincode::serialize(&forged).unwrap().into() })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::PermissionDenied);
     rx.quiet(Duration::from_millis(300)).await;
 
     // The corrected send goes through, with the sender user named.

@@ -7,6 +7,8 @@ mod delivery;
 mod ephemeral;
 mod failover;
 mod formation;
+mod groups;
+mod media;
 mod metrics;
 mod permissions;
 mod prekeys;

@@ -58,6 +58,22 @@ pub enum Command {
     Ack { provider: ProviderId, seqs: Vec<Seq> },
     /// Operator: load a backup into an empty cluster (disaster recovery).
     Restore { state: Box<crate::state::State> },
+    /// Creates a group; `creator` (a user of `provider`) becomes its admin.
+    CreateGroup {
+        provider: ProviderId,
+        creator: UserId,
+        group: crate::group::GroupId,
+        members: Vec<(UserId, crate::group::Role)>,
+    },
+    /// An admin (a user of `provider`) adds, removes or re-roles members.
+    ChangeGroup {
+        provider: ProviderId,
+        actor: UserId,
+        group: crate::group::GroupId,
+        set: Vec<(UserId, crate::group::Role)>,
+        remove: Vec<UserId>,
+    },
+    SendGroup(crate::group::GroupSend),
 }
 
 impl Command {
@@ -77,6 +93,8 @@ impl Command {
             | Command::Ack { provider, .. } => Some(provider),
             Command::ClaimPrekeys { requester, .. } => Some(requester),
             Command::Send(s) => Some(&s.sender),
+            Command::CreateGroup { provider, .. } | Command::ChangeGroup { provider, .. } => Some(provider),
+            Command::SendGroup(g) => Some(&g.sender),
         }
     }
 }

@@ -18,6 +18,7 @@
 //! across replicas.
 //!
 //! # Layout
+//! - `group`: groups, roles, epochs and hub-ordered group messages.
 //! - `ids`: identifier newtypes and small value types.
 //! - `command`: [`Command`], [`Batch`] and their payloads.
 //! - `outcome`: [`Outcome`] and [`Rejection`] (a rejection is an outcome, not an error).
@@ -28,6 +29,7 @@
 //! - `state`: [`State`] and `apply`.
 
 pub mod command;
+pub mod group;
 pub mod ids;
 pub mod keys;
 pub mod limits;
@@ -36,6 +38,7 @@ pub mod outcome;
 pub mod provider;
 pub mod state;
 
+pub use group::{GroupDelivery, GroupId, GroupRecord, GroupSend, Role};
 pub use command::{Batch, Command, DevicePart, PrekeyUpload, SendEnvelope};
 pub use ids::{ContentType, DeviceId, MessageId, ProviderId, RegistrationId, Seq, UserId};
 pub use keys::{Bundle, DeviceKeys, OneTimePrekey, SignedPrekey};

@@ -28,6 +28,8 @@ pub struct Limits {
     /// A device whose EC one-time stock falls below this is reported to its
     /// provider (one `PrekeyLowStock` mailbox entry per crossing).
     pub low_prekey_threshold: u32,
+    /// Members one group may have.
+    pub max_group_members: u32,
 }
 
 impl Default for Limits {
@@ -42,6 +44,7 @@ impl Default for Limits {
             claim_burst: 50,
             claim_refill_ms: 10_000,
             low_prekey_threshold: 10,
+            max_group_members: 1_000,
         }
     }
 }

@@ -27,6 +27,8 @@ pub enum MailboxItem {
     Envelope(SendEnvelope),
     /// Tells a sender that its envelope expired before the recipient acked it.
     Expired { message_id: MessageId, recipient: UserId, recipient_provider: ProviderId },
+    /// A group message for this provider's members of the group.
+    Group(crate::group::GroupDelivery),
     /// Tells a provider that one of its devices is running out of one-time prekeys.
     PrekeyLowStock { user: UserId, device: crate::ids::DeviceId, one_time_remaining: u32, kyber_one_time_remaining: u32 },
 }

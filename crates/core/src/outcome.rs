@@ -14,6 +14,10 @@ pub enum Outcome {
     /// An envelope is durable in the recipient provider's mailbox.
     Sent { seq: Seq, accepted_at_ms: u64 },
     Acked { removed: u32, unknown: u32 },
+    /// A group message is durable; `group_seq` orders it for every member.
+    GroupSent { group_seq: u64, epoch: u64, accepted_at_ms: u64 },
+    /// A group was created or changed; its new epoch.
+    GroupEpoch { epoch: u64 },
     Rejected(Rejection),
 }
 
@@ -51,6 +55,12 @@ pub enum Rejection {
     RestoreIntoNonEmpty,
     /// Too many bundle claims for this (requester, user); retry after the delay.
     RateLimited { retry_after_ms: u64 },
+    GroupNotFound { group: crate::group::GroupId },
+    GroupExists { group: crate::group::GroupId },
+    /// The acting user is not a member (or not an admin, for changes).
+    NotGroupMember { user: UserId },
+    NotGroupAdmin { user: UserId },
+    TooManyGroupMembers { limit: u32 },
 }
 
 impl Rejection {
@@ -75,6 +85,11 @@ impl Rejection {
             Rejection::MailboxFull { .. } => "MAILBOX_FULL",
             Rejection::RestoreIntoNonEmpty => "RESTORE_INTO_NON_EMPTY",
             Rejection::RateLimited { .. } => "RATE_LIMITED",
+            Rejection::GroupNotFound { .. } => "GROUP_NOT_FOUND",
+            Rejection::GroupExists { .. } => "GROUP_EXISTS",
+            Rejection::NotGroupMember { .. } => "NOT_GROUP_MEMBER",
+            Rejection::NotGroupAdmin { .. } => "NOT_GROUP_ADMIN",
+            Rejection::TooManyGroupMembers { .. } => "TOO_MANY_GROUP_MEMBERS",
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::limits::Limits;
 use crate::mailbox::{Mailbox, MailboxEntry, MailboxItem};
 use crate::outcome::{Outcome, Rejection};
 use crate::provider::{ProviderAction, ProviderRecord, ProviderStatus};
+use crate::group::{GroupDelivery, GroupId, GroupRecord, GroupSend, Role};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -30,6 +31,7 @@ pub struct State {
     pub providers: BTreeMap<ProviderId, crate::provider::ProviderRecord>,
     pub users: BTreeMap<UserId, UserRecord>,
     pub mailboxes: BTreeMap<ProviderId, Mailbox>,
+    pub groups: BTreeMap<GroupId, GroupRecord>,
     /// (expires_at_ms, mailbox owner, seq) for every mailbox entry.
     expiry: BTreeSet<(u64, ProviderId, Seq)>,
     dedup: Dedup,
@@ -137,6 +139,13 @@ impl State {
             Command::Send(env) => self.send(env),
             Command::Ack { provider, seqs } => self.ack(provider, seqs),
             Command::Restore { state } => self.restore(state),
+            Command::CreateGroup { provider, creator, group, members } => {
+                self.create_group(provider, creator, group, members)
+            }
+            Command::ChangeGroup { provider, actor, group, set, remove } => {
+                self.change_group(provider, actor, group, set, remove)
+            }
+            Command::SendGroup(g) => self.send_group(g),
         };
         result.unwrap_or_else(Outcome::Rejected)
     }
@@ -460,6 +469,132 @@ impl State {
             }
         }
         Ok(Outcome::Acked { removed, unknown })
+    }
+
+    /// `user` exists and belongs to `provider` (which may act).
+    fn own_user(&self, provider: &ProviderId, user: &UserId) -> Result<(), Rejection> {
+        self.onboarded(provider)?;
+        match self.users.get(user) {
+            None => Err(Rejection::UserNotFound { user: user.clone() }),
+            Some(rec) if &rec.provider != provider => Err(Rejection::NotOwner { user: user.clone() }),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn check_members_exist(&self, members: impl Iterator<Item = UserId>) -> Result<(), Rejection> {
+        for m in members {
+            if !self.users.contains_key(&m) {
+                return Err(Rejection::UserNotFound { user: m });
+            }
+        }
+        Ok(())
+    }
+
+    fn create_group(
+        &mut self,
+        provider: &ProviderId,
+        creator: &UserId,
+        group: &GroupId,
+        members: &[(UserId, Role)],
+    ) -> Result<Outcome, Rejection> {
+        self.own_user(provider, creator)?;
+        if self.groups.contains_key(group) {
+            return Err(Rejection::GroupExists { group: group.clone() });
+        }
+        let mut all: BTreeMap<UserId, Role> = members.iter().cloned().collect();
+        all.insert(creator.clone(), Role::Admin);
+        self.check_members_exist(all.keys().cloned())?;
+        let limit = self.limits.max_group_members;
+        if all.len() as u64 > u64::from(limit) {
+            return Err(Rejection::TooManyGroupMembers { limit });
+        }
+        self.groups.insert(group.clone(), GroupRecord { id: group.clone(), members: all, epoch: 1, next_seq: 0 });
+        Ok(Outcome::GroupEpoch { epoch: 1 })
+    }
+
+    fn change_group(
+        &mut self,
+        provider: &ProviderId,
+        actor: &UserId,
+        group: &GroupId,
+        set: &[(UserId, Role)],
+        remove: &[UserId],
+    ) -> Result<Outcome, Rejection> {
+        self.own_user(provider, actor)?;
+        self.check_members_exist(set.iter().map(|(u, _)| u.clone()))?;
+        let limit = self.limits.max_group_members;
+        let rec = self.groups.get(group).ok_or_else(|| Rejection::GroupNotFound { group: group.clone() })?;
+        match rec.members.get(actor) {
+            Some(Role::Admin) => {}
+            Some(Role::Member) => return Err(Rejection::NotGroupAdmin { user: actor.clone() }),
+            None => return Err(Rejection::NotGroupMember { user: actor.clone() }),
+        }
+        let mut members = rec.members.clone();
+        for u in remove {
+            members.remove(u);
+        }
+        for (u, role) in set {
+            members.insert(u.clone(), *role);
+        }
+        if members.len() as u64 > u64::from(limit) {
+            return Err(Rejection::TooManyGroupMembers { limit });
+        }
+        let rec = self.groups.get_mut(group).expect("checked above");
+        rec.members = members;
+        rec.epoch += 1;
+        Ok(Outcome::GroupEpoch { epoch: rec.epoch })
+    }
+
+    fn send_group(&mut self, g: &GroupSend) -> Result<Outcome, Rejection> {
+        self.own_user(&g.sender, &g.sender_user)?;
+        let key = (g.sender.clone(), g.message_id.clone());
+        if let Some(answer) = self.dedup.answers.get(&key) {
+            return Ok(answer.clone());
+        }
+        let rec = self.groups.get(&g.group).ok_or_else(|| Rejection::GroupNotFound { group: g.group.clone() })?;
+        if !rec.members.contains_key(&g.sender_user) {
+            return Err(Rejection::NotGroupMember { user: g.sender_user.clone() });
+        }
+        // Recipients by provider, from the membership as of this entry.
+        let mut by_provider: BTreeMap<ProviderId, Vec<UserId>> = BTreeMap::new();
+        for member in rec.members.keys() {
+            if let Some(u) = self.users.get(member) {
+                by_provider.entry(u.provider.clone()).or_default().push(member.clone());
+            }
+        }
+        for p in by_provider.keys() {
+            if self.mailbox_depth(p) as u64 >= self.limits.max_mailbox_entries {
+                return Err(Rejection::MailboxFull { provider: p.clone(), limit: self.limits.max_mailbox_entries });
+            }
+        }
+        let (group_seq, epoch) = (rec.next_seq, rec.epoch);
+        self.groups.get_mut(&g.group).expect("checked above").next_seq += 1;
+        let now = self.clock_ms;
+        let expires = now.saturating_add(g.ttl_ms);
+        for (provider, recipients) in by_provider {
+            let per_device: Vec<(UserId, crate::command::DevicePart)> =
+                g.per_device.iter().filter(|(u, _)| recipients.contains(u)).cloned().collect();
+            let delivery = GroupDelivery {
+                group: g.group.clone(),
+                group_seq,
+                epoch,
+                sender: g.sender.clone(),
+                sender_user: g.sender_user.clone(),
+                sender_device: g.sender_device,
+                message_id: g.message_id.clone(),
+                content_type: g.content_type,
+                recipients,
+                ciphertext: g.ciphertext.clone(),
+                per_device,
+                traceparent: g.traceparent.clone(),
+            };
+            let seq = self.mailboxes.entry(provider.clone()).or_default().push(now, expires, MailboxItem::Group(delivery));
+            self.expiry.insert((expires, provider, seq));
+        }
+        let answer = Outcome::GroupSent { group_seq, epoch, accepted_at_ms: now };
+        self.dedup.answers.insert(key.clone(), answer.clone());
+        self.dedup.order.push_back((now, key.0, key.1));
+        Ok(answer)
     }
 
     fn restore(&mut self, backup: &State) -> Result<Outcome, Rejection> {

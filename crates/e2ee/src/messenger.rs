@@ -47,13 +47,16 @@ pub enum Inbound {
     Message(Received),
     /// An envelope this provider sent expired before the recipient acked it.
     Expired { seq: u64, message_id: String, recipient_user: String },
+    /// A group message, as the router delivered it (sender-key decryption
+    /// is not in this SDK yet).
+    Group { seq: u64, message: router_sdk::v1::GroupMessage },
 }
 
 impl Inbound {
     pub fn seq(&self) -> u64 {
         match self {
             Inbound::Message(m) => m.seq,
-            Inbound::Expired { seq, .. } => *seq,
+            Inbound::Expired { seq, .. } | Inbound::Group { seq, .. } => *seq,
         }
     }
 }
@@ -263,6 +266,9 @@ impl<S: ProtocolStore> Messenger<S> {
                 message_id: r.message_id,
                 recipient_user: r.recipient_user_id,
             })),
+            // Group messages (sender keys) are not handled by this SDK yet:
+            // they are passed through undecrypted.
+            Some(mailbox_entry::Kind::Group(g)) => Ok(Some(Inbound::Group { seq, message: g })),
             Some(mailbox_entry::Kind::LowStock(low)) => {
                 // The router says a device is running out of one-time prekeys.
                 self.ack(vec![seq]).await?;

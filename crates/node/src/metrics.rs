@@ -200,6 +200,9 @@ pub fn command_kind(c: &Command) -> &'static str {
         Command::Send(_) => "send",
         Command::Ack { .. } => "ack",
         Command::Restore { .. } => "restore",
+        Command::CreateGroup { .. } => "create_group",
+        Command::ChangeGroup { .. } => "change_group",
+        Command::SendGroup(_) => "send_group",
     }
 }
 

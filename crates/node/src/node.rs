@@ -210,6 +210,10 @@ fn spawn_provider_server(
         .add_service(reflection)
         .add_service(DirectoryServer::new(DirectoryService { ctx: ctx.clone() }))
         .add_service(PrekeysServer::new(PrekeysService { ctx: ctx.clone() }))
+        .add_service(
+            router_proto::v1::groups_server::GroupsServer::new(crate::grpc::groups::GroupsService { ctx: ctx.clone() })
+                .max_decoding_message_size(max_msg),
+        )
         .add_service(MediaServer::new(MediaService::new(ctx.clone(), media.clone()).context("media proxy")?))
         .add_service(MessagingServer::new(MessagingService { ctx: ctx.clone() }).max_decoding_message_size(max_msg));
     Ok(tokio::spawn(async move {

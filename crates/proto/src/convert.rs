@@ -68,6 +68,23 @@ impl From<&core::MailboxEntry> for v1::MailboxEntry {
                 parts: env.parts.iter().map(Into::into).collect(),
                 sender_device_id: env.sender_device.unwrap_or(0),
             }),
+            core::MailboxItem::Group(g) => v1::mailbox_entry::Kind::Group(v1::GroupMessage {
+                group_id: g.group.0.clone(),
+                group_seq: g.group_seq,
+                epoch: g.epoch,
+                sender_provider_id: g.sender.0.clone(),
+                sender_user_id: g.sender_user.0.clone(),
+                sender_device_id: g.sender_device,
+                message_id: g.message_id.0.clone(),
+                content_type: v1::ContentType::from(g.content_type) as i32,
+                recipient_user_ids: g.recipients.iter().map(|u| u.0.clone()).collect(),
+                ciphertext: g.ciphertext.clone(),
+                per_device: g
+                    .per_device
+                    .iter()
+                    .map(|(u, p)| v1::GroupDevicePart { user_id: u.0.clone(), part: Some(p.into()) })
+                    .collect(),
+            }),
             core::MailboxItem::PrekeyLowStock { user, device, one_time_remaining, kyber_one_time_remaining } => {
                 v1::mailbox_entry::Kind::LowStock(v1::PrekeyLowStock {
                     user_id: user.0.clone(),

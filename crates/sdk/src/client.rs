@@ -252,6 +252,46 @@ impl RouterClient {
         .await
     }
 
+    fn groups(&self, ch: Channel) -> router_proto::v1::groups_client::GroupsClient<Channel> {
+        router_proto::v1::groups_client::GroupsClient::new(ch)
+            .max_encoding_message_size(self.inner.config.max_message_bytes)
+            .max_decoding_message_size(self.inner.config.max_message_bytes)
+    }
+
+    pub async fn create_group(&self, req: CreateGroupRequest) -> Result<GroupEpochResponse, SdkError> {
+        self.retry(|ch| {
+            let req = req.clone();
+            async move { self.groups(ch).create_group(req).await }
+        })
+        .await
+    }
+
+    pub async fn update_group(&self, req: UpdateGroupRequest) -> Result<GroupEpochResponse, SdkError> {
+        self.retry(|ch| {
+            let req = req.clone();
+            async move { self.groups(ch).update_group(req).await }
+        })
+        .await
+    }
+
+    pub async fn get_group(&self, group_id: &str) -> Result<GroupInfo, SdkError> {
+        let req = GetGroupRequest { group_id: group_id.into() };
+        self.retry(|ch| {
+            let req = req.clone();
+            async move { self.groups(ch).get_group(req).await }
+        })
+        .await
+    }
+
+    /// Sends to a group; retries reuse the message id (stored once).
+    pub async fn send_group(&self, req: SendGroupRequest) -> Result<SendGroupResponse, SdkError> {
+        self.retry(|ch| {
+            let req = req.clone();
+            async move { self.groups(ch).send_group(req).await }
+        })
+        .await
+    }
+
     /// Opens a reconnecting receive subscription (`window` 0: server default).
     pub fn subscribe(&self, window: u32) -> Subscription {
         Subscription::new(self.clone(), window)

@@ -148,6 +148,7 @@ async fn deliver(
                 .map(|e| {
                     let tp = match &e.item {
                         router_core::MailboxItem::Envelope(env) => env.traceparent.clone(),
+                        router_core::MailboxItem::Group(g) => g.traceparent.clone(),
                         _ => None,
                     };
                     (MailboxEntry::from(e), tp)

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod directory;
+pub mod groups;
 pub mod media;
 pub mod messaging;
 pub mod peer;

@@ -44,6 +44,10 @@ pub fn rejection(r: &Rejection) -> Status {
             Code::PermissionDenied
         }
         Rejection::BadTransition { .. } => Code::FailedPrecondition,
+        Rejection::GroupNotFound { .. } => Code::NotFound,
+        Rejection::GroupExists { .. } => Code::AlreadyExists,
+        Rejection::NotGroupMember { .. } | Rejection::NotGroupAdmin { .. } => Code::PermissionDenied,
+        Rejection::TooManyGroupMembers { .. } => Code::ResourceExhausted,
         Rejection::UnknownProvider { .. } => Code::NotFound,
         Rejection::UserNotFound { .. }
         | Rejection::DeviceNotFound { .. }
@@ -97,6 +101,14 @@ pub fn rejection(r: &Rejection) -> Status {
             format!("the device would hold {actual} one-time prekeys; the limit is {limit}")
         }
         Rejection::DuplicatePrekeyId { key_id } => format!("one-time prekey id {key_id} is already stocked"),
+        Rejection::GroupNotFound { group } => format!("no group {}", group.0),
+        Rejection::GroupExists { group } => format!("group {} already exists", group.0),
+        Rejection::NotGroupMember { user } => format!("{user} is not a member of the group"),
+        Rejection::NotGroupAdmin { user } => format!("{user} is not an admin of the group"),
+        Rejection::TooManyGroupMembers { limit } => {
+            detail.limit = u64::from(*limit);
+            format!("a group may have at most {limit} members")
+        }
         Rejection::RateLimited { retry_after_ms } => {
             detail.retry_after_ms = *retry_after_ms;
             format!("too many bundle claims for this user; retry after {retry_after_ms} ms")

@@ -116,10 +116,8 @@ fn files_containing(dir: &Path, needle: &[u8], depth: u32) -> Vec<String> {
         let path = entry.path();
         if path.is_dir() && depth > 0 {
             found.extend(files_containing(&path, needle, depth - 1));
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            if contains(&bytes, needle) {
-                found.push(path.display().to_string());
-            }
+        } else if std::fs::read(&path).is_ok_and(|bytes| contains(&bytes, needle)) {
+            found.push(path.display().to_string());
         }
     }
     found
@@ -349,7 +347,7 @@ async fn ephemeral_ciphertext_is_in_no_replica_and_no_file() {
 
     for n in tc.cluster.nodes.iter() {
         let node = n.node.as_ref().unwrap();
-        let state = node.ctx().read(|s| bincode::serialize(s)).unwrap();
+        let state = node.ctx().read(bincode::serialize).unwrap();
         assert!(contains(&state, STORED.as_bytes()), "control: node {} replica holds the stored message", n.id);
         assert!(!contains(&state, SECRET.as_bytes()), "node {} replica holds ephemeral content", n.id);
         let files = files_containing(&n.config.data_dir, SECRET.as_bytes(), 6);

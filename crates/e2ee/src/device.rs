@@ -14,7 +14,10 @@ use libsignal_protocol::{
     SessionStore, SessionUsabilityRequirements, SignalMessage, SignedPreKeyId, SignedPreKeyRecord,
     SignedPreKeyStore, Timestamp, kem, message_decrypt, message_encrypt, process_prekey_bundle,
 };
-use libsignal_protocol::{Direction, IdentityChange, SignalProtocolError};
+use libsignal_protocol::{
+    Direction, IdentityChange, SenderKeyDistributionMessage, SenderKeyRecord, SenderKeyStore, SignalProtocolError,
+    create_sender_key_distribution_message, group_decrypt, group_encrypt, process_sender_key_distribution_message,
+};
 use rand09::rngs::StdRng;
 use rand09::{Rng, SeedableRng};
 use router_sdk::v1::{EcOneTimePrekey, PrekeyBundle, SignedEcPrekey, SignedKyberPrekey, UploadPrekeysRequest};
@@ -338,5 +341,61 @@ impl<S: ProtocolStore> KyberPreKeyStore for View<'_, S> {
     ) -> SignalResult<()> {
         let mut store = self.0.borrow_mut();
         store.mark_kyber_pre_key_used(id, ec_prekey_id, base_key).await
+    }
+}
+
+#[allow(clippy::await_holding_refcell_ref)]
+#[async_trait::async_trait(?Send)]
+impl<S: ProtocolStore + SenderKeyStore> SenderKeyStore for View<'_, S> {
+    async fn store_sender_key(
+        &mut self,
+        sender: &ProtocolAddress,
+        distribution_id: uuid::Uuid,
+        record: &SenderKeyRecord,
+    ) -> SignalResult<()> {
+        let mut store = self.0.borrow_mut();
+        store.store_sender_key(sender, distribution_id, record).await
+    }
+    async fn load_sender_key(
+        &mut self,
+        sender: &ProtocolAddress,
+        distribution_id: uuid::Uuid,
+    ) -> SignalResult<Option<SenderKeyRecord>> {
+        let mut store = self.0.borrow_mut();
+        store.load_sender_key(sender, distribution_id).await
+    }
+}
+
+/// Group sessions (Signal sender keys).
+impl<S: ProtocolStore + SenderKeyStore> SignalDevice<S> {
+    /// This device's sender-key distribution message for `distribution_id`
+    /// (creating the sender key on first use), serialized.
+    pub fn sender_key_distribution(&mut self, distribution_id: uuid::Uuid) -> Result<Vec<u8>, E2eeError> {
+        let me = address(&self.user, self.device)?;
+        let skdm = block_on(create_sender_key_distribution_message(
+            &me,
+            distribution_id,
+            &mut View(&self.store),
+            &mut self.rng,
+        ))?;
+        Ok(skdm.serialized().to_vec())
+    }
+
+    /// Stores a remote device's sender key from its distribution message.
+    pub fn process_sender_key_distribution(&mut self, user: &str, device: u32, skdm: &[u8]) -> Result<(), E2eeError> {
+        let skdm = SenderKeyDistributionMessage::try_from(skdm)?;
+        block_on(process_sender_key_distribution_message(&address(user, device)?, &skdm, &mut View(&self.store)))?;
+        Ok(())
+    }
+
+    /// Encrypts once for every member holding this device's sender key.
+    pub fn group_encrypt(&mut self, distribution_id: uuid::Uuid, plaintext: &[u8]) -> Result<Vec<u8>, E2eeError> {
+        let me = address(&self.user, self.device)?;
+        let m = block_on(group_encrypt(&mut View(&self.store), &me, distribution_id, plaintext, &mut self.rng))?;
+        Ok(m.serialized().to_vec())
+    }
+
+    pub fn group_decrypt(&mut self, sender_user: &str, sender_device: u32, ciphertext: &[u8]) -> Result<Vec<u8>, E2eeError> {
+        Ok(block_on(group_decrypt(ciphertext, &mut View(&self.store), &address(sender_user, sender_device)?))?)
     }
 }

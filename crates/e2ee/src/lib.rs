@@ -36,4 +36,4 @@ pub mod store;
 pub use device::SignalDevice;
 pub use error::E2eeError;
 pub use libsignal_protocol::{InMemSignalProtocolStore, ProtocolStore};
-pub use messenger::{Inbound, Messenger, Received};
+pub use messenger::{Inbound, Messenger, Received, ReceivedGroup};

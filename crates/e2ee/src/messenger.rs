@@ -12,11 +12,29 @@
 
 use crate::device::SignalDevice;
 use crate::error::E2eeError;
-use libsignal_protocol::{CiphertextMessageType, ProtocolStore, SignalProtocolError};
+use libsignal_protocol::{CiphertextMessageType, ProtocolStore, SenderKeyStore, SignalProtocolError};
 use router_sdk::v1::{ContentType, DeviceCiphertext, SendRequest, SendResponse, mailbox_entry};
 use router_sdk::v1::MailboxEntry;
 use router_sdk::{RouterClient, Subscription};
 use std::collections::{BTreeMap, HashSet, VecDeque};
+
+/// Plaintext framing inside the Signal payload of 1:1 messages: the first
+/// byte says whether it is application content or a sender-key
+/// distribution for a group (which the SDK consumes itself).
+const FRAME_APP: u8 = 0x01;
+const FRAME_SENDER_KEY: u8 = 0x02;
+
+/// The sender-key distribution id of a group epoch: every membership change
+/// starts a new sender key, so removed members cannot read later messages.
+pub fn distribution_id(group_id: &str, epoch: u64) -> uuid::Uuid {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"interop-router sender key v1\0");
+    h.update(group_id.as_bytes());
+    h.update(epoch.to_be_bytes());
+    let digest = h.finalize();
+    uuid::Uuid::from_slice(&digest[..16]).expect("16 bytes")
+}
 
 /// How many times one send re-resolves the recipient after a device mismatch.
 const MAX_SEND_ATTEMPTS: u32 = 4;
@@ -47,16 +65,34 @@ pub enum Inbound {
     Message(Received),
     /// An envelope this provider sent expired before the recipient acked it.
     Expired { seq: u64, message_id: String, recipient_user: String },
-    /// A group message, as the router delivered it (sender-key decryption
-    /// is not in this SDK yet).
-    Group { seq: u64, message: router_sdk::v1::GroupMessage },
+    /// A group message, decrypted with the sender's sender key for every
+    /// local recipient device.
+    Group(ReceivedGroup),
+}
+
+#[derive(Clone, Debug)]
+pub struct ReceivedGroup {
+    pub seq: u64,
+    pub group_id: String,
+    /// The hub's order, the same for every member.
+    pub group_seq: u64,
+    pub epoch: u64,
+    pub message_id: String,
+    pub sender_provider: String,
+    pub sender_user: String,
+    pub sender_device: u32,
+    /// (local user, local device, plaintext).
+    pub plaintexts: Vec<(String, u32, Vec<u8>)>,
+    /// (local user, local device, reason) for copies that failed.
+    pub failures: Vec<(String, u32, String)>,
 }
 
 impl Inbound {
     pub fn seq(&self) -> u64 {
         match self {
             Inbound::Message(m) => m.seq,
-            Inbound::Expired { seq, .. } | Inbound::Group { seq, .. } => *seq,
+            Inbound::Expired { seq, .. } => *seq,
+            Inbound::Group(g) => g.seq,
         }
     }
 }
@@ -77,9 +113,11 @@ pub struct Messenger<S> {
     /// default. When false, such a send fails with `UntrustedIdentity`.
     pub accept_identity_changes: bool,
     identity_changes: Vec<(String, u32)>,
+    /// (sending device, distribution id, member user) that has our sender key.
+    distributed: HashSet<((String, u32), uuid::Uuid, String)>,
 }
 
-impl<S: ProtocolStore> Messenger<S> {
+impl<S: ProtocolStore + SenderKeyStore> Messenger<S> {
     pub fn new(client: RouterClient) -> Self {
         Messenger {
             client,
@@ -92,6 +130,7 @@ impl<S: ProtocolStore> Messenger<S> {
             prekey_low_water: 10,
             accept_identity_changes: true,
             identity_changes: Vec::new(),
+            distributed: HashSet::new(),
         }
     }
 
@@ -147,6 +186,20 @@ impl<S: ProtocolStore> Messenger<S> {
     /// Encrypts `plaintext` for every device of `to_user` and sends it as one
     /// envelope under `message_id`. Safe to call again with the same id.
     pub async fn send(
+        &mut self,
+        from: (&str, u32),
+        to_user: &str,
+        content_type: ContentType,
+        message_id: &str,
+        plaintext: &[u8],
+    ) -> Result<SendResponse, E2eeError> {
+        let mut framed = Vec::with_capacity(plaintext.len() + 1);
+        framed.push(FRAME_APP);
+        framed.extend_from_slice(plaintext);
+        self.send_framed(from, to_user, content_type, message_id, &framed).await
+    }
+
+    async fn send_framed(
         &mut self,
         from: (&str, u32),
         to_user: &str,
@@ -259,7 +312,14 @@ impl<S: ProtocolStore> Messenger<S> {
                 }
                 let received = self.decrypt(seq, env).await?;
                 self.remember(id);
-                Ok(Some(Inbound::Message(received)))
+                match received {
+                    Some(r) => Ok(Some(Inbound::Message(r))),
+                    None => {
+                        // A sender-key distribution, consumed by the SDK.
+                        self.ack(vec![seq]).await?;
+                        Ok(None)
+                    }
+                }
             }
             Some(mailbox_entry::Kind::Expired(r)) => Ok(Some(Inbound::Expired {
                 seq,
@@ -268,7 +328,7 @@ impl<S: ProtocolStore> Messenger<S> {
             })),
             // Group messages (sender keys) are not handled by this SDK yet:
             // they are passed through undecrypted.
-            Some(mailbox_entry::Kind::Group(g)) => Ok(Some(Inbound::Group { seq, message: g })),
+            Some(mailbox_entry::Kind::Group(g)) => Ok(Some(Inbound::Group(self.open_group(seq, g)))),
             Some(mailbox_entry::Kind::LowStock(low)) => {
                 // The router says a device is running out of one-time prekeys.
                 self.ack(vec![seq]).await?;
@@ -298,10 +358,12 @@ impl<S: ProtocolStore> Messenger<S> {
         self.seen_order.push_back(id);
     }
 
-    async fn decrypt(&mut self, seq: u64, env: router_sdk::v1::Envelope) -> Result<Received, E2eeError> {
+    /// `None` when the envelope only carried SDK control content (sender keys).
+    async fn decrypt(&mut self, seq: u64, env: router_sdk::v1::Envelope) -> Result<Option<Received>, E2eeError> {
         let mut plaintexts = Vec::new();
         let mut failures = Vec::new();
         let mut consumed_prekey = false;
+        let mut control = false;
         for part in &env.parts {
             let Some(signal) = self.devices.get_mut(&(env.recipient_user_id.clone(), part.device_id)) else {
                 failures.push((part.device_id, "no such local device".to_string()));
@@ -314,7 +376,16 @@ impl<S: ProtocolStore> Messenger<S> {
             match signal.decrypt(&env.sender_user_id, env.sender_device_id, part.message_type, &part.ciphertext) {
                 Ok(p) => {
                     consumed_prekey |= part.message_type == CiphertextMessageType::PreKey as u32;
-                    plaintexts.push((part.device_id, p));
+                    match p.split_first() {
+                        Some((&FRAME_APP, app)) => plaintexts.push((part.device_id, app.to_vec())),
+                        Some((&FRAME_SENDER_KEY, skdm)) => {
+                            match signal.process_sender_key_distribution(&env.sender_user_id, env.sender_device_id, skdm) {
+                                Ok(()) => control = true,
+                                Err(e) => failures.push((part.device_id, format!("sender key: {e}"))),
+                            }
+                        }
+                        _ => failures.push((part.device_id, "unknown plaintext framing".to_string())),
+                    }
                 }
                 Err(E2eeError::Signal(SignalProtocolError::DuplicatedMessage(..))) => {
                     failures.push((part.device_id, "already decrypted (duplicate)".to_string()));
@@ -328,7 +399,10 @@ impl<S: ProtocolStore> Messenger<S> {
                 tracing::warn!("failed to top up prekeys: {e}");
             }
         }
-        Ok(Received {
+        if control && plaintexts.is_empty() && failures.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Received {
             seq,
             content_type: ContentType::try_from(env.content_type).unwrap_or(ContentType::Unspecified),
             message_id: env.message_id,
@@ -339,6 +413,87 @@ impl<S: ProtocolStore> Messenger<S> {
             ciphertexts: env.parts.iter().map(|p| (p.device_id, p.ciphertext.clone())).collect(),
             plaintexts,
             failures,
-        })
+        }))
+    }
+}
+
+/// Group messaging with Signal sender keys.
+impl<S: ProtocolStore + SenderKeyStore> Messenger<S> {
+    /// Encrypts `plaintext` once with this device's sender key for the
+    /// group's current epoch and sends it to the group. Members that do not
+    /// have the sender key yet get it first, as 1:1 Signal messages (which
+    /// reach every provider's mailbox before the group message does).
+    pub async fn send_group(
+        &mut self,
+        from: (&str, u32),
+        group_id: &str,
+        content_type: ContentType,
+        message_id: &str,
+        plaintext: &[u8],
+    ) -> Result<router_sdk::v1::SendGroupResponse, E2eeError> {
+        let key = (from.0.to_string(), from.1);
+        if !self.devices.contains_key(&key) {
+            return Err(E2eeError::UnknownLocalDevice { user: key.0, device: key.1 });
+        }
+        let info = self.client.get_group(group_id).await?;
+        let dist = distribution_id(group_id, info.epoch);
+        let skdm = self.devices.get_mut(&key).expect("checked above").sender_key_distribution(dist)?;
+        let mut framed = Vec::with_capacity(skdm.len() + 1);
+        framed.push(FRAME_SENDER_KEY);
+        framed.extend_from_slice(&skdm);
+        for member in info.members.iter().map(|m| m.user_id.clone()) {
+            // The sender's own other devices are not sent its sender key (a known gap).
+            if member == from.0 || self.distributed.contains(&(key.clone(), dist, member.clone())) {
+                continue;
+            }
+            let id = format!("skd:{}:{}.{}:{member}", dist.simple(), from.0, from.1);
+            self.send_framed(from, &member, ContentType::Message, &id, &framed).await?;
+            self.distributed.insert((key.clone(), dist, member));
+        }
+        let ciphertext = self.devices.get_mut(&key).expect("checked above").group_encrypt(dist, plaintext)?;
+        let request = router_sdk::v1::SendGroupRequest {
+            group_id: group_id.to_string(),
+            message_id: message_id.to_string(),
+            sender_user_id: from.0.to_string(),
+            sender_device_id: from.1,
+            content_type: content_type as i32,
+            ttl_seconds: 0,
+            ciphertext: ciphertext.into(),
+            per_device: Vec::new(),
+        };
+        Ok(self.client.send_group(request).await?)
+    }
+}
+
+impl<S: ProtocolStore + SenderKeyStore> Messenger<S> {
+    fn open_group(&mut self, seq: u64, g: router_sdk::v1::GroupMessage) -> ReceivedGroup {
+        let mut plaintexts = Vec::new();
+        let mut failures = Vec::new();
+        for user in &g.recipient_user_ids {
+            let locals: Vec<u32> =
+                self.devices.keys().filter(|(u, _)| u == user).map(|(_, d)| *d).collect();
+            for device in locals {
+                if *user == g.sender_user_id && device == g.sender_device_id {
+                    continue;
+                }
+                let signal = self.devices.get_mut(&(user.clone(), device)).expect("listed above");
+                match signal.group_decrypt(&g.sender_user_id, g.sender_device_id, &g.ciphertext) {
+                    Ok(p) => plaintexts.push((user.clone(), device, p)),
+                    Err(e) => failures.push((user.clone(), device, e.to_string())),
+                }
+            }
+        }
+        ReceivedGroup {
+            seq,
+            group_id: g.group_id,
+            group_seq: g.group_seq,
+            epoch: g.epoch,
+            message_id: g.message_id,
+            sender_provider: g.sender_provider_id,
+            sender_user: g.sender_user_id,
+            sender_device: g.sender_device_id,
+            plaintexts,
+            failures,
+        }
     }
 }

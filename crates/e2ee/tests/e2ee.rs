@@ -224,3 +224,88 @@ async fn sessions_survive_a_restart_with_the_sled_store() {
     assert_eq!(text_of(&r, 1), "second");
     tc.shutdown().await;
 }
+
+fn next_group(m: &mut Messenger<InMemSignalProtocolStore>) -> impl std::future::Future<Output = router_e2ee::ReceivedGroup> + '_ {
+    async move {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(15), m.next()).await.expect("group message in time").expect("receive") {
+                Inbound::Group(g) => return g,
+                other => panic!("expected a group message, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_messages_are_end_to_end_encrypted_with_sender_keys() {
+    use router_sdk::v1::{CreateGroupRequest, GroupMember, GroupRole, UpdateGroupRequest};
+    let tc = TestCluster::start(3).await.unwrap();
+    let mut alpha = Messenger::new(tc.client("alpha"));
+    let mut beta = Messenger::new(tc.client("beta"));
+    let mut gamma = Messenger::new(tc.client("gamma"));
+    alpha.add_device("handle:ana", 1, memory_store()).await.unwrap();
+    beta.add_device("handle:ben", 1, memory_store()).await.unwrap();
+    beta.add_device("handle:ben", 2, memory_store()).await.unwrap();
+    beta.add_device("handle:bo", 1, memory_store()).await.unwrap();
+    gamma.add_device("handle:gus", 1, memory_store()).await.unwrap();
+    let member = |u: &str| GroupMember { user_id: u.into(), role: GroupRole::Member as i32 };
+    alpha
+        .client()
+        .create_group(CreateGroupRequest {
+            group_id: "book-club".into(),
+            creator_user_id: "handle:ana".into(),
+            members: vec![member("handle:ben"), member("handle:bo")],
+        })
+        .await
+        .unwrap();
+
+    // ana sends: ben (two devices) and bo, both at beta, decrypt it; beta got one entry for both users.
+    let secret = b"chapter 3 on thursday";
+    alpha.send_group(("handle:ana", 1), "book-club", ContentType::Message, "g-1", secret).await.unwrap();
+    let g = next_group(&mut beta).await;
+    assert_eq!((g.group_id.as_str(), g.group_seq, g.sender_user.as_str()), ("book-club", 0, "handle:ana"));
+    let mut got: Vec<(String, u32)> = g.plaintexts.iter().map(|(u, d, p)| {
+        assert_eq!(p.as_slice(), secret);
+        (u.clone(), *d)
+    }).collect();
+    got.sort();
+    assert_eq!(got, vec![("handle:ben".into(), 1), ("handle:ben".into(), 2), ("handle:bo".into(), 1)], "{:?}", g.failures);
+    beta.ack(vec![g.seq]).await.unwrap();
+    // The router holds the sender-key ciphertext, never the text.
+    assert!(!router_holds(&tc, secret));
+
+    // gus joins (new epoch): he reads what is sent after, with a new sender key.
+    alpha
+        .client()
+        .update_group(UpdateGroupRequest {
+            group_id: "book-club".into(),
+            actor_user_id: "handle:ana".into(),
+            set: vec![member("handle:gus")],
+            remove_user_ids: vec!["handle:bo".into()],
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    alpha.send_group(("handle:ana", 1), "book-club", ContentType::Message, "g-2", b"welcome gus").await.unwrap();
+    let g = next_group(&mut gamma).await;
+    assert_eq!(g.epoch, 2);
+    assert_eq!(g.plaintexts, vec![("handle:gus".to_string(), 1, b"welcome gus".to_vec())], "{:?}", g.failures);
+    gamma.ack(vec![g.seq]).await.unwrap();
+    let g = next_group(&mut beta).await;
+    // bo was removed: only ben's devices are recipients now.
+    assert!(g.plaintexts.iter().all(|(u, _, p)| u == "handle:ben" && p == b"welcome gus"));
+    assert_eq!(g.plaintexts.len(), 2, "{:?}", g.failures);
+
+    // A member replies through the same mechanism.
+    beta.ack(vec![g.seq]).await.unwrap();
+    gamma.send_group(("handle:gus", 1), "book-club", ContentType::Message, "g-3", b"thanks").await.unwrap();
+    // ana's mailbox also holds her own two messages (the sender's device skips them).
+    let mut g = next_group(&mut alpha).await;
+    while g.message_id != "g-3" {
+        assert!(g.plaintexts.is_empty() && g.failures.is_empty() && g.sender_user == "handle:ana");
+        alpha.ack(vec![g.seq]).await.unwrap();
+        g = next_group(&mut alpha).await;
+    }
+    assert_eq!(g.plaintexts, vec![("handle:ana".to_string(), 1, b"thanks".to_vec())], "{:?}", g.failures);
+    tc.shutdown().await;
+}

@@ -418,13 +418,13 @@ fn print_status(out: Output, rows: &[(String, Option<StatusResponse>)]) {
             }
         }
     }
-    if let Some(leader) = rows.iter().filter_map(|(_, s)| s.as_ref()).find(|s| s.role == "leader") {
-        if !leader.replication_lag.is_empty() {
-            let mut lag: Vec<_> = leader.replication_lag.iter().collect();
-            lag.sort();
-            let lag: Vec<String> = lag.iter().map(|(id, l)| format!("node {id}: {l}")).collect();
-            println!("replication lag (entries behind the leader): {}", lag.join(", "));
-        }
+    if let Some(leader) = rows.iter().filter_map(|(_, s)| s.as_ref()).find(|s| s.role == "leader")
+        && !leader.replication_lag.is_empty()
+    {
+        let mut lag: Vec<_> = leader.replication_lag.iter().collect();
+        lag.sort();
+        let lag: Vec<String> = lag.iter().map(|(id, l)| format!("node {id}: {l}")).collect();
+        println!("replication lag (entries behind the leader): {}", lag.join(", "));
     }
 }
 

@@ -135,7 +135,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         f.extend((0..48 * 1024).map(|i| b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"[i % 26]));
         f
     };
-    let conversations: Vec<(&str, (&str, u32), &str, ContentType, Vec<u8>)> = vec![
+    /// (sending provider, from (user, device), to user, content type, plaintext)
+    type Conversation<'a> = (&'a str, (&'a str, u32), &'a str, ContentType, Vec<u8>);
+    let conversations: Vec<Conversation> = vec![
         ("alpha", ("handle:alice", 1), "handle:bob", ContentType::Message, b"Hi Bob, it's Alice from alpha. Lunch at noon?".to_vec()),
         ("beta", ("handle:bob", 2), "handle:alice", ContentType::Message, b"Hi Alice! Noon works - Bob, on beta.".to_vec()),
         ("alpha", ("handle:amy", 2), "handle:bea", ContentType::Message, file.clone()),
@@ -195,8 +197,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         let started = Instant::now();
         alpha.send(("handle:alice", 1), "handle:bob", ContentType::Message, &id, text.as_bytes()).await?;
         slowest = slowest.max(started.elapsed());
-        if kill_at.is_some() && first_after_kill.is_none() {
-            first_after_kill = Some(kill_at.expect("set").elapsed());
+        if let (Some(at), None) = (kill_at, first_after_kill) {
+            first_after_kill = Some(at.elapsed());
         }
         acked.insert(id);
         if (i + 1) % 25 == 0 {

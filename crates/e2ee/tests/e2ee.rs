@@ -225,14 +225,10 @@ async fn sessions_survive_a_restart_with_the_sled_store() {
     tc.shutdown().await;
 }
 
-fn next_group(m: &mut Messenger<InMemSignalProtocolStore>) -> impl std::future::Future<Output = router_e2ee::ReceivedGroup> + '_ {
-    async move {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(15), m.next()).await.expect("group message in time").expect("receive") {
-                Inbound::Group(g) => return g,
-                other => panic!("expected a group message, got {other:?}"),
-            }
-        }
+async fn next_group(m: &mut Messenger<InMemSignalProtocolStore>) -> router_e2ee::ReceivedGroup {
+    match tokio::time::timeout(Duration::from_secs(15), m.next()).await.expect("group message in time").expect("receive") {
+        Inbound::Group(g) => g,
+        other => panic!("expected a group message, got {other:?}"),
     }
 }
 

@@ -142,6 +142,7 @@ pub struct RawLimits {
     pub prekey_claim_burst: Option<u32>,
     pub prekey_claim_refill_ms: Option<u64>,
     pub low_prekey_threshold: Option<u32>,
+    pub max_group_members: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -386,6 +387,7 @@ impl Config {
             prekey_claim_burst,
             prekey_claim_refill_ms,
             low_prekey_threshold,
+            max_group_members,
         } = limits;
         let d = EdgeLimits::default();
         let edge = EdgeLimits {
@@ -431,6 +433,7 @@ impl Config {
             claim_burst: prekey_claim_burst.unwrap_or(dl.claim_burst),
             claim_refill_ms: prekey_claim_refill_ms.unwrap_or(dl.claim_refill_ms),
             low_prekey_threshold: low_prekey_threshold.unwrap_or(dl.low_prekey_threshold),
+            max_group_members: max_group_members.unwrap_or(dl.max_group_members),
             ..dl
         };
         if replicated_limits.claim_burst == 0 || replicated_limits.claim_refill_ms == 0 {

@@ -29,6 +29,11 @@ impl ClusterView {
         Ok(ClusterView { admin, endpoints })
     }
 
+    /// A view of any cluster: `endpoints` are (node id, peer/admin `host:port`).
+    pub fn with_endpoints(admin: AdminConnector, endpoints: Vec<(u64, String)>) -> ClusterView {
+        ClusterView { admin, endpoints }
+    }
+
     pub fn ids(&self) -> Vec<u64> {
         self.endpoints.iter().map(|(id, _)| *id).collect()
     }

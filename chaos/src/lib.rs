@@ -7,6 +7,12 @@
 //! mid-stream, its restart and rejoin, and a report with the checks that decide
 //! the exit code. `deploy/docker-test.sh` builds the image and runs it.
 //!
+//! The binary `chaos`: real `routerd` processes on 127.0.0.1 (3 and 5 nodes,
+//! from `routerd init-dev` configs) under a recorded provider workload, with
+//! kill -9 of the leader or a follower, SIGSTOP/SIGCONT of the leader, a
+//! rolling restart and a wiped data directory; the history is checked offline
+//! and reported (JSON and a table). `deploy/chaos.sh` builds and runs it.
+//!
 //! # What it must not do
 //! Touch anything it did not create: every container, network and volume is
 //! named `<prefix>-...`, labelled `router-chaos.run=<prefix>`, and removed again
@@ -20,9 +26,19 @@
 //! - [`cluster`]: admin `Status` through the published peer ports; waits for a leader and for catch-up.
 //! - [`traffic`]: the sending and the receiving provider.
 //! - [`report`]: counts, timings and checks.
+//! - [`procs`]: routerd processes started, signalled and stopped by PID; disk wipes.
+//! - [`history`]: operations with start/end and outcome ok / failed / unknown.
+//! - [`workload`]: senders, receiver and prekey claimer of the `chaos` binary.
+//! - [`checker`]: the invariants checked over a history.
+//! - [`scenario`]: one fault scenario from cluster start to verdict.
 
+pub mod checker;
 pub mod cluster;
 pub mod docker;
+pub mod history;
 pub mod layout;
+pub mod procs;
 pub mod report;
+pub mod scenario;
 pub mod traffic;
+pub mod workload;

@@ -82,3 +82,25 @@ async fn a_node_that_lost_its_disk_catches_up_through_a_snapshot() {
     assert_eq!(victim_node.ctx().read(|s| s.mailbox_depth(&router_core::ProviderId::new("beta"))), 120);
     tc.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bootstrap_node_losing_its_disk_does_not_start_a_second_cluster() {
+    let mut tc = TestCluster::start_with(3, snapshot_often).await.unwrap();
+    let beta = tc.client_on("beta", &[2, 3]);
+    let alpha = tc.client_on("alpha", &[2, 3]);
+    setup_user(&beta, "handle:olga", &DEVICES).await;
+    tc.cluster.crash(1).await;
+    tc.cluster.wipe(1).unwrap();
+    for i in 0..60 {
+        alpha.send(message(&format!("b-{i}"), "handle:olga", &DEVICES)).await.unwrap();
+    }
+    // Node 1 comes back empty with `bootstrap = true` in its config.
+    tc.cluster.restart_as_configured(1).await.unwrap();
+    converged(&tc).await;
+    let node1 = tc.cluster.node(1).node.as_ref().unwrap();
+    assert_eq!(node1.ctx().read(|s| s.mailbox_depth(&router_core::ProviderId::new("beta"))), 60);
+    let m = node1.raft().metrics().borrow().clone();
+    let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+    assert_eq!(voters, vec![1, 2, 3], "one cluster, same members");
+    tc.shutdown().await;
+}

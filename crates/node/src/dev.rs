@@ -216,12 +216,23 @@ impl LocalCluster {
         }
     }
 
-    /// Starts a stopped node again on the same addresses and data directory.
+    /// Starts a stopped node again on the same addresses and data directory
+    /// (with bootstrapping turned off).
     pub async fn restart(&mut self, id: NodeId) -> anyhow::Result<()> {
+        self.restart_with(id, false).await
+    }
+
+    /// Starts a stopped node again with its original config, `bootstrap`
+    /// included: what a supervisor restarting the process would do.
+    pub async fn restart_as_configured(&mut self, id: NodeId) -> anyhow::Result<()> {
+        self.restart_with(id, true).await
+    }
+
+    async fn restart_with(&mut self, id: NodeId, keep_bootstrap: bool) -> anyhow::Result<()> {
         let n = &mut self.nodes[(id - 1) as usize];
         anyhow::ensure!(n.node.is_none(), "node {id} is running");
         let mut config = n.config.clone();
-        config.bootstrap = false;
+        config.bootstrap &= keep_bootstrap;
         // A crashed node's storage is released by its Raft task shortly after
         // `crash` returns; until then sled's directory lock refuses a reopen.
         let mut attempt = 0;

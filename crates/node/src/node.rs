@@ -269,6 +269,15 @@ pub(crate) async fn bootstrap(ctx: Ctx, cfg: Config) {
             return;
         }
     };
+    // An empty disk does not mean a new cluster: this node may have lost its
+    // data while the others carry on. Initialize only when every other
+    // initial member answered and none knows a cluster; otherwise wait (the
+    // leader will replicate to us if a cluster exists).
+    if fresh && !no_member_knows_a_cluster(&ctx, &cfg).await {
+        tracing::info!("another member knows a cluster: not initializing; waiting to be caught up");
+        onboard_initial_providers(&ctx, &cfg).await;
+        return;
+    }
     if fresh {
         if let Err(e) = ctx.raft.initialize(cfg.initial_members.clone()).await {
             tracing::error!("failed to initialize cluster: {e}");
@@ -280,6 +289,37 @@ pub(crate) async fn bootstrap(ctx: Ctx, cfg: Config) {
         }
     }
     onboard_initial_providers(&ctx, &cfg).await;
+}
+
+/// Polls the other initial members until all of them answer: true when none
+/// of them is part of a cluster, false as soon as one is. Gives up waiting
+/// only on shutdown (then: false).
+async fn no_member_knows_a_cluster(ctx: &Ctx, cfg: &Config) -> bool {
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        let mut all_answered = true;
+        for (id, addr) in cfg.initial_members.iter().filter(|(id, _)| **id != cfg.node_id) {
+            let answer = match ctx.peers.admin(&addr.peer) {
+                Ok(mut admin) => admin.status(router_proto::v1::StatusRequest {}).await.map(|s| s.into_inner()),
+                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+            };
+            match answer {
+                Ok(status) if !status.voters.is_empty() => return false,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(node = id, "initial member did not answer: {}", e.message());
+                    all_answered = false;
+                }
+            }
+        }
+        if all_answered {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = shutdown.wait_for(|s| *s) => return false,
+        }
+    }
 }
 
 /// Idempotent: providers already onboarded are skipped.

@@ -1,0 +1,192 @@
+//! `chaos`: fault scenarios against real `routerd` processes on 127.0.0.1.
+//!
+//! ```text
+//! for each scenario of the profile, one after another:
+//!   routerd init-dev --nodes N --base-port P (+ claim limit raised, early snapshots)
+//!   start N routerd processes, wait for one leader
+//!   workload: 2 senders (alpha) -> bob (beta, 2 devices), receiver acks, claimer claims carol's prekeys
+//!   fault: kill -9 leader | kill -9 follower | SIGSTOP/SIGCONT leader | rolling restart | wiped disk
+//!   heal, every node a caught-up voter, progress probe, drain, stop every process started
+//!   check the history (ok / failed / unknown)
+//! report: <out>/report.json, <out>/<scenario>/history.json, a table on stdout
+//! exit 0: no violation; 1: a violation or a scenario error; 2: bad usage
+//! ```
+//!
+//! Usage: `chaos --profile quick --routerd target/debug/routerd --out chaos-out`
+//! (normally through `bash deploy/chaos.sh`).
+
+use clap::{Parser, ValueEnum};
+use router_chaos::scenario::{self, Fault, ScenarioResult, Spec};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Profile {
+    /// A subset that fits in about three minutes on a debug build.
+    Quick,
+    /// Every fault on 3 and on 5 nodes, with longer phases.
+    Long,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Chaos scenarios against real routerd processes; the recorded history is checked")]
+struct Args {
+    #[arg(long, value_enum, default_value = "quick")]
+    profile: Profile,
+    #[arg(long, env = "ROUTERD_BIN", default_value = "target/debug/routerd")]
+    routerd: PathBuf,
+    /// Report, histories, configs and node logs go here.
+    #[arg(long, default_value = "target/chaos")]
+    out: PathBuf,
+    /// Run only the scenarios whose name contains this (e.g. "wipe", "5n").
+    #[arg(long)]
+    only: Option<String>,
+    /// Seeds the port block and the run's ids.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+fn specs(profile: Profile) -> Vec<Spec> {
+    let base = |fault, nodes| Spec {
+        fault,
+        nodes,
+        warmup: Duration::from_secs(4),
+        down: Duration::from_secs(2),
+        after: Duration::from_secs(3),
+        senders: 2,
+        send_interval: Duration::from_millis(15),
+        claim_interval: Duration::from_millis(60),
+        prekeys_per_device: 1000,
+    };
+    match profile {
+        Profile::Quick => vec![
+            base(Fault::KillLeader, 3),
+            base(Fault::KillFollower, 3),
+            base(Fault::PauseLeader, 3),
+            base(Fault::WipeFollower, 3),
+            Spec { down: Duration::from_millis(500), ..base(Fault::RollingRestart, 3) },
+            base(Fault::KillLeader, 5),
+        ],
+        Profile::Long => {
+            let faults = [Fault::KillLeader, Fault::KillFollower, Fault::PauseLeader, Fault::RollingRestart, Fault::WipeFollower];
+            [3, 5]
+                .into_iter()
+                .flat_map(|n| faults.into_iter().map(move |f| (f, n)))
+                .map(|(f, n)| Spec {
+                    warmup: Duration::from_secs(10),
+                    down: if f == Fault::RollingRestart { Duration::from_secs(1) } else { Duration::from_secs(5) },
+                    after: Duration::from_secs(10),
+                    claim_interval: Duration::from_millis(40),
+                    ..base(f, n)
+                })
+                .collect()
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if !args.routerd.is_file() {
+        eprintln!("chaos: no routerd binary at {} (cargo build -p router-node)", args.routerd.display());
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chaos: tokio runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(async_main(args))
+}
+
+async fn async_main(args: Args) -> ExitCode {
+    let seed = args.seed.unwrap_or_else(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        (t.as_millis() as u64) ^ u64::from(std::process::id())
+    });
+    let routerd = std::fs::canonicalize(&args.routerd).unwrap_or(args.routerd.clone());
+    if let Err(e) = std::fs::create_dir_all(&args.out) {
+        eprintln!("chaos: create {}: {e}", args.out.display());
+        return ExitCode::from(2);
+    }
+    let out = std::fs::canonicalize(&args.out).unwrap_or(args.out.clone());
+    let mut specs = specs(args.profile);
+    if let Some(f) = &args.only {
+        specs.retain(|s| s.name().contains(f.as_str()));
+    }
+    eprintln!("chaos: profile {:?}, {} scenarios, seed {seed}, routerd {}, out {}", args.profile, specs.len(), routerd.display(), out.display());
+    let started = std::time::Instant::now();
+    let mut results: Vec<ScenarioResult> = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        eprintln!("chaos: [{}/{}] {} ...", i + 1, specs.len(), spec.name());
+        let r = tokio::select! {
+            r = scenario::run(spec, &routerd, &out, seed.wrapping_add(i as u64)) => r,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("chaos: interrupted; the scenario's processes were stopped");
+                return ExitCode::from(1);
+            }
+        };
+        eprintln!(
+            "chaos: [{}/{}] {} {} in {} ms",
+            i + 1,
+            specs.len(),
+            r.scenario,
+            if r.passed() { "passed" } else { "FAILED" },
+            r.duration_ms
+        );
+        for v in &r.violations {
+            eprintln!("chaos:    violation: {}: {}", v.invariant, v.detail);
+        }
+        if let Some(e) = &r.error {
+            eprintln!("chaos:    error: {e}");
+        }
+        results.push(r);
+    }
+    let passed = results.iter().all(ScenarioResult::passed);
+    let report = serde_json::json!({
+        "profile": format!("{:?}", args.profile).to_lowercase(),
+        "seed": seed,
+        "routerd": routerd.display().to_string(),
+        "duration_ms": started.elapsed().as_millis() as u64,
+        "passed": passed,
+        "not_covered": ["network partitions", "one-way partitions", "slow links", "lost unsynced writes"],
+        "scenarios": results,
+    });
+    let path = out.join("report.json");
+    if let Err(e) = std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap_or_default()) {
+        eprintln!("chaos: write {}: {e}", path.display());
+    }
+    let table = table(&results);
+    print!("{table}");
+    let _ = std::fs::write(out.join("summary.txt"), &table);
+    println!("report: {}  ({} s)", path.display(), started.elapsed().as_secs());
+    if passed { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+fn table(results: &[ScenarioResult]) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "{:<26} {:>5} {:>17} {:>14} {:>8} {:>9} {:>9} {:>9} {:>6}  {}\n",
+        "scenario", "nodes", "send ok/fail/unk", "claim ok/f/u", "keys", "fault ms", "unavl ms", "recov ms", "viol", "verdict"
+    ));
+    for r in results {
+        let count = |kind: &str, o: &str| r.stats.ops.get(kind).and_then(|m| m.get(o)).copied().unwrap_or(0);
+        let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        s.push_str(&format!(
+            "{:<26} {:>5} {:>17} {:>14} {:>8} {:>9} {:>9} {:>9} {:>6}  {}\n",
+            r.scenario,
+            r.nodes,
+            format!("{}/{}/{}", count("send", "ok"), count("send", "failed"), count("send", "unknown")),
+            format!("{}/{}/{}", count("claim", "ok"), count("claim", "failed"), count("claim", "unknown")),
+            r.stats.prekeys_claimed,
+            r.fault_duration_ms,
+            r.stats.max_unavailability_ms,
+            ms(r.recovery_ms),
+            r.violations.len(),
+            if r.error.is_some() { "ERROR" } else if r.passed() { "ok" } else { "VIOLATED" }
+        ));
+    }
+    s
+}

@@ -1,0 +1,257 @@
+//! Offline checks of a recorded [`History`] against DESIGN.md §4.
+//!
+//! Only `ok` operations create obligations; `unknown` ones may or may not have
+//! taken effect, so they are allowed either way; `failed` ones must have
+//! changed nothing.
+
+use crate::history::{History, OpKind, Outcome};
+use crate::workload::part_text;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Stats {
+    /// (op kind, outcome) -> count.
+    pub ops: BTreeMap<String, BTreeMap<String, u64>>,
+    pub deliveries: usize,
+    pub distinct_delivered: usize,
+    /// Entries handed out again after a reconnect (allowed for unacked entries).
+    pub redelivered: usize,
+    /// Entries handed out again after their ack was answered ok (a lagging replica may do this).
+    pub redelivered_after_ack: usize,
+    pub unknown_sends_delivered: usize,
+    pub prekeys_claimed: usize,
+    /// Longest interval inside the workload window without a send completing ok.
+    pub max_unavailability_ms: u64,
+}
+
+fn cap(v: &mut Vec<Violation>, invariant: &'static str, items: Vec<String>) {
+    if items.is_empty() {
+        return;
+    }
+    let n = items.len();
+    let mut detail = items.into_iter().take(5).collect::<Vec<_>>().join("; ");
+    if n > 5 {
+        detail.push_str(&format!("; and {} more", n - 5));
+    }
+    v.push(Violation { invariant, detail: format!("{n}: {detail}") });
+}
+
+pub fn check(h: &History) -> (Stats, Vec<Violation>) {
+    let mut v = Vec::new();
+    let mut stats = Stats::default();
+    for op in &h.ops {
+        let kind = match op.kind {
+            OpKind::Send { .. } => "send",
+            OpKind::Claim { .. } => "claim",
+        };
+        let outcome = serde_json::to_value(op.outcome).ok().and_then(|x| x.as_str().map(str::to_string)).unwrap_or_default();
+        *stats.ops.entry(kind.into()).or_default().entry(outcome).or_default() += 1;
+    }
+
+    // Deliveries by message id.
+    let mut by_id: BTreeMap<&str, Vec<&crate::history::Delivery>> = BTreeMap::new();
+    for d in &h.deliveries {
+        by_id.entry(&d.message_id).or_default().push(d);
+    }
+    stats.deliveries = h.deliveries.len();
+    stats.distinct_delivered = by_id.len();
+    let acked: BTreeSet<u64> = h.acked_seqs.iter().copied().collect();
+    let mut first_seen: BTreeMap<u64, u64> = BTreeMap::new();
+    for d in &h.deliveries {
+        if let Some(prev) = first_seen.insert(d.seq, d.at_ms) {
+            stats.redelivered += 1;
+            if acked.contains(&d.seq) && prev < d.at_ms {
+                stats.redelivered_after_ack += 1;
+            }
+        }
+    }
+
+    let sends: Vec<(&crate::history::Op, &str, u32, u64, Option<u64>)> = h
+        .ops
+        .iter()
+        .filter_map(|op| match &op.kind {
+            OpKind::Send { message_id, sender_device, n, mailbox_seq } => Some((op, message_id.as_str(), *sender_device, *n, *mailbox_seq)),
+            _ => None,
+        })
+        .collect();
+    let sent: BTreeMap<&str, (Outcome, u32, u64)> = sends.iter().map(|(op, id, d, n, _)| (*id, (op.outcome, *d, *n))).collect();
+
+    // 1. No acked send lost.
+    let lost = sends.iter().filter(|(op, id, ..)| op.outcome == Outcome::Ok && !by_id.contains_key(id)).map(|(_, id, ..)| id.to_string()).collect();
+    cap(&mut v, "acked send lost", lost);
+
+    // 2. Stored once: one mailbox seq per message id, and the seq the sender was told.
+    let mut twice = Vec::new();
+    for (id, ds) in &by_id {
+        let seqs: BTreeSet<u64> = ds.iter().map(|d| d.seq).collect();
+        if seqs.len() > 1 {
+            twice.push(format!("{id} at seqs {seqs:?}"));
+        }
+    }
+    for (op, id, _, _, told) in &sends {
+        if let (Outcome::Ok, Some(told), Some(ds)) = (op.outcome, told, by_id.get(id))
+            && ds.iter().any(|d| d.seq != *told)
+        {
+            twice.push(format!("{id}: answered seq {told}, delivered at {}", ds[0].seq));
+        }
+    }
+    cap(&mut v, "message stored twice", twice);
+
+    // 3. Nothing delivered that was never sent or was definitely rejected; content intact.
+    let mut phantom = Vec::new();
+    let mut altered = Vec::new();
+    for (id, ds) in &by_id {
+        match sent.get(id) {
+            None => phantom.push(format!("{id} (never sent)")),
+            Some((Outcome::Failed, ..)) => phantom.push(format!("{id} (its send was rejected)")),
+            Some((outcome, d, n)) => {
+                if *outcome == Outcome::Unknown {
+                    stats.unknown_sends_delivered += 1;
+                }
+                let want: Vec<(u32, String)> = crate::workload::RECIPIENT_DEVICES.iter().map(|&(r, _)| (r, part_text(*d, r, *n))).collect();
+                if ds.iter().any(|x| x.parts != want) {
+                    altered.push(format!("{id}: {:?}", ds[0].parts));
+                }
+            }
+        }
+    }
+    cap(&mut v, "delivered but not sent (or rejected)", phantom);
+    cap(&mut v, "ciphertext altered", altered);
+
+    // 4. Order per (sender device, recipient device) among ok sends issued one
+    //    after another: mailbox seqs increase with n. Every envelope carries a
+    //    part for each recipient device in one mailbox entry, so one seq order
+    //    serves both recipient devices; the part contents were checked above.
+    let mut per_device: BTreeMap<u32, Vec<(u64, u64, &str)>> = BTreeMap::new();
+    for (op, id, d, n, _) in &sends {
+        if op.outcome == Outcome::Ok
+            && let Some(ds) = by_id.get(id)
+        {
+            per_device.entry(*d).or_default().push((*n, ds[0].seq, id));
+        }
+    }
+    let mut reordered = Vec::new();
+    for (d, mut list) in per_device {
+        list.sort();
+        for w in list.windows(2) {
+            if w[0].1 >= w[1].1 {
+                for &(r, _) in &crate::workload::RECIPIENT_DEVICES {
+                    reordered.push(format!("s{d}->r{r}: n{} (seq {}) before n{} (seq {})", w[0].0, w[0].1, w[1].0, w[1].1));
+                }
+            }
+        }
+    }
+    cap(&mut v, "per-device order broken", reordered);
+
+    // 5. One-time prekeys: each (device, key id) at most once across ok claims, and only stocked keys.
+    let stocked: BTreeSet<(u32, u32)> = h.stocked.iter().copied().collect();
+    let mut seen: BTreeMap<(u32, u32), u64> = BTreeMap::new();
+    let (mut twice, mut foreign) = (Vec::new(), Vec::new());
+    for op in &h.ops {
+        if let (OpKind::Claim { keys, .. }, Outcome::Ok) = (&op.kind, op.outcome) {
+            for k in keys {
+                stats.prekeys_claimed += 1;
+                if let Some(prev) = seen.insert(*k, op.start_ms) {
+                    twice.push(format!("device {} key {} (claims at {prev} ms and {} ms)", k.0, k.1, op.start_ms));
+                }
+                if !stocked.contains(k) {
+                    foreign.push(format!("device {} key {}", k.0, k.1));
+                }
+            }
+        }
+    }
+    cap(&mut v, "one-time prekey handed out twice", twice);
+    cap(&mut v, "prekey never uploaded handed out", foreign);
+
+    // Availability: the longest stretch of the workload window without an ok send.
+    let mut oks: Vec<u64> = sends.iter().filter(|(op, ..)| op.outcome == Outcome::Ok).map(|(op, ..)| op.end_ms).collect();
+    oks.retain(|t| *t >= h.workload_start_ms && *t <= h.workload_end_ms);
+    oks.sort_unstable();
+    let mut points = vec![h.workload_start_ms];
+    points.extend(oks);
+    points.push(h.workload_end_ms);
+    stats.max_unavailability_ms = points.windows(2).map(|w| w[1].saturating_sub(w[0])).max().unwrap_or(0);
+    (stats, v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{Delivery, Op};
+
+    fn send(id: &str, d: u32, n: u64, outcome: Outcome, start: u64) -> Op {
+        Op {
+            client: "t".into(),
+            kind: OpKind::Send { message_id: id.into(), sender_device: d, n, mailbox_seq: None },
+            start_ms: start,
+            end_ms: start + 5,
+            outcome,
+            error: String::new(),
+        }
+    }
+
+    fn delivery(id: &str, seq: u64, d: u32, n: u64) -> Delivery {
+        let parts = crate::workload::RECIPIENT_DEVICES.iter().map(|&(r, _)| (r, part_text(d, r, n))).collect();
+        Delivery { message_id: id.into(), seq, at_ms: 0, parts }
+    }
+
+    #[test]
+    fn finds_loss_duplicates_reordering_and_double_claims() {
+        let mut h = History { workload_end_ms: 100, ..History::default() };
+        h.ops = vec![
+            send("a0", 1, 0, Outcome::Ok, 0),
+            send("a1", 1, 1, Outcome::Ok, 10),
+            send("a2", 1, 2, Outcome::Unknown, 20),
+            send("a3", 1, 3, Outcome::Ok, 30),
+            send("a4", 1, 4, Outcome::Failed, 40),
+        ];
+        h.deliveries = vec![delivery("a1", 5, 1, 1), delivery("a0", 6, 1, 0), delivery("a0", 9, 1, 0), delivery("a4", 7, 1, 4)];
+        h.stocked = vec![(1, 1), (1, 2)];
+        h.ops.push(Op {
+            client: "c".into(),
+            kind: OpKind::Claim { keys: vec![(1, 1)], exhausted: 0 },
+            start_ms: 1,
+            end_ms: 2,
+            outcome: Outcome::Ok,
+            error: String::new(),
+        });
+        h.ops.push(Op {
+            client: "c".into(),
+            kind: OpKind::Claim { keys: vec![(1, 1), (1, 7)], exhausted: 0 },
+            start_ms: 3,
+            end_ms: 4,
+            outcome: Outcome::Ok,
+            error: String::new(),
+        });
+        let (_, v) = check(&h);
+        let names: BTreeSet<&str> = v.iter().map(|x| x.invariant).collect();
+        for want in [
+            "acked send lost",
+            "message stored twice",
+            "delivered but not sent (or rejected)",
+            "per-device order broken",
+            "one-time prekey handed out twice",
+            "prekey never uploaded handed out",
+        ] {
+            assert!(names.contains(want), "{want} missing from {v:?}");
+        }
+    }
+
+    #[test]
+    fn a_clean_history_passes() {
+        let mut h = History { workload_end_ms: 50, ..History::default() };
+        h.ops = vec![send("a0", 1, 0, Outcome::Ok, 0), send("a1", 1, 1, Outcome::Unknown, 10), send("a2", 1, 2, Outcome::Ok, 20)];
+        h.deliveries = vec![delivery("a0", 1, 1, 0), delivery("a2", 2, 1, 2), delivery("a2", 2, 1, 2)];
+        let (stats, v) = check(&h);
+        assert!(v.is_empty(), "{v:?}");
+        assert_eq!(stats.redelivered, 1);
+        assert_eq!(stats.max_unavailability_ms, 25);
+    }
+}

@@ -1,0 +1,337 @@
+//! One chaos scenario against real `routerd` processes: start a cluster, set
+//! up users, run the workload, inject one fault and heal it, prove progress,
+//! drain the receiver, stop the cluster, check the history.
+//!
+//! ```text
+//! t=0 workload starts ── warmup ── fault injected ── healed ── caught up ── settle ── stop
+//!   then: progress probe (sends must succeed), drain (every ok send delivered), checks
+//! ```
+
+use crate::checker::{self, Stats, Violation};
+use crate::history::{FaultEvent, Outcome, Recorder};
+use crate::procs::{ProcCluster, free_base_port};
+use crate::workload::{self, Bounds, Users};
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use std::path::Path;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    KillLeader,
+    KillFollower,
+    PauseLeader,
+    RollingRestart,
+    WipeFollower,
+}
+
+impl Fault {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::KillLeader => "kill9-leader",
+            Fault::KillFollower => "kill9-follower",
+            Fault::PauseLeader => "pause-leader",
+            Fault::RollingRestart => "rolling-restart",
+            Fault::WipeFollower => "wipe-follower-disk",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub fault: Fault,
+    pub nodes: u64,
+    /// Workload before the fault.
+    pub warmup: Duration,
+    /// How long a killed/wiped node stays down, or the pause lasts.
+    pub down: Duration,
+    /// Workload after the cluster healed.
+    pub after: Duration,
+    pub senders: u32,
+    pub send_interval: Duration,
+    pub claim_interval: Duration,
+    pub prekeys_per_device: u32,
+}
+
+impl Spec {
+    pub fn name(&self) -> String {
+        format!("{}-{}n", self.fault.name(), self.nodes)
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScenarioResult {
+    pub scenario: String,
+    pub fault: Fault,
+    pub nodes: u64,
+    pub base_port: u16,
+    pub faults: Vec<FaultEvent>,
+    /// First injection to the last heal action (restart / SIGCONT).
+    pub fault_duration_ms: u64,
+    /// Heal to "every node a caught-up voter under one leader".
+    pub recovery_ms: Option<u64>,
+    /// Injection to the first send completing ok after it.
+    pub first_ok_after_fault_ms: Option<u64>,
+    pub stats: Stats,
+    pub violations: Vec<Violation>,
+    /// Facts gathered along the way (snapshot index of a wiped node, graceful exits, ...).
+    pub notes: Vec<String>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+impl ScenarioResult {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty() && self.error.is_none()
+    }
+}
+
+fn liveness(v: &mut Vec<Violation>, detail: String) {
+    v.push(Violation { invariant: "no progress after heal", detail });
+}
+
+pub async fn run(spec: &Spec, routerd: &Path, dir: &Path, seed: u64) -> ScenarioResult {
+    let began = Instant::now();
+    let mut res = ScenarioResult {
+        scenario: spec.name(),
+        fault: spec.fault,
+        nodes: spec.nodes,
+        base_port: 0,
+        faults: Vec::new(),
+        fault_duration_ms: 0,
+        recovery_ms: None,
+        first_ok_after_fault_ms: None,
+        stats: Stats::default(),
+        violations: Vec::new(),
+        notes: Vec::new(),
+        error: None,
+        duration_ms: 0,
+    };
+    let budget = spec.warmup + spec.down * spec.nodes as u32 + spec.after + Duration::from_secs(300);
+    let mut cluster = None;
+    let outcome = tokio::time::timeout(budget, run_inner(spec, routerd, dir, seed, &mut res, &mut cluster)).await;
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => res.error = Some(format!("{e:#}")),
+        Err(_) => res.error = Some(format!("scenario exceeded its {budget:?} budget")),
+    }
+    if let Some(mut c) = cluster.take() {
+        if res.error.is_some() {
+            for id in c.ids() {
+                res.notes.push(format!("node {id} log tail:\n{}", c.log_tail(id, 15)));
+            }
+        }
+        c.stop_all().await;
+    }
+    res.duration_ms = began.elapsed().as_millis() as u64;
+    res
+}
+
+async fn run_inner(spec: &Spec, routerd: &Path, dir: &Path, seed: u64, res: &mut ScenarioResult, slot: &mut Option<ProcCluster>) -> Result<()> {
+    let sdir = dir.join(spec.name());
+    if sdir.exists() {
+        std::fs::remove_dir_all(&sdir)?;
+    }
+    std::fs::create_dir_all(&sdir)?;
+    let base = free_base_port(spec.nodes, seed)?;
+    res.base_port = base;
+    let c = slot.insert(ProcCluster::prepare(routerd, &sdir, spec.nodes, base, "warn,openraft=error")?);
+    let ids = c.ids();
+    for &id in &ids {
+        c.start(id)?;
+    }
+    let view = c.view()?;
+    let leader = view.wait_for_leader(&ids, &ids, Duration::from_secs(90)).await.context("cluster did not form")?;
+    res.notes.push(format!("formed: leader node {leader}"));
+
+    let ca = c.ca_pem()?;
+    let endpoints: Vec<String> = ids.iter().map(|&i| c.provider_endpoint(i)).collect();
+    let deadline = Duration::from_secs(8);
+    let alpha_id = c.identity("provider-alpha")?;
+    let beta_id = c.identity("provider-beta")?;
+    let setup_alpha = workload::client(endpoints.clone(), ca.clone(), alpha_id.clone(), Duration::from_secs(20))?;
+    let setup_beta = workload::client(endpoints.clone(), ca.clone(), beta_id.clone(), Duration::from_secs(20))?;
+    let tag = format!("{}-{seed:x}", spec.name());
+    let users = Users::new(&tag);
+    let rec = Recorder::new();
+    workload::setup(&setup_alpha, &setup_beta, &users, spec.senders, spec.prekeys_per_device, &rec).await?;
+
+    // Workload.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (recv_stop_tx, recv_stop_rx) = watch::channel(false);
+    let hard = Instant::now() + spec.warmup + spec.down * (spec.nodes as u32 + 1) + spec.after + Duration::from_secs(200);
+    let receiver = tokio::spawn(workload::receiver(
+        workload::client(endpoints.clone(), ca.clone(), beta_id.clone(), Duration::from_secs(20))?,
+        rec.clone(),
+        recv_stop_rx,
+        hard + Duration::from_secs(60),
+    ));
+    rec.with(|h| h.workload_start_ms = rec.now_ms());
+    let mut senders = Vec::new();
+    for d in 1..=spec.senders {
+        let b = Bounds { interval: spec.send_interval, max_ops: 20_000, deadline: hard };
+        let cl = workload::client(endpoints.clone(), ca.clone(), alpha_id.clone(), deadline)?;
+        senders.push(tokio::spawn(workload::sender(cl, rec.clone(), users.clone(), tag.clone(), d, 0, stop_rx.clone(), b)));
+    }
+    let claimer = tokio::spawn(workload::claimer(
+        workload::client(endpoints.clone(), ca.clone(), alpha_id.clone(), deadline)?,
+        rec.clone(),
+        users.clone(),
+        stop_rx.clone(),
+        Bounds { interval: spec.claim_interval, max_ops: (spec.prekeys_per_device as u64).saturating_sub(20), deadline: hard },
+    ));
+
+    tokio::time::sleep(spec.warmup).await;
+    let injected = inject_and_heal(spec, c, &view, &rec, &users, res).await;
+    let heal_result = match injected {
+        Ok(healed_at) => {
+            match view.wait_for_leader(&ids, &ids, Duration::from_secs(60)).await {
+                Ok(_) => {
+                    let mut all = true;
+                    for &id in &ids {
+                        if let Err(e) = view.wait_caught_up(id, Duration::from_secs(60)).await {
+                            liveness(&mut res.violations, format!("node {id} did not catch up: {e:#}"));
+                            all = false;
+                        }
+                    }
+                    if all {
+                        res.recovery_ms = Some(rec.now_ms().saturating_sub(healed_at));
+                    }
+                }
+                Err(e) => liveness(&mut res.violations, format!("no agreed leader after heal: {e:#}")),
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    tokio::time::sleep(spec.after).await;
+    let _ = stop_tx.send(true);
+    rec.with(|h| h.workload_end_ms = rec.now_ms());
+    let mut next_n = 0;
+    for s in senders {
+        let n = tokio::time::timeout(Duration::from_secs(60), s).await.context("sender did not stop")?.context("sender task")?;
+        next_n = next_n.max(n);
+    }
+    tokio::time::timeout(Duration::from_secs(60), claimer).await.context("claimer did not stop")?.context("claimer task")?;
+    heal_result?;
+
+    // Progress: after the heal, sends succeed.
+    let probe = workload::client(endpoints.clone(), ca.clone(), alpha_id, Duration::from_secs(10))?;
+    let mut ok = 0;
+    for i in 0..5 {
+        if workload::send_one(&probe, &rec, &users, &tag, 1, next_n + i, "probe").await == Outcome::Ok {
+            ok += 1;
+        }
+    }
+    if ok < 5 {
+        liveness(&mut res.violations, format!("only {ok} of 5 probe sends succeeded after the heal"));
+    }
+
+    // Drain: every ok send delivered, then a quiet second for late duplicates.
+    let drain_deadline = Instant::now() + Duration::from_secs(30);
+    while !workload::all_ok_sends_delivered(&rec) && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = recv_stop_tx.send(true);
+    tokio::time::timeout(Duration::from_secs(30), receiver).await.context("receiver did not stop")?.context("receiver task")?;
+
+    let history = rec.take();
+    let (stats, mut v) = checker::check(&history);
+    res.stats = stats;
+    res.violations.append(&mut v);
+    res.faults = history.faults.clone();
+    if let Some(inject) = history.faults.first().map(|f| f.at_ms) {
+        res.first_ok_after_fault_ms = history
+            .ops
+            .iter()
+            .filter(|o| o.outcome == Outcome::Ok && o.end_ms >= inject && matches!(o.kind, crate::history::OpKind::Send { .. }))
+            .map(|o| o.end_ms - inject)
+            .min();
+    }
+    let file = sdir.join("history.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&history)?)?;
+    Ok(())
+}
+
+/// Injects the scenario's fault and heals it; returns when the last heal action was taken (ms).
+async fn inject_and_heal(spec: &Spec, c: &mut ProcCluster, view: &crate::cluster::ClusterView, rec: &Recorder, users: &Users, res: &mut ScenarioResult) -> Result<u64> {
+    let ids = c.ids();
+    let leader = view.current_leader().await.context("find the leader")?;
+    let follower = *ids.iter().rev().find(|&&i| i != leader).context("no follower")?;
+    let first;
+    let last;
+    match spec.fault {
+        Fault::KillLeader | Fault::KillFollower | Fault::WipeFollower => {
+            let victim = if spec.fault == Fault::KillLeader { leader } else { follower };
+            c.kill9(victim)?;
+            first = rec.fault(Some(victim), format!("SIGKILL node {victim} ({})", if victim == leader { "leader" } else { "follower" }));
+            if spec.fault == Fault::WipeFollower {
+                c.wipe(victim)?;
+                rec.fault(Some(victim), format!("data directory of node {victim} wiped"));
+            }
+            let survivors: Vec<u64> = ids.iter().copied().filter(|&i| i != victim).collect();
+            match view.wait_for_leader(&survivors, &ids, Duration::from_secs(30)).await {
+                Ok(l) => res.notes.push(format!("leader among survivors: node {l} after {} ms", rec.now_ms() - first)),
+                Err(e) => liveness(&mut res.violations, format!("survivors elected no leader: {e:#}")),
+            }
+            tokio::time::sleep(spec.down).await;
+            c.start(victim)?;
+            last = rec.fault(Some(victim), format!("node {victim} started again"));
+            if spec.fault == Fault::WipeFollower {
+                match view.wait_caught_up(victim, Duration::from_secs(90)).await {
+                    Ok(cu) => {
+                        let snap = view.status(victim).await.map(|s| s.snapshot_index).unwrap_or(0);
+                        res.notes.push(format!(
+                            "wiped node {victim} caught up in {} ms: applied {} (leader {}), snapshot index {snap}",
+                            rec.now_ms() - last,
+                            cu.applied,
+                            cu.leader_applied
+                        ));
+                    }
+                    Err(e) => liveness(&mut res.violations, format!("wiped node {victim} did not catch up: {e:#}")),
+                }
+                // Its own replica serves provider reads again.
+                let one = workload::client(vec![c.provider_endpoint(victim)], c.ca_pem()?, c.identity("provider-beta")?, Duration::from_secs(10))?;
+                match one.resolve(&users.recipient).await {
+                    Ok(r) if r.devices.len() == workload::RECIPIENT_DEVICES.len() => {
+                        res.notes.push(format!("wiped node {victim} resolves {} from its own replica", users.recipient));
+                    }
+                    Ok(r) => liveness(&mut res.violations, format!("wiped node {victim} resolves {} with {} devices", users.recipient, r.devices.len())),
+                    Err(e) => liveness(&mut res.violations, format!("wiped node {victim} does not serve Resolve: {e}")),
+                }
+            }
+        }
+        Fault::PauseLeader => {
+            c.pause(leader)?;
+            first = rec.fault(Some(leader), format!("SIGSTOP node {leader} (leader)"));
+            tokio::time::sleep(spec.down).await;
+            c.resume(leader)?;
+            last = rec.fault(Some(leader), format!("SIGCONT node {leader}"));
+        }
+        Fault::RollingRestart => {
+            first = rec.now_ms();
+            let mut l = first;
+            for &id in &ids {
+                rec.fault(Some(id), format!("SIGTERM node {id}"));
+                let graceful = c.terminate(id, Duration::from_secs(15)).await?;
+                if !graceful {
+                    res.notes.push(format!("node {id} did not exit within 15 s of SIGTERM: SIGKILLed"));
+                }
+                tokio::time::sleep(spec.down).await;
+                c.start(id)?;
+                l = rec.fault(Some(id), format!("node {id} started again"));
+                if let Err(e) = view.wait_caught_up(id, Duration::from_secs(60)).await {
+                    liveness(&mut res.violations, format!("node {id} did not rejoin during the rolling restart: {e:#}"));
+                    bail!("rolling restart stopped at node {id}");
+                }
+            }
+            last = l;
+        }
+    }
+    res.fault_duration_ms = last - first;
+    Ok(last)
+}

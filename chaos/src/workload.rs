@@ -122,6 +122,7 @@ fn stopped(stop: &watch::Receiver<bool>, b: &Bounds, done: u64) -> bool {
 }
 
 /// One sender device's loop. `first_n` lets a later phase continue the sequence.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 pub async fn sender(
     client: RouterClient,
     rec: Recorder,

@@ -417,7 +417,9 @@ async fn consume(port: u16, stream: &str, outstanding: u32, stop: Arc<AtomicBool
     let pulls = outstanding.div_ceil(batch).max(1);
     let next_subject = format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.C");
     let body = json!({"batch": batch, "expires": 1_000_000_000u64}).to_string();
-    let mut remaining: HashMap<String, u32> = HashMap::new();
+    // Pulls in the order they were issued: JetStream fills them in that order,
+    // and a pulled message carries the stream subject, not the pull's inbox.
+    let mut remaining: std::collections::VecDeque<(String, u32)> = std::collections::VecDeque::new();
     let mut req_no = 0u64;
     let mut ev = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -425,7 +427,7 @@ async fn consume(port: u16, stream: &str, outstanding: u32, stop: Arc<AtomicBool
             req_no += 1;
             let reply = format!("{prefix}.{req_no}");
             c.publish(&next_subject, Some(&reply), body.as_bytes())?;
-            remaining.insert(reply, batch);
+            remaining.push_back((reply, batch));
         }
         let m = match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
             Err(_) => continue,
@@ -434,14 +436,14 @@ async fn consume(port: u16, stream: &str, outstanding: u32, stop: Arc<AtomicBool
         };
         if let Some(code) = m.status {
             tracing_like(&format!("  pull {} ended: status {code}", m.subject));
-            // 408 request expired, 409 limits, 404 no messages: the pull is over.
-            remaining.remove(&m.subject);
+            // 408 request expired, 409 limits, 404 no messages: that pull is over.
+            remaining.retain(|(r, _)| *r != m.subject);
             continue;
         }
-        if let Some(left) = remaining.get_mut(&m.subject) {
-            *left -= 1;
-            if *left == 0 {
-                remaining.remove(&m.subject);
+        if let Some(front) = remaining.front_mut() {
+            front.1 -= 1;
+            if front.1 == 0 {
+                remaining.pop_front();
             }
         }
         if let Some(reply) = &m.reply {

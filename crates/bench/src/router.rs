@@ -398,9 +398,9 @@ pub async fn groups(cluster: &RouterCluster, o: &GroupOpts) -> anyhow::Result<De
     Ok(run)
 }
 
-async fn futures_join<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
+async fn futures_join<F>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();

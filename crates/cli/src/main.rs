@@ -332,7 +332,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Cmd::Backup { out: path } => {
-            let mut stream = admin.client(&cli.endpoints[0])?.backup(BackupRequest {}).await?.into_inner();
+            // The leader serves the latest state (it applies everything committed first).
+            let mut stream = admin.client(&leader().await?)?.backup(BackupRequest {}).await?.into_inner();
             let (mut bytes, mut applied) = (Vec::new(), 0);
             while let Some(chunk) = stream.message().await? {
                 if chunk.applied_index != 0 {

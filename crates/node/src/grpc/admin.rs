@@ -278,6 +278,16 @@ impl Admin for AdminService {
 
     async fn backup(&self, req: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
         require_admin(&req)?;
+        // On the leader, first make sure everything committed before this call
+        // is applied here (a linearizable read), so the backup is the latest
+        // state; on a follower the backup is consistent but may trail.
+        if self.ctx.raft.metrics().borrow().current_leader == Some(self.ctx.node_id) {
+            self.ctx
+                .raft
+                .ensure_linearizable()
+                .await
+                .map_err(|e| Status::unavailable(format!("backup read barrier: {e}")))?;
+        }
         // The read lock makes state and applied index one consistent cut.
         let (state, applied) = {
             let guard = self.ctx.state.read().expect("state lock poisoned");

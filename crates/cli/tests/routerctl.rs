@@ -260,6 +260,8 @@ async fn provider_onboarding_lifecycle() {
     assert_eq!(delta.ack(vec![first.seq]).await.unwrap_err().reason(), Some("PROVIDER_SUSPENDED"));
     alpha.send(msg("d-2")).await.unwrap();
     ctl.ok(&[1], &["provider", "reactivate", "delta"]).await;
+    // Local replicas (which serve Receive) learn the reactivation a moment later.
+    tc.wait_until(Duration::from_secs(10), |s| s.is_onboarded(&router_core::ProviderId::new("delta"))).await.unwrap();
     // Nothing was lost: both messages are there after reactivation.
     let mut sub = delta.subscribe(8);
     let mut ids = Vec::new();

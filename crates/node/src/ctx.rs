@@ -80,16 +80,46 @@ impl NodeCtx {
     }
 
     /// Local check for reads (writes are checked inside `apply`).
-    pub fn require_onboarded(&self, provider: &ProviderId) -> Result<(), Status> {
+    pub async fn require_onboarded(&self, provider: &ProviderId) -> Result<(), Status> {
         self.require_member()?;
-        match self.read(|s| s.provider_refusal(provider)) {
+        match self.read_settled(|s| s.provider_refusal(provider), Option::is_none).await {
             None => Ok(()),
             Some(r) => Err(status::rejection(&r)),
+        }
+    }
+
+    /// Reads the local replica; when the answer is a miss (`ok` false) on a
+    /// follower, waits up to [`LAGGING_READ_WAIT`] for newer entries and reads
+    /// again. A write acknowledged just before (on the leader) reaches a
+    /// follower within a heartbeat, so a client that registered a user, or an
+    /// operator who reactivated a provider, is not refused by a lagging node.
+    pub async fn read_settled<R>(&self, f: impl Fn(&State) -> R, ok: impl Fn(&R) -> bool) -> R {
+        let first = self.read(&f);
+        let is_leader = self.raft.metrics().borrow().current_leader == Some(self.node_id);
+        if ok(&first) || is_leader {
+            return first;
+        }
+        let mut applied = self.applied.clone();
+        let deadline = tokio::time::Instant::now() + LAGGING_READ_WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => {
+                    let again = self.read(&f);
+                    if ok(&again) {
+                        return again;
+                    }
+                }
+                _ => return self.read(&f),
+            }
         }
     }
 }
 
 pub type Ctx = Arc<NodeCtx>;
+
+/// How long a follower waits for newer entries before answering a miss
+/// (about two heartbeats).
+pub const LAGGING_READ_WAIT: std::time::Duration = std::time::Duration::from_millis(150);
 
 /// File in the data directory marking a node that was removed.
 pub const REMOVED_MARKER: &str = "REMOVED";

@@ -64,9 +64,9 @@ impl Directory for DirectoryService {
 
     async fn resolve(&self, req: Request<ResolveRequest>) -> Result<Response<ResolveResponse>, Status> {
         let provider = provider_of(&req)?;
-        self.ctx.require_onboarded(&provider)?;
+        self.ctx.require_onboarded(&provider).await?;
         let user = validate::user_id("user_id", &req.get_ref().user_id, &self.ctx.limits)?;
-        let found = self.ctx.read(|s| {
+        let found = self.ctx.read_settled(|s| {
             s.user(&user).map(|rec| ResolveResponse {
                 user_id: user.0.clone(),
                 provider_id: rec.provider.0.clone(),
@@ -76,7 +76,7 @@ impl Directory for DirectoryService {
                     .map(|(d, r)| Device { device_id: *d, registration_id: r.registration_id })
                     .collect(),
             })
-        });
+        }, Option::is_some).await;
         found
             .map(Response::new)
             .ok_or_else(|| status::rejection(&router_core::Rejection::UserNotFound { user }))

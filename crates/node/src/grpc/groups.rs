@@ -72,7 +72,7 @@ impl Groups for GroupsService {
 
     async fn get_group(&self, req: Request<GetGroupRequest>) -> Result<Response<GroupInfo>, Status> {
         let provider = provider_of(&req)?;
-        self.ctx.require_onboarded(&provider)?;
+        self.ctx.require_onboarded(&provider).await?;
         let group = group_id(&req.get_ref().group_id)?;
         let info = self.ctx.read(|s| {
             s.groups.get(&group).map(|g| GroupInfo {

@@ -310,7 +310,7 @@ impl MediaService {
     /// Everything up to the response head; then hands the body to a pump task.
     async fn open(&self, req: Request<FetchMediaRequest>) -> Result<ReceiverStream<Result<MediaChunk, Status>>, Status> {
         let caller = provider_of(&req)?;
-        self.ctx.require_onboarded(&caller)?;
+        self.ctx.require_onboarded(&caller).await?;
         let (fetch, sender) = self.check_request(req.into_inner())?;
         let target = &fetch.target;
 

@@ -83,7 +83,7 @@ impl Messaging for MessagingService {
 
     async fn receive(&self, req: Request<ReceiveRequest>) -> Result<Response<Self::ReceiveStream>, Status> {
         let provider = provider_of(&req)?;
-        self.ctx.require_onboarded(&provider)?;
+        self.ctx.require_onboarded(&provider).await?;
         let limits = &self.ctx.limits;
         let window = match req.get_ref().window {
             0 => limits.default_receive_window,

@@ -56,11 +56,11 @@ impl Prekeys for PrekeysService {
 
     async fn prekey_count(&self, req: Request<PrekeyCountRequest>) -> Result<Response<PrekeyCountResponse>, Status> {
         let provider = provider_of(&req)?;
-        self.ctx.require_onboarded(&provider)?;
+        self.ctx.require_onboarded(&provider).await?;
         let r = req.get_ref();
         let user = validate::user_id("user_id", &r.user_id, &self.ctx.limits)?;
         let device = validate::device_id("device_id", r.device_id)?;
-        let answer = self.ctx.read(|s| {
+        let answer = self.ctx.read_settled(|s| {
             let rec = s.user(&user).ok_or_else(|| Rejection::UserNotFound { user: user.clone() })?;
             if rec.provider != provider {
                 return Err(Rejection::NotOwner { user: user.clone() });
@@ -75,7 +75,7 @@ impl Prekeys for PrekeysService {
                 },
                 None => PrekeyCountResponse::default(),
             })
-        });
+        }, Result::is_ok).await;
         answer.map(Response::new).map_err(|r| status::rejection(&r))
     }
 }

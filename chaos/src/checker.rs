@@ -51,7 +51,8 @@ pub fn check(h: &History) -> (Stats, Vec<Violation>) {
             OpKind::Send { .. } => "send",
             OpKind::Claim { .. } => "claim",
         };
-        let outcome = serde_json::to_value(op.outcome).ok().and_then(|x| x.as_str().map(str::to_string)).unwrap_or_default();
+        let outcome =
+            serde_json::to_value(op.outcome).ok().and_then(|x| x.as_str().map(str::to_string)).unwrap_or_default();
         *stats.ops.entry(kind.into()).or_default().entry(outcome).or_default() += 1;
     }
 
@@ -77,14 +78,21 @@ pub fn check(h: &History) -> (Stats, Vec<Violation>) {
         .ops
         .iter()
         .filter_map(|op| match &op.kind {
-            OpKind::Send { message_id, sender_device, n, mailbox_seq } => Some((op, message_id.as_str(), *sender_device, *n, *mailbox_seq)),
+            OpKind::Send { message_id, sender_device, n, mailbox_seq } => {
+                Some((op, message_id.as_str(), *sender_device, *n, *mailbox_seq))
+            }
             _ => None,
         })
         .collect();
-    let sent: BTreeMap<&str, (Outcome, u32, u64)> = sends.iter().map(|(op, id, d, n, _)| (*id, (op.outcome, *d, *n))).collect();
+    let sent: BTreeMap<&str, (Outcome, u32, u64)> =
+        sends.iter().map(|(op, id, d, n, _)| (*id, (op.outcome, *d, *n))).collect();
 
     // 1. No acked send lost.
-    let lost = sends.iter().filter(|(op, id, ..)| op.outcome == Outcome::Ok && !by_id.contains_key(id)).map(|(_, id, ..)| id.to_string()).collect();
+    let lost = sends
+        .iter()
+        .filter(|(op, id, ..)| op.outcome == Outcome::Ok && !by_id.contains_key(id))
+        .map(|(_, id, ..)| id.to_string())
+        .collect();
     cap(&mut v, "acked send lost", lost);
 
     // 2. Stored once: one mailbox seq per message id, and the seq the sender was told.
@@ -115,7 +123,8 @@ pub fn check(h: &History) -> (Stats, Vec<Violation>) {
                 if *outcome == Outcome::Unknown {
                     stats.unknown_sends_delivered += 1;
                 }
-                let want: Vec<(u32, String)> = crate::workload::RECIPIENT_DEVICES.iter().map(|&(r, _)| (r, part_text(*d, r, *n))).collect();
+                let want: Vec<(u32, String)> =
+                    crate::workload::RECIPIENT_DEVICES.iter().map(|&(r, _)| (r, part_text(*d, r, *n))).collect();
                 if ds.iter().any(|x| x.parts != want) {
                     altered.push(format!("{id}: {:?}", ds[0].parts));
                 }
@@ -143,7 +152,8 @@ pub fn check(h: &History) -> (Stats, Vec<Violation>) {
         for w in list.windows(2) {
             if w[0].1 >= w[1].1 {
                 for &(r, _) in &crate::workload::RECIPIENT_DEVICES {
-                    reordered.push(format!("s{d}->r{r}: n{} (seq {}) before n{} (seq {})", w[0].0, w[0].1, w[1].0, w[1].1));
+                    reordered
+                        .push(format!("s{d}->r{r}: n{} (seq {}) before n{} (seq {})", w[0].0, w[0].1, w[1].0, w[1].1));
                 }
             }
         }
@@ -171,7 +181,8 @@ pub fn check(h: &History) -> (Stats, Vec<Violation>) {
     cap(&mut v, "prekey never uploaded handed out", foreign);
 
     // Availability: the longest stretch of the workload window without an ok send.
-    let mut oks: Vec<u64> = sends.iter().filter(|(op, ..)| op.outcome == Outcome::Ok).map(|(op, ..)| op.end_ms).collect();
+    let mut oks: Vec<u64> =
+        sends.iter().filter(|(op, ..)| op.outcome == Outcome::Ok).map(|(op, ..)| op.end_ms).collect();
     oks.retain(|t| *t >= h.workload_start_ms && *t <= h.workload_end_ms);
     oks.sort_unstable();
     let mut points = vec![h.workload_start_ms];
@@ -212,7 +223,8 @@ mod tests {
             send("a3", 1, 3, Outcome::Ok, 30),
             send("a4", 1, 4, Outcome::Failed, 40),
         ];
-        h.deliveries = vec![delivery("a1", 5, 1, 1), delivery("a0", 6, 1, 0), delivery("a0", 9, 1, 0), delivery("a4", 7, 1, 4)];
+        h.deliveries =
+            vec![delivery("a1", 5, 1, 1), delivery("a0", 6, 1, 0), delivery("a0", 9, 1, 0), delivery("a4", 7, 1, 4)];
         h.stocked = vec![(1, 1), (1, 2)];
         h.ops.push(Op {
             client: "c".into(),
@@ -247,7 +259,11 @@ mod tests {
     #[test]
     fn a_clean_history_passes() {
         let mut h = History { workload_end_ms: 50, ..History::default() };
-        h.ops = vec![send("a0", 1, 0, Outcome::Ok, 0), send("a1", 1, 1, Outcome::Unknown, 10), send("a2", 1, 2, Outcome::Ok, 20)];
+        h.ops = vec![
+            send("a0", 1, 0, Outcome::Ok, 0),
+            send("a1", 1, 1, Outcome::Unknown, 10),
+            send("a2", 1, 2, Outcome::Ok, 20),
+        ];
         h.deliveries = vec![delivery("a0", 1, 1, 0), delivery("a2", 2, 1, 2), delivery("a2", 2, 1, 2)];
         let (stats, v) = check(&h);
         assert!(v.is_empty(), "{v:?}");

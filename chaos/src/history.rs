@@ -24,7 +24,10 @@ pub enum Outcome {
 pub fn classify(e: &SdkError) -> Outcome {
     match e {
         // Internal/Unknown: the node may have failed after the entry was proposed.
-        SdkError::Rejected { code: Code::Internal | Code::Unknown | Code::DeadlineExceeded | Code::Unavailable, .. } => Outcome::Unknown,
+        SdkError::Rejected {
+            code: Code::Internal | Code::Unknown | Code::DeadlineExceeded | Code::Unavailable,
+            ..
+        } => Outcome::Unknown,
         SdkError::Rejected { .. } | SdkError::Config(_) => Outcome::Failed,
         SdkError::Unavailable { .. } => Outcome::Unknown,
     }

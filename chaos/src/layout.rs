@@ -97,7 +97,8 @@ impl Layout {
     /// `docker run` arguments (after `--name`) for node `id`.
     pub fn run_args(&self, id: u64, image: &str, rust_log: &str) -> Vec<String> {
         let n = self.node(id);
-        let mount = |host: &Path, inside: String| format!("type=bind,source={},target={inside},readonly", host.display());
+        let mount =
+            |host: &Path, inside: String| format!("type=bind,source={},target={inside},readonly", host.display());
         let mut args: Vec<String> = vec![
             "--network".into(),
             self.network.clone(),
@@ -132,14 +133,27 @@ impl Layout {
             "--mount".into(),
             mount(&n.key, format!("{CERTS_IN_CONTAINER}/node-{id}.key")),
         ];
-        args.extend([image.to_string(), "--config".into(), CONFIG_IN_CONTAINER.into(), "--grace-seconds".into(), "5".into()]);
+        args.extend([
+            image.to_string(),
+            "--config".into(),
+            CONFIG_IN_CONTAINER.into(),
+            "--grace-seconds".into(),
+            "5".into(),
+        ]);
         args
     }
 }
 
 /// Runs `routerd init-dev` into `dir/init` and writes the container configs
 /// into `dir/container`. `ports` holds two free host ports per node.
-pub async fn prepare(routerd: &Path, dir: &Path, prefix: &str, nodes: u64, providers: &[&str], ports: &[u16]) -> Result<Layout> {
+pub async fn prepare(
+    routerd: &Path,
+    dir: &Path,
+    prefix: &str,
+    nodes: u64,
+    providers: &[&str],
+    ports: &[u16],
+) -> Result<Layout> {
     if ports.len() < 2 * nodes as usize {
         bail!("need {} host ports, got {}", 2 * nodes, ports.len());
     }

@@ -41,7 +41,8 @@ pub struct ProcCluster {
 
 /// One signal to one PID, through the `kill` utility (no libc binding needed).
 fn signal(pid: u32, sig: &str) -> Result<()> {
-    let st = Command::new("kill").args(["-s", sig, &pid.to_string()]).stderr(Stdio::null()).status().context("run kill")?;
+    let st =
+        Command::new("kill").args(["-s", sig, &pid.to_string()]).stderr(Stdio::null()).status().context("run kill")?;
     if !st.success() {
         bail!("kill -s {sig} {pid} failed ({st})");
     }
@@ -69,7 +70,13 @@ impl ProcCluster {
             let data_dir = data_dir_of(&text).with_context(|| format!("no data_dir in {}", config.display()))?;
             procs.push(Proc { id, config, data_dir, child: None, starts: 0 });
         }
-        Ok(ProcCluster { dir: dir.to_path_buf(), base_port, routerd: routerd.to_path_buf(), procs, rust_log: rust_log.into() })
+        Ok(ProcCluster {
+            dir: dir.to_path_buf(),
+            base_port,
+            routerd: routerd.to_path_buf(),
+            procs,
+            rust_log: rust_log.into(),
+        })
     }
 
     pub fn ids(&self) -> Vec<u64> {
@@ -233,7 +240,10 @@ pub fn apply_overrides(text: &str, overrides: &[(&str, &str, &str)]) -> String {
         let setting = format!("{key} = {value}");
         match lines.iter().position(|l| l.trim() == header) {
             Some(h) => {
-                let end = lines[h + 1..].iter().position(|l| l.trim_start().starts_with('[')).map_or(lines.len(), |e| h + 1 + e);
+                let end = lines[h + 1..]
+                    .iter()
+                    .position(|l| l.trim_start().starts_with('['))
+                    .map_or(lines.len(), |e| h + 1 + e);
                 let existing = (h + 1..end).find(|&i| lines[i].split('=').next().is_some_and(|k| k.trim() == *key));
                 match existing {
                     Some(i) => lines[i] = setting,
@@ -257,9 +267,8 @@ pub fn apply_overrides(text: &str, overrides: &[(&str, &str, &str)]) -> String {
 pub fn free_base_port(nodes: u64, seed: u64) -> Result<u16> {
     for attempt in 0..64u64 {
         let base = 20_000 + ((seed.wrapping_mul(7919).wrapping_add(attempt * 104_729)) % 400) as u16 * 100;
-        let ok = (1..=nodes).all(|i| {
-            (1..=3).all(|k| std::net::TcpListener::bind(("127.0.0.1", base + 10 * i as u16 + k)).is_ok())
-        });
+        let ok = (1..=nodes)
+            .all(|i| (1..=3).all(|k| std::net::TcpListener::bind(("127.0.0.1", base + 10 * i as u16 + k)).is_ok()));
         if ok {
             return Ok(base);
         }

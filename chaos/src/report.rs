@@ -46,9 +46,16 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn build(send: &SendLog, recv: &ReceiveLog, killed_at: Option<Instant>, leader_before: u64, rejoin: Rejoin) -> Report {
+    pub fn build(
+        send: &SendLog,
+        recv: &ReceiveLog,
+        killed_at: Option<Instant>,
+        leader_before: u64,
+        rejoin: Rejoin,
+    ) -> Report {
         let acked: BTreeSet<&String> = send.acked.iter().map(|(id, _)| id).collect();
-        let lost: Vec<String> = acked.iter().filter(|id| !recv.by_message.contains_key(**id)).map(|s| s.to_string()).collect();
+        let lost: Vec<String> =
+            acked.iter().filter(|id| !recv.by_message.contains_key(**id)).map(|s| s.to_string()).collect();
         let duplicates = recv.by_message.iter().filter(|(_, seqs)| seqs.len() > 1).map(|(id, _)| id.clone()).collect();
         let stored_twice = recv
             .by_message
@@ -89,15 +96,25 @@ impl Report {
     pub fn checks(&self) -> Vec<(&'static str, bool, String)> {
         let r = &self.rejoin;
         vec![
-            ("every send acknowledged", self.send_failures.is_empty(), first(&self.send_failures.iter().map(|(id, e)| format!("{id}: {e}")).collect::<Vec<_>>())),
-            ("sending continued after the kill", self.acked_after_kill > 0, format!("{} acked after the kill", self.acked_after_kill)),
+            (
+                "every send acknowledged",
+                self.send_failures.is_empty(),
+                first(&self.send_failures.iter().map(|(id, e)| format!("{id}: {e}")).collect::<Vec<_>>()),
+            ),
+            (
+                "sending continued after the kill",
+                self.acked_after_kill > 0,
+                format!("{} acked after the kill", self.acked_after_kill),
+            ),
             ("every acked message delivered", self.lost.is_empty(), first(&self.lost)),
             ("no duplicates at the app", self.duplicates.is_empty(), first(&self.duplicates)),
             ("each message stored once", self.stored_twice.is_empty(), first(&self.stored_twice)),
             (
                 "killed node rejoined (voter, caught up)",
                 r.problem.is_none() && r.caught_up_after.is_some(),
-                r.problem.clone().unwrap_or_else(|| format!("applied {} / leader {}, voters {:?}", r.applied, r.leader_applied, r.voters)),
+                r.problem.clone().unwrap_or_else(|| {
+                    format!("applied {} / leader {}, voters {:?}", r.applied, r.leader_applied, r.voters)
+                }),
             ),
             ("killed node serves providers again", r.serves_providers, String::new()),
         ]
@@ -122,7 +139,12 @@ impl Report {
             ("receiver reconnects / errors", format!("{} / {}", self.receiver_reconnects, self.receiver_errors)),
             (
                 "leader",
-                format!("node {} -> node {} (killed node {})", self.leader_before, r.new_leader.map_or("?".into(), |l| l.to_string()), r.killed),
+                format!(
+                    "node {} -> node {} (killed node {})",
+                    self.leader_before,
+                    r.new_leader.map_or("?".into(), |l| l.to_string()),
+                    r.killed
+                ),
             ),
             ("failover (kill -> next ack)", ms(self.failover_next_ack)),
             ("longest gap between acks", ms(self.longest_ack_gap)),

@@ -130,7 +130,14 @@ pub async fn run(spec: &Spec, routerd: &Path, dir: &Path, seed: u64) -> Scenario
     res
 }
 
-async fn run_inner(spec: &Spec, routerd: &Path, dir: &Path, seed: u64, res: &mut ScenarioResult, slot: &mut Option<ProcCluster>) -> Result<()> {
+async fn run_inner(
+    spec: &Spec,
+    routerd: &Path,
+    dir: &Path,
+    seed: u64,
+    res: &mut ScenarioResult,
+    slot: &mut Option<ProcCluster>,
+) -> Result<()> {
     let sdir = dir.join(spec.name());
     if sdir.exists() {
         std::fs::remove_dir_all(&sdir)?;
@@ -162,7 +169,8 @@ async fn run_inner(spec: &Spec, routerd: &Path, dir: &Path, seed: u64, res: &mut
     // Workload.
     let (stop_tx, stop_rx) = watch::channel(false);
     let (recv_stop_tx, recv_stop_rx) = watch::channel(false);
-    let hard = Instant::now() + spec.warmup + spec.down * (spec.nodes as u32 + 1) + spec.after + Duration::from_secs(200);
+    let hard =
+        Instant::now() + spec.warmup + spec.down * (spec.nodes as u32 + 1) + spec.after + Duration::from_secs(200);
     let receiver = tokio::spawn(workload::receiver(
         workload::client(endpoints.clone(), ca.clone(), beta_id.clone(), Duration::from_secs(20))?,
         rec.clone(),
@@ -174,14 +182,27 @@ async fn run_inner(spec: &Spec, routerd: &Path, dir: &Path, seed: u64, res: &mut
     for d in 1..=spec.senders {
         let b = Bounds { interval: spec.send_interval, max_ops: 20_000, deadline: hard };
         let cl = workload::client(endpoints.clone(), ca.clone(), alpha_id.clone(), deadline)?;
-        senders.push(tokio::spawn(workload::sender(cl, rec.clone(), users.clone(), tag.clone(), d, 0, stop_rx.clone(), b)));
+        senders.push(tokio::spawn(workload::sender(
+            cl,
+            rec.clone(),
+            users.clone(),
+            tag.clone(),
+            d,
+            0,
+            stop_rx.clone(),
+            b,
+        )));
     }
     let claimer = tokio::spawn(workload::claimer(
         workload::client(endpoints.clone(), ca.clone(), alpha_id.clone(), deadline)?,
         rec.clone(),
         users.clone(),
         stop_rx.clone(),
-        Bounds { interval: spec.claim_interval, max_ops: (spec.prekeys_per_device as u64).saturating_sub(20), deadline: hard },
+        Bounds {
+            interval: spec.claim_interval,
+            max_ops: (spec.prekeys_per_device as u64).saturating_sub(20),
+            deadline: hard,
+        },
     ));
 
     tokio::time::sleep(spec.warmup).await;
@@ -212,10 +233,16 @@ async fn run_inner(spec: &Spec, routerd: &Path, dir: &Path, seed: u64, res: &mut
     rec.with(|h| h.workload_end_ms = rec.now_ms());
     let mut next_n = 0;
     for s in senders {
-        let n = tokio::time::timeout(Duration::from_secs(60), s).await.context("sender did not stop")?.context("sender task")?;
+        let n = tokio::time::timeout(Duration::from_secs(60), s)
+            .await
+            .context("sender did not stop")?
+            .context("sender task")?;
         next_n = next_n.max(n);
     }
-    tokio::time::timeout(Duration::from_secs(60), claimer).await.context("claimer did not stop")?.context("claimer task")?;
+    tokio::time::timeout(Duration::from_secs(60), claimer)
+        .await
+        .context("claimer did not stop")?
+        .context("claimer task")?;
     heal_result?;
 
     // Progress: after the heal, sends succeed.
@@ -237,7 +264,10 @@ async fn run_inner(spec: &Spec, routerd: &Path, dir: &Path, seed: u64, res: &mut
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = recv_stop_tx.send(true);
-    tokio::time::timeout(Duration::from_secs(30), receiver).await.context("receiver did not stop")?.context("receiver task")?;
+    tokio::time::timeout(Duration::from_secs(30), receiver)
+        .await
+        .context("receiver did not stop")?
+        .context("receiver task")?;
 
     let history = rec.take();
     let (stats, mut v) = checker::check(&history);
@@ -248,7 +278,9 @@ async fn run_inner(spec: &Spec, routerd: &Path, dir: &Path, seed: u64, res: &mut
         res.first_ok_after_fault_ms = history
             .ops
             .iter()
-            .filter(|o| o.outcome == Outcome::Ok && o.end_ms >= inject && matches!(o.kind, crate::history::OpKind::Send { .. }))
+            .filter(|o| {
+                o.outcome == Outcome::Ok && o.end_ms >= inject && matches!(o.kind, crate::history::OpKind::Send { .. })
+            })
             .map(|o| o.end_ms - inject)
             .min();
     }
@@ -258,7 +290,14 @@ async fn run_inner(spec: &Spec, routerd: &Path, dir: &Path, seed: u64, res: &mut
 }
 
 /// Injects the scenario's fault and heals it; returns when the last heal action was taken (ms).
-async fn inject_and_heal(spec: &Spec, c: &mut ProcCluster, view: &crate::cluster::ClusterView, rec: &Recorder, users: &Users, res: &mut ScenarioResult) -> Result<u64> {
+async fn inject_and_heal(
+    spec: &Spec,
+    c: &mut ProcCluster,
+    view: &crate::cluster::ClusterView,
+    rec: &Recorder,
+    users: &Users,
+    res: &mut ScenarioResult,
+) -> Result<u64> {
     let ids = c.ids();
     let leader = view.current_leader().await.context("find the leader")?;
     let follower = *ids.iter().rev().find(|&&i| i != leader).context("no follower")?;
@@ -268,7 +307,10 @@ async fn inject_and_heal(spec: &Spec, c: &mut ProcCluster, view: &crate::cluster
         Fault::KillLeader | Fault::KillFollower | Fault::WipeFollower => {
             let victim = if spec.fault == Fault::KillLeader { leader } else { follower };
             c.kill9(victim)?;
-            first = rec.fault(Some(victim), format!("SIGKILL node {victim} ({})", if victim == leader { "leader" } else { "follower" }));
+            first = rec.fault(
+                Some(victim),
+                format!("SIGKILL node {victim} ({})", if victim == leader { "leader" } else { "follower" }),
+            );
             if spec.fault == Fault::WipeFollower {
                 c.wipe(victim)?;
                 rec.fault(Some(victim), format!("data directory of node {victim} wiped"));
@@ -295,12 +337,21 @@ async fn inject_and_heal(spec: &Spec, c: &mut ProcCluster, view: &crate::cluster
                     Err(e) => liveness(&mut res.violations, format!("wiped node {victim} did not catch up: {e:#}")),
                 }
                 // Its own replica serves provider reads again.
-                let one = workload::client(vec![c.provider_endpoint(victim)], c.ca_pem()?, c.identity("provider-beta")?, Duration::from_secs(10))?;
+                let one = workload::client(
+                    vec![c.provider_endpoint(victim)],
+                    c.ca_pem()?,
+                    c.identity("provider-beta")?,
+                    Duration::from_secs(10),
+                )?;
                 match one.resolve(&users.recipient).await {
                     Ok(r) if r.devices.len() == workload::RECIPIENT_DEVICES.len() => {
-                        res.notes.push(format!("wiped node {victim} resolves {} from its own replica", users.recipient));
+                        res.notes
+                            .push(format!("wiped node {victim} resolves {} from its own replica", users.recipient));
                     }
-                    Ok(r) => liveness(&mut res.violations, format!("wiped node {victim} resolves {} with {} devices", users.recipient, r.devices.len())),
+                    Ok(r) => liveness(
+                        &mut res.violations,
+                        format!("wiped node {victim} resolves {} with {} devices", users.recipient, r.devices.len()),
+                    ),
                     Err(e) => liveness(&mut res.violations, format!("wiped node {victim} does not serve Resolve: {e}")),
                 }
             }
@@ -325,7 +376,10 @@ async fn inject_and_heal(spec: &Spec, c: &mut ProcCluster, view: &crate::cluster
                 c.start(id)?;
                 l = rec.fault(Some(id), format!("node {id} started again"));
                 if let Err(e) = view.wait_caught_up(id, Duration::from_secs(60)).await {
-                    liveness(&mut res.violations, format!("node {id} did not rejoin during the rolling restart: {e:#}"));
+                    liveness(
+                        &mut res.violations,
+                        format!("node {id} did not rejoin during the rolling restart: {e:#}"),
+                    );
                     bail!("rolling restart stopped at node {id}");
                 }
             }

@@ -116,7 +116,13 @@ impl Expectation {
 
 /// Receives and acks until `expect` is satisfied and `quiet` passed without a new
 /// entry (to catch late duplicates), or until `deadline`.
-pub async fn receive(client: RouterClient, window: u32, expect: Expectation, quiet: Duration, deadline: Instant) -> ReceiveLog {
+pub async fn receive(
+    client: RouterClient,
+    window: u32,
+    expect: Expectation,
+    quiet: Duration,
+    deadline: Instant,
+) -> ReceiveLog {
     const ACK_BATCH: usize = 64;
     let mut sub = client.subscribe(window);
     let mut log = ReceiveLog::default();
@@ -128,7 +134,9 @@ pub async fn receive(client: RouterClient, window: u32, expect: Expectation, qui
                 last_entry = Instant::now();
                 log.handed_out += 1;
                 match entry.kind {
-                    Some(mailbox_entry::Kind::Envelope(env)) => log.by_message.entry(env.message_id).or_default().push(entry.seq),
+                    Some(mailbox_entry::Kind::Envelope(env)) => {
+                        log.by_message.entry(env.message_id).or_default().push(entry.seq)
+                    }
                     _ => log.other_entries += 1,
                 }
                 pending.push(entry.seq);

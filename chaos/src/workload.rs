@@ -15,7 +15,9 @@ use crate::history::{Delivery, Op, OpKind, Outcome, Recorder, classify};
 use anyhow::{Context, Result};
 use rand::SeedableRng;
 use router_prekeys::sign::KeyPair;
-use router_sdk::v1::{ContentType, DeviceCiphertext, EcOneTimePrekey, SendRequest, SignedEcPrekey, UploadPrekeysRequest, mailbox_entry};
+use router_sdk::v1::{
+    ContentType, DeviceCiphertext, EcOneTimePrekey, SendRequest, SignedEcPrekey, UploadPrekeysRequest, mailbox_entry,
+};
 use router_sdk::{RouterClient, SdkError};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -35,7 +37,11 @@ pub struct Users {
 
 impl Users {
     pub fn new(tag: &str) -> Users {
-        Users { sender: format!("handle:{tag}-alice"), recipient: format!("handle:{tag}-bob"), claimed: format!("handle:{tag}-carol") }
+        Users {
+            sender: format!("handle:{tag}-alice"),
+            recipient: format!("handle:{tag}-bob"),
+            claimed: format!("handle:{tag}-carol"),
+        }
     }
 }
 
@@ -57,7 +63,14 @@ where
 }
 
 /// Registers the users and devices and stocks `claimed` with `per_device` one-time prekeys per device.
-pub async fn setup(alpha: &RouterClient, beta: &RouterClient, users: &Users, senders: u32, per_device: u32, rec: &Recorder) -> Result<()> {
+pub async fn setup(
+    alpha: &RouterClient,
+    beta: &RouterClient,
+    users: &Users,
+    senders: u32,
+    per_device: u32,
+    rec: &Recorder,
+) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     settle("register sender", deadline, || alpha.register_user(&users.sender)).await?;
     for d in 1..=senders {
@@ -86,7 +99,14 @@ pub async fn setup(alpha: &RouterClient, beta: &RouterClient, users: &Users, sen
 
 /// A valid upload: a signed prekey (XEdDSA over the public key, as libsignal
 /// checks it) and `count` one-time EC keys with ids from `first`.
-fn signed_upload(identity: &KeyPair, rng: &mut rand::rngs::StdRng, user: &str, device: u32, first: u32, count: u32) -> UploadPrekeysRequest {
+fn signed_upload(
+    identity: &KeyPair,
+    rng: &mut rand::rngs::StdRng,
+    user: &str,
+    device: u32,
+    first: u32,
+    count: u32,
+) -> UploadPrekeysRequest {
     use rand::RngCore;
     let spk_public = KeyPair::generate(rng).public.to_vec();
     let mut random = [0u8; 64];
@@ -143,7 +163,15 @@ pub async fn sender(
 }
 
 /// One recorded send; returns its outcome.
-pub async fn send_one(client: &RouterClient, rec: &Recorder, users: &Users, tag: &str, device: u32, n: u64, who: &str) -> Outcome {
+pub async fn send_one(
+    client: &RouterClient,
+    rec: &Recorder,
+    users: &Users,
+    tag: &str,
+    device: u32,
+    n: u64,
+    who: &str,
+) -> Outcome {
     let message_id = format!("{tag}-d{device}-{n:06}");
     let req = SendRequest {
         message_id: message_id.clone(),
@@ -169,7 +197,14 @@ pub async fn send_one(client: &RouterClient, rec: &Recorder, users: &Users, tag:
         Ok(r) => (Outcome::Ok, Some(r.mailbox_seq), String::new()),
         Err(e) => (classify(&e), None, e.to_string()),
     };
-    rec.op(Op { client: who.into(), kind: OpKind::Send { message_id, sender_device: device, n, mailbox_seq }, start_ms, end_ms, outcome, error });
+    rec.op(Op {
+        client: who.into(),
+        kind: OpKind::Send { message_id, sender_device: device, n, mailbox_seq },
+        start_ms,
+        end_ms,
+        outcome,
+        error,
+    });
     outcome
 }
 
@@ -182,13 +217,24 @@ pub async fn claimer(client: RouterClient, rec: Recorder, users: Users, stop: wa
         let end_ms = rec.now_ms();
         let (outcome, keys, exhausted, error) = match result {
             Ok(r) => {
-                let keys = r.bundles.iter().filter_map(|bd| bd.one_time_prekey.as_ref().map(|k| (bd.device_id, k.key_id))).collect();
+                let keys = r
+                    .bundles
+                    .iter()
+                    .filter_map(|bd| bd.one_time_prekey.as_ref().map(|k| (bd.device_id, k.key_id)))
+                    .collect();
                 let exhausted = r.bundles.iter().filter(|bd| bd.one_time_prekey.is_none()).count() as u32;
                 (Outcome::Ok, keys, exhausted, String::new())
             }
             Err(e) => (classify(&e), Vec::new(), 0, e.to_string()),
         };
-        rec.op(Op { client: "claimer".into(), kind: OpKind::Claim { keys, exhausted }, start_ms, end_ms, outcome, error });
+        rec.op(Op {
+            client: "claimer".into(),
+            kind: OpKind::Claim { keys, exhausted },
+            start_ms,
+            end_ms,
+            outcome,
+            error,
+        });
         done += 1;
         tokio::time::sleep(b.interval).await;
     }
@@ -205,7 +251,11 @@ pub async fn receiver(client: RouterClient, rec: Recorder, stop: watch::Receiver
         match tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
             Ok(Ok(entry)) => {
                 if let Some(mailbox_entry::Kind::Envelope(env)) = &entry.kind {
-                    let parts = env.parts.iter().map(|p| (p.device_id, String::from_utf8_lossy(&p.ciphertext).into_owned())).collect();
+                    let parts = env
+                        .parts
+                        .iter()
+                        .map(|p| (p.device_id, String::from_utf8_lossy(&p.ciphertext).into_owned()))
+                        .collect();
                     let d = Delivery { message_id: env.message_id.clone(), seq: entry.seq, at_ms: rec.now_ms(), parts };
                     rec.with(|h| h.deliveries.push(d));
                 }
@@ -241,7 +291,12 @@ pub fn all_ok_sends_delivered(rec: &Recorder) -> bool {
 
 /// The cluster's identities for a provider client with short deadlines, so
 /// that an unavailable cluster shows up as `unknown` within seconds.
-pub fn client(endpoints: Vec<String>, ca: Vec<u8>, cert_key: (Vec<u8>, Vec<u8>), call_deadline: Duration) -> Result<RouterClient> {
+pub fn client(
+    endpoints: Vec<String>,
+    ca: Vec<u8>,
+    cert_key: (Vec<u8>, Vec<u8>),
+    call_deadline: Duration,
+) -> Result<RouterClient> {
     let mut cfg = router_sdk::ClientConfig::new(endpoints, ca, cert_key.0, cert_key.1);
     cfg.attempt_timeout = Duration::from_secs(3);
     cfg.call_deadline = call_deadline;

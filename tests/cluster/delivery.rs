@@ -99,7 +99,16 @@ async fn device_list_mismatch_lists_missing_extra_and_stale_devices() {
     assert_eq!(mismatch.extra_devices, vec![3]);
     assert_eq!(mismatch.stale_devices, vec![1]);
     // Nothing was stored; the corrected retry with the same id is accepted.
-    assert_eq!(tc.cluster.node(1).node.as_ref().unwrap().ctx().read(|s| s.mailbox_depth(&router_core::ProviderId::new("beta"))), 0);
+    assert_eq!(
+        tc.cluster
+            .node(1)
+            .node
+            .as_ref()
+            .unwrap()
+            .ctx()
+            .read(|s| s.mailbox_depth(&router_core::ProviderId::new("beta"))),
+        0
+    );
     let ok = alpha.send(message("mm-1", "handle:bob", &[(1, 100), (2, 200), (4, 400)])).await.unwrap();
     assert_eq!(ok.mailbox_seq, 0);
     // An unknown recipient is NOT_FOUND.

@@ -73,7 +73,10 @@ async fn wait_streams(tc: &TestCluster, node: u64, provider: &str, n: usize) {
     let provider = ProviderId::new(provider);
     let deadline = tokio::time::Instant::now() + WAIT;
     while ctx.ephemeral.connected(&provider) != n {
-        assert!(tokio::time::Instant::now() < deadline, "node {node}: {n} stream(s) of {provider} not registered in time");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {node}: {n} stream(s) of {provider} not registered in time"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -254,10 +257,7 @@ async fn nobody_connected_is_refused_and_validation_matches_stored_sends() {
         .unwrap_err();
     assert_eq!((err.code(), err.reason()), (Some(Code::FailedPrecondition), Some("DEVICE_MISMATCH")));
     let mismatch = err.detail().unwrap().device_mismatch.clone().unwrap();
-    assert_eq!(
-        (mismatch.missing_devices, mismatch.extra_devices, mismatch.stale_devices),
-        (vec![2], vec![3], vec![1])
-    );
+    assert_eq!((mismatch.missing_devices, mismatch.extra_devices, mismatch.stale_devices), (vec![2], vec![3], vec![1]));
     // Unknown recipient; a sender user that belongs to another provider;
     // an oversized envelope: the same answers as for stored sends.
     let err = alpha.send(ephemeral("t-3", "handle:nobody", &[(1, 1)], ContentType::Typing, "x")).await.unwrap_err();

@@ -43,7 +43,9 @@ async fn nodes_form_a_cluster_from_seeds_and_a_wiped_node_rejoins() {
     tc.cluster.wipe(victim).unwrap();
     tc.cluster.restart(victim).await.unwrap();
     wait_for_voters(&tc, leader, &[1, 2, 3]).await;
-    tc.wait_until(Duration::from_secs(20), |s| s.mailbox_depth(&router_core::ProviderId::new("beta")) == 1).await.unwrap();
+    tc.wait_until(Duration::from_secs(20), |s| s.mailbox_depth(&router_core::ProviderId::new("beta")) == 1)
+        .await
+        .unwrap();
     // It serves providers again, from its own replica.
     let on_victim = tc.client_on("beta", &[victim]);
     let mut sub = on_victim.subscribe(8);

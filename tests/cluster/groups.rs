@@ -115,7 +115,10 @@ async fn group_fan_out_keeps_one_order_through_membership_changes_and_leader_los
             }
             assert!(g.recipient_user_ids.iter().all(|u| member(u[8..].parse().unwrap()).1 == provider));
         }
-        assert!(tokio::time::timeout(Duration::from_millis(300), sub.next()).await.is_err(), "{provider}: no extra entries");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), sub.next()).await.is_err(),
+            "{provider}: no extra entries"
+        );
     }
     tc.shutdown().await;
 }

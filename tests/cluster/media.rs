@@ -80,17 +80,22 @@ async fn serve(req: hyper::Request<hyper::body::Incoming>) -> Result<hyper::Resp
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let (route, n) = (parts.next().unwrap_or(""), parts.next().and_then(|n| n.parse::<u64>().ok()));
     let stream_of = |it: Box<dyn Iterator<Item = Bytes> + Send>| {
-        BodyExt::boxed_unsync(StreamBody::new(futures::stream::iter(it).map(|b| Ok::<_, std::io::Error>(Frame::data(b)))))
+        BodyExt::boxed_unsync(StreamBody::new(
+            futures::stream::iter(it).map(|b| Ok::<_, std::io::Error>(Frame::data(b))),
+        ))
     };
     let response = match (route, n) {
-        ("blob", Some(n)) => hyper::Response::new(Full::new(Bytes::from(blob(n))).map_err(|e| match e {}).boxed_unsync()),
+        ("blob", Some(n)) => {
+            hyper::Response::new(Full::new(Bytes::from(blob(n))).map_err(|e| match e {}).boxed_unsync())
+        }
         ("chunked", Some(n)) => hyper::Response::new(stream_of(Box::new(blocks(n, 16 * 1024)))),
         ("big", Some(n)) => hyper::Response::builder()
             .header(http::header::CONTENT_LENGTH, n)
             .body(stream_of(Box::new(blocks(n, CHUNK))))
             .expect("response"),
         ("stall-body", _) => {
-            let first = futures::stream::iter([Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"0123456789")))]);
+            let first =
+                futures::stream::iter([Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"0123456789")))]);
             hyper::Response::new(BodyExt::boxed_unsync(StreamBody::new(first.chain(futures::stream::pending()))))
         }
         ("stall-head", _) => {
@@ -295,9 +300,8 @@ async fn fetch_streams_media_from_the_senders_host_and_verifies_it() {
     // chunked (no Content-Length) body streams the same way; an empty body
     // is one empty, complete chunk.
     let mut gamma = media_client(&tc, "gamma", 2);
-    let got = drain(&mut gamma, fetch_req(format!("{base}/chunked/{}", 100 * KIB), "alpha"), true, || {})
-        .await
-        .unwrap();
+    let got =
+        drain(&mut gamma, fetch_req(format!("{base}/chunked/{}", 100 * KIB), "alpha"), true, || {}).await.unwrap();
     assert!(got.end.is_none(), "{:?}", got.end);
     assert_eq!(got.data, blob(100 * KIB));
     assert_eq!(got.last.unwrap().sha256.to_vec(), sha256_of(100 * KIB));
@@ -441,7 +445,8 @@ async fn oversized_and_stalled_bodies_are_cut_off() {
     set_hosts(&tc, "alpha", &[format!("localhost:{}", host.port())]).await;
     let base = format!("https://localhost:{}", host.port());
     let mut beta = media_client(&tc, "beta", 1);
-    let limited = |path: &str, max: u64| FetchMediaRequest { max_bytes: max, ..fetch_req(format!("{base}{path}"), "alpha") };
+    let limited =
+        |path: &str, max: u64| FetchMediaRequest { max_bytes: max, ..fetch_req(format!("{base}{path}"), "alpha") };
 
     // Content-Length over the limit: refused before any chunk.
     let st = beta.fetch(limited(&format!("/blob/{}", 5 * KIB), 1000)).await.unwrap_err();

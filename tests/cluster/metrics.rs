@@ -45,7 +45,9 @@ async fn metrics_describe_traffic_and_pass_promtool() {
         seqs.push(next_within(&mut sub, Duration::from_secs(10)).await.seq);
     }
     sub.ack(seqs[..2].to_vec()).await.unwrap();
-    tc.wait_until(Duration::from_secs(5), |s| s.mailbox_depth(&router_core::ProviderId::new("beta")) == 3).await.unwrap();
+    tc.wait_until(Duration::from_secs(5), |s| s.mailbox_depth(&router_core::ProviderId::new("beta")) == 3)
+        .await
+        .unwrap();
 
     let text = scrape(tc.cluster.node(leader).admin_addr).await;
     assert_eq!(value(&text, r#"router_commands_total{kind="send",provider="alpha",result="accepted"}"#), 5.0);
@@ -80,7 +82,9 @@ async fn metrics_describe_traffic_and_pass_promtool() {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Err(_) => eprintln!("\n*** SKIPPED promtool check: promtool not installed (deploy/install-deps.sh --with-prometheus) ***\n"),
+        Err(_) => eprintln!(
+            "\n*** SKIPPED promtool check: promtool not installed (deploy/install-deps.sh --with-prometheus) ***\n"
+        ),
     }
     tc.shutdown().await;
 }

@@ -67,10 +67,8 @@ async fn permission_matrix() {
         .await
         .unwrap_err();
     assert_eq!((st.code(), reason_of(&st).0.as_str()), (Code::PermissionDenied, "PROVIDER_NOT_ONBOARDED"));
-    let st = DirectoryClient::new(ch.clone())
-        .resolve(ResolveRequest { user_id: "handle:alice".into() })
-        .await
-        .unwrap_err();
+    let st =
+        DirectoryClient::new(ch.clone()).resolve(ResolveRequest { user_id: "handle:alice".into() }).await.unwrap_err();
     assert_eq!(st.code(), Code::PermissionDenied);
     let st = MessagingClient::new(ch.clone()).receive(ReceiveRequest { window: 0 }).await.unwrap_err();
     assert_eq!(st.code(), Code::PermissionDenied);
@@ -103,10 +101,8 @@ async fn permission_matrix() {
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::PermissionDenied);
-    let st = PeerClient::new(peer_port(&a.cert, &a.key))
-        .vote(RaftPayload { data: vec![1, 2, 3].into() })
-        .await
-        .unwrap_err();
+    let st =
+        PeerClient::new(peer_port(&a.cert, &a.key)).vote(RaftPayload { data: vec![1, 2, 3].into() }).await.unwrap_err();
     assert_eq!(st.code(), Code::PermissionDenied);
     // An operator may use the admin API.
     let status = tc.admin(1).status(StatusRequest {}).await.unwrap().into_inner();
@@ -133,7 +129,12 @@ async fn malformed_requests_get_precise_errors_and_change_nothing() {
     beta.register_user("handle:nodevice").await.unwrap();
     let mut keys = DeviceIdentity::new(5);
     alpha.upload_prekeys(keys.upload("handle:alice", 1, 1, 5, true)).await.unwrap();
-    tc.wait_until(Duration::from_secs(5), |s| s.user(&router_core::UserId::new("handle:alice")).is_some_and(|u| u.devices.get(&1).is_some_and(|d| d.keys.is_some()))).await.unwrap();
+    tc.wait_until(Duration::from_secs(5), |s| {
+        s.user(&router_core::UserId::new("handle:alice"))
+            .is_some_and(|u| u.devices.get(&1).is_some_and(|d| d.keys.is_some()))
+    })
+    .await
+    .unwrap();
     let before = tc.cluster.node(1).node.as_ref().unwrap().ctx().read(|s| s.clone());
 
     let a = &tc.cluster.provider_certs["alpha"];
@@ -162,51 +163,334 @@ async fn malformed_requests_get_precise_errors_and_change_nothing() {
         };
     }
     use Code::*;
-    case!("empty user id", InvalidArgument, "EMPTY", "user_id", dir.register_user(RegisterUserRequest { user_id: "".into() }));
-    case!("user id too long", InvalidArgument, "TOO_LARGE", "user_id", dir.register_user(RegisterUserRequest { user_id: "u".repeat(129) }));
-    case!("control character in user id", InvalidArgument, "BAD_CHARACTERS", "user_id", dir.register_user(RegisterUserRequest { user_id: "bad\u{7}id".into() }));
-    case!("device id 0", InvalidArgument, "OUT_OF_RANGE", "device_id", dir.register_device(RegisterDeviceRequest { user_id: "handle:alice".into(), device_id: 0, registration_id: 5 }));
-    case!("device id too large", InvalidArgument, "OUT_OF_RANGE", "device_id", dir.register_device(RegisterDeviceRequest { user_id: "handle:alice".into(), device_id: 128, registration_id: 5 }));
-    case!("registration id 0", InvalidArgument, "OUT_OF_RANGE", "registration_id", dir.register_device(RegisterDeviceRequest { user_id: "handle:alice".into(), device_id: 2, registration_id: 0 }));
-    case!("registration id too large", InvalidArgument, "OUT_OF_RANGE", "registration_id", dir.register_device(RegisterDeviceRequest { user_id: "handle:alice".into(), device_id: 2, registration_id: 16381 }));
-    case!("unknown device removed", NotFound, "DEVICE_NOT_FOUND", "", dir.remove_device(RemoveDeviceRequest { user_id: "handle:alice".into(), device_id: 9 }));
-    case!("resolve unknown user", NotFound, "USER_NOT_FOUND", "", dir.resolve(ResolveRequest { user_id: "handle:ghost".into() }));
+    case!(
+        "empty user id",
+        InvalidArgument,
+        "EMPTY",
+        "user_id",
+        dir.register_user(RegisterUserRequest { user_id: "".into() })
+    );
+    case!(
+        "user id too long",
+        InvalidArgument,
+        "TOO_LARGE",
+        "user_id",
+        dir.register_user(RegisterUserRequest { user_id: "u".repeat(129) })
+    );
+    case!(
+        "control character in user id",
+        InvalidArgument,
+        "BAD_CHARACTERS",
+        "user_id",
+        dir.register_user(RegisterUserRequest { user_id: "bad\u{7}id".into() })
+    );
+    case!(
+        "device id 0",
+        InvalidArgument,
+        "OUT_OF_RANGE",
+        "device_id",
+        dir.register_device(RegisterDeviceRequest { user_id: "handle:alice".into(), device_id: 0, registration_id: 5 })
+    );
+    case!(
+        "device id too large",
+        InvalidArgument,
+        "OUT_OF_RANGE",
+        "device_id",
+        dir.register_device(RegisterDeviceRequest {
+            user_id: "handle:alice".into(),
+            device_id: 128,
+            registration_id: 5
+        })
+    );
+    case!(
+        "registration id 0",
+        InvalidArgument,
+        "OUT_OF_RANGE",
+        "registration_id",
+        dir.register_device(RegisterDeviceRequest { user_id: "handle:alice".into(), device_id: 2, registration_id: 0 })
+    );
+    case!(
+        "registration id too large",
+        InvalidArgument,
+        "OUT_OF_RANGE",
+        "registration_id",
+        dir.register_device(RegisterDeviceRequest {
+            user_id: "handle:alice".into(),
+            device_id: 2,
+            registration_id: 16381
+        })
+    );
+    case!(
+        "unknown device removed",
+        NotFound,
+        "DEVICE_NOT_FOUND",
+        "",
+        dir.remove_device(RemoveDeviceRequest { user_id: "handle:alice".into(), device_id: 9 })
+    );
+    case!(
+        "resolve unknown user",
+        NotFound,
+        "USER_NOT_FOUND",
+        "",
+        dir.resolve(ResolveRequest { user_id: "handle:ghost".into() })
+    );
     case!("empty message id", InvalidArgument, "EMPTY", "message_id", msg.send(send(|r| r.message_id.clear())));
-    case!("message id with a space", InvalidArgument, "BAD_CHARACTERS", "message_id", msg.send(send(|r| r.message_id = "a b".into())));
-    case!("message id too long", InvalidArgument, "TOO_LARGE", "message_id", msg.send(send(|r| r.message_id = "m".repeat(65))));
+    case!(
+        "message id with a space",
+        InvalidArgument,
+        "BAD_CHARACTERS",
+        "message_id",
+        msg.send(send(|r| r.message_id = "a b".into()))
+    );
+    case!(
+        "message id too long",
+        InvalidArgument,
+        "TOO_LARGE",
+        "message_id",
+        msg.send(send(|r| r.message_id = "m".repeat(65)))
+    );
     case!("no parts", InvalidArgument, "EMPTY", "parts", msg.send(send(|r| r.parts.clear())));
-    case!("duplicate device part", InvalidArgument, "DUPLICATE", "parts[1].device_id", msg.send(send(|r| { let p = r.parts[0].clone(); r.parts.push(p) })));
-    case!("too many parts", InvalidArgument, "TOO_LARGE", "parts", msg.send(send(|r| { let p = r.parts[0].clone(); r.parts = (1..=17).map(|d| DeviceCiphertext { device_id: d, ..p.clone() }).collect() })));
-    case!("envelope too large", InvalidArgument, "TOO_LARGE", "parts[].ciphertext", msg.send(send(|r| r.parts[0].ciphertext = vec![7u8; 256 * 1024 + 1].into())));
-    case!("empty ciphertext", InvalidArgument, "EMPTY", "parts[0].ciphertext", msg.send(send(|r| r.parts[0].ciphertext = Default::default())));
-    case!("unspecified content type", InvalidArgument, "OUT_OF_RANGE", "content_type", msg.send(send(|r| r.content_type = 0)));
-    case!("unknown content type", InvalidArgument, "OUT_OF_RANGE", "content_type", msg.send(send(|r| r.content_type = 99)));
-    case!("ttl above maximum", InvalidArgument, "TOO_LARGE", "ttl_seconds", msg.send(send(|r| r.ttl_seconds = 31 * 24 * 3600)));
-    case!("part registration id out of range", InvalidArgument, "OUT_OF_RANGE", "parts[0].registration_id", msg.send(send(|r| r.parts[0].registration_id = 20000)));
-    case!("send to unknown device", FailedPrecondition, "DEVICE_MISMATCH", "", msg.send(send(|r| r.parts[0].device_id = 3)));
-    case!("send to a user without devices", NotFound, "NO_DEVICES", "", msg.send(send(|r| r.recipient_user_id = "handle:nodevice".into())));
-    case!("sender device without sender user", InvalidArgument, "UNEXPECTED", "sender_device_id", msg.send(send(|r| r.sender_device_id = 1)));
-    case!("sender user without sender device", InvalidArgument, "OUT_OF_RANGE", "sender_device_id", msg.send(send(|r| r.sender_user_id = "handle:alice".into())));
-    case!("sender user of another provider", PermissionDenied, "NOT_OWNER", "", msg.send(send(|r| { r.sender_user_id = "handle:bob".into(); r.sender_device_id = 1 })));
+    case!(
+        "duplicate device part",
+        InvalidArgument,
+        "DUPLICATE",
+        "parts[1].device_id",
+        msg.send(send(|r| {
+            let p = r.parts[0].clone();
+            r.parts.push(p)
+        }))
+    );
+    case!(
+        "too many parts",
+        InvalidArgument,
+        "TOO_LARGE",
+        "parts",
+        msg.send(send(|r| {
+            let p = r.parts[0].clone();
+            r.parts = (1..=17).map(|d| DeviceCiphertext { device_id: d, ..p.clone() }).collect()
+        }))
+    );
+    case!(
+        "envelope too large",
+        InvalidArgument,
+        "TOO_LARGE",
+        "parts[].ciphertext",
+        msg.send(send(|r| r.parts[0].ciphertext = vec![7u8; 256 * 1024 + 1].into()))
+    );
+    case!(
+        "empty ciphertext",
+        InvalidArgument,
+        "EMPTY",
+        "parts[0].ciphertext",
+        msg.send(send(|r| r.parts[0].ciphertext = Default::default()))
+    );
+    case!(
+        "unspecified content type",
+        InvalidArgument,
+        "OUT_OF_RANGE",
+        "content_type",
+        msg.send(send(|r| r.content_type = 0))
+    );
+    case!(
+        "unknown content type",
+        InvalidArgument,
+        "OUT_OF_RANGE",
+        "content_type",
+        msg.send(send(|r| r.content_type = 99))
+    );
+    case!(
+        "ttl above maximum",
+        InvalidArgument,
+        "TOO_LARGE",
+        "ttl_seconds",
+        msg.send(send(|r| r.ttl_seconds = 31 * 24 * 3600))
+    );
+    case!(
+        "part registration id out of range",
+        InvalidArgument,
+        "OUT_OF_RANGE",
+        "parts[0].registration_id",
+        msg.send(send(|r| r.parts[0].registration_id = 20000))
+    );
+    case!(
+        "send to unknown device",
+        FailedPrecondition,
+        "DEVICE_MISMATCH",
+        "",
+        msg.send(send(|r| r.parts[0].device_id = 3))
+    );
+    case!(
+        "send to a user without devices",
+        NotFound,
+        "NO_DEVICES",
+        "",
+        msg.send(send(|r| r.recipient_user_id = "handle:nodevice".into()))
+    );
+    case!(
+        "sender device without sender user",
+        InvalidArgument,
+        "UNEXPECTED",
+        "sender_device_id",
+        msg.send(send(|r| r.sender_device_id = 1))
+    );
+    case!(
+        "sender user without sender device",
+        InvalidArgument,
+        "OUT_OF_RANGE",
+        "sender_device_id",
+        msg.send(send(|r| r.sender_user_id = "handle:alice".into()))
+    );
+    case!(
+        "sender user of another provider",
+        PermissionDenied,
+        "NOT_OWNER",
+        "",
+        msg.send(send(|r| {
+            r.sender_user_id = "handle:bob".into();
+            r.sender_device_id = 1
+        }))
+    );
     case!("empty ack", InvalidArgument, "EMPTY", "seqs", msg.ack(AckRequest { seqs: vec![] }));
-    case!("ack batch too large", InvalidArgument, "TOO_LARGE", "seqs", msg.ack(AckRequest { seqs: (0..1025).collect() }));
-    case!("receive window too large", InvalidArgument, "TOO_LARGE", "window", msg.receive(ReceiveRequest { window: 1_000_000 }));
-    case!("identity key too short", InvalidArgument, "BAD_KEY", "identity_key", pk.upload_prekeys(upload(&|r| r.identity_key = vec![5u8; 32].into())));
-    case!("identity key wrong type", InvalidArgument, "BAD_KEY", "identity_key", pk.upload_prekeys(upload(&|r| { let mut k = r.identity_key.to_vec(); k[0] = 0x06; r.identity_key = k.into() })));
-    case!("signed prekey wrong length", InvalidArgument, "BAD_KEY", "signed_prekey.public_key", pk.upload_prekeys(upload(&|r| r.signed_prekey.as_mut().unwrap().public_key = vec![5u8; 34].into())));
-    case!("signature wrong length", InvalidArgument, "BAD_KEY", "signed_prekey.signature", pk.upload_prekeys(upload(&|r| r.signed_prekey.as_mut().unwrap().signature = vec![0u8; 63].into())));
-    case!("signature by nobody", InvalidArgument, "BAD_SIGNATURE", "signed_prekey.signature", pk.upload_prekeys(upload(&|r| r.signed_prekey.as_mut().unwrap().signature = vec![9u8; 64].into())));
-    case!("one-time key wrong type", InvalidArgument, "BAD_KEY", "one_time_prekeys[1].public_key", pk.upload_prekeys(upload(&|r| { let mut k = r.one_time_prekeys[1].public_key.to_vec(); k[0] = 0; r.one_time_prekeys[1].public_key = k.into() })));
-    case!("duplicate one-time key id", InvalidArgument, "DUPLICATE", "one_time_prekeys[2].key_id", pk.upload_prekeys(upload(&|r| r.one_time_prekeys[2].key_id = r.one_time_prekeys[0].key_id)));
-    case!("kyber key truncated", InvalidArgument, "BAD_KEY", "kyber_one_time_prekeys[0].public_key", pk.upload_prekeys(upload(&|r| { let k = r.kyber_one_time_prekeys[0].public_key.slice(0..100); r.kyber_one_time_prekeys[0].public_key = k })));
-    case!("too many one-time keys", InvalidArgument, "TOO_LARGE", "one_time_prekeys", pk.upload_prekeys(upload(&|r| { let k = r.one_time_prekeys[0].clone(); r.one_time_prekeys = (0..101).map(|i| EcOneTimePrekey { key_id: 5000 + i, ..k.clone() }).collect() })));
-    case!("already stocked key id", InvalidArgument, "DUPLICATE_PREKEY_ID", "", pk.upload_prekeys(upload(&|r| r.one_time_prekeys[0].key_id = 1)));
-    case!("keys for a foreign user", PermissionDenied, "NOT_OWNER", "", pk.upload_prekeys(upload(&|r| r.user_id = "handle:bob".into())));
-    case!("keys for an unknown device", NotFound, "DEVICE_NOT_FOUND", "", pk.upload_prekeys(upload(&|r| r.device_id = 7)));
-    case!("count for an unknown user", NotFound, "USER_NOT_FOUND", "", pk.prekey_count(PrekeyCountRequest { user_id: "handle:ghost".into(), device_id: 1 }));
-    case!("claim from an unknown user", NotFound, "USER_NOT_FOUND", "", pk.fetch_bundles(FetchBundlesRequest { user_id: "handle:ghost".into(), device_id: 0 }));
-    case!("claim for an unknown device", NotFound, "DEVICE_NOT_FOUND", "", pk.fetch_bundles(FetchBundlesRequest { user_id: "handle:bob".into(), device_id: 4 }));
-    case!("claim from a user without keys", NotFound, "NO_KEYS", "", pk.fetch_bundles(FetchBundlesRequest { user_id: "handle:bob".into(), device_id: 0 }));
+    case!(
+        "ack batch too large",
+        InvalidArgument,
+        "TOO_LARGE",
+        "seqs",
+        msg.ack(AckRequest { seqs: (0..1025).collect() })
+    );
+    case!(
+        "receive window too large",
+        InvalidArgument,
+        "TOO_LARGE",
+        "window",
+        msg.receive(ReceiveRequest { window: 1_000_000 })
+    );
+    case!(
+        "identity key too short",
+        InvalidArgument,
+        "BAD_KEY",
+        "identity_key",
+        pk.upload_prekeys(upload(&|r| r.identity_key = vec![5u8; 32].into()))
+    );
+    case!(
+        "identity key wrong type",
+        InvalidArgument,
+        "BAD_KEY",
+        "identity_key",
+        pk.upload_prekeys(upload(&|r| {
+            let mut k = r.identity_key.to_vec();
+            k[0] = 0x06;
+            r.identity_key = k.into()
+        }))
+    );
+    case!(
+        "signed prekey wrong length",
+        InvalidArgument,
+        "BAD_KEY",
+        "signed_prekey.public_key",
+        pk.upload_prekeys(upload(&|r| r.signed_prekey.as_mut().unwrap().public_key = vec![5u8; 34].into()))
+    );
+    case!(
+        "signature wrong length",
+        InvalidArgument,
+        "BAD_KEY",
+        "signed_prekey.signature",
+        pk.upload_prekeys(upload(&|r| r.signed_prekey.as_mut().unwrap().signature = vec![0u8; 63].into()))
+    );
+    case!(
+        "signature by nobody",
+        InvalidArgument,
+        "BAD_SIGNATURE",
+        "signed_prekey.signature",
+        pk.upload_prekeys(upload(&|r| r.signed_prekey.as_mut().unwrap().signature = vec![9u8; 64].into()))
+    );
+    case!(
+        "one-time key wrong type",
+        InvalidArgument,
+        "BAD_KEY",
+        "one_time_prekeys[1].public_key",
+        pk.upload_prekeys(upload(&|r| {
+            let mut k = r.one_time_prekeys[1].public_key.to_vec();
+            k[0] = 0;
+            r.one_time_prekeys[1].public_key = k.into()
+        }))
+    );
+    case!(
+        "duplicate one-time key id",
+        InvalidArgument,
+        "DUPLICATE",
+        "one_time_prekeys[2].key_id",
+        pk.upload_prekeys(upload(&|r| r.one_time_prekeys[2].key_id = r.one_time_prekeys[0].key_id))
+    );
+    case!(
+        "kyber key truncated",
+        InvalidArgument,
+        "BAD_KEY",
+        "kyber_one_time_prekeys[0].public_key",
+        pk.upload_prekeys(upload(&|r| {
+            let k = r.kyber_one_time_prekeys[0].public_key.slice(0..100);
+            r.kyber_one_time_prekeys[0].public_key = k
+        }))
+    );
+    case!(
+        "too many one-time keys",
+        InvalidArgument,
+        "TOO_LARGE",
+        "one_time_prekeys",
+        pk.upload_prekeys(upload(&|r| {
+            let k = r.one_time_prekeys[0].clone();
+            r.one_time_prekeys = (0..101).map(|i| EcOneTimePrekey { key_id: 5000 + i, ..k.clone() }).collect()
+        }))
+    );
+    case!(
+        "already stocked key id",
+        InvalidArgument,
+        "DUPLICATE_PREKEY_ID",
+        "",
+        pk.upload_prekeys(upload(&|r| r.one_time_prekeys[0].key_id = 1))
+    );
+    case!(
+        "keys for a foreign user",
+        PermissionDenied,
+        "NOT_OWNER",
+        "",
+        pk.upload_prekeys(upload(&|r| r.user_id = "handle:bob".into()))
+    );
+    case!(
+        "keys for an unknown device",
+        NotFound,
+        "DEVICE_NOT_FOUND",
+        "",
+        pk.upload_prekeys(upload(&|r| r.device_id = 7))
+    );
+    case!(
+        "count for an unknown user",
+        NotFound,
+        "USER_NOT_FOUND",
+        "",
+        pk.prekey_count(PrekeyCountRequest { user_id: "handle:ghost".into(), device_id: 1 })
+    );
+    case!(
+        "claim from an unknown user",
+        NotFound,
+        "USER_NOT_FOUND",
+        "",
+        pk.fetch_bundles(FetchBundlesRequest { user_id: "handle:ghost".into(), device_id: 0 })
+    );
+    case!(
+        "claim for an unknown device",
+        NotFound,
+        "DEVICE_NOT_FOUND",
+        "",
+        pk.fetch_bundles(FetchBundlesRequest { user_id: "handle:bob".into(), device_id: 4 })
+    );
+    case!(
+        "claim from a user without keys",
+        NotFound,
+        "NO_KEYS",
+        "",
+        pk.fetch_bundles(FetchBundlesRequest { user_id: "handle:bob".into(), device_id: 0 })
+    );
 
     let mut failures = Vec::new();
     for (case, st) in &results {
@@ -214,7 +498,14 @@ async fn malformed_requests_get_precise_errors_and_change_nothing() {
         if (st.code(), reason.as_str(), field.as_str()) != (case.code, case.reason, case.field) {
             failures.push(format!(
                 "{}: expected {:?}/{}/{:?}, got {:?}/{}/{:?} ({})",
-                case.name, case.code, case.reason, case.field, st.code(), reason, field, st.message()
+                case.name,
+                case.code,
+                case.reason,
+                case.field,
+                st.code(),
+                reason,
+                field,
+                st.message()
             ));
         }
     }

@@ -21,7 +21,8 @@ async fn sixty_four_concurrent_claims_of_fifty_keys() {
     assert_eq!((stored.one_time_prekeys_remaining, stored.kyber_one_time_prekeys_remaining), (50, 50));
 
     let leader = tc.cluster.wait_for_leader(std::time::Duration::from_secs(10)).await.unwrap();
-    let log_before = tc.cluster.node(leader).node.as_ref().unwrap().raft().metrics().borrow().last_log_index.unwrap_or(0);
+    let log_before =
+        tc.cluster.node(leader).node.as_ref().unwrap().raft().metrics().borrow().last_log_index.unwrap_or(0);
     // 64 claimers spread over the three nodes, all at once.
     let clients: Vec<_> = (1..=3).map(|n| tc.client_on("alpha", &[n, n % 3 + 1])).collect();
     let mut tasks = Vec::new();
@@ -57,7 +58,8 @@ async fn sixty_four_concurrent_claims_of_fifty_keys() {
         }
     }
     // Group commit: concurrent claims share log entries.
-    let log_after = tc.cluster.node(leader).node.as_ref().unwrap().raft().metrics().borrow().last_log_index.unwrap_or(0);
+    let log_after =
+        tc.cluster.node(leader).node.as_ref().unwrap().raft().metrics().borrow().last_log_index.unwrap_or(0);
     println!("64 claims took {} log entries", log_after - log_before);
     assert!(log_after - log_before < 64, "claims were not batched: {} entries", log_after - log_before);
     let distinct: BTreeSet<u32> = ec_ids.iter().copied().collect();
@@ -137,6 +139,9 @@ async fn claims_are_rate_limited_and_low_stock_is_pushed_to_the_owner() {
         other => panic!("expected a low-stock notice, got {other:?}"),
     }
     sub.ack(vec![e.seq]).await.unwrap();
-    assert!(tokio::time::timeout(std::time::Duration::from_millis(500), sub.next()).await.is_err(), "one notice per crossing");
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(500), sub.next()).await.is_err(),
+        "one notice per crossing"
+    );
     tc.shutdown().await;
 }

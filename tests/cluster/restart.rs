@@ -40,7 +40,14 @@ async fn a_restarted_node_catches_up_from_its_own_directory() {
     }
     tc.cluster.restart(victim).await.unwrap();
     converged(&tc).await;
-    let depth = tc.cluster.node(victim).node.as_ref().unwrap().ctx().read(|s| s.mailbox_depth(&router_core::ProviderId::new("beta")));
+    let depth = tc
+        .cluster
+        .node(victim)
+        .node
+        .as_ref()
+        .unwrap()
+        .ctx()
+        .read(|s| s.mailbox_depth(&router_core::ProviderId::new("beta")));
     assert_eq!(depth, 50);
 
     // The restarted node serves the mailbox from its own replica.

@@ -63,7 +63,12 @@ async fn one_trace_shows_send_commit_and_delivery_across_nodes() {
         recipient_user_id: "handle:lou".into(),
         content_type: ContentType::Message as i32,
         ttl_seconds: 0,
-        parts: vec![DeviceCiphertext { device_id: 1, registration_id: 6, message_type: 2, ciphertext: b"z".to_vec().into() }],
+        parts: vec![DeviceCiphertext {
+            device_id: 1,
+            registration_id: 6,
+            message_type: 2,
+            ciphertext: b"z".to_vec().into(),
+        }],
         sender_user_id: String::new(),
         sender_device_id: 0,
     });

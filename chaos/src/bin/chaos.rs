@@ -69,7 +69,13 @@ fn specs(profile: Profile) -> Vec<Spec> {
             base(Fault::KillLeader, 5),
         ],
         Profile::Long => {
-            let faults = [Fault::KillLeader, Fault::KillFollower, Fault::PauseLeader, Fault::RollingRestart, Fault::WipeFollower];
+            let faults = [
+                Fault::KillLeader,
+                Fault::KillFollower,
+                Fault::PauseLeader,
+                Fault::RollingRestart,
+                Fault::WipeFollower,
+            ];
             [3, 5]
                 .into_iter()
                 .flat_map(|n| faults.into_iter().map(move |f| (f, n)))
@@ -116,7 +122,13 @@ async fn async_main(args: Args) -> ExitCode {
     if let Some(f) = &args.only {
         specs.retain(|s| s.name().contains(f.as_str()));
     }
-    eprintln!("chaos: profile {:?}, {} scenarios, seed {seed}, routerd {}, out {}", args.profile, specs.len(), routerd.display(), out.display());
+    eprintln!(
+        "chaos: profile {:?}, {} scenarios, seed {seed}, routerd {}, out {}",
+        args.profile,
+        specs.len(),
+        routerd.display(),
+        out.display()
+    );
     let started = std::time::Instant::now();
     let mut results: Vec<ScenarioResult> = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
@@ -169,7 +181,16 @@ fn table(results: &[ScenarioResult]) -> String {
     let mut s = String::new();
     s.push_str(&format!(
         "{:<26} {:>5} {:>17} {:>14} {:>8} {:>9} {:>9} {:>9} {:>6}  {}\n",
-        "scenario", "nodes", "send ok/fail/unk", "claim ok/f/u", "keys", "fault ms", "unavl ms", "recov ms", "viol", "verdict"
+        "scenario",
+        "nodes",
+        "send ok/fail/unk",
+        "claim ok/f/u",
+        "keys",
+        "fault ms",
+        "unavl ms",
+        "recov ms",
+        "viol",
+        "verdict"
     ));
     for r in results {
         let count = |kind: &str, o: &str| r.stats.ops.get(kind).and_then(|m| m.get(o)).copied().unwrap_or(0);
@@ -185,7 +206,13 @@ fn table(results: &[ScenarioResult]) -> String {
             r.stats.max_unavailability_ms,
             ms(r.recovery_ms),
             r.violations.len(),
-            if r.error.is_some() { "ERROR" } else if r.passed() { "ok" } else { "VIOLATED" }
+            if r.error.is_some() {
+                "ERROR"
+            } else if r.passed() {
+                "ok"
+            } else {
+                "VIOLATED"
+            }
         ));
     }
     s

@@ -113,13 +113,19 @@ async fn async_main(args: Args) -> ExitCode {
     };
     say(format!("Docker Engine {version}"));
     if !args.routerd.is_file() {
-        say(format!("error: no routerd binary at {} (--routerd / ROUTERD_BIN; `cargo build -p router-node`)", args.routerd.display()));
+        say(format!(
+            "error: no routerd binary at {} (--routerd / ROUTERD_BIN; `cargo build -p router-node`)",
+            args.routerd.display()
+        ));
         return ExitCode::from(2);
     }
     match docker::call(&["image", "inspect", "--format", "{{.Id}}", &args.image], docker::CALL_TIMEOUT).await {
         Ok(o) if o.ok => say(format!("image {} ({})", args.image, o.stdout.trim())),
         _ => {
-            say(format!("error: image {} not found: build it with `bash deploy/build-image.sh <routerd binary>` (IMAGE=...)", args.image));
+            say(format!(
+                "error: image {} not found: build it with `bash deploy/build-image.sh <routerd binary>` (IMAGE=...)",
+                args.image
+            ));
             return ExitCode::from(2);
         }
     }
@@ -216,7 +222,10 @@ async fn dump_logs(docker: &Docker, work_dir: &std::path::Path, print: bool) {
     for id in 1..=3u64 {
         let name = format!("{}-router-{id}", docker.prefix());
         let Ok(logs) = docker.logs(&name).await else { continue };
-        let state = docker.inspect(&name, "{{.State.Status}} exit={{.State.ExitCode}} restarts={{.RestartCount}}").await.unwrap_or_default();
+        let state = docker
+            .inspect(&name, "{{.State.Status}} exit={{.State.ExitCode}} restarts={{.RestartCount}}")
+            .await
+            .unwrap_or_default();
         let _ = std::fs::write(work_dir.join(format!("{name}.log")), &logs);
         if !print {
             continue;
@@ -243,7 +252,8 @@ async fn run(args: &Args, docker: &Docker, work_dir: &std::path::Path) -> Result
     let ids = [1u64, 2, 3];
     std::fs::create_dir_all(work_dir).with_context(|| format!("create {}", work_dir.display()))?;
     let ports = layout::free_ports(2 * ids.len())?;
-    let layout = layout::prepare(&args.routerd, work_dir, docker.prefix(), ids.len() as u64, &["alpha", "beta"], &ports).await?;
+    let layout =
+        layout::prepare(&args.routerd, work_dir, docker.prefix(), ids.len() as u64, &["alpha", "beta"], &ports).await?;
     say(format!("configs and certificates: {}", layout.dir.display()));
 
     docker.create_network(&layout.network).await?;
@@ -282,7 +292,8 @@ async fn run(args: &Args, docker: &Docker, work_dir: &std::path::Path) -> Result
 
     let run_deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     let expect = Expectation::default();
-    let receiver = tokio::spawn(traffic::receive(beta.clone(), 256, expect.clone(), Duration::from_millis(1500), run_deadline));
+    let receiver =
+        tokio::spawn(traffic::receive(beta.clone(), 256, expect.clone(), Duration::from_millis(1500), run_deadline));
     let (progress_tx, mut progress) = watch::channel(0usize);
     let sender = tokio::spawn(traffic::send_stream(
         alpha,
@@ -337,11 +348,18 @@ async fn run(args: &Args, docker: &Docker, work_dir: &std::path::Path) -> Result
     }
 
     let send_budget = Duration::from_secs(args.timeout_secs);
-    let send_log = tokio::time::timeout(send_budget, sender).await.context("the sender did not finish")?.context("sender task")?;
-    say(format!("alpha finished: {} sent, {} acked, {} failed", send_log.sent, send_log.acked.len(), send_log.failed.len()));
+    let send_log =
+        tokio::time::timeout(send_budget, sender).await.context("the sender did not finish")?.context("sender task")?;
+    say(format!(
+        "alpha finished: {} sent, {} acked, {} failed",
+        send_log.sent,
+        send_log.acked.len(),
+        send_log.failed.len()
+    ));
 
     // The restarted node answers provider calls on its own endpoint.
-    let mut cfg_one = ClientConfig::new(vec![layout.node(leader_before).provider_endpoint()], ca.clone(), Vec::new(), Vec::new());
+    let mut cfg_one =
+        ClientConfig::new(vec![layout.node(leader_before).provider_endpoint()], ca.clone(), Vec::new(), Vec::new());
     let (cert, key) = layout.client_identity("provider-beta")?;
     (cfg_one.cert_pem, cfg_one.key_pem, cfg_one.call_deadline) = (cert, key, Duration::from_secs(15));
     match RouterClient::connect(cfg_one)?.resolve(&to.user_id).await {
@@ -371,7 +389,9 @@ async fn wait_ready(docker: &Docker, layout: &Layout, ids: &[u64], timeout: Dura
         let name = &layout.node(id).container;
         let url = format!("http://127.0.0.1:{}/readyz", layout::ADMIN_PORT);
         loop {
-            let out = docker.call(&["exec", name, "/usr/local/bin/routerd", "probe", "--url", &url], Duration::from_secs(10)).await?;
+            let out = docker
+                .call(&["exec", name, "/usr/local/bin/routerd", "probe", "--url", &url], Duration::from_secs(10))
+                .await?;
             if out.ok {
                 break;
             }
@@ -388,7 +408,10 @@ async fn wait_ready(docker: &Docker, layout: &Layout, ids: &[u64], timeout: Dura
 async fn container_states(docker: &Docker, layout: &Layout) -> String {
     let mut s = String::new();
     for n in &layout.nodes {
-        let state = docker.inspect(&n.container, "{{.State.Status}} exit={{.State.ExitCode}}").await.unwrap_or_else(|e| format!("{e:#}"));
+        let state = docker
+            .inspect(&n.container, "{{.State.Status}} exit={{.State.ExitCode}}")
+            .await
+            .unwrap_or_else(|e| format!("{e:#}"));
         s.push_str(&format!("; {}: {state}", n.container));
     }
     s

@@ -15,7 +15,8 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 pub fn b64(data: &[u8]) -> String {
     let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
     for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
         for i in 0..4 {
             if i <= c.len() {
                 s.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -50,7 +51,11 @@ impl Http {
         self.stream.get_mut().write_all(req.as_bytes()).await?;
         let mut line = String::new();
         self.stream.read_line(&mut line).await?;
-        let status: u16 = line.split_ascii_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| anyhow!("bad status line {line:?}"))?;
+        let status: u16 = line
+            .split_ascii_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow!("bad status line {line:?}"))?;
         let (mut len, mut chunked) = (None, false);
         loop {
             line.clear();
@@ -112,7 +117,8 @@ impl EtcdCluster {
         let peers: Vec<u16> = (0..3).map(|i| base_port + 100 + i).collect();
         procs::ensure_free(&ports)?;
         procs::ensure_free(&peers)?;
-        let initial: Vec<String> = peers.iter().enumerate().map(|(i, p)| format!("e{}=http://127.0.0.1:{p}", i + 1)).collect();
+        let initial: Vec<String> =
+            peers.iter().enumerate().map(|(i, p)| format!("e{}=http://127.0.0.1:{p}", i + 1)).collect();
         let specs = (0..3)
             .map(|i| Spec {
                 name: format!("etcd e{}", i + 1),
@@ -146,7 +152,10 @@ impl EtcdCluster {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // One write through the log proves the cluster serves writes.
-        Http::connect(c.ports[0], Duration::from_secs(1)).await?.call("/v3/kv/put", &json!({"key": b64(b"/ready"), "value": b64(b"1")})).await?;
+        Http::connect(c.ports[0], Duration::from_secs(1))
+            .await?
+            .call("/v3/kv/put", &json!({"key": b64(b"/ready"), "value": b64(b"1")}))
+            .await?;
         Ok(c)
     }
 
@@ -159,7 +168,9 @@ impl EtcdCluster {
                 ids.push(None);
                 continue;
             }
-            let v = async { Http::connect(*p, Duration::from_millis(500)).await?.call("/v3/maintenance/status", &json!({})).await };
+            let v = async {
+                Http::connect(*p, Duration::from_millis(500)).await?.call("/v3/maintenance/status", &json!({})).await
+            };
             match tokio::time::timeout(Duration::from_secs(1), v).await {
                 Ok(Ok(v)) => {
                     ids.push(v.pointer("/header/member_id").and_then(Value::as_str).map(str::to_string));
@@ -178,9 +189,22 @@ impl EtcdCluster {
 }
 
 /// `concurrency` clients putting 1 KiB values (distinct keys), each over its own connection.
-pub async fn puts(c: &EtcdCluster, concurrency: usize, total: Duration, value_len: usize) -> anyhow::Result<(u64, Vec<Event>, u64)> {
+pub async fn puts(
+    c: &EtcdCluster,
+    concurrency: usize,
+    total: Duration,
+    value_len: usize,
+) -> anyhow::Result<(u64, Vec<Event>, u64)> {
     let value = b64(&vec![0x5au8; value_len]);
-    run_clients(c, concurrency, total, move |t, k| json!({"key": b64(format!("/bench/put/{t}/{k}").as_bytes()), "value": value.clone()}), "/v3/kv/put", |_| true).await
+    run_clients(
+        c,
+        concurrency,
+        total,
+        move |t, k| json!({"key": b64(format!("/bench/put/{t}/{k}").as_bytes()), "value": value.clone()}),
+        "/v3/kv/put",
+        |_| true,
+    )
+    .await
 }
 
 /// Key `k` of client `t`'s prefix (the analogue of one stocked one-time prekey).
@@ -215,7 +239,11 @@ pub async fn stock(c: &EtcdCluster, clients: usize, per_client: u64) -> anyhow::
 
 /// Compare-and-delete: each txn deletes the client's next key if it still exists.
 /// Returns (start, events, errors, misses).
-pub async fn txn_deletes(c: &EtcdCluster, concurrency: usize, total: Duration) -> anyhow::Result<(u64, Vec<Event>, u64)> {
+pub async fn txn_deletes(
+    c: &EtcdCluster,
+    concurrency: usize,
+    total: Duration,
+) -> anyhow::Result<(u64, Vec<Event>, u64)> {
     run_clients(
         c,
         concurrency,
@@ -232,7 +260,14 @@ pub async fn txn_deletes(c: &EtcdCluster, concurrency: usize, total: Duration) -
 }
 
 /// Runs `concurrency` sequential clients for `total`; returns (start, events, misses+errors).
-async fn run_clients<B, S>(c: &EtcdCluster, concurrency: usize, total: Duration, body: B, path: &'static str, success: S) -> anyhow::Result<(u64, Vec<Event>, u64)>
+async fn run_clients<B, S>(
+    c: &EtcdCluster,
+    concurrency: usize,
+    total: Duration,
+    body: B,
+    path: &'static str,
+    success: S,
+) -> anyhow::Result<(u64, Vec<Event>, u64)>
 where
     B: Fn(usize, u64) -> Value + Send + Sync + Clone + 'static,
     S: Fn(&Value) -> bool + Send + Sync + Copy + 'static,
@@ -256,7 +291,11 @@ where
                 if !ok {
                     bad += 1;
                     if bad <= 3 {
-                        eprintln!("  etcd {path}: HTTP {} {}", r.0, String::from_utf8_lossy(&r.1).chars().take(200).collect::<String>());
+                        eprintln!(
+                            "  etcd {path}: HTTP {} {}",
+                            r.0,
+                            String::from_utf8_lossy(&r.1).chars().take(200).collect::<String>()
+                        );
                     }
                 }
                 if ok && ev.len() < MAX_EVENTS {
@@ -291,7 +330,9 @@ impl Writer {
         }
         let Some(h) = self.conn.as_mut() else { return false };
         self.k += 1;
-        let body = json!({"key": b64(format!("/bench/failover/{task}/{}", self.k).as_bytes()), "value": b64(&[0x5au8; 1024])}).to_string();
+        let body =
+            json!({"key": b64(format!("/bench/failover/{task}/{}", self.k).as_bytes()), "value": b64(&[0x5au8; 1024])})
+                .to_string();
         match tokio::time::timeout(Duration::from_millis(600), h.post("/v3/kv/put", &body)).await {
             Ok(Ok((200, _))) => true,
             _ => {

@@ -102,14 +102,26 @@ struct Args {
 
 impl Args {
     fn plan(&self) -> Plan {
-        Plan { warmup: Duration::from_secs_f64(self.warmup), window: Duration::from_secs_f64(self.window), reps: self.reps.max(1) }
+        Plan {
+            warmup: Duration::from_secs_f64(self.warmup),
+            window: Duration::from_secs_f64(self.window),
+            reps: self.reps.max(1),
+        }
     }
     fn wants(&self, w: &str) -> bool {
         self.only.iter().any(|x| x == w)
     }
 }
 
-fn triple_rows(rows: &mut Vec<Row>, workload: &str, what: &str, r: &Triple, peer_name: &str, p: Option<&Triple>, rate_unit: &str) {
+fn triple_rows(
+    rows: &mut Vec<Row>,
+    workload: &str,
+    what: &str,
+    r: &Triple,
+    peer_name: &str,
+    p: Option<&Triple>,
+    rate_unit: &str,
+) {
     rows.push(Row::new(workload, &format!("{what} rate"), rate_unit, r.rate, peer_name, p.and_then(|p| p.rate)));
     rows.push(Row::new(workload, &format!("{what} p50"), "ms", r.p50, peer_name, p.and_then(|p| p.p50)));
     rows.push(Row::new(workload, &format!("{what} p99"), "ms", r.p99, peer_name, p.and_then(|p| p.p99)));
@@ -218,7 +230,9 @@ async fn main() -> anyhow::Result<()> {
 async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Vec<Row>> {
     let plan = args.plan();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
-    let routerd = std::fs::canonicalize(&args.routerd).with_context(|| format!("routerd binary {} (build with cargo build --release -p router-node)", args.routerd.display()))?;
+    let routerd = std::fs::canonicalize(&args.routerd).with_context(|| {
+        format!("routerd binary {} (build with cargo build --release -p router-node)", args.routerd.display())
+    })?;
     let mut rows: Vec<Row> = Vec::new();
     let mut series: Vec<Series> = Vec::new();
     let mut bars: Vec<Bars> = Vec::new();
@@ -229,81 +243,130 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Vec<Row>> {
     let mut r_fail: Vec<f64> = Vec::new();
     // ---------------- router ----------------
     if !args.skip_router {
-    println!("== routerd: 3 processes ({})", routerd.display());
-    let limits = "\n[limits]\nprekey_claim_burst = 100000000\nprekey_claim_refill_ms = 1\n";
-    let mut rc = router::RouterCluster::start(&routerd, &nats::dir_for(work, "router")?, args.router_port, 3, limits).await?;
-    if args.wants("delivery") {
-        println!("-- delivery: {} sends in flight over {} clients, {} B, receiver window {}", args.inflight, args.clients, args.payload, args.receive_window);
-        let run = router::delivery(
-            &rc,
-            &router::DeliveryOpts { total: plan.total(), window: args.inflight, clients: args.clients, payload: args.payload, receive_window: args.receive_window },
-        )
-        .await?;
-        println!("   accepted {} delivered {} errors {} undelivered after drain {}", run.acks.len(), run.deliveries.len(), run.errors, run.undelivered);
-        r_delivery = Some((summarize(&plan, run.start_us, &run.acks), summarize(&plan, run.start_us, &run.deliveries)));
-        rc.procs.check_alive()?;
-    }
-    if args.wants("claims") {
-        let t = Instant::now();
-        router::stock_prekeys(&rc, args.claim_users, 1000).await?;
-        println!("-- claims: stocked {} users x 1,000 one-time prekeys in {:.1} s", args.claim_users, t.elapsed().as_secs_f64());
-        for &c in &args.claim_concurrency {
-            let (start, ev, errors, exhausted) = router::claims(&rc, args.claim_users, c, plan.total()).await?;
-            println!("   {c:>3} clients: {} claims, {errors} errors, {exhausted} without a one-time key", ev.len());
-            r_claims.push((c, summarize(&plan, start, &ev)));
+        println!("== routerd: 3 processes ({})", routerd.display());
+        let limits = "\n[limits]\nprekey_claim_burst = 100000000\nprekey_claim_refill_ms = 1\n";
+        let mut rc =
+            router::RouterCluster::start(&routerd, &nats::dir_for(work, "router")?, args.router_port, 3, limits)
+                .await?;
+        if args.wants("delivery") {
+            println!(
+                "-- delivery: {} sends in flight over {} clients, {} B, receiver window {}",
+                args.inflight, args.clients, args.payload, args.receive_window
+            );
+            let run = router::delivery(
+                &rc,
+                &router::DeliveryOpts {
+                    total: plan.total(),
+                    window: args.inflight,
+                    clients: args.clients,
+                    payload: args.payload,
+                    receive_window: args.receive_window,
+                },
+            )
+            .await?;
+            println!(
+                "   accepted {} delivered {} errors {} undelivered after drain {}",
+                run.acks.len(),
+                run.deliveries.len(),
+                run.errors,
+                run.undelivered
+            );
+            r_delivery =
+                Some((summarize(&plan, run.start_us, &run.acks), summarize(&plan, run.start_us, &run.deliveries)));
+            rc.procs.check_alive()?;
         }
-        rc.procs.check_alive()?;
-    }
-    if args.wants("groups") {
-        println!("-- groups: {} members over 5 providers, {} sends in flight", args.group_members, args.group_inflight);
-        let run = router::groups(
-            &rc,
-            &router::GroupOpts { total: plan.total(), window: args.group_inflight, members: args.group_members, payload: args.payload, receive_window: args.receive_window },
-        )
-        .await?;
-        println!("   sent {} provider entries {} errors {} undelivered {}", run.acks.len(), run.deliveries.len(), run.errors, run.undelivered);
-        let sends = summarize(&plan, run.start_us, &run.acks);
-        let entries = summarize(&plan, run.start_us, &run.deliveries);
-        // Member deliveries per window: sum of recipients named in each entry.
-        let windows: Vec<f64> = (0..plan.reps)
-            .map(|i| {
-                let (from, to) = plan.bounds(run.start_us, i);
-                run.member_deliveries.iter().filter(|e| e.at_us >= from && e.at_us < to).map(|e| e.lat_us as f64).sum::<f64>() / plan.window.as_secs_f64()
-            })
-            .collect();
-        let members = Stat::of(&windows);
-        let per_core = Stat::of(&windows.iter().map(|x| x / cores).collect::<Vec<_>>());
-        let w = "groups";
-        rows.push(Row::new(w, "group sends accepted", "msg/s", sends.rate, "—", None));
-        rows.push(Row::new(w, "send->ack p50", "ms", sends.p50, "—", None));
-        rows.push(Row::new(w, "send->ack p99", "ms", sends.p99, "—", None));
-        rows.push(Row::new(w, "provider mailbox entries delivered", "/s", entries.rate, "—", None));
-        rows.push(Row::new(w, "member deliveries (fan-out)", "/s", members, "—", None));
-        rows.push(Row::new(w, &format!("member deliveries per core ({cores} cores)"), "/s", per_core, "—", None));
-        rows.push(Row::new(w, "send->delivery p50", "ms", entries.p50, "—", None));
-        rows.push(Row::new(w, "send->delivery p99", "ms", entries.p99, "—", None));
-        rc.procs.check_alive()?;
-    }
-    if args.wants("failover") {
-        router::failover_setup(&rc).await?;
-        for trial in 0..args.failover_trials {
-            let leader = rc.wait_for_leader(Duration::from_secs(30)).await? as usize;
-            let survivors: Vec<usize> = (0..rc.nodes()).filter(|i| *i != leader - 1).collect();
-            let writers = (0..args.failover_writers)
-                .map(|i| rc.client("a", survivors[i % survivors.len()], Some(Duration::from_millis(600))).map(FWriter::Router))
-                .collect::<Result<Vec<_>, _>>()?;
-            let probe = Probe::start(writers);
-            steady(&probe, 2).await?;
-            let kill_us = now_us();
-            rc.procs.kill9(leader - 1)?;
-            let gap = probe.gap(kill_us, Duration::from_secs(30)).await;
-            println!("-- router failover {}: killed node {leader}, gap {}", trial + 1, gap.map(|g| format!("{g:.3} s")).unwrap_or("none within 30 s".into()));
-            r_fail.extend(gap);
-            rc.procs.restart(leader - 1)?;
-            tokio::time::sleep(Duration::from_secs(3)).await;
+        if args.wants("claims") {
+            let t = Instant::now();
+            router::stock_prekeys(&rc, args.claim_users, 1000).await?;
+            println!(
+                "-- claims: stocked {} users x 1,000 one-time prekeys in {:.1} s",
+                args.claim_users,
+                t.elapsed().as_secs_f64()
+            );
+            for &c in &args.claim_concurrency {
+                let (start, ev, errors, exhausted) = router::claims(&rc, args.claim_users, c, plan.total()).await?;
+                println!("   {c:>3} clients: {} claims, {errors} errors, {exhausted} without a one-time key", ev.len());
+                r_claims.push((c, summarize(&plan, start, &ev)));
+            }
+            rc.procs.check_alive()?;
         }
-    }
-    drop(rc);
+        if args.wants("groups") {
+            println!(
+                "-- groups: {} members over 5 providers, {} sends in flight",
+                args.group_members, args.group_inflight
+            );
+            let run = router::groups(
+                &rc,
+                &router::GroupOpts {
+                    total: plan.total(),
+                    window: args.group_inflight,
+                    members: args.group_members,
+                    payload: args.payload,
+                    receive_window: args.receive_window,
+                },
+            )
+            .await?;
+            println!(
+                "   sent {} provider entries {} errors {} undelivered {}",
+                run.acks.len(),
+                run.deliveries.len(),
+                run.errors,
+                run.undelivered
+            );
+            let sends = summarize(&plan, run.start_us, &run.acks);
+            let entries = summarize(&plan, run.start_us, &run.deliveries);
+            // Member deliveries per window: sum of recipients named in each entry.
+            let windows: Vec<f64> = (0..plan.reps)
+                .map(|i| {
+                    let (from, to) = plan.bounds(run.start_us, i);
+                    run.member_deliveries
+                        .iter()
+                        .filter(|e| e.at_us >= from && e.at_us < to)
+                        .map(|e| e.lat_us as f64)
+                        .sum::<f64>()
+                        / plan.window.as_secs_f64()
+                })
+                .collect();
+            let members = Stat::of(&windows);
+            let per_core = Stat::of(&windows.iter().map(|x| x / cores).collect::<Vec<_>>());
+            let w = "groups";
+            rows.push(Row::new(w, "group sends accepted", "msg/s", sends.rate, "—", None));
+            rows.push(Row::new(w, "send->ack p50", "ms", sends.p50, "—", None));
+            rows.push(Row::new(w, "send->ack p99", "ms", sends.p99, "—", None));
+            rows.push(Row::new(w, "provider mailbox entries delivered", "/s", entries.rate, "—", None));
+            rows.push(Row::new(w, "member deliveries (fan-out)", "/s", members, "—", None));
+            rows.push(Row::new(w, &format!("member deliveries per core ({cores} cores)"), "/s", per_core, "—", None));
+            rows.push(Row::new(w, "send->delivery p50", "ms", entries.p50, "—", None));
+            rows.push(Row::new(w, "send->delivery p99", "ms", entries.p99, "—", None));
+            rc.procs.check_alive()?;
+        }
+        if args.wants("failover") {
+            router::failover_setup(&rc).await?;
+            for trial in 0..args.failover_trials {
+                let leader = rc.wait_for_leader(Duration::from_secs(30)).await? as usize;
+                let survivors: Vec<usize> = (0..rc.nodes()).filter(|i| *i != leader - 1).collect();
+                let writers = (0..args.failover_writers)
+                    .map(|i| {
+                        rc.client("a", survivors[i % survivors.len()], Some(Duration::from_millis(600)))
+                            .map(FWriter::Router)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let probe = Probe::start(writers);
+                steady(&probe, 2).await?;
+                let kill_us = now_us();
+                rc.procs.kill9(leader - 1)?;
+                let gap = probe.gap(kill_us, Duration::from_secs(30)).await;
+                println!(
+                    "-- router failover {}: killed node {leader}, gap {}",
+                    trial + 1,
+                    gap.map(|g| format!("{g:.3} s")).unwrap_or("none within 30 s".into())
+                );
+                r_fail.extend(gap);
+                rc.procs.restart(leader - 1)?;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+        }
+        drop(rc);
     }
 
     // ---------------- NATS ----------------
@@ -321,15 +384,28 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Vec<Row>> {
             println!("== {}", nc.label);
             nc.create_stream("BENCH", args.receive_window).await?;
             if args.wants("delivery") {
-                let run = nats::delivery(&nc, plan.total(), args.inflight, args.clients, args.payload, args.receive_window).await?;
-                println!("   accepted {} delivered {} errors {} undelivered after drain {}", run.acks.len(), run.deliveries.len(), run.errors, run.undelivered);
-                n_delivery.push((nc.label.clone(), summarize(&plan, run.start_us, &run.acks), summarize(&plan, run.start_us, &run.deliveries)));
+                let run =
+                    nats::delivery(&nc, plan.total(), args.inflight, args.clients, args.payload, args.receive_window)
+                        .await?;
+                println!(
+                    "   accepted {} delivered {} errors {} undelivered after drain {}",
+                    run.acks.len(),
+                    run.deliveries.len(),
+                    run.errors,
+                    run.undelivered
+                );
+                n_delivery.push((
+                    nc.label.clone(),
+                    summarize(&plan, run.start_us, &run.acks),
+                    summarize(&plan, run.start_us, &run.deliveries),
+                ));
                 nc.procs.check_alive()?;
             }
             if sync && args.wants("failover") {
                 for trial in 0..args.failover_trials {
                     let leader = wait_nats_leader(&nc).await?;
-                    let survivors: Vec<u16> = nc.ports.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, p)| *p).collect();
+                    let survivors: Vec<u16> =
+                        nc.ports.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, p)| *p).collect();
                     let writers = (0..args.failover_writers)
                         .map(|i| FWriter::Nats(nats::Writer { ports: survivors.clone(), cur: i, conn: None }))
                         .collect();
@@ -338,7 +414,12 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Vec<Row>> {
                     let kill_us = now_us();
                     nc.procs.kill9(leader)?;
                     let gap = probe.gap(kill_us, Duration::from_secs(30)).await;
-                    println!("-- NATS failover {}: killed n{}, gap {}", trial + 1, leader + 1, gap.map(|g| format!("{g:.3} s")).unwrap_or("none within 30 s".into()));
+                    println!(
+                        "-- NATS failover {}: killed n{}, gap {}",
+                        trial + 1,
+                        leader + 1,
+                        gap.map(|g| format!("{g:.3} s")).unwrap_or("none within 30 s".into())
+                    );
                     n_fail.extend(gap);
                     nc.procs.restart(leader)?;
                     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -352,7 +433,11 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Vec<Row>> {
     let mut e_txn: Vec<(usize, Triple)> = Vec::new();
     let mut e_fail: Vec<f64> = Vec::new();
     if !args.skip_peers && (args.wants("claims") || args.wants("failover")) {
-        let bin = args.etcd.clone().or_else(|| procs::which("etcd")).context("etcd not found: pass --etcd or run deploy/bench.sh")?;
+        let bin = args
+            .etcd
+            .clone()
+            .or_else(|| procs::which("etcd"))
+            .context("etcd not found: pass --etcd or run deploy/bench.sh")?;
         let mut ec = etcd::EtcdCluster::start(&bin, &nats::dir_for(work, "etcd")?, args.etcd_port).await?;
         println!("== etcd: 3 members ({})", bin.display());
         if args.wants("claims") {
@@ -363,7 +448,11 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Vec<Row>> {
                 let per_client = ((ev.len() as f64 * 2.0 / c as f64) as u64).max(200);
                 etcd::stock(&ec, c, per_client).await?;
                 let (start2, ev2, bad2) = etcd::txn_deletes(&ec, c, plan.total()).await?;
-                println!("   {c:>3} clients: {} puts ({bad} failed), {} txn-deletes ({bad2} failed or missed)", ev.len(), ev2.len());
+                println!(
+                    "   {c:>3} clients: {} puts ({bad} failed), {} txn-deletes ({bad2} failed or missed)",
+                    ev.len(),
+                    ev2.len()
+                );
                 e_puts.push((c, puts));
                 e_txn.push((c, summarize(&plan, start2, &ev2)));
             }
@@ -372,7 +461,8 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Vec<Row>> {
         if args.wants("failover") {
             for trial in 0..args.failover_trials {
                 let leader = ec.leader().await?;
-                let survivors: Vec<u16> = ec.ports.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, p)| *p).collect();
+                let survivors: Vec<u16> =
+                    ec.ports.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, p)| *p).collect();
                 let writers = (0..args.failover_writers)
                     .map(|i| FWriter::Etcd(etcd::Writer { ports: survivors.clone(), cur: i, conn: None, k: 0 }))
                     .collect();
@@ -381,7 +471,12 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Vec<Row>> {
                 let kill_us = now_us();
                 ec.procs.kill9(leader)?;
                 let gap = probe.gap(kill_us, Duration::from_secs(30)).await;
-                println!("-- etcd failover {}: killed e{}, gap {}", trial + 1, leader + 1, gap.map(|g| format!("{g:.3} s")).unwrap_or("none within 30 s".into()));
+                println!(
+                    "-- etcd failover {}: killed e{}, gap {}",
+                    trial + 1,
+                    leader + 1,
+                    gap.map(|g| format!("{g:.3} s")).unwrap_or("none within 30 s".into())
+                );
                 e_fail.extend(gap);
                 ec.procs.restart(leader)?;
                 let deadline = Instant::now() + Duration::from_secs(30);
@@ -396,7 +491,8 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Vec<Row>> {
     // ---------------- table ----------------
     let mut out: Vec<Row> = Vec::new();
     if let Some((acks, dels)) = &r_delivery {
-        let mut peers: Vec<(String, Option<&Triple>, Option<&Triple>)> = n_delivery.iter().map(|(l, a, d)| (l.clone(), Some(a), Some(d))).collect();
+        let mut peers: Vec<(String, Option<&Triple>, Option<&Triple>)> =
+            n_delivery.iter().map(|(l, a, d)| (l.clone(), Some(a), Some(d))).collect();
         if peers.is_empty() {
             peers.push(("—".into(), None, None));
         }
@@ -404,8 +500,22 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Vec<Row>> {
             triple_rows(&mut out, "delivery", "accepted (send->ack)", acks, label, *pa, "msg/s");
             triple_rows(&mut out, "delivery", "delivered (send->delivery)", dels, label, *pd, "msg/s");
         }
-        let mut b1 = Bars { label: "send->ack".into(), values: vec![("routerd".into(), acks.p50.map_or(f64::NAN, |s| s.median), acks.p99.map_or(f64::NAN, |s| s.median))] };
-        let mut b2 = Bars { label: "send->delivery".into(), values: vec![("routerd".into(), dels.p50.map_or(f64::NAN, |s| s.median), dels.p99.map_or(f64::NAN, |s| s.median))] };
+        let mut b1 = Bars {
+            label: "send->ack".into(),
+            values: vec![(
+                "routerd".into(),
+                acks.p50.map_or(f64::NAN, |s| s.median),
+                acks.p99.map_or(f64::NAN, |s| s.median),
+            )],
+        };
+        let mut b2 = Bars {
+            label: "send->delivery".into(),
+            values: vec![(
+                "routerd".into(),
+                dels.p50.map_or(f64::NAN, |s| s.median),
+                dels.p99.map_or(f64::NAN, |s| s.median),
+            )],
+        };
         for (l, a, d) in &n_delivery {
             let short = if l.contains("always") { "NATS sync always" } else { "NATS default sync" };
             b1.values.push((short.into(), a.p50.map_or(f64::NAN, |s| s.median), a.p99.map_or(f64::NAN, |s| s.median)));
@@ -417,39 +527,89 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Vec<Row>> {
     for (c, t) in &r_claims {
         let put = e_puts.iter().find(|x| x.0 == *c).map(|x| &x.1);
         let txn = e_txn.iter().find(|x| x.0 == *c).map(|x| &x.1);
-        triple_rows(&mut out, "directory", &format!("{c} clients: prekey claim vs etcd 1 KiB put"), t, "etcd 3 members, put", put, "ops/s");
-        triple_rows(&mut out, "directory", &format!("{c} clients: prekey claim vs etcd txn-delete"), t, "etcd 3 members, txn compare-and-delete", txn, "ops/s");
+        triple_rows(
+            &mut out,
+            "directory",
+            &format!("{c} clients: prekey claim vs etcd 1 KiB put"),
+            t,
+            "etcd 3 members, put",
+            put,
+            "ops/s",
+        );
+        triple_rows(
+            &mut out,
+            "directory",
+            &format!("{c} clients: prekey claim vs etcd txn-delete"),
+            t,
+            "etcd 3 members, txn compare-and-delete",
+            txn,
+            "ops/s",
+        );
     }
     for (name, v) in [("routerd prekey claims", &r_claims), ("etcd 1 KiB puts", &e_puts), ("etcd txn-delete", &e_txn)] {
         if !v.is_empty() {
-            series.push(Series { name: name.into(), points: v.iter().filter_map(|(c, t)| t.rate.map(|r| (*c as f64, r.median))).collect() });
+            series.push(Series {
+                name: name.into(),
+                points: v.iter().filter_map(|(c, t)| t.rate.map(|r| (*c as f64, r.median))).collect(),
+            });
         }
     }
     if !r_claims.is_empty() {
         let mut b = Bars { label: "claims/puts p50-p99, max clients".into(), values: Vec::new() };
         if let Some((_, t)) = r_claims.last() {
-            b.values.push(("routerd prekey claims".into(), t.p50.map_or(f64::NAN, |s| s.median), t.p99.map_or(f64::NAN, |s| s.median)));
+            b.values.push((
+                "routerd prekey claims".into(),
+                t.p50.map_or(f64::NAN, |s| s.median),
+                t.p99.map_or(f64::NAN, |s| s.median),
+            ));
         }
         if let Some((_, t)) = e_puts.last() {
-            b.values.push(("etcd 1 KiB puts".into(), t.p50.map_or(f64::NAN, |s| s.median), t.p99.map_or(f64::NAN, |s| s.median)));
+            b.values.push((
+                "etcd 1 KiB puts".into(),
+                t.p50.map_or(f64::NAN, |s| s.median),
+                t.p99.map_or(f64::NAN, |s| s.median),
+            ));
         }
         bars.push(b);
     }
     out.extend(rows);
     if args.wants("failover") {
         let r = Stat::of(&r_fail);
-        out.push(Row::new("failover", "kill -9 leader -> next ack (write issued after the kill)", "s", r, "etcd 3 members, 1 KiB put loop", Stat::of(&e_fail)));
-        out.push(Row::new("failover", "kill -9 leader -> next ack (write issued after the kill)", "s", r, "NATS JetStream R3 sync always, publish loop", Stat::of(&n_fail)));
+        out.push(Row::new(
+            "failover",
+            "kill -9 leader -> next ack (write issued after the kill)",
+            "s",
+            r,
+            "etcd 3 members, 1 KiB put loop",
+            Stat::of(&e_fail),
+        ));
+        out.push(Row::new(
+            "failover",
+            "kill -9 leader -> next ack (write issued after the kill)",
+            "s",
+            r,
+            "NATS JetStream R3 sync always, publish loop",
+            Stat::of(&n_fail),
+        ));
     }
-    let date = std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let header = format!(
         "Run {date} on {cores} cores; warm-up {} s, {} windows of {} s per point; {} in flight (delivery), {} B payloads.",
         args.warmup, plan.reps, args.window, args.inflight, args.payload
     );
     json_extra.insert("header".into(), header.clone().into());
     json_extra.insert("rows".into(), serde_json::to_value(&out)?);
-    json_extra.insert("failover_trials_s".into(), serde_json::json!({"router": r_fail, "etcd": e_fail, "nats": n_fail}));
-    std::fs::write(args.out.join("results.json"), serde_json::to_string_pretty(&serde_json::Value::Object(json_extra))?)?;
+    json_extra
+        .insert("failover_trials_s".into(), serde_json::json!({"router": r_fail, "etcd": e_fail, "nats": n_fail}));
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_string_pretty(&serde_json::Value::Object(json_extra))?,
+    )?;
     std::fs::write(args.out.join("results.md"), report::markdown(&out, &header))?;
     report::svg(&args.out.join("plot.svg"), &header, &series, &bars)?;
     Ok(out)

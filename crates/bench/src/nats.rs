@@ -275,7 +275,11 @@ impl NatsCluster {
         let mut procs = Group::start(specs)?;
         procs::wait_ports(&ports, Duration::from_secs(20)).await?;
         procs.check_alive()?;
-        let label = if sync_always { "NATS JetStream R3, sync_interval: always" } else { "NATS JetStream R3, default sync (not fsyncing per write)" };
+        let label = if sync_always {
+            "NATS JetStream R3, sync_interval: always"
+        } else {
+            "NATS JetStream R3, default sync (not fsyncing per write)"
+        };
         Ok(NatsCluster { procs, ports, label: label.into() })
     }
 
@@ -349,11 +353,24 @@ pub struct JsRun {
 /// Workload 1 on JetStream: `window` publishes in flight over `clients`
 /// connections (each waits for its PubAck), one pull consumer acking each
 /// message (`+ACK`), with up to `pull_outstanding` messages requested.
-pub async fn delivery(cluster: &NatsCluster, total: Duration, window: usize, clients: usize, payload: usize, pull_outstanding: u32) -> anyhow::Result<JsRun> {
+pub async fn delivery(
+    cluster: &NatsCluster,
+    total: Duration,
+    window: usize,
+    clients: usize,
+    payload: usize,
+    pull_outstanding: u32,
+) -> anyhow::Result<JsRun> {
     let stream = "BENCH";
     let stop = Arc::new(AtomicBool::new(false));
     let delivered = Arc::new(AtomicU64::new(0));
-    let consumer = tokio::spawn(consume(cluster.ports[1 % cluster.ports.len()], stream, pull_outstanding, stop.clone(), delivered.clone()));
+    let consumer = tokio::spawn(consume(
+        cluster.ports[1 % cluster.ports.len()],
+        stream,
+        pull_outstanding,
+        stop.clone(),
+        delivered.clone(),
+    ));
     let mut conns = Vec::new();
     for i in 0..clients.max(1) {
         conns.push(Arc::new(Nats::connect(cluster.ports[i % cluster.ports.len()], Duration::from_secs(2)).await?));
@@ -377,7 +394,10 @@ pub async fn delivery(cluster: &NatsCluster, total: Duration, window: usize, cli
                     other => {
                         errors += 1;
                         if errors <= 3 {
-                            eprintln!("  publish failed: {:?}", other.map(|m| String::from_utf8_lossy(&m.payload).into_owned()));
+                            eprintln!(
+                                "  publish failed: {:?}",
+                                other.map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+                            );
                         }
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
@@ -409,7 +429,13 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 /// Pull consumer: keeps `outstanding` messages requested in pulls of up to
 /// 1,024 (1 s expiry); acks every message with `+ACK`.
-async fn consume(port: u16, stream: &str, outstanding: u32, stop: Arc<AtomicBool>, delivered: Arc<AtomicU64>) -> anyhow::Result<Vec<Event>> {
+async fn consume(
+    port: u16,
+    stream: &str,
+    outstanding: u32,
+    stop: Arc<AtomicBool>,
+    delivered: Arc<AtomicU64>,
+) -> anyhow::Result<Vec<Event>> {
     let c = Nats::connect(port, Duration::from_secs(2)).await?;
     let prefix = format!("_PULL.{}", token());
     let mut rx = c.subscribe(&format!("{prefix}.*"))?;

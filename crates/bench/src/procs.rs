@@ -92,7 +92,8 @@ impl Group {
                 && g.exited()
             {
                 let log = std::fs::read_to_string(&self.specs[i].log).unwrap_or_default();
-                let tail: String = log.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                let tail: String =
+                    log.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
                 bail!("{} exited unexpectedly; log tail:\n{tail}", g.name);
             }
         }

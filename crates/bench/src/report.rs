@@ -20,7 +20,14 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn new(workload: &str, figure: &str, unit: &str, router: Option<Stat>, peer_name: &str, peer: Option<Stat>) -> Row {
+    pub fn new(
+        workload: &str,
+        figure: &str,
+        unit: &str,
+        router: Option<Stat>,
+        peer_name: &str,
+        peer: Option<Stat>,
+    ) -> Row {
         let lower = unit == "ms" || unit == "s";
         let ratio = match (router, peer) {
             (Some(r), Some(p)) if p.median > 0.0 => Some(r.median / p.median),
@@ -74,16 +81,32 @@ fn ratio(r: &Row) -> String {
 pub fn markdown(rows: &[Row], header: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{header}\n");
-    let _ = writeln!(s, "| Workload | Figure | Unit | Router: median (min–max) | Peer | Peer: median (min–max) | Router / peer |");
+    let _ = writeln!(
+        s,
+        "| Workload | Figure | Unit | Router: median (min–max) | Peer | Peer: median (min–max) | Router / peer |"
+    );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|");
     for r in rows {
-        let _ = writeln!(s, "| {} | {} | {} | {} | {} | {} | {} |", r.workload, r.figure, r.unit, cell(&r.router), r.peer_name, cell(&r.peer), ratio(r));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.workload,
+            r.figure,
+            r.unit,
+            cell(&r.router),
+            r.peer_name,
+            cell(&r.peer),
+            ratio(r)
+        );
     }
     s
 }
 
 pub fn print(rows: &[Row]) {
-    println!("\n{:<11} {:<40} {:<5} {:>28}  {:<44} {:>28} {:>8}", "workload", "figure", "unit", "router", "peer", "peer value", "ratio");
+    println!(
+        "\n{:<11} {:<40} {:<5} {:>28}  {:<44} {:>28} {:>8}",
+        "workload", "figure", "unit", "router", "peer", "peer value", "ratio"
+    );
     for r in rows {
         println!(
             "{:<11} {:<40} {:<5} {:>28}  {:<44} {:>28} {:>8}",
@@ -121,8 +144,15 @@ fn esc(s: &str) -> String {
 pub fn svg(path: &Path, title: &str, series: &[Series], bars: &[Bars]) -> std::io::Result<()> {
     let (w, h) = (1100.0, 480.0);
     let mut s = String::new();
-    let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#);
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/><text x="20" y="24" font-size="15">{}</text>"#, esc(title));
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="20" y="24" font-size="15">{}</text>"#,
+        esc(title)
+    );
     // Panel 1: throughput vs clients.
     let (x0, y0, pw, ph) = (70.0, 60.0, 420.0, 340.0);
     let xs: Vec<f64> = {
@@ -137,7 +167,14 @@ pub fn svg(path: &Path, title: &str, series: &[Series], bars: &[Bars]) -> std::i
     for i in 0..=5 {
         let v = ymax * f64::from(i) / 5.0;
         let y = y0 + ph - ph * f64::from(i) / 5.0;
-        let _ = writeln!(s, r##"<line x1="{x0}" y1="{y}" x2="{}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{}</text>"##, x0 + pw, x0 - 5.0, y + 4.0, num(v));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x0}" y1="{y}" x2="{}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
+            x0 + pw,
+            x0 - 5.0,
+            y + 4.0,
+            num(v)
+        );
     }
     let xpos = |x: f64| -> f64 {
         let i = xs.iter().position(|v| *v == x).unwrap_or(0) as f64;
@@ -146,26 +183,49 @@ pub fn svg(path: &Path, title: &str, series: &[Series], bars: &[Bars]) -> std::i
     for x in &xs {
         let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">{x}</text>"#, xpos(*x), y0 + ph + 16.0);
     }
-    let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">concurrent clients</text>"#, x0 + pw / 2.0, y0 + ph + 34.0);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">concurrent clients</text>"#,
+        x0 + pw / 2.0,
+        y0 + ph + 34.0
+    );
     for (i, se) in series.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
-        let pts: Vec<String> = se.points.iter().map(|(x, y)| format!("{:.1},{:.1}", xpos(*x), y0 + ph - ph * y / ymax)).collect();
+        let pts: Vec<String> =
+            se.points.iter().map(|(x, y)| format!("{:.1},{:.1}", xpos(*x), y0 + ph - ph * y / ymax)).collect();
         let _ = writeln!(s, r#"<polyline points="{}" fill="none" stroke="{c}" stroke-width="2"/>"#, pts.join(" "));
         for p in &pts {
             let (px, py) = p.split_once(',').expect("point");
             let _ = writeln!(s, r#"<circle cx="{px}" cy="{py}" r="3" fill="{c}"/>"#);
         }
-        let _ = writeln!(s, r#"<rect x="{}" y="{}" width="10" height="10" fill="{c}"/><text x="{}" y="{}">{}</text>"#, x0 + 10.0, y0 + 10.0 + 16.0 * i as f64, x0 + 25.0, y0 + 19.0 + 16.0 * i as f64, esc(&se.name));
+        let _ = writeln!(
+            s,
+            r#"<rect x="{}" y="{}" width="10" height="10" fill="{c}"/><text x="{}" y="{}">{}</text>"#,
+            x0 + 10.0,
+            y0 + 10.0 + 16.0 * i as f64,
+            x0 + 25.0,
+            y0 + 19.0 + 16.0 * i as f64,
+            esc(&se.name)
+        );
     }
     // Panel 2: latency bars.
     let (x1, pw2) = (600.0, 460.0);
-    let lmax = bars.iter().flat_map(|b| b.values.iter().map(|v| v.2.max(v.1))).filter(|v| v.is_finite()).fold(1.0, f64::max) * 1.1;
+    let lmax =
+        bars.iter().flat_map(|b| b.values.iter().map(|v| v.2.max(v.1))).filter(|v| v.is_finite()).fold(1.0, f64::max)
+            * 1.1;
     let _ = writeln!(s, r#"<text x="{x1}" y="{}">Latency (ms): p50 solid, p99 light</text>"#, y0 - 12.0);
     let _ = writeln!(s, r##"<rect x="{x1}" y="{y0}" width="{pw2}" height="{ph}" fill="none" stroke="#888"/>"##);
     for i in 0..=5 {
         let v = lmax * f64::from(i) / 5.0;
         let y = y0 + ph - ph * f64::from(i) / 5.0;
-        let _ = writeln!(s, r##"<line x1="{x1}" y1="{y}" x2="{}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{}</text>"##, x1 + pw2, x1 - 5.0, y + 4.0, num(v));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x1}" y1="{y}" x2="{}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
+            x1 + pw2,
+            x1 - 5.0,
+            y + 4.0,
+            num(v)
+        );
     }
     let groups = bars.len().max(1) as f64;
     let gw = pw2 / groups;
@@ -186,15 +246,34 @@ pub fn svg(path: &Path, title: &str, series: &[Series], bars: &[Bars]) -> std::i
             for (v, op) in [(p99, 0.35), (p50, 1.0)] {
                 if v.is_finite() {
                     let hgt = ph * v / lmax;
-                    let _ = writeln!(s, r#"<rect x="{bx:.1}" y="{:.1}" width="{:.1}" height="{hgt:.1}" fill="{c}" fill-opacity="{op}"/>"#, y0 + ph - hgt, bw - 2.0);
+                    let _ = writeln!(
+                        s,
+                        r#"<rect x="{bx:.1}" y="{:.1}" width="{:.1}" height="{hgt:.1}" fill="{c}" fill-opacity="{op}"/>"#,
+                        y0 + ph - hgt,
+                        bw - 2.0
+                    );
                 }
             }
         }
-        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#, x1 + gi as f64 * gw + gw / 2.0, y0 + ph + 16.0, esc(&b.label));
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+            x1 + gi as f64 * gw + gw / 2.0,
+            y0 + ph + 16.0,
+            esc(&b.label)
+        );
     }
     for (i, name) in names.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
-        let _ = writeln!(s, r#"<rect x="{}" y="{}" width="10" height="10" fill="{c}"/><text x="{}" y="{}">{}</text>"#, x1 + 10.0, y0 + 10.0 + 16.0 * i as f64, x1 + 25.0, y0 + 19.0 + 16.0 * i as f64, esc(name));
+        let _ = writeln!(
+            s,
+            r#"<rect x="{}" y="{}" width="10" height="10" fill="{c}"/><text x="{}" y="{}">{}</text>"#,
+            x1 + 10.0,
+            y0 + 10.0 + 16.0 * i as f64,
+            x1 + 25.0,
+            y0 + 19.0 + 16.0 * i as f64,
+            esc(name)
+        );
     }
     s.push_str("</svg>\n");
     std::fs::write(path, s)

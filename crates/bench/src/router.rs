@@ -29,13 +29,26 @@ pub struct RouterCluster {
 impl RouterCluster {
     /// `init-dev` for `nodes` nodes and providers a..e, `extra_toml` appended to
     /// every node's config, then one routerd process per node.
-    pub async fn start(routerd: &Path, dir: &Path, base_port: u16, nodes: u64, extra_toml: &str) -> anyhow::Result<Self> {
+    pub async fn start(
+        routerd: &Path,
+        dir: &Path,
+        base_port: u16,
+        nodes: u64,
+        extra_toml: &str,
+    ) -> anyhow::Result<Self> {
         let ports: Vec<u16> = (1..=nodes).flat_map(|id| (1..=3).map(move |k| base_port + 10 * id as u16 + k)).collect();
         procs::ensure_free(&ports)?;
         let out = std::process::Command::new(routerd)
             .args(["init-dev", "--dir"])
             .arg(dir)
-            .args(["--nodes", &nodes.to_string(), "--base-port", &base_port.to_string(), "--providers", &PROVIDERS.join(",")])
+            .args([
+                "--nodes",
+                &nodes.to_string(),
+                "--base-port",
+                &base_port.to_string(),
+                "--providers",
+                &PROVIDERS.join(","),
+            ])
             .output()
             .with_context(|| format!("run {} init-dev", routerd.display()))?;
         if !out.status.success() {
@@ -111,7 +124,14 @@ impl RouterCluster {
             for (i, a) in self.admin.iter().enumerate() {
                 if self.procs.running[i].is_some() {
                     let mut a = a.clone();
-                    views.push(a.status(StatusRequest {}).await.ok().map(|r| r.into_inner()).filter(|s| s.has_leader).map(|s| s.leader_id));
+                    views.push(
+                        a.status(StatusRequest {})
+                            .await
+                            .ok()
+                            .map(|r| r.into_inner())
+                            .filter(|s| s.has_leader)
+                            .map(|s| s.leader_id),
+                    );
                 }
             }
             if let Some(Some(l)) = views.first()
@@ -245,7 +265,8 @@ pub async fn delivery(cluster: &RouterCluster, o: &DeliveryOpts) -> anyhow::Resu
     let stop = Arc::new(AtomicBool::new(false));
     let delivered = Arc::new(AtomicU64::new(0));
     let rx = spawn_receiver(receiver, o.receive_window, stop.clone(), delivered.clone());
-    let clients: Vec<RouterClient> = (0..o.clients.max(1)).map(|i| cluster.client("a", i % n, None)).collect::<Result<_, _>>()?;
+    let clients: Vec<RouterClient> =
+        (0..o.clients.max(1)).map(|i| cluster.client("a", i % n, None)).collect::<Result<_, _>>()?;
     let start_us = now_us();
     let end = Instant::now() + o.total;
     let mut tasks = Vec::new();
@@ -261,7 +282,12 @@ pub async fn delivery(cluster: &RouterCluster, o: &DeliveryOpts) -> anyhow::Resu
                     recipient_user_id: "handle:receiver".into(),
                     content_type: ContentType::Message as i32,
                     ttl_seconds: 0,
-                    parts: vec![DeviceCiphertext { device_id: 1, registration_id: 2002, message_type: 1, ciphertext: stamp(payload).into() }],
+                    parts: vec![DeviceCiphertext {
+                        device_id: 1,
+                        registration_id: 2002,
+                        message_type: 1,
+                        ciphertext: stamp(payload).into(),
+                    }],
                     sender_user_id: "handle:sender".into(),
                     sender_device_id: 1,
                 };
@@ -332,7 +358,10 @@ pub async fn groups(cluster: &RouterCluster, o: &GroupOpts) -> anyhow::Result<De
         .create_group(CreateGroupRequest {
             group_id: "bench-group".into(),
             creator_user_id: creator.clone(),
-            members: members.iter().map(|u| GroupMember { user_id: u.clone(), role: GroupRole::Member as i32 }).collect(),
+            members: members
+                .iter()
+                .map(|u| GroupMember { user_id: u.clone(), role: GroupRole::Member as i32 })
+                .collect(),
         })
         .await
         .context("create group")?;
@@ -340,7 +369,12 @@ pub async fn groups(cluster: &RouterCluster, o: &GroupOpts) -> anyhow::Result<De
     let delivered = Arc::new(AtomicU64::new(0));
     let mut rxs = Vec::new();
     for (pi, p) in PROVIDERS.iter().enumerate() {
-        rxs.push(spawn_receiver(cluster.client(p, (pi + 1) % n, None)?, o.receive_window, stop.clone(), delivered.clone()));
+        rxs.push(spawn_receiver(
+            cluster.client(p, (pi + 1) % n, None)?,
+            o.receive_window,
+            stop.clone(),
+            delivered.clone(),
+        ));
     }
     let start_us = now_us();
     let end = Instant::now() + o.total;
@@ -389,7 +423,8 @@ pub async fn groups(cluster: &RouterCluster, o: &GroupOpts) -> anyhow::Result<De
         run.acks.extend(ev);
         run.errors += e;
     }
-    run.undelivered = drain(run.acks.len() as u64, &delivered, PROVIDERS.len() as u64, &stop, Duration::from_secs(30)).await;
+    run.undelivered =
+        drain(run.acks.len() as u64, &delivered, PROVIDERS.len() as u64, &stop, Duration::from_secs(30)).await;
     for rx in rxs {
         let (ev, m) = rx.await??;
         run.deliveries.extend(ev);
@@ -440,9 +475,16 @@ pub async fn stock_prekeys(cluster: &RouterCluster, users: usize, keys_per_user:
                             user_id: format!("handle:k{u}"),
                             device_id: 1,
                             identity_key: identity.public.to_vec().into(),
-                            signed_prekey: Some(SignedEcPrekey { key_id: 1, public_key: spk.public.to_vec().into(), signature: signature.into() }),
+                            signed_prekey: Some(SignedEcPrekey {
+                                key_id: 1,
+                                public_key: spk.public.to_vec().into(),
+                                signature: signature.into(),
+                            }),
                             one_time_prekeys: (first..first + count)
-                                .map(|id| EcOneTimePrekey { key_id: id, public_key: KeyPair::generate(&mut rng).public.to_vec().into() })
+                                .map(|id| EcOneTimePrekey {
+                                    key_id: id,
+                                    public_key: KeyPair::generate(&mut rng).public.to_vec().into(),
+                                })
                                 .collect(),
                             kyber_one_time_prekeys: vec![],
                             kyber_last_resort: None,
@@ -467,7 +509,12 @@ pub async fn stock_prekeys(cluster: &RouterCluster, users: usize, keys_per_user:
 
 /// Workload 2: `concurrency` clients of provider b claiming bundles
 /// (`FetchBundles`: one linearizable write each) round-robin over the users.
-pub async fn claims(cluster: &RouterCluster, users: usize, concurrency: usize, total: Duration) -> anyhow::Result<(u64, Vec<Event>, u64, u64)> {
+pub async fn claims(
+    cluster: &RouterCluster,
+    users: usize,
+    concurrency: usize,
+    total: Duration,
+) -> anyhow::Result<(u64, Vec<Event>, u64, u64)> {
     let n = cluster.nodes();
     let clients: Vec<RouterClient> =
         (0..concurrency.clamp(1, 8)).map(|i| cluster.client("b", i % n, None)).collect::<Result<_, _>>()?;
@@ -521,7 +568,12 @@ pub async fn failover_writer(client: RouterClient, task: usize, k: u64) -> bool 
         recipient_user_id: "handle:receiver".into(),
         content_type: ContentType::Message as i32,
         ttl_seconds: 0,
-        parts: vec![DeviceCiphertext { device_id: 1, registration_id: 2002, message_type: 1, ciphertext: stamp(1024).into() }],
+        parts: vec![DeviceCiphertext {
+            device_id: 1,
+            registration_id: 2002,
+            message_type: 1,
+            ciphertext: stamp(1024).into(),
+        }],
         sender_user_id: "handle:sender".into(),
         sender_device_id: 1,
     };

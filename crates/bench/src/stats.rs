@@ -46,7 +46,8 @@ impl Plan {
         (0..self.reps)
             .map(|i| {
                 let (from, to) = self.bounds(start_us, i);
-                let mut lat: Vec<u64> = events.iter().filter(|e| e.at_us >= from && e.at_us < to).map(|e| e.lat_us).collect();
+                let mut lat: Vec<u64> =
+                    events.iter().filter(|e| e.at_us >= from && e.at_us < to).map(|e| e.lat_us).collect();
                 let rate = lat.len() as f64 / self.window.as_secs_f64();
                 lat.sort_unstable();
                 (rate, pct(&lat, 0.50), pct(&lat, 0.99))

@@ -10,9 +10,9 @@ use router_sdk::SdkError;
 use router_sdk::admin::AdminConnector;
 use router_sdk::v1::admin_client::AdminClient;
 use router_sdk::v1::*;
-use tonic::transport::Channel;
 use serde_json::{Value, json};
 use std::path::PathBuf;
+use tonic::transport::Channel;
 
 #[derive(Parser)]
 #[command(name = "routerctl", version, about = "Operate an Interop Router cluster")]
@@ -118,7 +118,9 @@ enum LeaderCmd {
 #[derive(Subcommand)]
 enum ProviderCmd {
     /// Onboard a provider directly (active at once; for bootstrap and tests).
-    Add { provider_id: String },
+    Add {
+        provider_id: String,
+    },
     /// File a provider's request for interoperability (starts the three-month clock).
     Request {
         provider_id: String,
@@ -130,11 +132,21 @@ enum ProviderCmd {
         #[arg(long = "media-host")]
         media_hosts: Vec<String>,
     },
-    Approve { provider_id: String },
-    Activate { provider_id: String },
-    Suspend { provider_id: String },
-    Reactivate { provider_id: String },
-    Revoke { provider_id: String },
+    Approve {
+        provider_id: String,
+    },
+    Activate {
+        provider_id: String,
+    },
+    Suspend {
+        provider_id: String,
+    },
+    Reactivate {
+        provider_id: String,
+    },
+    Revoke {
+        provider_id: String,
+    },
     /// Every provider with status, request date, DMA deadline and whether it is overdue.
     List,
 }
@@ -214,7 +226,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 all.dedup();
                 c.change_membership(ChangeMembershipRequest { voter_ids: all, remove_unlisted: false }).await?;
             }
-            done(out, json!({"added": id, "voter": !learner}), &format!("node {id} added{}", if learner { " as a learner" } else { " as a voter" }));
+            done(
+                out,
+                json!({"added": id, "voter": !learner}),
+                &format!("node {id} added{}", if learner { " as a learner" } else { " as a voter" }),
+            );
         }
         Cmd::Member(MemberCmd::Promote { id }) => {
             let mut c = admin.client(&leader().await?)?;
@@ -242,13 +258,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             done(out, json!({"snapshot": cli.endpoints}), "snapshot triggered");
         }
         Cmd::Provider(ProviderCmd::Add { provider_id }) => {
-            admin.client(&cli.endpoints[0])?.add_provider(AddProviderRequest { provider_id: provider_id.clone() }).await?;
+            admin
+                .client(&cli.endpoints[0])?
+                .add_provider(AddProviderRequest { provider_id: provider_id.clone() })
+                .await?;
             done(out, json!({"provider": provider_id}), &format!("provider {provider_id} onboarded"));
         }
         Cmd::Provider(ProviderCmd::Request { provider_id, name, contact, media_hosts }) => {
             let req = RequestProviderRequest { provider_id: provider_id.clone(), name, contact, media_hosts };
             admin.client(&cli.endpoints[0])?.request_provider(req).await?;
-            done(out, json!({"provider": provider_id, "status": "requested"}), &format!("request of provider {provider_id} filed"));
+            done(
+                out,
+                json!({"provider": provider_id, "status": "requested"}),
+                &format!("request of provider {provider_id} filed"),
+            );
         }
         Cmd::Provider(
             ref cmd @ (ProviderCmd::Approve { ref provider_id }
@@ -266,7 +289,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             };
             let req = SetProviderStatusRequest { provider_id: provider_id.clone(), action: action as i32 };
             let r = admin.client(&cli.endpoints[0])?.set_provider_status(req).await?.into_inner();
-            done(out, json!({"provider": provider_id, "status": r.status}), &format!("provider {provider_id} is {}", r.status));
+            done(
+                out,
+                json!({"provider": provider_id, "status": r.status}),
+                &format!("provider {provider_id} is {}", r.status),
+            );
         }
         Cmd::Provider(ProviderCmd::List) => {
             let r = admin.client(&cli.endpoints[0])?.list_providers(ListProvidersRequest {}).await?.into_inner();
@@ -280,11 +307,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     })).collect::<Vec<_>>()})
                 ),
                 Output::Table => {
-                    println!("{:<16} {:<10} {:<24} {:<12} {:<12} {:<8}", "PROVIDER", "STATUS", "NAME", "REQUESTED", "DEADLINE", "OVERDUE");
+                    println!(
+                        "{:<16} {:<10} {:<24} {:<12} {:<12} {:<8}",
+                        "PROVIDER", "STATUS", "NAME", "REQUESTED", "DEADLINE", "OVERDUE"
+                    );
                     for p in r.providers {
                         println!(
                             "{:<16} {:<10} {:<24} {:<12} {:<12} {:<8}",
-                            p.provider_id, p.status, p.name, date(p.requested_at_ms), date(p.deadline_ms), if p.overdue { "YES" } else { "no" }
+                            p.provider_id,
+                            p.status,
+                            p.name,
+                            date(p.requested_at_ms),
+                            date(p.deadline_ms),
+                            if p.overdue { "YES" } else { "no" }
                         );
                     }
                 }
@@ -302,11 +337,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 ),
                 Output::Table => {
                     println!("user {} (provider {})", r.user_id, r.provider_id);
-                    println!("{:<8} {:<10} {:<6} {:>9} {:>9} {:>12}", "DEVICE", "REG_ID", "KEYS", "EC_OTPK", "KYBER_OTPK", "LAST_RESORT");
+                    println!(
+                        "{:<8} {:<10} {:<6} {:>9} {:>9} {:>12}",
+                        "DEVICE", "REG_ID", "KEYS", "EC_OTPK", "KYBER_OTPK", "LAST_RESORT"
+                    );
                     for d in r.devices {
                         println!(
                             "{:<8} {:<10} {:<6} {:>9} {:>9} {:>12}",
-                            d.device_id, d.registration_id, d.has_keys, d.one_time_prekeys, d.kyber_one_time_prekeys, d.has_kyber_last_resort
+                            d.device_id,
+                            d.registration_id,
+                            d.has_keys,
+                            d.one_time_prekeys,
+                            d.kyber_one_time_prekeys,
+                            d.has_kyber_last_resort
                         );
                     }
                 }

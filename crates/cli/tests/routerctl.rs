@@ -33,7 +33,11 @@ impl Ctl<'_> {
             .output()
             .await
             .expect("run routerctl");
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
     }
 
     async fn ok(&self, nodes: &[u64], args: &[&str]) -> String {
@@ -75,7 +79,12 @@ async fn membership_changes_through_routerctl_under_traffic() {
                     recipient_user_id: "handle:hana".into(),
                     content_type: ContentType::Message as i32,
                     ttl_seconds: 0,
-                    parts: vec![DeviceCiphertext { device_id: 1, registration_id: 5, message_type: 2, ciphertext: b"x".to_vec().into() }],
+                    parts: vec![DeviceCiphertext {
+                        device_id: 1,
+                        registration_id: 5,
+                        message_type: 2,
+                        ciphertext: b"x".to_vec().into(),
+                    }],
                     sender_user_id: String::new(),
                     sender_device_id: 0,
                 };
@@ -93,7 +102,16 @@ async fn membership_changes_through_routerctl_under_traffic() {
         let n = tc.cluster.node(id);
         ctl.ok(
             &[1, 2, 3],
-            &["member", "add", "--id", &id.to_string(), "--peer", &n.peer_addr.to_string(), "--provider", &n.provider_addr.to_string()],
+            &[
+                "member",
+                "add",
+                "--id",
+                &id.to_string(),
+                "--peer",
+                &n.peer_addr.to_string(),
+                "--provider",
+                &n.provider_addr.to_string(),
+            ],
         )
         .await;
     }
@@ -157,7 +175,12 @@ async fn backup_and_restore_into_a_new_cluster() {
             recipient_user_id: "handle:ivy".into(),
             content_type: ContentType::Message as i32,
             ttl_seconds: 0,
-            parts: vec![DeviceCiphertext { device_id: 1, registration_id: 8, message_type: 2, ciphertext: b"y".to_vec().into() }],
+            parts: vec![DeviceCiphertext {
+                device_id: 1,
+                registration_id: 8,
+                message_type: 2,
+                ciphertext: b"y".to_vec().into(),
+            }],
             sender_user_id: String::new(),
             sender_device_id: 0,
         };
@@ -218,7 +241,21 @@ async fn provider_onboarding_lifecycle() {
         v["providers"].as_array().unwrap().iter().find(|p| p["provider"] == "delta").cloned()
     };
 
-    ctl.ok(&[1], &["provider", "request", "delta", "--name", "Delta Chat", "--contact", "ops@delta.example", "--media-host", "media.delta.example"]).await;
+    ctl.ok(
+        &[1],
+        &[
+            "provider",
+            "request",
+            "delta",
+            "--name",
+            "Delta Chat",
+            "--contact",
+            "ops@delta.example",
+            "--media-host",
+            "media.delta.example",
+        ],
+    )
+    .await;
     let p = list().await.expect("delta listed");
     assert_eq!(p["status"], "requested");
     assert_eq!(p["overdue"], false);
@@ -245,7 +282,12 @@ async fn provider_onboarding_lifecycle() {
         recipient_user_id: "handle:dan".into(),
         content_type: ContentType::Message as i32,
         ttl_seconds: 0,
-        parts: vec![DeviceCiphertext { device_id: 1, registration_id: 2, message_type: 2, ciphertext: b"d".to_vec().into() }],
+        parts: vec![DeviceCiphertext {
+            device_id: 1,
+            registration_id: 2,
+            message_type: 2,
+            ciphertext: b"d".to_vec().into(),
+        }],
         sender_user_id: String::new(),
         sender_device_id: 0,
     };

@@ -22,25 +22,50 @@ pub struct Batch {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Operator: onboard a provider directly (active), e.g. at bootstrap.
-    AddProvider { provider: ProviderId },
+    AddProvider {
+        provider: ProviderId,
+    },
     /// A provider asks for interoperability (or the operator files it).
     /// Starts the three-month clock. Idempotent while the request is open.
-    RequestProvider { provider: ProviderId, name: String, contact: String, media_hosts: Vec<String> },
+    RequestProvider {
+        provider: ProviderId,
+        name: String,
+        contact: String,
+        media_hosts: Vec<String>,
+    },
     /// Operator: move a provider through its lifecycle.
-    SetProviderStatus { provider: ProviderId, action: crate::provider::ProviderAction },
+    SetProviderStatus {
+        provider: ProviderId,
+        action: crate::provider::ProviderAction,
+    },
     /// The provider replaces its media hosts.
-    SetMediaHosts { provider: ProviderId, media_hosts: Vec<String> },
+    SetMediaHosts {
+        provider: ProviderId,
+        media_hosts: Vec<String>,
+    },
     /// Operator: replace the replicated limits.
-    SetLimits { limits: Limits },
-    RegisterUser { provider: ProviderId, user: UserId },
-    DeregisterUser { provider: ProviderId, user: UserId },
+    SetLimits {
+        limits: Limits,
+    },
+    RegisterUser {
+        provider: ProviderId,
+        user: UserId,
+    },
+    DeregisterUser {
+        provider: ProviderId,
+        user: UserId,
+    },
     RegisterDevice {
         provider: ProviderId,
         user: UserId,
         device: DeviceId,
         registration_id: RegistrationId,
     },
-    RemoveDevice { provider: ProviderId, user: UserId, device: DeviceId },
+    RemoveDevice {
+        provider: ProviderId,
+        user: UserId,
+        device: DeviceId,
+    },
     /// Signatures were verified at the edge before this entered the log.
     UploadPrekeys {
         provider: ProviderId,
@@ -55,9 +80,14 @@ pub enum Command {
         device: Option<DeviceId>,
     },
     Send(SendEnvelope),
-    Ack { provider: ProviderId, seqs: Vec<Seq> },
+    Ack {
+        provider: ProviderId,
+        seqs: Vec<Seq>,
+    },
     /// Operator: load a backup into an empty cluster (disaster recovery).
-    Restore { state: Box<crate::state::State> },
+    Restore {
+        state: Box<crate::state::State>,
+    },
     /// Creates a group; `creator` (a user of `provider`) becomes its admin.
     CreateGroup {
         provider: ProviderId,

@@ -38,8 +38,8 @@ pub mod outcome;
 pub mod provider;
 pub mod state;
 
-pub use group::{GroupDelivery, GroupId, GroupRecord, GroupSend, Role};
 pub use command::{Batch, Command, DevicePart, PrekeyUpload, SendEnvelope};
+pub use group::{GroupDelivery, GroupId, GroupRecord, GroupSend, Role};
 pub use ids::{ContentType, DeviceId, MessageId, ProviderId, RegistrationId, Seq, UserId};
 pub use keys::{Bundle, DeviceKeys, OneTimePrekey, SignedPrekey};
 pub use limits::Limits;

@@ -26,11 +26,20 @@ pub struct MailboxEntry {
 pub enum MailboxItem {
     Envelope(SendEnvelope),
     /// Tells a sender that its envelope expired before the recipient acked it.
-    Expired { message_id: MessageId, recipient: UserId, recipient_provider: ProviderId },
+    Expired {
+        message_id: MessageId,
+        recipient: UserId,
+        recipient_provider: ProviderId,
+    },
     /// A group message for this provider's members of the group.
     Group(crate::group::GroupDelivery),
     /// Tells a provider that one of its devices is running out of one-time prekeys.
-    PrekeyLowStock { user: UserId, device: crate::ids::DeviceId, one_time_remaining: u32, kyber_one_time_remaining: u32 },
+    PrekeyLowStock {
+        user: UserId,
+        device: crate::ids::DeviceId,
+        one_time_remaining: u32,
+        kyber_one_time_remaining: u32,
+    },
 }
 
 impl Mailbox {

@@ -9,58 +9,125 @@ use serde::{Deserialize, Serialize};
 pub enum Outcome {
     /// The command took effect (or was already in effect).
     Done,
-    KeysStored { one_time_remaining: u32, kyber_one_time_remaining: u32 },
-    Bundles { provider: ProviderId, bundles: Vec<Bundle> },
+    KeysStored {
+        one_time_remaining: u32,
+        kyber_one_time_remaining: u32,
+    },
+    Bundles {
+        provider: ProviderId,
+        bundles: Vec<Bundle>,
+    },
     /// An envelope is durable in the recipient provider's mailbox.
-    Sent { seq: Seq, accepted_at_ms: u64 },
-    Acked { removed: u32, unknown: u32 },
+    Sent {
+        seq: Seq,
+        accepted_at_ms: u64,
+    },
+    Acked {
+        removed: u32,
+        unknown: u32,
+    },
     /// A group message is durable; `group_seq` orders it for every member.
-    GroupSent { group_seq: u64, epoch: u64, accepted_at_ms: u64 },
+    GroupSent {
+        group_seq: u64,
+        epoch: u64,
+        accepted_at_ms: u64,
+    },
     /// A group was created or changed; its new epoch.
-    GroupEpoch { epoch: u64 },
+    GroupEpoch {
+        epoch: u64,
+    },
     Rejected(Rejection),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Rejection {
     /// The acting provider was never onboarded (or only requested so far).
-    ProviderNotOnboarded { provider: ProviderId },
+    ProviderNotOnboarded {
+        provider: ProviderId,
+    },
     /// The acting provider is suspended (or revoked) by the operator.
-    ProviderSuspended { provider: ProviderId, status: crate::provider::ProviderStatus },
+    ProviderSuspended {
+        provider: ProviderId,
+        status: crate::provider::ProviderStatus,
+    },
     /// A lifecycle action that does not apply to the provider's status.
-    BadTransition { provider: ProviderId, from: crate::provider::ProviderStatus },
+    BadTransition {
+        provider: ProviderId,
+        from: crate::provider::ProviderStatus,
+    },
     /// An action on a provider the cluster does not know.
-    UnknownProvider { provider: ProviderId },
-    UserNotFound { user: UserId },
+    UnknownProvider {
+        provider: ProviderId,
+    },
+    UserNotFound {
+        user: UserId,
+    },
     /// The user belongs to another provider (which one is not disclosed).
-    NotOwner { user: UserId },
+    NotOwner {
+        user: UserId,
+    },
     /// Another provider already registered this user id.
-    UserTaken { user: UserId },
-    DeviceNotFound { user: UserId, device: DeviceId },
+    UserTaken {
+        user: UserId,
+    },
+    DeviceNotFound {
+        user: UserId,
+        device: DeviceId,
+    },
     /// The recipient has no registered device, so nothing can be addressed.
-    NoDevices { user: UserId },
-    TooManyDevices { limit: u32 },
+    NoDevices {
+        user: UserId,
+    },
+    TooManyDevices {
+        limit: u32,
+    },
     /// Signal's 409/410: the send's device list does not match.
-    DeviceMismatch { missing: Vec<DeviceId>, extra: Vec<DeviceId>, stale: Vec<DeviceId> },
+    DeviceMismatch {
+        missing: Vec<DeviceId>,
+        extra: Vec<DeviceId>,
+        stale: Vec<DeviceId>,
+    },
     /// No device of the user (or not the requested one) has a signed prekey.
-    NoKeys { user: UserId },
+    NoKeys {
+        user: UserId,
+    },
     /// First upload, or an identity key change, must carry a signed prekey.
     SignedPrekeyRequired,
     /// The upload would exceed the per-device stock.
-    PrekeyStockFull { limit: u32, actual: u64 },
+    PrekeyStockFull {
+        limit: u32,
+        actual: u64,
+    },
     /// A one-time key id already in the stock.
-    DuplicatePrekeyId { key_id: u32 },
-    MailboxFull { provider: ProviderId, limit: u64 },
+    DuplicatePrekeyId {
+        key_id: u32,
+    },
+    MailboxFull {
+        provider: ProviderId,
+        limit: u64,
+    },
     /// A restore needs a cluster without users and mailbox entries.
     RestoreIntoNonEmpty,
     /// Too many bundle claims for this (requester, user); retry after the delay.
-    RateLimited { retry_after_ms: u64 },
-    GroupNotFound { group: crate::group::GroupId },
-    GroupExists { group: crate::group::GroupId },
+    RateLimited {
+        retry_after_ms: u64,
+    },
+    GroupNotFound {
+        group: crate::group::GroupId,
+    },
+    GroupExists {
+        group: crate::group::GroupId,
+    },
     /// The acting user is not a member (or not an admin, for changes).
-    NotGroupMember { user: UserId },
-    NotGroupAdmin { user: UserId },
-    TooManyGroupMembers { limit: u32 },
+    NotGroupMember {
+        user: UserId,
+    },
+    NotGroupAdmin {
+        user: UserId,
+    },
+    TooManyGroupMembers {
+        limit: u32,
+    },
 }
 
 impl Rejection {

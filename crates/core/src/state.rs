@@ -13,13 +13,13 @@
 //! - an ack removes exactly the sequences it names.
 
 use crate::command::{Batch, Command, PrekeyUpload, SendEnvelope};
+use crate::group::{GroupDelivery, GroupId, GroupRecord, GroupSend, Role};
 use crate::ids::{DeviceId, MessageId, ProviderId, RegistrationId, Seq, UserId};
 use crate::keys::DeviceKeys;
 use crate::limits::Limits;
 use crate::mailbox::{Mailbox, MailboxEntry, MailboxItem};
 use crate::outcome::{Outcome, Rejection};
 use crate::provider::{ProviderAction, ProviderRecord, ProviderStatus};
-use crate::group::{GroupDelivery, GroupId, GroupRecord, GroupSend, Role};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -230,8 +230,7 @@ impl State {
             Some(rec) if &rec.provider == provider => Ok(Outcome::Done),
             Some(_) => Err(Rejection::UserTaken { user: user.clone() }),
             None => {
-                self.users
-                    .insert(user.clone(), UserRecord { provider: provider.clone(), devices: BTreeMap::new() });
+                self.users.insert(user.clone(), UserRecord { provider: provider.clone(), devices: BTreeMap::new() });
                 Ok(Outcome::Done)
             }
         }
@@ -285,10 +284,8 @@ impl State {
     ) -> Result<Outcome, Rejection> {
         let limit = self.limits.max_one_time_prekeys_per_device;
         let rec = self.owned_user_mut(provider, user)?;
-        let dev = rec
-            .devices
-            .get_mut(&device)
-            .ok_or_else(|| Rejection::DeviceNotFound { user: user.clone(), device })?;
+        let dev =
+            rec.devices.get_mut(&device).ok_or_else(|| Rejection::DeviceNotFound { user: user.clone(), device })?;
 
         // Work on a copy and commit only if every check passes: a rejected
         // upload changes nothing.
@@ -359,8 +356,10 @@ impl State {
 
     /// Forgets buckets that have refilled completely (bounded memory).
     fn prune_claim_buckets(&mut self) {
-        let (burst, refill, now) = (u64::from(self.limits.claim_burst), self.limits.claim_refill_ms.max(1), self.clock_ms);
-        self.claim_buckets.retain(|_, (tokens, last)| *tokens + now.saturating_sub(*last) * 1000 / refill < burst * 1000);
+        let (burst, refill, now) =
+            (u64::from(self.limits.claim_burst), self.limits.claim_refill_ms.max(1), self.clock_ms);
+        self.claim_buckets
+            .retain(|_, (tokens, last)| *tokens + now.saturating_sub(*last) * 1000 / refill < burst * 1000);
     }
 
     fn claim(&mut self, requester: &ProviderId, user: &UserId, device: Option<DeviceId>) -> Result<Outcome, Rejection> {
@@ -407,7 +406,12 @@ impl State {
         let now = self.clock_ms;
         let expires = now.saturating_add(self.limits.report_ttl_ms);
         for (device, one_time_remaining, kyber_one_time_remaining) in low {
-            let item = MailboxItem::PrekeyLowStock { user: user.clone(), device, one_time_remaining, kyber_one_time_remaining };
+            let item = MailboxItem::PrekeyLowStock {
+                user: user.clone(),
+                device,
+                one_time_remaining,
+                kyber_one_time_remaining,
+            };
             let seq = self.mailboxes.entry(owner.clone()).or_default().push(now, expires, item);
             self.expiry.insert((expires, owner.clone(), seq));
         }
@@ -428,10 +432,8 @@ impl State {
                 None => return Err(Rejection::UserNotFound { user: sender_user.clone() }),
             }
         }
-        let rec = self
-            .users
-            .get(&env.recipient)
-            .ok_or_else(|| Rejection::UserNotFound { user: env.recipient.clone() })?;
+        let rec =
+            self.users.get(&env.recipient).ok_or_else(|| Rejection::UserNotFound { user: env.recipient.clone() })?;
         check_devices(rec, env)?;
         let recipient_provider = rec.provider.clone();
         // Check before creating the mailbox: a rejected send changes nothing.
@@ -588,7 +590,8 @@ impl State {
                 per_device,
                 traceparent: g.traceparent.clone(),
             };
-            let seq = self.mailboxes.entry(provider.clone()).or_default().push(now, expires, MailboxItem::Group(delivery));
+            let seq =
+                self.mailboxes.entry(provider.clone()).or_default().push(now, expires, MailboxItem::Group(delivery));
             self.expiry.insert((expires, provider, seq));
         }
         let answer = Outcome::GroupSent { group_seq, epoch, accepted_at_ms: now };

@@ -121,7 +121,10 @@ impl ProcessCluster {
                 return Ok(*l);
             }
             if Instant::now() > deadline {
-                bail!("no agreed leader within {timeout:?} (views: {leaders:?}); see {}/node-*.log", self.dir.display());
+                bail!(
+                    "no agreed leader within {timeout:?} (views: {leaders:?}); see {}/node-*.log",
+                    self.dir.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

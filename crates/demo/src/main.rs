@@ -97,7 +97,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         None => std::env::current_exe()?.with_file_name("routerd"),
     };
     if !routerd.exists() {
-        bail!("{} not found: build it first (cargo build --release -p router-node) or pass --routerd", routerd.display());
+        bail!(
+            "{} not found: build it first (cargo build --release -p router-node) or pass --routerd",
+            routerd.display()
+        );
     }
     let tmp = tempfile::tempdir()?;
     let dir = args.dir.unwrap_or_else(|| tmp.path().to_path_buf());
@@ -112,7 +115,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let mut cluster = ProcessCluster::start(&routerd, &dir, args.base_port, 3).await?;
     let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
     for id in 1..=3 {
-        println!("  node {id}: pid {:?}, provider endpoint {}", cluster.pid(id).unwrap_or(0), cluster.provider_endpoint(id));
+        println!(
+            "  node {id}: pid {:?}, provider endpoint {}",
+            cluster.pid(id).unwrap_or(0),
+            cluster.provider_endpoint(id)
+        );
     }
     println!("  leader: node {leader}");
 
@@ -126,7 +133,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     add_device(&mut beta, &stores, "handle:bob", 1).await?;
     add_device(&mut beta, &stores, "handle:bob", 2).await?;
     add_device(&mut beta, &stores, "handle:bea", 1).await?;
-    println!("  alpha: handle:alice (1 device), handle:amy (2 devices); beta: handle:bob (2 devices), handle:bea (1 device)");
+    println!(
+        "  alpha: handle:alice (1 device), handle:amy (2 devices); beta: handle:bob (2 devices), handle:bea (1 device)"
+    );
 
     println!("\n== 3. End-to-end-encrypted conversations, both ways");
     let mut plaintexts: Vec<Vec<u8>> = Vec::new();
@@ -138,8 +147,20 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     /// (sending provider, from (user, device), to user, content type, plaintext)
     type Conversation<'a> = (&'a str, (&'a str, u32), &'a str, ContentType, Vec<u8>);
     let conversations: Vec<Conversation> = vec![
-        ("alpha", ("handle:alice", 1), "handle:bob", ContentType::Message, b"Hi Bob, it's Alice from alpha. Lunch at noon?".to_vec()),
-        ("beta", ("handle:bob", 2), "handle:alice", ContentType::Message, b"Hi Alice! Noon works - Bob, on beta.".to_vec()),
+        (
+            "alpha",
+            ("handle:alice", 1),
+            "handle:bob",
+            ContentType::Message,
+            b"Hi Bob, it's Alice from alpha. Lunch at noon?".to_vec(),
+        ),
+        (
+            "beta",
+            ("handle:bob", 2),
+            "handle:alice",
+            ContentType::Message,
+            b"Hi Alice! Noon works - Bob, on beta.".to_vec(),
+        ),
         ("alpha", ("handle:amy", 2), "handle:bea", ContentType::Message, file.clone()),
         ("beta", ("handle:bea", 1), "handle:amy", ContentType::Message, b"Got the report, thanks Amy.".to_vec()),
     ];
@@ -150,15 +171,35 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         let got = receive_one(rx).await?;
         rx.ack(vec![got.seq]).await?;
         let preview = String::from_utf8_lossy(&text[..text.len().min(60)]).replace('\n', " ");
-        println!("  {}/{} -> {to}: \"{preview}\"{}", sender, from.0, if text.len() > 60 { format!(" … ({} bytes, a file)", text.len()) } else { String::new() });
-        println!("    router stored (mailbox seq {}), device {} ciphertext: {}", sent.mailbox_seq, got.ciphertexts[0].0, hex_preview(&got.ciphertexts[0].1));
-        let all_decrypted = !got.plaintexts.is_empty() && got.plaintexts.iter().all(|(_, p)| *p == text) && got.failures.is_empty();
-        let not_plain = got.ciphertexts.iter().all(|(_, c)| !c.windows(16.min(text.len())).any(|w| text.windows(w.len()).next() == Some(w)));
-        check(&format!("{to}: {} device(s) decrypted it, ciphertext differs from plaintext", got.plaintexts.len()), all_decrypted && not_plain);
+        println!(
+            "  {}/{} -> {to}: \"{preview}\"{}",
+            sender,
+            from.0,
+            if text.len() > 60 { format!(" … ({} bytes, a file)", text.len()) } else { String::new() }
+        );
+        println!(
+            "    router stored (mailbox seq {}), device {} ciphertext: {}",
+            sent.mailbox_seq,
+            got.ciphertexts[0].0,
+            hex_preview(&got.ciphertexts[0].1)
+        );
+        let all_decrypted =
+            !got.plaintexts.is_empty() && got.plaintexts.iter().all(|(_, p)| *p == text) && got.failures.is_empty();
+        let not_plain = got
+            .ciphertexts
+            .iter()
+            .all(|(_, c)| !c.windows(16.min(text.len())).any(|w| text.windows(w.len()).next() == Some(w)));
+        check(
+            &format!("{to}: {} device(s) decrypted it, ciphertext differs from plaintext", got.plaintexts.len()),
+            all_decrypted && not_plain,
+        );
         plaintexts.push(text[..text.len().min(40)].to_vec());
     }
 
-    println!("\n== 4. A stream of {} messages alice -> bob; the leader is killed (SIGKILL) a third of the way in", args.messages);
+    println!(
+        "\n== 4. A stream of {} messages alice -> bob; the leader is killed (SIGKILL) a third of the way in",
+        args.messages
+    );
     let delivered: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
     let decrypted_ok = Arc::new(Mutex::new(0usize));
     let total = args.messages;
@@ -228,7 +269,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
 
     println!("\n== 6. The router's storage holds ciphertext only");
     let (bytes, hits) = cluster.scan_storage(&plaintexts);
-    println!("  scanned {:.1} MiB of sled files on 3 nodes for {} plaintexts: {hits} occurrences", bytes as f64 / 1048576.0, plaintexts.len());
+    println!(
+        "  scanned {:.1} MiB of sled files on 3 nodes for {} plaintexts: {hits} occurrences",
+        bytes as f64 / 1048576.0,
+        plaintexts.len()
+    );
     check("no plaintext in router storage", hits == 0);
 
     println!("\n== Report");

@@ -11,8 +11,8 @@ use libsignal_protocol::{
     CiphertextMessage, CiphertextMessageType, DeviceId, GenericSignedPreKey, IdentityKey, IdentityKeyPair,
     IdentityKeyStore, KeyPair, KyberPreKeyId, KyberPreKeyRecord, KyberPreKeyStore, PreKeyBundle, PreKeyId,
     PreKeyRecord, PreKeySignalMessage, PreKeyStore, ProtocolAddress, ProtocolStore, PublicKey, SessionRecord,
-    SessionStore, SessionUsabilityRequirements, SignalMessage, SignedPreKeyId, SignedPreKeyRecord,
-    SignedPreKeyStore, Timestamp, kem, message_decrypt, message_encrypt, process_prekey_bundle,
+    SessionStore, SessionUsabilityRequirements, SignalMessage, SignedPreKeyId, SignedPreKeyRecord, SignedPreKeyStore,
+    Timestamp, kem, message_decrypt, message_encrypt, process_prekey_bundle,
 };
 use libsignal_protocol::{
     Direction, IdentityChange, SenderKeyDistributionMessage, SenderKeyRecord, SenderKeyStore, SignalProtocolError,
@@ -58,7 +58,14 @@ impl<S: ProtocolStore> SignalDevice<S> {
         address(user, device)?;
         let mut rng = StdRng::from_os_rng();
         let next_key_id = rng.random_range(1..0x0040_0000);
-        Ok(SignalDevice { user: user.into(), device, store: RefCell::new(store), rng, next_key_id, signed_prekey_id: 1 })
+        Ok(SignalDevice {
+            user: user.into(),
+            device,
+            store: RefCell::new(store),
+            rng,
+            next_key_id,
+            signed_prekey_id: 1,
+        })
     }
 
     pub fn into_store(self) -> S {
@@ -85,7 +92,10 @@ impl<S: ProtocolStore> SignalDevice<S> {
         let identity = block_on(View(&self.store).get_identity_key_pair())?;
         let spk_pair = KeyPair::generate(&mut self.rng);
         let spk_public = spk_pair.public_key.serialize();
-        let spk_signature = identity.private_key().calculate_signature(&spk_public, &mut self.rng).map_err(SignalProtocolError::from)?;
+        let spk_signature = identity
+            .private_key()
+            .calculate_signature(&spk_public, &mut self.rng)
+            .map_err(SignalProtocolError::from)?;
         let spk_id = SignedPreKeyId::from(self.signed_prekey_id);
         let record = SignedPreKeyRecord::new(spk_id, Self::now(), &spk_pair, &spk_signature);
         block_on(View(&self.store).save_signed_pre_key(spk_id, &record))?;
@@ -116,9 +126,13 @@ impl<S: ProtocolStore> SignalDevice<S> {
             let id = self.next_key_id;
             self.next_key_id = if id + 1 >= LAST_RESORT_KYBER_ID { 1 } else { id + 1 };
             let pair = KeyPair::generate(&mut self.rng);
-            block_on(View(&self.store).save_pre_key(PreKeyId::from(id), &PreKeyRecord::new(PreKeyId::from(id), &pair)))?;
-            one_time_prekeys.push(EcOneTimePrekey { key_id: id, public_key: pair.public_key.serialize().to_vec().into() });
-            let kyber = KyberPreKeyRecord::generate(kem::KeyType::Kyber1024, KyberPreKeyId::from(id), identity.private_key())?;
+            block_on(
+                View(&self.store).save_pre_key(PreKeyId::from(id), &PreKeyRecord::new(PreKeyId::from(id), &pair)),
+            )?;
+            one_time_prekeys
+                .push(EcOneTimePrekey { key_id: id, public_key: pair.public_key.serialize().to_vec().into() });
+            let kyber =
+                KyberPreKeyRecord::generate(kem::KeyType::Kyber1024, KyberPreKeyId::from(id), identity.private_key())?;
             block_on(View(&self.store).save_kyber_pre_key(KyberPreKeyId::from(id), &kyber))?;
             kyber_one_time_prekeys.push(kyber_wire(id, &kyber)?);
         }
@@ -160,7 +174,10 @@ impl<S: ProtocolStore> SignalDevice<S> {
         let spk = bundle.signed_prekey.as_ref().ok_or(E2eeError::BadBundle("no signed prekey"))?;
         let kyber = bundle.kyber_prekey.as_ref().ok_or(E2eeError::BadBundle("no Kyber prekey (PQXDH needs one)"))?;
         let one_time = match &bundle.one_time_prekey {
-            Some(k) => Some((PreKeyId::from(k.key_id), PublicKey::deserialize(&k.public_key).map_err(SignalProtocolError::from)?)),
+            Some(k) => Some((
+                PreKeyId::from(k.key_id),
+                PublicKey::deserialize(&k.public_key).map_err(SignalProtocolError::from)?,
+            )),
             None => None,
         };
         let device_id = u8::try_from(bundle.device_id)
@@ -206,7 +223,13 @@ impl<S: ProtocolStore> SignalDevice<S> {
     }
 
     /// Decrypts a message from a remote device.
-    pub fn decrypt(&mut self, user: &str, device: u32, message_type: u32, ciphertext: &[u8]) -> Result<Vec<u8>, E2eeError> {
+    pub fn decrypt(
+        &mut self,
+        user: &str,
+        device: u32,
+        message_type: u32,
+        ciphertext: &[u8],
+    ) -> Result<Vec<u8>, E2eeError> {
         let remote = address(user, device)?;
         let message = match message_type {
             t if t == CiphertextMessageType::PreKey as u32 => {
@@ -260,7 +283,11 @@ impl<S: ProtocolStore> IdentityKeyStore for View<'_, S> {
         let store = self.0.borrow();
         store.get_local_registration_id().await
     }
-    async fn save_identity(&mut self, address: &ProtocolAddress, identity: &IdentityKey) -> SignalResult<IdentityChange> {
+    async fn save_identity(
+        &mut self,
+        address: &ProtocolAddress,
+        identity: &IdentityKey,
+    ) -> SignalResult<IdentityChange> {
         let mut store = self.0.borrow_mut();
         store.save_identity(address, identity).await
     }
@@ -395,7 +422,12 @@ impl<S: ProtocolStore + SenderKeyStore> SignalDevice<S> {
         Ok(m.serialized().to_vec())
     }
 
-    pub fn group_decrypt(&mut self, sender_user: &str, sender_device: u32, ciphertext: &[u8]) -> Result<Vec<u8>, E2eeError> {
+    pub fn group_decrypt(
+        &mut self,
+        sender_user: &str,
+        sender_device: u32,
+        ciphertext: &[u8],
+    ) -> Result<Vec<u8>, E2eeError> {
         Ok(block_on(group_decrypt(ciphertext, &mut View(&self.store), &address(sender_user, sender_device)?))?)
     }
 }

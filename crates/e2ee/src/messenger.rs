@@ -13,8 +13,8 @@
 use crate::device::SignalDevice;
 use crate::error::E2eeError;
 use libsignal_protocol::{CiphertextMessageType, ProtocolStore, SenderKeyStore, SignalProtocolError};
-use router_sdk::v1::{ContentType, DeviceCiphertext, SendRequest, SendResponse, mailbox_entry};
 use router_sdk::v1::MailboxEntry;
+use router_sdk::v1::{ContentType, DeviceCiphertext, SendRequest, SendResponse, mailbox_entry};
 use router_sdk::{RouterClient, Subscription};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
@@ -64,7 +64,11 @@ pub struct Received {
 pub enum Inbound {
     Message(Received),
     /// An envelope this provider sent expired before the recipient acked it.
-    Expired { seq: u64, message_id: String, recipient_user: String },
+    Expired {
+        seq: u64,
+        message_id: String,
+        recipient_user: String,
+    },
     /// A group message, decrypted with the sender's sender key for every
     /// local recipient device.
     Group(ReceivedGroup),
@@ -321,11 +325,9 @@ impl<S: ProtocolStore + SenderKeyStore> Messenger<S> {
                     }
                 }
             }
-            Some(mailbox_entry::Kind::Expired(r)) => Ok(Some(Inbound::Expired {
-                seq,
-                message_id: r.message_id,
-                recipient_user: r.recipient_user_id,
-            })),
+            Some(mailbox_entry::Kind::Expired(r)) => {
+                Ok(Some(Inbound::Expired { seq, message_id: r.message_id, recipient_user: r.recipient_user_id }))
+            }
             // Group messages (sender keys) are not handled by this SDK yet:
             // they are passed through undecrypted.
             Some(mailbox_entry::Kind::Group(g)) => Ok(Some(Inbound::Group(self.open_group(seq, g)))),
@@ -379,7 +381,11 @@ impl<S: ProtocolStore + SenderKeyStore> Messenger<S> {
                     match p.split_first() {
                         Some((&FRAME_APP, app)) => plaintexts.push((part.device_id, app.to_vec())),
                         Some((&FRAME_SENDER_KEY, skdm)) => {
-                            match signal.process_sender_key_distribution(&env.sender_user_id, env.sender_device_id, skdm) {
+                            match signal.process_sender_key_distribution(
+                                &env.sender_user_id,
+                                env.sender_device_id,
+                                skdm,
+                            ) {
                                 Ok(()) => control = true,
                                 Err(e) => failures.push((part.device_id, format!("sender key: {e}"))),
                             }
@@ -470,8 +476,7 @@ impl<S: ProtocolStore + SenderKeyStore> Messenger<S> {
         let mut plaintexts = Vec::new();
         let mut failures = Vec::new();
         for user in &g.recipient_user_ids {
-            let locals: Vec<u32> =
-                self.devices.keys().filter(|(u, _)| u == user).map(|(_, d)| *d).collect();
+            let locals: Vec<u32> = self.devices.keys().filter(|(u, _)| u == user).map(|(_, d)| *d).collect();
             for device in locals {
                 if *user == g.sender_user_id && device == g.sender_device_id {
                     continue;

@@ -52,11 +52,10 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use libsignal_protocol::{
-    CiphertextMessageType, Direction, GenericSignedPreKey, IdentityChange, IdentityKey,
-    IdentityKeyPair, IdentityKeyStore, KyberPreKeyId, KyberPreKeyRecord, KyberPreKeyStore,
-    PreKeyId, PreKeyRecord, PreKeyStore, ProtocolAddress, ProtocolStore, PublicKey,
-    SenderKeyRecord, SenderKeyStore, SessionRecord, SessionStore, SignalProtocolError,
-    SignedPreKeyId, SignedPreKeyRecord, SignedPreKeyStore,
+    CiphertextMessageType, Direction, GenericSignedPreKey, IdentityChange, IdentityKey, IdentityKeyPair,
+    IdentityKeyStore, KyberPreKeyId, KyberPreKeyRecord, KyberPreKeyStore, PreKeyId, PreKeyRecord, PreKeyStore,
+    ProtocolAddress, ProtocolStore, PublicKey, SenderKeyRecord, SenderKeyStore, SessionRecord, SessionStore,
+    SignalProtocolError, SignedPreKeyId, SignedPreKeyRecord, SignedPreKeyStore,
 };
 use sled::Transactional as _;
 use uuid::Uuid;
@@ -130,18 +129,12 @@ impl SledProtocolStore {
     /// The first open records `identity` and `registration_id`; later opens
     /// must pass the same ones, otherwise this fails with
     /// [`StoreError::IdentityMismatch`] rather than replace the identity.
-    pub fn open(
-        dir: &Path,
-        identity: IdentityKeyPair,
-        registration_id: u32,
-    ) -> Result<Self, StoreError> {
+    pub fn open(dir: &Path, identity: IdentityKeyPair, registration_id: u32) -> Result<Self, StoreError> {
         let db = sled::open(dir)?;
         let meta = db.open_tree(TREE_META)?;
         match read_identity(&meta)? {
             Some((stored, stored_registration_id)) => {
-                if stored.serialize() != identity.serialize()
-                    || stored_registration_id != registration_id
-                {
+                if stored.serialize() != identity.serialize() || stored_registration_id != registration_id {
                     return Err(StoreError::IdentityMismatch);
                 }
             }
@@ -162,16 +155,11 @@ impl SledProtocolStore {
     pub fn open_existing(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::open(dir)?;
         let meta = db.open_tree(TREE_META)?;
-        let (identity, registration_id) =
-            read_identity(&meta)?.ok_or(StoreError::NotInitialized)?;
+        let (identity, registration_id) = read_identity(&meta)?.ok_or(StoreError::NotInitialized)?;
         Self::with_identity(db, identity, registration_id)
     }
 
-    fn with_identity(
-        db: sled::Db,
-        identity: IdentityKeyPair,
-        registration_id: u32,
-    ) -> Result<Self, StoreError> {
+    fn with_identity(db: sled::Db, identity: IdentityKeyPair, registration_id: u32) -> Result<Self, StoreError> {
         Ok(Self {
             identities: db.open_tree(TREE_IDENTITIES)?,
             prekeys: db.open_tree(TREE_PREKEYS)?,
@@ -259,11 +247,8 @@ fn read_identity(meta: &sled::Tree) -> Result<Option<(IdentityKeyPair, u32)>, St
     let Some(identity) = meta.get(META_IDENTITY)? else {
         return Ok(None);
     };
-    let identity = IdentityKeyPair::try_from(&identity[..])
-        .map_err(|_| StoreError::Corrupt("identity key pair"))?;
-    let registration_id = meta
-        .get(META_REGISTRATION_ID)?
-        .ok_or(StoreError::Corrupt("registration id missing"))?;
+    let identity = IdentityKeyPair::try_from(&identity[..]).map_err(|_| StoreError::Corrupt("identity key pair"))?;
+    let registration_id = meta.get(META_REGISTRATION_ID)?.ok_or(StoreError::Corrupt("registration id missing"))?;
     let registration_id = be_u32(&registration_id).ok_or(StoreError::Corrupt("registration id"))?;
     if let Some(version) = meta.get(META_SCHEMA_VERSION)? {
         match be_u32(&version) {
@@ -280,10 +265,7 @@ fn be_u32(bytes: &[u8]) -> Option<u32> {
 }
 
 fn tree_ids(tree: &sled::Tree) -> Result<Vec<u32>, StoreError> {
-    tree.iter()
-        .keys()
-        .map(|k| be_u32(&k?).ok_or(StoreError::Corrupt("prekey id")))
-        .collect()
+    tree.iter().keys().map(|k| be_u32(&k?).ok_or(StoreError::Corrupt("prekey id"))).collect()
 }
 
 fn id_key(id: u32) -> [u8; 4] {
@@ -302,11 +284,7 @@ fn sender_key_key(sender: &ProtocolAddress, distribution_id: Uuid) -> Vec<u8> {
     key
 }
 
-fn base_key_seen_key(
-    kyber_id: KyberPreKeyId,
-    ec_id: SignedPreKeyId,
-    base_key: &PublicKey,
-) -> Vec<u8> {
+fn base_key_seen_key(kyber_id: KyberPreKeyId, ec_id: SignedPreKeyId, base_key: &PublicKey) -> Vec<u8> {
     let mut key = Vec::with_capacity(8 + 33);
     key.extend_from_slice(&id_key(kyber_id.into()));
     key.extend_from_slice(&id_key(ec_id.into()));
@@ -335,10 +313,7 @@ impl IdentityKeyStore for SledProtocolStore {
     ) -> Result<IdentityChange, SignalProtocolError> {
         const OP: &str = "SledProtocolStore::save_identity";
         let new = identity.serialize();
-        let previous = self
-            .identities
-            .insert(address_key(address), &*new)
-            .map_err(sled_err(OP))?;
+        let previous = self.identities.insert(address_key(address), &*new).map_err(sled_err(OP))?;
         self.flush_for(OP)?;
         let replaced = previous.is_some_and(|old| old[..] != new[..]);
         Ok(IdentityChange::from_changed(replaced))
@@ -352,16 +327,10 @@ impl IdentityKeyStore for SledProtocolStore {
     ) -> Result<bool, SignalProtocolError> {
         // Trust on first use: unknown peers are trusted, known ones only
         // with the identity first seen (or last saved).
-        Ok(self
-            .get_identity(address)
-            .await?
-            .is_none_or(|known| known == *identity))
+        Ok(self.get_identity(address).await?.is_none_or(|known| known == *identity))
     }
 
-    async fn get_identity(
-        &self,
-        address: &ProtocolAddress,
-    ) -> Result<Option<IdentityKey>, SignalProtocolError> {
+    async fn get_identity(&self, address: &ProtocolAddress) -> Result<Option<IdentityKey>, SignalProtocolError> {
         self.identities
             .get(address_key(address))
             .map_err(sled_err("SledProtocolStore::get_identity"))?
@@ -381,23 +350,15 @@ impl PreKeyStore for SledProtocolStore {
         PreKeyRecord::deserialize(&bytes)
     }
 
-    async fn save_pre_key(
-        &mut self,
-        prekey_id: PreKeyId,
-        record: &PreKeyRecord,
-    ) -> Result<(), SignalProtocolError> {
+    async fn save_pre_key(&mut self, prekey_id: PreKeyId, record: &PreKeyRecord) -> Result<(), SignalProtocolError> {
         const OP: &str = "SledProtocolStore::save_pre_key";
-        self.prekeys
-            .insert(id_key(prekey_id.into()), record.serialize()?)
-            .map_err(sled_err(OP))?;
+        self.prekeys.insert(id_key(prekey_id.into()), record.serialize()?).map_err(sled_err(OP))?;
         self.flush_for(OP)
     }
 
     async fn remove_pre_key(&mut self, prekey_id: PreKeyId) -> Result<(), SignalProtocolError> {
         const OP: &str = "SledProtocolStore::remove_pre_key";
-        self.prekeys
-            .remove(id_key(prekey_id.into()))
-            .map_err(sled_err(OP))?;
+        self.prekeys.remove(id_key(prekey_id.into())).map_err(sled_err(OP))?;
         self.flush_for(OP)
     }
 }
@@ -422,9 +383,7 @@ impl SignedPreKeyStore for SledProtocolStore {
         record: &SignedPreKeyRecord,
     ) -> Result<(), SignalProtocolError> {
         const OP: &str = "SledProtocolStore::save_signed_pre_key";
-        self.signed_prekeys
-            .insert(id_key(signed_prekey_id.into()), record.serialize()?)
-            .map_err(sled_err(OP))?;
+        self.signed_prekeys.insert(id_key(signed_prekey_id.into()), record.serialize()?).map_err(sled_err(OP))?;
         self.flush_for(OP)
     }
 }
@@ -464,9 +423,7 @@ impl KyberPreKeyStore for SledProtocolStore {
                 .save_last_resort_kyber_pre_key(kyber_prekey_id, record)
                 .map_err(|e| SignalProtocolError::InvalidState(OP, e.to_string()));
         }
-        self.kyber_prekeys
-            .insert(id_key(kyber_prekey_id.into()), record.serialize()?)
-            .map_err(sled_err(OP))?;
+        self.kyber_prekeys.insert(id_key(kyber_prekey_id.into()), record.serialize()?).map_err(sled_err(OP))?;
         self.flush_for(OP)
     }
 
@@ -480,31 +437,16 @@ impl KyberPreKeyStore for SledProtocolStore {
     ) -> Result<(), SignalProtocolError> {
         const OP: &str = "SledProtocolStore::mark_kyber_pre_key_used";
         let key = id_key(kyber_prekey_id.into());
-        if self
-            .kyber_prekeys
-            .remove(key)
-            .map_err(sled_err(OP))?
-            .is_some()
-        {
+        if self.kyber_prekeys.remove(key).map_err(sled_err(OP))?.is_some() {
             return self.flush_for(OP);
         }
-        if !self
-            .kyber_last_resort
-            .contains_key(key)
-            .map_err(sled_err(OP))?
-        {
+        if !self.kyber_last_resort.contains_key(key).map_err(sled_err(OP))? {
             return Err(SignalProtocolError::InvalidKyberPreKeyId);
         }
         let seen = base_key_seen_key(kyber_prekey_id, ec_prekey_id, base_key);
-        let previous = self
-            .kyber_base_keys_seen
-            .insert(seen, Vec::<u8>::new())
-            .map_err(sled_err(OP))?;
+        let previous = self.kyber_base_keys_seen.insert(seen, Vec::<u8>::new()).map_err(sled_err(OP))?;
         if previous.is_some() {
-            return Err(SignalProtocolError::InvalidMessage(
-                CiphertextMessageType::PreKey,
-                "reused base key",
-            ));
+            return Err(SignalProtocolError::InvalidMessage(CiphertextMessageType::PreKey, "reused base key"));
         }
         self.flush_for(OP)
     }
@@ -512,10 +454,7 @@ impl KyberPreKeyStore for SledProtocolStore {
 
 #[async_trait(?Send)]
 impl SessionStore for SledProtocolStore {
-    async fn load_session(
-        &self,
-        address: &ProtocolAddress,
-    ) -> Result<Option<SessionRecord>, SignalProtocolError> {
+    async fn load_session(&self, address: &ProtocolAddress) -> Result<Option<SessionRecord>, SignalProtocolError> {
         self.sessions
             .get(address_key(address))
             .map_err(sled_err("SledProtocolStore::load_session"))?
@@ -529,9 +468,7 @@ impl SessionStore for SledProtocolStore {
         record: &SessionRecord,
     ) -> Result<(), SignalProtocolError> {
         const OP: &str = "SledProtocolStore::store_session";
-        self.sessions
-            .insert(address_key(address), record.serialize()?)
-            .map_err(sled_err(OP))?;
+        self.sessions.insert(address_key(address), record.serialize()?).map_err(sled_err(OP))?;
         self.flush_for(OP)
     }
 }
@@ -545,9 +482,7 @@ impl SenderKeyStore for SledProtocolStore {
         record: &SenderKeyRecord,
     ) -> Result<(), SignalProtocolError> {
         const OP: &str = "SledProtocolStore::store_sender_key";
-        self.sender_keys
-            .insert(sender_key_key(sender, distribution_id), record.serialize()?)
-            .map_err(sled_err(OP))?;
+        self.sender_keys.insert(sender_key_key(sender, distribution_id), record.serialize()?).map_err(sled_err(OP))?;
         self.flush_for(OP)
     }
 
@@ -573,8 +508,7 @@ mod tests {
     use futures::executor::block_on;
     use libsignal_protocol::{
         CiphertextMessage, DeviceId, InMemSignalProtocolStore, KeyPair, PreKeyBundle, Timestamp,
-        create_sender_key_distribution_message, kem, message_decrypt, message_encrypt,
-        process_prekey_bundle,
+        create_sender_key_distribution_message, kem, message_decrypt, message_encrypt, process_prekey_bundle,
     };
     use rand09::SeedableRng;
     use rand09::rngs::StdRng;
@@ -591,21 +525,12 @@ mod tests {
 
     fn signed_pre_key(id: u32, identity: &IdentityKeyPair, rng: &mut StdRng) -> SignedPreKeyRecord {
         let pair = KeyPair::generate(rng);
-        let signature = identity
-            .private_key()
-            .calculate_signature(&pair.public_key.serialize(), rng)
-            .expect("sign");
-        SignedPreKeyRecord::new(
-            id.into(),
-            Timestamp::from_epoch_millis(1_700_000_000_000),
-            &pair,
-            &signature,
-        )
+        let signature = identity.private_key().calculate_signature(&pair.public_key.serialize(), rng).expect("sign");
+        SignedPreKeyRecord::new(id.into(), Timestamp::from_epoch_millis(1_700_000_000_000), &pair, &signature)
     }
 
     fn kyber_pre_key(id: u32, identity: &IdentityKeyPair) -> KyberPreKeyRecord {
-        KyberPreKeyRecord::generate(kem::KeyType::Kyber1024, id.into(), identity.private_key())
-            .expect("kyber prekey")
+        KyberPreKeyRecord::generate(kem::KeyType::Kyber1024, id.into(), identity.private_key()).expect("kyber prekey")
     }
 
     fn same_identity_pair(a: &IdentityKeyPair, b: &IdentityKeyPair) -> bool {
@@ -619,26 +544,14 @@ mod tests {
         let identity = IdentityKeyPair::generate(&mut r);
         let other = IdentityKeyPair::generate(&mut r);
 
-        assert!(matches!(
-            SledProtocolStore::open_existing(dir.path()),
-            Err(StoreError::NotInitialized)
-        ));
+        assert!(matches!(SledProtocolStore::open_existing(dir.path()), Err(StoreError::NotInitialized)));
 
         let store = SledProtocolStore::open(dir.path(), identity, 42).expect("open");
-        assert_eq!(
-            block_on(store.get_local_registration_id()).expect("reg"),
-            42
-        );
+        assert_eq!(block_on(store.get_local_registration_id()).expect("reg"), 42);
         drop(store);
 
-        assert!(matches!(
-            SledProtocolStore::open(dir.path(), other, 42),
-            Err(StoreError::IdentityMismatch)
-        ));
-        assert!(matches!(
-            SledProtocolStore::open(dir.path(), identity, 43),
-            Err(StoreError::IdentityMismatch)
-        ));
+        assert!(matches!(SledProtocolStore::open(dir.path(), other, 42), Err(StoreError::IdentityMismatch)));
+        assert!(matches!(SledProtocolStore::open(dir.path(), identity, 43), Err(StoreError::IdentityMismatch)));
 
         let store = SledProtocolStore::open(dir.path(), identity, 42).expect("same identity");
         drop(store);
@@ -661,41 +574,17 @@ mod tests {
         let mut store = SledProtocolStore::open(dir.path(), identity, 7).expect("open");
         block_on(async {
             assert_eq!(store.get_identity(&alice).await.expect("get"), None);
-            assert!(
-                store
-                    .is_trusted_identity(&alice, &alice_key, Direction::Sending)
-                    .await
-                    .expect("trusted")
-            );
-            assert_eq!(
-                store.save_identity(&alice, &alice_key).await.expect("save"),
-                IdentityChange::NewOrUnchanged
-            );
-            assert_eq!(
-                store.save_identity(&alice, &alice_key).await.expect("save"),
-                IdentityChange::NewOrUnchanged
-            );
+            assert!(store.is_trusted_identity(&alice, &alice_key, Direction::Sending).await.expect("trusted"));
+            assert_eq!(store.save_identity(&alice, &alice_key).await.expect("save"), IdentityChange::NewOrUnchanged);
+            assert_eq!(store.save_identity(&alice, &alice_key).await.expect("save"), IdentityChange::NewOrUnchanged);
         });
         drop(store);
 
         let mut store = SledProtocolStore::open_existing(dir.path()).expect("reopen");
         block_on(async {
-            assert_eq!(
-                store.get_identity(&alice).await.expect("get"),
-                Some(alice_key)
-            );
-            assert!(
-                store
-                    .is_trusted_identity(&alice, &alice_key, Direction::Receiving)
-                    .await
-                    .expect("trusted")
-            );
-            assert!(
-                !store
-                    .is_trusted_identity(&alice, &alice_new_key, Direction::Sending)
-                    .await
-                    .expect("trusted")
-            );
+            assert_eq!(store.get_identity(&alice).await.expect("get"), Some(alice_key));
+            assert!(store.is_trusted_identity(&alice, &alice_key, Direction::Receiving).await.expect("trusted"));
+            assert!(!store.is_trusted_identity(&alice, &alice_new_key, Direction::Sending).await.expect("trusted"));
             // Another device of the same user is a separate address.
             assert!(
                 store
@@ -704,10 +593,7 @@ mod tests {
                     .expect("trusted")
             );
             assert_eq!(
-                store
-                    .save_identity(&alice, &alice_new_key)
-                    .await
-                    .expect("save"),
+                store.save_identity(&alice, &alice_new_key).await.expect("save"),
                 IdentityChange::ReplacedExisting
             );
         });
@@ -715,16 +601,8 @@ mod tests {
 
         let store = SledProtocolStore::open_existing(dir.path()).expect("reopen");
         block_on(async {
-            assert_eq!(
-                store.get_identity(&alice).await.expect("get"),
-                Some(alice_new_key)
-            );
-            assert!(
-                !store
-                    .is_trusted_identity(&alice, &alice_key, Direction::Sending)
-                    .await
-                    .expect("trusted")
-            );
+            assert_eq!(store.get_identity(&alice).await.expect("get"), Some(alice_new_key));
+            assert!(!store.is_trusted_identity(&alice, &alice_key, Direction::Sending).await.expect("trusted"));
         });
     }
 
@@ -746,31 +624,15 @@ mod tests {
         let mut store = SledProtocolStore::open(dir.path(), identity, 1).expect("open");
         let sender_key_bytes = block_on(async {
             store.save_pre_key(5.into(), &pre_key).await.expect("save");
-            store
-                .save_pre_key(6.into(), &pre_key_gone)
-                .await
-                .expect("save");
+            store.save_pre_key(6.into(), &pre_key_gone).await.expect("save");
             store.remove_pre_key(6.into()).await.expect("remove");
             // Removing an absent prekey is not an error.
-            store
-                .remove_pre_key(99.into())
-                .await
-                .expect("remove absent");
-            store
-                .save_signed_pre_key(9.into(), &signed)
-                .await
-                .expect("save");
-            store
-                .save_kyber_pre_key(11.into(), &kyber)
-                .await
-                .expect("save");
-            store
-                .save_last_resort_kyber_pre_key(12.into(), &last_resort)
-                .expect("save last resort");
+            store.remove_pre_key(99.into()).await.expect("remove absent");
+            store.save_signed_pre_key(9.into(), &signed).await.expect("save");
+            store.save_kyber_pre_key(11.into(), &kyber).await.expect("save");
+            store.save_last_resort_kyber_pre_key(12.into(), &last_resort).expect("save last resort");
             store.store_session(&peer, &session).await.expect("store");
-            create_sender_key_distribution_message(&me, distribution_id, &mut store, &mut r)
-                .await
-                .expect("sender key");
+            create_sender_key_distribution_message(&me, distribution_id, &mut store, &mut r).await.expect("sender key");
             store
                 .load_sender_key(&me, distribution_id)
                 .await
@@ -784,25 +646,12 @@ mod tests {
         let mut store = SledProtocolStore::open_existing(dir.path()).expect("reopen");
         block_on(async {
             assert_eq!(
-                store
-                    .get_pre_key(5.into())
-                    .await
-                    .expect("get")
-                    .serialize()
-                    .expect("ser"),
+                store.get_pre_key(5.into()).await.expect("get").serialize().expect("ser"),
                 pre_key.serialize().expect("ser")
             );
-            assert!(matches!(
-                store.get_pre_key(6.into()).await,
-                Err(SignalProtocolError::InvalidPreKeyId)
-            ));
+            assert!(matches!(store.get_pre_key(6.into()).await, Err(SignalProtocolError::InvalidPreKeyId)));
             assert_eq!(
-                store
-                    .get_signed_pre_key(9.into())
-                    .await
-                    .expect("get")
-                    .serialize()
-                    .expect("ser"),
+                store.get_signed_pre_key(9.into()).await.expect("get").serialize().expect("ser"),
                 signed.serialize().expect("ser")
             );
             assert!(matches!(
@@ -810,44 +659,19 @@ mod tests {
                 Err(SignalProtocolError::InvalidSignedPreKeyId)
             ));
             assert_eq!(
-                store
-                    .get_kyber_pre_key(11.into())
-                    .await
-                    .expect("get")
-                    .serialize()
-                    .expect("ser"),
+                store.get_kyber_pre_key(11.into()).await.expect("get").serialize().expect("ser"),
                 kyber.serialize().expect("ser")
             );
             assert_eq!(
-                store
-                    .get_kyber_pre_key(12.into())
-                    .await
-                    .expect("get")
-                    .serialize()
-                    .expect("ser"),
+                store.get_kyber_pre_key(12.into()).await.expect("get").serialize().expect("ser"),
                 last_resort.serialize().expect("ser")
             );
-            assert!(matches!(
-                store.get_kyber_pre_key(13.into()).await,
-                Err(SignalProtocolError::InvalidKyberPreKeyId)
-            ));
+            assert!(matches!(store.get_kyber_pre_key(13.into()).await, Err(SignalProtocolError::InvalidKyberPreKeyId)));
             assert_eq!(
-                store
-                    .load_session(&peer)
-                    .await
-                    .expect("load")
-                    .expect("session stored")
-                    .serialize()
-                    .expect("ser"),
+                store.load_session(&peer).await.expect("load").expect("session stored").serialize().expect("ser"),
                 session.serialize().expect("ser")
             );
-            assert!(
-                store
-                    .load_session(&addr("peer", 4))
-                    .await
-                    .expect("load")
-                    .is_none()
-            );
+            assert!(store.load_session(&addr("peer", 4)).await.expect("load").is_none());
             assert_eq!(
                 store
                     .load_sender_key(&me, distribution_id)
@@ -858,26 +682,11 @@ mod tests {
                     .expect("ser"),
                 sender_key_bytes
             );
-            assert!(
-                store
-                    .load_sender_key(&me, Uuid::from_u128(1))
-                    .await
-                    .expect("load")
-                    .is_none()
-            );
-            assert!(
-                store
-                    .load_sender_key(&addr("me", 2), distribution_id)
-                    .await
-                    .expect("load")
-                    .is_none()
-            );
+            assert!(store.load_sender_key(&me, Uuid::from_u128(1)).await.expect("load").is_none());
+            assert!(store.load_sender_key(&addr("me", 2), distribution_id).await.expect("load").is_none());
         });
         assert_eq!(store.pre_key_ids().expect("ids"), vec![PreKeyId::from(5)]);
-        assert_eq!(
-            store.kyber_pre_key_ids().expect("ids"),
-            vec![KyberPreKeyId::from(11)]
-        );
+        assert_eq!(store.kyber_pre_key_ids().expect("ids"), vec![KyberPreKeyId::from(11)]);
 
         store.delete_session(&peer).expect("delete");
         store.delete_session(&peer).expect("delete absent");
@@ -896,71 +705,35 @@ mod tests {
 
         let mut store = SledProtocolStore::open(dir.path(), identity, 1).expect("open");
         block_on(async {
-            store
-                .save_kyber_pre_key(1.into(), &kyber_pre_key(1, &identity))
-                .await
-                .expect("save");
-            store
-                .save_last_resort_kyber_pre_key(2.into(), &kyber_pre_key(2, &identity))
-                .expect("save");
+            store.save_kyber_pre_key(1.into(), &kyber_pre_key(1, &identity)).await.expect("save");
+            store.save_last_resort_kyber_pre_key(2.into(), &kyber_pre_key(2, &identity)).expect("save");
 
-            store
-                .mark_kyber_pre_key_used(1.into(), 7.into(), &base_key)
-                .await
-                .expect("mark one-time");
+            store.mark_kyber_pre_key_used(1.into(), 7.into(), &base_key).await.expect("mark one-time");
+            assert!(matches!(store.get_kyber_pre_key(1.into()).await, Err(SignalProtocolError::InvalidKyberPreKeyId)));
             assert!(matches!(
-                store.get_kyber_pre_key(1.into()).await,
-                Err(SignalProtocolError::InvalidKyberPreKeyId)
-            ));
-            assert!(matches!(
-                store
-                    .mark_kyber_pre_key_used(1.into(), 7.into(), &base_key)
-                    .await,
+                store.mark_kyber_pre_key_used(1.into(), 7.into(), &base_key).await,
                 Err(SignalProtocolError::InvalidKyberPreKeyId)
             ));
 
-            store
-                .mark_kyber_pre_key_used(2.into(), 7.into(), &base_key)
-                .await
-                .expect("mark last resort");
-            store
-                .get_kyber_pre_key(2.into())
-                .await
-                .expect("last resort kept");
-            store
-                .mark_kyber_pre_key_used(2.into(), 7.into(), &other_base_key)
-                .await
-                .expect("new base key");
+            store.mark_kyber_pre_key_used(2.into(), 7.into(), &base_key).await.expect("mark last resort");
+            store.get_kyber_pre_key(2.into()).await.expect("last resort kept");
+            store.mark_kyber_pre_key_used(2.into(), 7.into(), &other_base_key).await.expect("new base key");
         });
         drop(store);
 
         let mut store = SledProtocolStore::open_existing(dir.path()).expect("reopen");
         block_on(async {
-            assert!(matches!(
-                store.get_kyber_pre_key(1.into()).await,
-                Err(SignalProtocolError::InvalidKyberPreKeyId)
-            ));
-            store
-                .get_kyber_pre_key(2.into())
-                .await
-                .expect("last resort kept");
+            assert!(matches!(store.get_kyber_pre_key(1.into()).await, Err(SignalProtocolError::InvalidKyberPreKeyId)));
+            store.get_kyber_pre_key(2.into()).await.expect("last resort kept");
             // A replayed session start (same base key) is refused, even after
             // a restart.
             assert!(matches!(
-                store
-                    .mark_kyber_pre_key_used(2.into(), 7.into(), &base_key)
-                    .await,
-                Err(SignalProtocolError::InvalidMessage(
-                    CiphertextMessageType::PreKey,
-                    _
-                ))
+                store.mark_kyber_pre_key_used(2.into(), 7.into(), &base_key).await,
+                Err(SignalProtocolError::InvalidMessage(CiphertextMessageType::PreKey, _))
             ));
             // The same base key with another signed prekey is a different
             // combination.
-            store
-                .mark_kyber_pre_key_used(2.into(), 8.into(), &base_key)
-                .await
-                .expect("other signed prekey");
+            store.mark_kyber_pre_key_used(2.into(), 8.into(), &base_key).await.expect("other signed prekey");
         });
         assert!(store.kyber_pre_key_ids().expect("ids").is_empty());
     }
@@ -987,14 +760,9 @@ mod tests {
             let signed = signed_pre_key(32, &bob_identity, &mut r);
             let kyber = kyber_pre_key(33, &bob_identity);
             bob.save_pre_key(31.into(), &pre_key).await.expect("save");
-            bob.save_signed_pre_key(32.into(), &signed)
-                .await
-                .expect("save");
-            bob.save_kyber_pre_key(33.into(), &kyber)
-                .await
-                .expect("save");
-            bob.save_last_resort_kyber_pre_key(34.into(), &kyber_pre_key(34, &bob_identity))
-                .expect("save");
+            bob.save_signed_pre_key(32.into(), &signed).await.expect("save");
+            bob.save_kyber_pre_key(33.into(), &kyber).await.expect("save");
+            bob.save_last_resort_kyber_pre_key(34.into(), &kyber_pre_key(34, &bob_identity)).expect("save");
 
             let bundle = PreKeyBundle::new(
                 bob.get_local_registration_id().await.expect("reg"),
@@ -1037,36 +805,16 @@ mod tests {
             assert_eq!(plain, b"hello bob");
 
             // The one-time prekeys were consumed, the others kept.
-            assert!(matches!(
-                bob.get_pre_key(31.into()).await,
-                Err(SignalProtocolError::InvalidPreKeyId)
-            ));
-            assert!(matches!(
-                bob.get_kyber_pre_key(33.into()).await,
-                Err(SignalProtocolError::InvalidKyberPreKeyId)
-            ));
-            bob.get_signed_pre_key(32.into())
-                .await
-                .expect("signed kept");
-            bob.get_kyber_pre_key(34.into())
-                .await
-                .expect("last resort kept");
-            assert_eq!(
-                bob.get_identity(&alice_address).await.expect("get"),
-                Some(*alice_identity.identity_key())
-            );
+            assert!(matches!(bob.get_pre_key(31.into()).await, Err(SignalProtocolError::InvalidPreKeyId)));
+            assert!(matches!(bob.get_kyber_pre_key(33.into()).await, Err(SignalProtocolError::InvalidKyberPreKeyId)));
+            bob.get_signed_pre_key(32.into()).await.expect("signed kept");
+            bob.get_kyber_pre_key(34.into()).await.expect("last resort kept");
+            assert_eq!(bob.get_identity(&alice_address).await.expect("get"), Some(*alice_identity.identity_key()));
 
             // Bob -> Alice.
-            let reply = message_encrypt(
-                b"hi alice",
-                &alice_address,
-                &mut bob.clone(),
-                &mut bob.clone(),
-                now,
-                &mut r,
-            )
-            .await
-            .expect("bob encrypt");
+            let reply = message_encrypt(b"hi alice", &alice_address, &mut bob.clone(), &mut bob.clone(), now, &mut r)
+                .await
+                .expect("bob encrypt");
             assert!(matches!(reply, CiphertextMessage::SignalMessage(_)));
             let plain = alice_decrypt(&mut alice, &reply, &bob_address, &mut r).await;
             assert_eq!(plain, b"hi alice");
@@ -1083,10 +831,7 @@ mod tests {
             .await
             .expect("encrypt");
             assert!(matches!(second, CiphertextMessage::SignalMessage(_)));
-            assert_eq!(
-                bob_decrypt(&mut bob, &second, &alice_address, &mut r).await,
-                b"how are you"
-            );
+            assert_eq!(bob_decrypt(&mut bob, &second, &alice_address, &mut r).await, b"how are you");
         });
 
         // Bob restarts: everything he knows comes from disk.
@@ -1104,10 +849,7 @@ mod tests {
             )
             .await
             .expect("encrypt");
-            assert_eq!(
-                bob_decrypt(&mut bob, &third, &alice_address, &mut r).await,
-                b"still there?"
-            );
+            assert_eq!(bob_decrypt(&mut bob, &third, &alice_address, &mut r).await, b"still there?");
 
             let reply = message_encrypt(
                 b"yes, after a restart",
@@ -1119,47 +861,24 @@ mod tests {
             )
             .await
             .expect("bob encrypt");
-            assert_eq!(
-                alice_decrypt(&mut alice, &reply, &bob_address, &mut r).await,
-                b"yes, after a restart"
-            );
+            assert_eq!(alice_decrypt(&mut alice, &reply, &bob_address, &mut r).await, b"yes, after a restart");
         });
 
         // And once more across a restart in the middle of Bob's sending
         // chain: his ratchet state after encrypting was persisted.
         block_on(async {
-            let m1 = message_encrypt(
-                b"one",
-                &alice_address,
-                &mut bob.clone(),
-                &mut bob.clone(),
-                now,
-                &mut r,
-            )
-            .await
-            .expect("bob encrypt");
-            assert_eq!(
-                alice_decrypt(&mut alice, &m1, &bob_address, &mut r).await,
-                b"one"
-            );
+            let m1 = message_encrypt(b"one", &alice_address, &mut bob.clone(), &mut bob.clone(), now, &mut r)
+                .await
+                .expect("bob encrypt");
+            assert_eq!(alice_decrypt(&mut alice, &m1, &bob_address, &mut r).await, b"one");
         });
         drop(bob);
         let bob = SledProtocolStore::open_existing(dir.path()).expect("bob reopen");
         block_on(async {
-            let m2 = message_encrypt(
-                b"two",
-                &alice_address,
-                &mut bob.clone(),
-                &mut bob.clone(),
-                now,
-                &mut r,
-            )
-            .await
-            .expect("bob encrypt");
-            assert_eq!(
-                alice_decrypt(&mut alice, &m2, &bob_address, &mut r).await,
-                b"two"
-            );
+            let m2 = message_encrypt(b"two", &alice_address, &mut bob.clone(), &mut bob.clone(), now, &mut r)
+                .await
+                .expect("bob encrypt");
+            assert_eq!(alice_decrypt(&mut alice, &m2, &bob_address, &mut r).await, b"two");
             // Replaying an old message is refused: its key is gone.
             assert!(
                 message_decrypt(
@@ -1185,18 +904,9 @@ mod tests {
         from: &ProtocolAddress,
         rng: &mut StdRng,
     ) -> Vec<u8> {
-        message_decrypt(
-            message,
-            from,
-            &mut bob.clone(),
-            &mut bob.clone(),
-            &mut bob.clone(),
-            &bob.clone(),
-            bob,
-            rng,
-        )
-        .await
-        .expect("bob decrypt")
+        message_decrypt(message, from, &mut bob.clone(), &mut bob.clone(), &mut bob.clone(), &bob.clone(), bob, rng)
+            .await
+            .expect("bob decrypt")
     }
 
     async fn alice_decrypt(

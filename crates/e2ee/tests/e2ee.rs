@@ -22,7 +22,8 @@ async fn next_message(m: &mut Messenger<InMemSignalProtocolStore>) -> Received {
 }
 
 fn text_of(r: &Received, device: u32) -> String {
-    let p = r.plaintexts.iter().find(|(d, _)| *d == device).unwrap_or_else(|| panic!("no plaintext for {device}: {r:?}"));
+    let p =
+        r.plaintexts.iter().find(|(d, _)| *d == device).unwrap_or_else(|| panic!("no plaintext for {device}: {r:?}"));
     String::from_utf8(p.1.clone()).unwrap()
 }
 
@@ -78,7 +79,10 @@ async fn two_providers_talk_end_to_end_with_several_devices() {
     alpha.ack(vec![r.seq]).await.unwrap();
     for i in 0..5 {
         let text = format!("ratchet step {i}");
-        alpha.send(("handle:alice", 1), "handle:bob", ContentType::Message, &format!("a-r{i}"), text.as_bytes()).await.unwrap();
+        alpha
+            .send(("handle:alice", 1), "handle:bob", ContentType::Message, &format!("a-r{i}"), text.as_bytes())
+            .await
+            .unwrap();
         let r = next_message(&mut beta).await;
         assert_eq!(text_of(&r, 1), text);
         assert_eq!(text_of(&r, 2), text);
@@ -120,7 +124,13 @@ async fn messages_decrypt_out_of_order() {
 
     for i in 0..6 {
         alpha
-            .send(("handle:alice", 1), "handle:bob", ContentType::Message, &format!("o-{i}"), format!("message {i}").as_bytes())
+            .send(
+                ("handle:alice", 1),
+                "handle:bob",
+                ContentType::Message,
+                &format!("o-{i}"),
+                format!("message {i}").as_bytes(),
+            )
             .await
             .unwrap();
     }
@@ -226,7 +236,11 @@ async fn sessions_survive_a_restart_with_the_sled_store() {
 }
 
 async fn next_group(m: &mut Messenger<InMemSignalProtocolStore>) -> router_e2ee::ReceivedGroup {
-    match tokio::time::timeout(Duration::from_secs(15), m.next()).await.expect("group message in time").expect("receive") {
+    match tokio::time::timeout(Duration::from_secs(15), m.next())
+        .await
+        .expect("group message in time")
+        .expect("receive")
+    {
         Inbound::Group(g) => g,
         other => panic!("expected a group message, got {other:?}"),
     }
@@ -260,12 +274,21 @@ async fn group_messages_are_end_to_end_encrypted_with_sender_keys() {
     alpha.send_group(("handle:ana", 1), "book-club", ContentType::Message, "g-1", secret).await.unwrap();
     let g = next_group(&mut beta).await;
     assert_eq!((g.group_id.as_str(), g.group_seq, g.sender_user.as_str()), ("book-club", 0, "handle:ana"));
-    let mut got: Vec<(String, u32)> = g.plaintexts.iter().map(|(u, d, p)| {
-        assert_eq!(p.as_slice(), secret);
-        (u.clone(), *d)
-    }).collect();
+    let mut got: Vec<(String, u32)> = g
+        .plaintexts
+        .iter()
+        .map(|(u, d, p)| {
+            assert_eq!(p.as_slice(), secret);
+            (u.clone(), *d)
+        })
+        .collect();
     got.sort();
-    assert_eq!(got, vec![("handle:ben".into(), 1), ("handle:ben".into(), 2), ("handle:bo".into(), 1)], "{:?}", g.failures);
+    assert_eq!(
+        got,
+        vec![("handle:ben".into(), 1), ("handle:ben".into(), 2), ("handle:bo".into(), 1)],
+        "{:?}",
+        g.failures
+    );
     beta.ack(vec![g.seq]).await.unwrap();
     // The router holds the sender-key ciphertext, never the text.
     assert!(!router_holds(&tc, secret));

@@ -33,7 +33,11 @@ pub fn encode(state: &State, applied_index: u64) -> Result<Vec<u8>, BackupError>
 
 pub fn decode(bytes: &[u8]) -> Result<(State, u64), BackupError> {
     if bytes.len() < 13 {
-        return Err(if bytes.starts_with(MAGIC) || bytes.len() < 4 { BackupError::Truncated } else { BackupError::BadMagic });
+        return Err(if bytes.starts_with(MAGIC) || bytes.len() < 4 {
+            BackupError::Truncated
+        } else {
+            BackupError::BadMagic
+        });
     }
     if &bytes[..4] != MAGIC {
         return Err(BackupError::BadMagic);

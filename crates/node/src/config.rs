@@ -310,15 +310,15 @@ pub struct Batching {
 
 impl Config {
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         let raw: RawConfig = toml::from_str(&text)
             .map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })?;
         Config::validate(raw)
     }
 
     pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-        let RawConfig { node_id, data_dir, listen, advertise, tls, cluster, raft, limits, batching, telemetry, media } = raw;
+        let RawConfig { node_id, data_dir, listen, advertise, tls, cluster, raft, limits, batching, telemetry, media } =
+            raw;
         if node_id == 0 {
             return Err(invalid("node_id", "must be >= 1"));
         }
@@ -564,7 +564,11 @@ key = "node.key"
         assert!(e.to_string().starts_with("limits.default_receive_window"), "{e}");
         let e = Config::validate(raw("[cluster]\nbootstrap = true").unwrap()).unwrap_err();
         assert!(e.to_string().starts_with("cluster.initial_members"), "{e}");
-        let e = Config::validate(raw("[cluster]\nseeds = [\"a:1\"]\ninitial_members = [{ id = 1, peer = \"a:1\", provider = \"a:2\" }]").unwrap()).unwrap_err();
+        let e = Config::validate(
+            raw("[cluster]\nseeds = [\"a:1\"]\ninitial_members = [{ id = 1, peer = \"a:1\", provider = \"a:2\" }]")
+                .unwrap(),
+        )
+        .unwrap_err();
         assert!(e.to_string().starts_with("cluster.seeds"), "{e}");
         let e = Config::validate(raw("[raft]\nheartbeat_ms = 200").unwrap()).unwrap_err();
         assert!(e.to_string().starts_with("raft.election_timeout_min_ms"), "{e}");
@@ -604,7 +608,10 @@ mod override_tests {
         let c = cfg.clone().with_overrides(o).unwrap();
         assert_eq!((c.node_id, c.advertise.peer.as_str()), (3, "r-2.p:2"));
         assert!(!c.bootstraps(), "only node 1 bootstraps in seed mode");
-        let c = cfg.clone().with_overrides(Overrides { node_id: Some(7), pod_index: Some(2), ..Default::default() }).unwrap();
+        let c = cfg
+            .clone()
+            .with_overrides(Overrides { node_id: Some(7), pod_index: Some(2), ..Default::default() })
+            .unwrap();
         assert_eq!(c.node_id, 7);
         assert!(cfg.bootstraps());
     }

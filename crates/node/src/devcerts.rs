@@ -43,9 +43,7 @@ impl DevPki {
         let key = KeyPair::generate().context("generate key")?;
         let mut params = CertificateParams::new(vec!["localhost".to_string()]).context("cert params")?;
         params.distinguished_name.push(DnType::CommonName, identity.uri());
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)));
+        params.subject_alt_names.push(SanType::IpAddress(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)));
         params.subject_alt_names.push(SanType::URI(identity.uri().try_into().context("URI SAN")?));
         params.extended_key_usages =
             vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];

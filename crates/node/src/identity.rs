@@ -51,11 +51,7 @@ impl Identity {
 pub fn check_provider_id(s: &str) -> Result<(), String> {
     let ok_len = (1..=64).contains(&s.len());
     let ok_chars = s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
-    if ok_len && ok_chars {
-        Ok(())
-    } else {
-        Err(format!("{s:?} is not a valid id (1..=64 of a-z 0-9 - _ .)"))
-    }
+    if ok_len && ok_chars { Ok(()) } else { Err(format!("{s:?} is not a valid id (1..=64 of a-z 0-9 - _ .)")) }
 }
 
 /// Reads the identity from the leaf certificate of the verified chain.
@@ -72,14 +68,10 @@ pub fn identity_from_der(der: &[u8]) -> Option<Identity> {
 }
 
 pub fn identity_of<T>(req: &Request<T>) -> Result<Identity, Status> {
-    let certs = req
-        .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required (mTLS)"))?;
+    let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("a client certificate is required (mTLS)"))?;
     let leaf = certs.first().ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
     identity_from_der(leaf.as_ref()).ok_or_else(|| {
-        Status::unauthenticated(format!(
-            "client certificate carries no single valid URI SAN under {SPIFFE_PREFIX}"
-        ))
+        Status::unauthenticated(format!("client certificate carries no single valid URI SAN under {SPIFFE_PREFIX}"))
     })
 }
 

@@ -22,7 +22,9 @@
 use crate::config::Config;
 use crate::ctx::Ctx;
 use router_core::Command;
-use router_proto::v1::{AddLearnerRequest, ChangeMembershipRequest, NodeInfo, RemoveMemberRequest, StatusRequest, StatusResponse};
+use router_proto::v1::{
+    AddLearnerRequest, ChangeMembershipRequest, NodeInfo, RemoveMemberRequest, StatusRequest, StatusResponse,
+};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;

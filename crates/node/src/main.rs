@@ -154,11 +154,18 @@ async fn run_dev(dir: PathBuf, base_port: u16) -> anyhow::Result<()> {
     for (p, c) in &cluster.provider_certs {
         println!("provider {p}: cert {} key {}", c.cert.display(), c.key.display());
     }
-    println!("operator:       cert {} key {}", cluster.operator_cert.cert.display(), cluster.operator_cert.key.display());
+    println!(
+        "operator:       cert {} key {}",
+        cluster.operator_cert.cert.display(),
+        cluster.operator_cert.key.display()
+    );
     let a = &cluster.provider_certs["alpha"];
     println!(
         "\nTry: grpcurl -cacert {} -cert {} -key {} -d '{{\"user_id\":\"handle:alice\"}}' {} interop_router.v1.Directory/RegisterUser",
-        cluster.ca.display(), a.cert.display(), a.key.display(), cluster.nodes[0].provider_addr
+        cluster.ca.display(),
+        a.cert.display(),
+        a.key.display(),
+        cluster.nodes[0].provider_addr
     );
     println!("Ctrl-C stops the cluster.");
     wait_for_signal().await;

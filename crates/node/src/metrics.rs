@@ -71,8 +71,8 @@ impl Metrics {
     pub fn new(node_id: u64) -> Self {
         let registry = Registry::new_custom(Some("router".into()), None).expect("registry");
         let _ = node_id;
-        let open_streams = IntGauge::new("open_receive_streams", "Provider receive streams open on this node.")
-            .expect("valid metric");
+        let open_streams =
+            IntGauge::new("open_receive_streams", "Provider receive streams open on this node.").expect("valid metric");
         registry.register(Box::new(open_streams.clone())).expect("unique metric");
         let mailbox_oldest = GaugeVec::new(
             Opts::new("mailbox_oldest_entry_age_seconds", "Age of the oldest unacked entry, by the replica's clock."),
@@ -81,27 +81,94 @@ impl Metrics {
         .expect("valid metric");
         registry.register(Box::new(mailbox_oldest.clone())).expect("unique metric");
         Metrics {
-            grpc_requests: counter(&registry, "grpc_requests_total", "gRPC requests by method and status code.", &["service", "method", "code"]),
-            grpc_seconds: histogram(&registry, "grpc_request_duration_seconds", "gRPC request handling time (stream open time for streams).", &["service", "method"], latency_buckets()),
-            commands: counter(&registry, "commands_total", "Commands committed through Raft, by kind, acting provider and result.", &["kind", "provider", "result"]),
-            rejections: counter(&registry, "rejections_total", "Commands rejected by the state machine, by reason.", &["reason"]),
-            commit_seconds: histogram(&registry, "commit_duration_seconds", "Submit to quorum commit and apply (includes forwarding and batching).", &["kind"], latency_buckets()),
-            delivered: counter(&registry, "delivered_total", "Mailbox entries sent on receive streams of this node.", &["provider"]),
-            delivery_seconds: histogram(&registry, "delivery_latency_seconds", "Acceptance (leader stamp) to hand-off on a receive stream.", &["provider"], latency_buckets()),
+            grpc_requests: counter(
+                &registry,
+                "grpc_requests_total",
+                "gRPC requests by method and status code.",
+                &["service", "method", "code"],
+            ),
+            grpc_seconds: histogram(
+                &registry,
+                "grpc_request_duration_seconds",
+                "gRPC request handling time (stream open time for streams).",
+                &["service", "method"],
+                latency_buckets(),
+            ),
+            commands: counter(
+                &registry,
+                "commands_total",
+                "Commands committed through Raft, by kind, acting provider and result.",
+                &["kind", "provider", "result"],
+            ),
+            rejections: counter(
+                &registry,
+                "rejections_total",
+                "Commands rejected by the state machine, by reason.",
+                &["reason"],
+            ),
+            commit_seconds: histogram(
+                &registry,
+                "commit_duration_seconds",
+                "Submit to quorum commit and apply (includes forwarding and batching).",
+                &["kind"],
+                latency_buckets(),
+            ),
+            delivered: counter(
+                &registry,
+                "delivered_total",
+                "Mailbox entries sent on receive streams of this node.",
+                &["provider"],
+            ),
+            delivery_seconds: histogram(
+                &registry,
+                "delivery_latency_seconds",
+                "Acceptance (leader stamp) to hand-off on a receive stream.",
+                &["provider"],
+                latency_buckets(),
+            ),
             acked: counter(&registry, "acked_total", "Mailbox entries removed by acks.", &["provider"]),
-            claims: counter(&registry, "prekey_claims_total", "Bundles handed out, by whether a one-time prekey was left.", &["requester", "one_time"]),
-            media_fetches: counter(&registry, "media_fetches_total", "Media proxy fetches by result: ok or the error reason.", &["result"]),
+            claims: counter(
+                &registry,
+                "prekey_claims_total",
+                "Bundles handed out, by whether a one-time prekey was left.",
+                &["requester", "one_time"],
+            ),
+            media_fetches: counter(
+                &registry,
+                "media_fetches_total",
+                "Media proxy fetches by result: ok or the error reason.",
+                &["result"],
+            ),
             media_bytes: {
-                let c = prometheus::IntCounter::new("media_bytes_total", "Media bytes passed on by fetches that completed.").expect("valid metric");
+                let c = prometheus::IntCounter::new(
+                    "media_bytes_total",
+                    "Media bytes passed on by fetches that completed.",
+                )
+                .expect("valid metric");
                 registry.register(Box::new(c.clone())).expect("unique metric");
                 c
             },
-            raft: gauge(&registry, "raft", "Raft state of this node: term, is_leader, leader_id, last_log_index, applied_index, apply_lag, snapshot_index, purged_index, voters, learners, is_member.", &["field"]),
+            raft: gauge(
+                &registry,
+                "raft",
+                "Raft state of this node: term, is_leader, leader_id, last_log_index, applied_index, apply_lag, snapshot_index, purged_index, voters, learners, is_member.",
+                &["field"],
+            ),
             open_streams,
             mailbox_depth: gauge(&registry, "mailbox_depth", "Entries awaiting the provider's ack.", &["provider"]),
             mailbox_oldest,
-            prekey_stock: gauge(&registry, "prekey_one_time_stock", "One-time EC prekeys stocked over all devices of the provider.", &["provider"]),
-            low_stock_devices: gauge(&registry, "prekey_low_stock_devices", "Devices with fewer than 10 one-time EC prekeys.", &["provider"]),
+            prekey_stock: gauge(
+                &registry,
+                "prekey_one_time_stock",
+                "One-time EC prekeys stocked over all devices of the provider.",
+                &["provider"],
+            ),
+            low_stock_devices: gauge(
+                &registry,
+                "prekey_low_stock_devices",
+                "Devices with fewer than 10 one-time EC prekeys.",
+                &["provider"],
+            ),
             registry,
         }
     }

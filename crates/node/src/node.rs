@@ -7,9 +7,9 @@
 use crate::admin_http;
 use crate::config::Config;
 use crate::ctx::{Ctx, NodeCtx};
+use crate::grpc::media::MediaService;
 use crate::grpc::{admin::AdminService, directory::DirectoryService, messaging::MessagingService};
 use crate::grpc::{peer::PeerService, prekeys::PrekeysService};
-use crate::grpc::media::MediaService;
 use crate::network::Network;
 use crate::peers::{PEER_MAX_MESSAGE_BYTES, PeerPool};
 use crate::tls::TlsMaterials;
@@ -18,10 +18,10 @@ use anyhow::Context;
 use router_core::{Command, ProviderId};
 use router_proto::v1::admin_server::AdminServer;
 use router_proto::v1::directory_server::DirectoryServer;
+use router_proto::v1::media_server::MediaServer;
 use router_proto::v1::messaging_server::MessagingServer;
 use router_proto::v1::peer_server::PeerServer;
 use router_proto::v1::prekeys_server::PrekeysServer;
-use router_proto::v1::media_server::MediaServer;
 use router_raft::{NodeId, Raft, SledBackend};
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,7 +108,9 @@ impl Node {
             ephemeral: Default::default(),
         });
         if ctx.removed.load(std::sync::atomic::Ordering::SeqCst) {
-            tracing::warn!("this node was removed from its cluster; it serves nothing (wipe the data directory to rejoin)");
+            tracing::warn!(
+                "this node was removed from its cluster; it serves nothing (wipe the data directory to rejoin)"
+            );
             ctx.raft.runtime_config().elect(false);
         }
 

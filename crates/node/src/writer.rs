@@ -140,7 +140,11 @@ fn now_ms() -> u64 {
 }
 
 type InFlight = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (Result<Vec<Outcome>, WriteError>, Vec<oneshot::Sender<Result<Outcome, WriteError>>>)> + Send>,
+    Box<
+        dyn std::future::Future<
+                Output = (Result<Vec<Outcome>, WriteError>, Vec<oneshot::Sender<Result<Outcome, WriteError>>>),
+            > + Send,
+    >,
 >;
 
 /// One task owns the queue. `biased` polling of the in-flight set before
@@ -204,9 +208,9 @@ fn deliver(result: Result<Vec<Outcome>, WriteError>, replies: Vec<oneshot::Sende
 
 fn map_client_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> WriteError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => WriteError::NotLeader {
-            leader: f.leader_id.zip(f.leader_node),
-        },
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            WriteError::NotLeader { leader: f.leader_id.zip(f.leader_node) }
+        }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => WriteError::Raft(e.to_string()),
         RaftError::Fatal(f) => WriteError::Raft(f.to_string()),
     }

@@ -16,10 +16,7 @@ pub fn check_ec_public_key(bytes: &[u8]) -> Result<(), KeyError> {
 
 fn parse_ec_public_key(bytes: &[u8]) -> Result<[u8; 32], KeyError> {
     if bytes.len() != EC_PUBLIC_KEY_LEN {
-        return Err(KeyError::WrongLength {
-            expected: EC_PUBLIC_KEY_LEN,
-            actual: bytes.len(),
-        });
+        return Err(KeyError::WrongLength { expected: EC_PUBLIC_KEY_LEN, actual: bytes.len() });
     }
     if bytes[0] != EC_KEY_TYPE {
         return Err(KeyError::UnknownKeyType(bytes[0]));
@@ -56,15 +53,9 @@ impl IdentityKey {
     /// Verifies an XEdDSA signature of `message` the way libsignal does (Edwards
     /// sign bit carried in the top bit of `signature[63]`). See [`crate::xeddsa`].
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), KeyError> {
-        let signature: &[u8; SIGNATURE_LEN] =
-            signature.try_into().map_err(|_| KeyError::WrongLength {
-                expected: SIGNATURE_LEN,
-                actual: signature.len(),
-            })?;
-        if xeddsa::verify(&self.0, message, signature) {
-            Ok(())
-        } else {
-            Err(KeyError::BadSignature)
-        }
+        let signature: &[u8; SIGNATURE_LEN] = signature
+            .try_into()
+            .map_err(|_| KeyError::WrongLength { expected: SIGNATURE_LEN, actual: signature.len() })?;
+        if xeddsa::verify(&self.0, message, signature) { Ok(()) } else { Err(KeyError::BadSignature) }
     }
 }

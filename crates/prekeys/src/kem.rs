@@ -60,18 +60,12 @@ pub fn parse_kyber_public_key(bytes: &[u8]) -> Result<KemKeyType, KeyError> {
         return Err(KeyError::Empty);
     };
     if bytes.len() > MAX_KYBER_PUBLIC_KEY_LEN {
-        return Err(KeyError::TooLong {
-            max: MAX_KYBER_PUBLIC_KEY_LEN,
-            actual: bytes.len(),
-        });
+        return Err(KeyError::TooLong { max: MAX_KYBER_PUBLIC_KEY_LEN, actual: bytes.len() });
     }
     let key_type = KemKeyType::from_type_byte(first).ok_or(KeyError::UnknownKeyType(first))?;
     let expected = key_type.serialized_public_key_len();
     if bytes.len() != expected {
-        return Err(KeyError::WrongLength {
-            expected,
-            actual: bytes.len(),
-        });
+        return Err(KeyError::WrongLength { expected, actual: bytes.len() });
     }
     Ok(key_type)
 }

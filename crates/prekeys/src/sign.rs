@@ -29,9 +29,7 @@ pub struct KeyPair {
 
 impl std::fmt::Debug for KeyPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyPair")
-            .field("public", &self.public)
-            .finish_non_exhaustive()
+        f.debug_struct("KeyPair").field("public", &self.public).finish_non_exhaustive()
     }
 }
 

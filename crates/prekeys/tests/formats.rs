@@ -1,8 +1,8 @@
 //! Wrong lengths and type bytes give precise errors.
 
 use router_prekeys::{
-    EC_PUBLIC_KEY_LEN, IdentityKey, KemKeyType, KeyError, MAX_KYBER_PUBLIC_KEY_LEN, SIGNATURE_LEN,
-    check_ec_public_key, check_kyber_public_key, parse_kyber_public_key,
+    EC_PUBLIC_KEY_LEN, IdentityKey, KemKeyType, KeyError, MAX_KYBER_PUBLIC_KEY_LEN, SIGNATURE_LEN, check_ec_public_key,
+    check_kyber_public_key, parse_kyber_public_key,
 };
 
 fn ec_key(type_byte: u8) -> Vec<u8> {
@@ -24,29 +24,17 @@ fn ec_key_wrong_length() {
     for len in [0, 1, 32, 34, 65] {
         let mut k = vec![0x05u8; len];
         k.truncate(len);
-        let want = Err(KeyError::WrongLength {
-            expected: 33,
-            actual: len,
-        });
+        let want = Err(KeyError::WrongLength { expected: 33, actual: len });
         assert_eq!(check_ec_public_key(&k), want);
-        assert_eq!(
-            IdentityKey::from_serialized(&k),
-            want.map(|_: ()| unreachable!())
-        );
+        assert_eq!(IdentityKey::from_serialized(&k), want.map(|_: ()| unreachable!()));
     }
 }
 
 #[test]
 fn ec_key_wrong_type() {
     for t in [0x00, 0x04, 0x06, 0x08, 0xff] {
-        assert_eq!(
-            check_ec_public_key(&ec_key(t)),
-            Err(KeyError::UnknownKeyType(t))
-        );
-        assert_eq!(
-            IdentityKey::from_serialized(&ec_key(t)),
-            Err(KeyError::UnknownKeyType(t))
-        );
+        assert_eq!(check_ec_public_key(&ec_key(t)), Err(KeyError::UnknownKeyType(t)));
+        assert_eq!(IdentityKey::from_serialized(&ec_key(t)), Err(KeyError::UnknownKeyType(t)));
     }
 }
 
@@ -56,10 +44,7 @@ fn signature_wrong_length() {
     for len in [0, 63, 65, 128] {
         assert_eq!(
             key.verify(b"m", &vec![0u8; len]),
-            Err(KeyError::WrongLength {
-                expected: SIGNATURE_LEN,
-                actual: len
-            })
+            Err(KeyError::WrongLength { expected: SIGNATURE_LEN, actual: len })
         );
     }
     assert_eq!(key.verify(b"m", &[0u8; 64]), Err(KeyError::BadSignature));
@@ -96,11 +81,7 @@ fn kem_type_bytes_and_lengths_follow_libsignal() {
     assert_eq!(KemKeyType::Kyber768.serialized_public_key_len(), 1185);
     assert_eq!(KemKeyType::Kyber1024.serialized_public_key_len(), 1569);
     assert_eq!(KemKeyType::MlKem1024.serialized_public_key_len(), 1569);
-    for t in [
-        KemKeyType::Kyber768,
-        KemKeyType::Kyber1024,
-        KemKeyType::MlKem1024,
-    ] {
+    for t in [KemKeyType::Kyber768, KemKeyType::Kyber1024, KemKeyType::MlKem1024] {
         assert_eq!(KemKeyType::from_type_byte(t.type_byte()), Some(t));
         assert!(t.serialized_public_key_len() <= MAX_KYBER_PUBLIC_KEY_LEN);
     }
@@ -108,11 +89,7 @@ fn kem_type_bytes_and_lengths_follow_libsignal() {
 
 #[test]
 fn kem_key_ok() {
-    for t in [
-        KemKeyType::Kyber768,
-        KemKeyType::Kyber1024,
-        KemKeyType::MlKem1024,
-    ] {
+    for t in [KemKeyType::Kyber768, KemKeyType::Kyber1024, KemKeyType::MlKem1024] {
         assert_eq!(check_kyber_public_key(&kem_key(t)), Ok(()));
         assert_eq!(parse_kyber_public_key(&kem_key(t)), Ok(t));
     }
@@ -129,10 +106,7 @@ fn kem_key_too_long() {
     k[0] = 0x08;
     assert_eq!(
         check_kyber_public_key(&k),
-        Err(KeyError::TooLong {
-            max: MAX_KYBER_PUBLIC_KEY_LEN,
-            actual: MAX_KYBER_PUBLIC_KEY_LEN + 1
-        })
+        Err(KeyError::TooLong { max: MAX_KYBER_PUBLIC_KEY_LEN, actual: MAX_KYBER_PUBLIC_KEY_LEN + 1 })
     );
 }
 
@@ -143,10 +117,7 @@ fn kem_key_unknown_type() {
         k[0] = t;
         assert_eq!(check_kyber_public_key(&k), Err(KeyError::UnknownKeyType(t)));
     }
-    assert_eq!(
-        check_kyber_public_key(&[0x05]),
-        Err(KeyError::UnknownKeyType(0x05))
-    );
+    assert_eq!(check_kyber_public_key(&[0x05]), Err(KeyError::UnknownKeyType(0x05)));
 }
 
 #[test]
@@ -163,10 +134,7 @@ fn kem_key_wrong_length_for_type() {
         k[0] = t.type_byte();
         assert_eq!(
             check_kyber_public_key(&k),
-            Err(KeyError::WrongLength {
-                expected: t.serialized_public_key_len(),
-                actual: len
-            }),
+            Err(KeyError::WrongLength { expected: t.serialized_public_key_len(), actual: len }),
             "{t:?} {len}"
         );
     }
@@ -175,15 +143,8 @@ fn kem_key_wrong_length_for_type() {
 #[test]
 fn errors_display() {
     assert_eq!(
-        KeyError::WrongLength {
-            expected: 33,
-            actual: 32
-        }
-        .to_string(),
+        KeyError::WrongLength { expected: 33, actual: 32 }.to_string(),
         "wrong length: expected 33 bytes, got 32"
     );
-    assert_eq!(
-        KeyError::UnknownKeyType(0x06).to_string(),
-        "unknown key type byte 0x06"
-    );
+    assert_eq!(KeyError::UnknownKeyType(0x06).to_string(), "unknown key type byte 0x06");
 }

@@ -71,10 +71,7 @@ fn signed_prekey_upload_shape() {
     check_ec_public_key(&prekey.public).unwrap();
     let id = IdentityKey::from_serialized(&identity.public).unwrap();
     assert_eq!(id.verify(&prekey.public, &sig), Ok(()));
-    assert_eq!(
-        id.verify(&prekey.public[1..], &sig),
-        Err(KeyError::BadSignature)
-    );
+    assert_eq!(id.verify(&prekey.public[1..], &sig), Err(KeyError::BadSignature));
 }
 
 #[cfg(feature = "signing")]

@@ -22,10 +22,7 @@ fn hex(s: &str) -> Vec<u8> {
         return Vec::new();
     }
     assert!(s.len().is_multiple_of(2), "odd hex length");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
 }
 
 fn parse(text: &str, with_kind: bool) -> Vec<Vector> {
@@ -33,11 +30,7 @@ fn parse(text: &str, with_kind: bool) -> Vec<Vector> {
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|line| {
             let mut f: Vec<&str> = line.split(' ').collect();
-            let kind = if with_kind {
-                f.remove(0).to_string()
-            } else {
-                "libsignal".into()
-            };
+            let kind = if with_kind { f.remove(0).to_string() } else { "libsignal".into() };
             assert_eq!(f.len(), 6, "bad vector line: {line}");
             Vector {
                 kind,
@@ -95,12 +88,7 @@ fn vector_files_cover_both_sign_bits_and_kinds() {
 fn all_vectors_verify() {
     for (i, v) in all().iter().enumerate() {
         let key = IdentityKey::from_serialized(&v.public).expect("well-formed key");
-        assert_eq!(
-            key.verify(&v.message, &v.signature),
-            Ok(()),
-            "vector {i} ({})",
-            v.kind
-        );
+        assert_eq!(key.verify(&v.message, &v.signature), Ok(()), "vector {i} ({})", v.kind);
     }
 }
 
@@ -159,27 +147,15 @@ fn flipping_any_bit_fails() {
     // Messages that are a serialized EC key, as in a signed-prekey upload.
     let prekey_msg = |v: &&Vector| v.message.len() == 33;
     let picks = [
-        a.iter()
-            .filter(prekey_msg)
-            .find(|v| v.sign_bit == 1)
-            .unwrap(),
-        x.iter()
-            .filter(prekey_msg)
-            .find(|v| v.sign_bit == 1 && v.kind == "libsignal")
-            .unwrap(),
+        a.iter().filter(prekey_msg).find(|v| v.sign_bit == 1).unwrap(),
+        x.iter().filter(prekey_msg).find(|v| v.sign_bit == 1 && v.kind == "libsignal").unwrap(),
     ];
     for v in picks {
         for bit in 0..v.signature.len() * 8 {
-            assert!(
-                !verifies(&v.public, &v.message, &flip(&v.signature, bit)),
-                "sig bit {bit}"
-            );
+            assert!(!verifies(&v.public, &v.message, &flip(&v.signature, bit)), "sig bit {bit}");
         }
         for bit in 0..v.message.len() * 8 {
-            assert!(
-                !verifies(&v.public, &flip(&v.message, bit), &v.signature),
-                "msg bit {bit}"
-            );
+            assert!(!verifies(&v.public, &flip(&v.message, bit), &v.signature), "msg bit {bit}");
         }
         for bit in 0..v.public.len() * 8 {
             // Bit 7 of the last byte is the unused top bit of u (2^255): like
@@ -187,10 +163,7 @@ fn flipping_any_bit_fails() {
             if bit == 32 * 8 + 7 {
                 continue;
             }
-            assert!(
-                !verifies(&flip(&v.public, bit), &v.message, &v.signature),
-                "key bit {bit}"
-            );
+            assert!(!verifies(&flip(&v.public, bit), &v.message, &v.signature), "key bit {bit}");
         }
     }
 }
@@ -201,23 +174,11 @@ fn flipping_a_bit_fails_on_every_vector() {
     for (i, v) in all().iter().enumerate() {
         let sig_bit = (i * 37) % 512;
         let key_bit = 8 + (i * 11) % 255; // skip the type byte and bit 2^255
-        assert!(!verifies(
-            &v.public,
-            &v.message,
-            &flip(&v.signature, sig_bit)
-        ));
-        assert!(!verifies(
-            &flip(&v.public, key_bit),
-            &v.message,
-            &v.signature
-        ));
+        assert!(!verifies(&v.public, &v.message, &flip(&v.signature, sig_bit)));
+        assert!(!verifies(&flip(&v.public, key_bit), &v.message, &v.signature));
         if !v.message.is_empty() {
             let msg_bit = (i * 13) % (v.message.len() * 8);
-            assert!(!verifies(
-                &v.public,
-                &flip(&v.message, msg_bit),
-                &v.signature
-            ));
+            assert!(!verifies(&v.public, &flip(&v.message, msg_bit), &v.signature));
         } else {
             assert!(!verifies(&v.public, &[0], &v.signature));
         }
@@ -227,11 +188,7 @@ fn flipping_a_bit_fails_on_every_vector() {
 #[test]
 fn ignored_top_bit_of_u_matches_libsignal() {
     let v = &axolotl()[0];
-    assert!(verifies(
-        &flip(&v.public, 32 * 8 + 7),
-        &v.message,
-        &v.signature
-    ));
+    assert!(verifies(&flip(&v.public, 32 * 8 + 7), &v.message, &v.signature));
 }
 
 /// s + l is the same scalar mod l; libsignal would reduce it, we refuse it as
@@ -240,9 +197,8 @@ fn ignored_top_bit_of_u_matches_libsignal() {
 fn non_canonical_s_is_refused() {
     // l = 2^252 + 27742317777372353535851937790883648493, little endian
     const L: [u8; 32] = [
-        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
-        0x14, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-        0x00, 0x10,
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10,
     ];
     let mut refused = 0;
     for v in all() {
@@ -263,9 +219,7 @@ fn non_canonical_s_is_refused() {
         sig[32..].copy_from_slice(&s);
         sig[63] |= sign;
         assert_eq!(
-            IdentityKey::from_serialized(&v.public)
-                .unwrap()
-                .verify(&v.message, &sig),
+            IdentityKey::from_serialized(&v.public).unwrap().verify(&v.message, &sig),
             Err(KeyError::BadSignature)
         );
         refused += 1;

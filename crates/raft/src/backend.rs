@@ -88,23 +88,11 @@ impl SledBackend {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         let fail = |e: &sled::Error, what: &str| {
-            io_error(
-                ErrorSubject::Store,
-                ErrorVerb::Read,
-                e,
-                format!("{what} in {}", dir.display()),
-            )
+            io_error(ErrorSubject::Store, ErrorVerb::Read, e, format!("{what} in {}", dir.display()))
         };
-        let db = sled::Config::new()
-            .path(dir)
-            .open()
-            .map_err(|e| fail(&e, "open sled database"))?;
-        let log = db
-            .open_tree(Tree::Log.name())
-            .map_err(|e| fail(&e, "open sled tree \"log\""))?;
-        let meta = db
-            .open_tree(Tree::Meta.name())
-            .map_err(|e| fail(&e, "open sled tree \"meta\""))?;
+        let db = sled::Config::new().path(dir).open().map_err(|e| fail(&e, "open sled database"))?;
+        let log = db.open_tree(Tree::Log.name()).map_err(|e| fail(&e, "open sled tree \"log\""))?;
+        let meta = db.open_tree(Tree::Meta.name()).map_err(|e| fail(&e, "open sled tree \"meta\""))?;
         Ok(SledBackend { db, log, meta })
     }
 
@@ -122,9 +110,7 @@ fn is_empty_range(range: &KeyRange) -> bool {
     use Bound::{Excluded, Included};
     match range {
         (Included(s), Included(e)) => s > e,
-        (Included(s), Excluded(e)) | (Excluded(s), Included(e)) | (Excluded(s), Excluded(e)) => {
-            s >= e
-        }
+        (Included(s), Excluded(e)) | (Excluded(s), Included(e)) | (Excluded(s), Excluded(e)) => s >= e,
         _ => false,
     }
 }
@@ -165,10 +151,7 @@ impl Backend for SledBackend {
         if is_empty_range(&range) {
             return Ok(Vec::new());
         }
-        self.tree(tree)
-            .range::<Vec<u8>, _>(range)
-            .map(|kv| Ok(pair(kv?)))
-            .collect()
+        self.tree(tree).range::<Vec<u8>, _>(range).map(|kv| Ok(pair(kv?))).collect()
     }
 
     fn last(&self, tree: Tree) -> Result<Option<KeyValue>, BackendError> {
@@ -207,8 +190,7 @@ impl Op {
                     return;
                 }
                 if let Some(tree) = trees.get_mut(t) {
-                    let doomed: Vec<Vec<u8>> =
-                        tree.range(range.clone()).map(|(k, _)| k.clone()).collect();
+                    let doomed: Vec<Vec<u8>> = tree.range(range.clone()).map(|(k, _)| k.clone()).collect();
                     for k in doomed {
                         tree.remove(&k);
                     }
@@ -281,12 +263,7 @@ impl MemBackend {
 
 impl Backend for MemBackend {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
-        Ok(self
-            .lock()
-            .live
-            .get(&tree)
-            .and_then(|t| t.get(key))
-            .cloned())
+        Ok(self.lock().live.get(&tree).and_then(|t| t.get(key)).cloned())
     }
 
     fn insert(&self, tree: Tree, key: &[u8], value: Vec<u8>) -> Result<(), BackendError> {
@@ -310,21 +287,14 @@ impl Backend for MemBackend {
         }
         let disk = self.lock();
         Ok(match disk.live.get(&tree) {
-            Some(t) => t
-                .range(range)
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            Some(t) => t.range(range).map(|(k, v)| (k.clone(), v.clone())).collect(),
             None => Vec::new(),
         })
     }
 
     fn last(&self, tree: Tree) -> Result<Option<KeyValue>, BackendError> {
         let disk = self.lock();
-        Ok(disk
-            .live
-            .get(&tree)
-            .and_then(|t| t.last_key_value())
-            .map(|(k, v)| (k.clone(), v.clone())))
+        Ok(disk.live.get(&tree).and_then(|t| t.last_key_value()).map(|(k, v)| (k.clone(), v.clone())))
     }
 
     async fn flush(&self) -> Result<(), BackendError> {

@@ -48,10 +48,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FormatError> {
     let (&version, body) = bytes.split_first().ok_or(FormatError::Empty)?;
     match version {
         FORMAT_VERSION => Ok(bincode::deserialize(body)?),
-        v if v > FORMAT_VERSION => Err(FormatError::Newer {
-            found: v,
-            supported: FORMAT_VERSION,
-        }),
+        v if v > FORMAT_VERSION => Err(FormatError::Newer { found: v, supported: FORMAT_VERSION }),
         v => Err(FormatError::Unknown { found: v }),
     }
 }

@@ -47,8 +47,8 @@ pub use codec::{FORMAT_VERSION, FormatError};
 pub use log_store::LogStore;
 pub use state_machine::StateMachineStore;
 pub use types::{
-    Entry, LogId, Membership, NodeAddr, NodeId, Raft, Snapshot, SnapshotMeta, StorageError,
-    StoredMembership, TypeConfig, Vote,
+    Entry, LogId, Membership, NodeAddr, NodeId, Raft, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig, Vote,
 };
 
 /// Opens the log and the state machine of one node on `backend`. The state

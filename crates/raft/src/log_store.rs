@@ -81,21 +81,10 @@ impl<B: Backend> LogStore<B> {
             .map_err(|e| io_error(subject, ErrorVerb::Read, &e, format!("decode {name}")))
     }
 
-    fn store_meta<T: Serialize>(
-        &self,
-        key: &[u8],
-        value: &T,
-        subject: ErrorSubject<u64>,
-    ) -> Result<(), StorageError> {
+    fn store_meta<T: Serialize>(&self, key: &[u8], value: &T, subject: ErrorSubject<u64>) -> Result<(), StorageError> {
         let name = String::from_utf8_lossy(key);
-        let bytes = codec::encode(value).map_err(|e| {
-            io_error(
-                subject.clone(),
-                ErrorVerb::Write,
-                &e,
-                format!("encode {name}"),
-            )
-        })?;
+        let bytes = codec::encode(value)
+            .map_err(|e| io_error(subject.clone(), ErrorVerb::Write, &e, format!("encode {name}")))?;
         self.backend
             .insert(Tree::Meta, key, bytes)
             .map_err(|e| io_error(subject, ErrorVerb::Write, &e, format!("write {name}")))
@@ -104,24 +93,15 @@ impl<B: Backend> LogStore<B> {
     fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, StorageError> {
         codec::decode(value).map_err(|e| {
             let index = <[u8; 8]>::try_from(key).map(u64::from_be_bytes).ok();
-            io_error(
-                ErrorSubject::Logs,
-                ErrorVerb::Read,
-                &e,
-                format!("decode log entry at index {index:?}"),
-            )
+            io_error(ErrorSubject::Logs, ErrorVerb::Read, &e, format!("decode log entry at index {index:?}"))
         })
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
-        let last = self.backend.last(Tree::Log).map_err(|e| {
-            io_error(
-                ErrorSubject::Logs,
-                ErrorVerb::Read,
-                &e,
-                "read last log entry",
-            )
-        })?;
+        let last = self
+            .backend
+            .last(Tree::Log)
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e, "read last log entry"))?;
         match last {
             Some((k, v)) => Ok(Some(*Self::decode_entry(&k, &v)?.get_log_id())),
             None => Ok(None),
@@ -137,18 +117,8 @@ impl<B: Backend> RaftLogReader<TypeConfig> for LogStore<B> {
         let pairs = self
             .backend
             .range(Tree::Log, key_range(&range))
-            .map_err(|e| {
-                io_error(
-                    ErrorSubject::Logs,
-                    ErrorVerb::Read,
-                    &e,
-                    format!("read log entries {range:?}"),
-                )
-            })?;
-        pairs
-            .iter()
-            .map(|(k, v)| Self::decode_entry(k, v))
-            .collect()
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e, format!("read log entries {range:?}")))?;
+        pairs.iter().map(|(k, v)| Self::decode_entry(k, v)).collect()
     }
 }
 
@@ -158,10 +128,7 @@ impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id = self.load_meta::<LogId>(KEY_LAST_PURGED, ErrorSubject::Logs)?;
         let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
-        })
+        Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -170,10 +137,7 @@ impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         self.store_meta(KEY_VOTE, vote, ErrorSubject::Vote)?;
-        self.backend
-            .flush()
-            .await
-            .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, &e, "fsync vote"))
+        self.backend.flush().await.map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, &e, "fsync vote"))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -185,40 +149,21 @@ impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self
-            .load_meta::<Option<LogId>>(KEY_COMMITTED, ErrorSubject::Store)?
-            .flatten())
+        Ok(self.load_meta::<Option<LogId>>(KEY_COMMITTED, ErrorSubject::Store)?.flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         for entry in entries {
             let log_id = *entry.get_log_id();
-            let bytes = codec::encode(&entry).map_err(|e| {
-                io_error(
-                    ErrorSubject::Log(log_id),
-                    ErrorVerb::Write,
-                    &e,
-                    "encode log entry",
-                )
-            })?;
+            let bytes = codec::encode(&entry)
+                .map_err(|e| io_error(ErrorSubject::Log(log_id), ErrorVerb::Write, &e, "encode log entry"))?;
             self.backend
                 .insert(Tree::Log, &index_key(log_id.index), bytes)
-                .map_err(|e| {
-                    io_error(
-                        ErrorSubject::Log(log_id),
-                        ErrorVerb::Write,
-                        &e,
-                        "write log entry",
-                    )
-                })?;
+                .map_err(|e| io_error(ErrorSubject::Log(log_id), ErrorVerb::Write, &e, "write log entry"))?;
         }
         match self.backend.flush().await {
             Ok(()) => {
@@ -227,12 +172,7 @@ impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
             }
             Err(e) => {
                 callback.log_io_completed(Err(io::Error::other(e.to_string())));
-                Err(io_error(
-                    ErrorSubject::Logs,
-                    ErrorVerb::Write,
-                    &e,
-                    "fsync appended log entries",
-                ))
+                Err(io_error(ErrorSubject::Logs, ErrorVerb::Write, &e, "fsync appended log entries"))
             }
         }
     }
@@ -241,14 +181,7 @@ impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
         tracing::debug!(%log_id, "truncate log");
         self.backend
             .remove_range(Tree::Log, key_range(&(log_id.index..)))
-            .map_err(|e| {
-                io_error(
-                    ErrorSubject::Logs,
-                    ErrorVerb::Delete,
-                    &e,
-                    format!("truncate log from {log_id}"),
-                )
-            })
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &e, format!("truncate log from {log_id}")))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -258,13 +191,6 @@ impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
         self.store_meta(KEY_LAST_PURGED, &log_id, ErrorSubject::Logs)?;
         self.backend
             .remove_range(Tree::Log, key_range(&(..=log_id.index)))
-            .map_err(|e| {
-                io_error(
-                    ErrorSubject::Logs,
-                    ErrorVerb::Delete,
-                    &e,
-                    format!("purge log up to {log_id}"),
-                )
-            })
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &e, format!("purge log up to {log_id}")))
     }
 }

@@ -33,9 +33,7 @@ use tokio::sync::watch;
 
 use crate::backend::{Backend, Tree};
 use crate::codec::{self, io_error};
-use crate::types::{
-    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
-};
+use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 
@@ -85,9 +83,7 @@ pub struct StateMachineStore<B: Backend> {
 
 impl<B: Backend> std::fmt::Debug for StateMachineStore<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateMachineStore")
-            .field("applied", &*self.lock_applied())
-            .finish_non_exhaustive()
+        f.debug_struct("StateMachineStore").field("applied", &*self.lock_applied()).finish_non_exhaustive()
     }
 }
 
@@ -114,13 +110,7 @@ impl<B: Backend> StateMachineStore<B> {
                     snapshot_id = %stored.meta.snapshot_id,
                     "restored state machine from snapshot"
                 );
-                (
-                    payload.state,
-                    Applied {
-                        last_applied: payload.last_applied,
-                        membership: payload.membership,
-                    },
-                )
+                (payload.state, Applied { last_applied: payload.last_applied, membership: payload.membership })
             }
             None => (State::default(), Applied::default()),
         };
@@ -150,21 +140,15 @@ impl<B: Backend> StateMachineStore<B> {
     // A poisoned lock means `apply` panicked halfway through a batch: the
     // state is no longer what the log says, so serving it would diverge.
     fn write_state(&self) -> RwLockWriteGuard<'_, State> {
-        self.state
-            .write()
-            .expect("state lock poisoned: apply panicked, state is unusable")
+        self.state.write().expect("state lock poisoned: apply panicked, state is unusable")
     }
 
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
-        self.state
-            .read()
-            .expect("state lock poisoned: apply panicked, state is unusable")
+        self.state.read().expect("state lock poisoned: apply panicked, state is unusable")
     }
 
     fn lock_applied(&self) -> MutexGuard<'_, Applied> {
-        self.applied
-            .lock()
-            .expect("applied lock poisoned: apply panicked, state is unusable")
+        self.applied.lock().expect("applied lock poisoned: apply panicked, state is unusable")
     }
 
     /// Stores `meta`/`data` as the current snapshot and fsyncs, unless the
@@ -182,40 +166,22 @@ impl<B: Backend> StateMachineStore<B> {
             );
             return Ok(());
         }
-        let bytes = codec::encode(&StoredSnapshot {
-            meta: meta.clone(),
-            data: data.to_vec(),
-        })
-        .map_err(|e| io_error(subject(), ErrorVerb::Write, &e, "encode snapshot"))?;
+        let bytes = codec::encode(&StoredSnapshot { meta: meta.clone(), data: data.to_vec() })
+            .map_err(|e| io_error(subject(), ErrorVerb::Write, &e, "encode snapshot"))?;
         self.backend
             .insert(Tree::Meta, KEY_SNAPSHOT, bytes)
             .map_err(|e| io_error(subject(), ErrorVerb::Write, &e, "write snapshot"))?;
-        self.backend
-            .flush()
-            .await
-            .map_err(|e| io_error(subject(), ErrorVerb::Write, &e, "fsync snapshot"))
+        self.backend.flush().await.map_err(|e| io_error(subject(), ErrorVerb::Write, &e, "fsync snapshot"))
     }
 }
 
 fn load_snapshot<B: Backend>(backend: &B) -> Result<Option<StoredSnapshot>, StorageError> {
-    let raw = backend.get(Tree::Meta, KEY_SNAPSHOT).map_err(|e| {
-        io_error(
-            ErrorSubject::Snapshot(None),
-            ErrorVerb::Read,
-            &e,
-            "read stored snapshot",
-        )
-    })?;
+    let raw = backend
+        .get(Tree::Meta, KEY_SNAPSHOT)
+        .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e, "read stored snapshot"))?;
     raw.map(|bytes| codec::decode::<StoredSnapshot>(&bytes))
         .transpose()
-        .map_err(|e| {
-            io_error(
-                ErrorSubject::Snapshot(None),
-                ErrorVerb::Read,
-                &e,
-                "decode stored snapshot",
-            )
-        })
+        .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e, "decode stored snapshot"))
 }
 
 impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<B> {
@@ -239,21 +205,13 @@ impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<B> {
                 state: &state,
             };
             let data = codec::encode(&payload).map_err(|e| {
-                io_error(
-                    ErrorSubject::Snapshot(Some(meta.signature())),
-                    ErrorVerb::Write,
-                    &e,
-                    "encode snapshot",
-                )
+                io_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, &e, "encode snapshot")
             })?;
             (meta, data)
         };
         self.persist_snapshot(&meta, &data).await?;
         tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), "built snapshot");
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
 
@@ -307,29 +265,21 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
     ) -> Result<(), StorageError> {
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
         let data = snapshot.into_inner();
-        let payload = decode_payload(&data)
-            .map_err(|e| io_error(subject(), ErrorVerb::Read, &e, "decode received snapshot"))?;
+        let payload =
+            decode_payload(&data).map_err(|e| io_error(subject(), ErrorVerb::Read, &e, "decode received snapshot"))?;
         if payload.last_applied != meta.last_log_id || payload.membership != meta.last_membership {
             let e = std::io::Error::other(format!(
                 "snapshot data covers {:?} / {:?}, but its meta says {:?} / {:?}",
                 payload.last_applied, payload.membership, meta.last_log_id, meta.last_membership
             ));
-            return Err(io_error(
-                subject(),
-                ErrorVerb::Read,
-                &e,
-                "check received snapshot",
-            ));
+            return Err(io_error(subject(), ErrorVerb::Read, &e, "check received snapshot"));
         }
         self.persist_snapshot(meta, &data).await?;
         let index = {
             let mut state = self.write_state();
             let mut applied = self.lock_applied();
             *state = payload.state;
-            *applied = Applied {
-                last_applied: payload.last_applied,
-                membership: payload.membership,
-            };
+            *applied = Applied { last_applied: payload.last_applied, membership: payload.membership };
             applied.last_applied.map_or(0, |l| l.index)
         };
         self.applied_tx.send_replace(index);
@@ -338,9 +288,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        Ok(load_snapshot(&self.backend)?.map(|stored| Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        }))
+        Ok(load_snapshot(&self.backend)?
+            .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
     }
 }

@@ -6,9 +6,7 @@ use std::collections::BTreeSet;
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
-use openraft::{
-    CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder, StorageHelper,
-};
+use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder, StorageHelper};
 use router_core::{Batch, Command, Outcome, ProviderId, State, UserId};
 use tempfile::TempDir;
 
@@ -19,9 +17,7 @@ use crate::{LogStore, StateMachineStore, open};
 struct MemBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore<MemBackend>, StateMachineStore<MemBackend>> for MemBuilder {
-    async fn build(
-        &self,
-    ) -> Result<((), LogStore<MemBackend>, StateMachineStore<MemBackend>), StorageError> {
+    async fn build(&self) -> Result<((), LogStore<MemBackend>, StateMachineStore<MemBackend>), StorageError> {
         let (log, sm) = open(MemBackend::new())?;
         Ok(((), log, sm))
     }
@@ -29,19 +25,8 @@ impl StoreBuilder<TypeConfig, LogStore<MemBackend>, StateMachineStore<MemBackend
 
 struct SledBuilder;
 
-impl StoreBuilder<TypeConfig, LogStore<SledBackend>, StateMachineStore<SledBackend>, TempDir>
-    for SledBuilder
-{
-    async fn build(
-        &self,
-    ) -> Result<
-        (
-            TempDir,
-            LogStore<SledBackend>,
-            StateMachineStore<SledBackend>,
-        ),
-        StorageError,
-    > {
+impl StoreBuilder<TypeConfig, LogStore<SledBackend>, StateMachineStore<SledBackend>, TempDir> for SledBuilder {
+    async fn build(&self) -> Result<(TempDir, LogStore<SledBackend>, StateMachineStore<SledBackend>), StorageError> {
         let dir = tempfile::tempdir().expect("create temp dir");
         let (log, sm) = open(SledBackend::open(dir.path())?)?;
         Ok((dir, log, sm))
@@ -64,33 +49,13 @@ fn log_id(term: u64, index: u64) -> LogId {
 
 fn membership_entry(index: u64) -> Entry {
     let voters = BTreeSet::from([1u64]);
-    let nodes = [(
-        1u64,
-        NodeAddr {
-            peer: "127.0.0.1:1".into(),
-            provider: "127.0.0.1:2".into(),
-        },
-    )];
-    let m = Membership::new(
-        vec![voters],
-        nodes
-            .into_iter()
-            .collect::<std::collections::BTreeMap<_, _>>(),
-    );
-    Entry {
-        log_id: log_id(1, index),
-        payload: EntryPayload::Membership(m),
-    }
+    let nodes = [(1u64, NodeAddr { peer: "127.0.0.1:1".into(), provider: "127.0.0.1:2".into() })];
+    let m = Membership::new(vec![voters], nodes.into_iter().collect::<std::collections::BTreeMap<_, _>>());
+    Entry { log_id: log_id(1, index), payload: EntryPayload::Membership(m) }
 }
 
 fn batch_entry(index: u64, commands: Vec<Command>) -> Entry {
-    Entry {
-        log_id: log_id(1, index),
-        payload: EntryPayload::Normal(Batch {
-            stamp_ms: 1_000 * index,
-            commands,
-        }),
-    }
+    Entry { log_id: log_id(1, index), payload: EntryPayload::Normal(Batch { stamp_ms: 1_000 * index, commands }) }
 }
 
 /// A few entries that change the state visibly.
@@ -98,29 +63,15 @@ fn workload() -> Vec<Entry> {
     let acme = ProviderId::new("acme");
     vec![
         membership_entry(1),
-        batch_entry(
-            2,
-            vec![Command::AddProvider {
-                provider: acme.clone(),
-            }],
-        ),
+        batch_entry(2, vec![Command::AddProvider { provider: acme.clone() }]),
         batch_entry(
             3,
             vec![
-                Command::RegisterUser {
-                    provider: acme.clone(),
-                    user: UserId::new("alice"),
-                },
-                Command::RegisterUser {
-                    provider: acme.clone(),
-                    user: UserId::new("bob"),
-                },
+                Command::RegisterUser { provider: acme.clone(), user: UserId::new("alice") },
+                Command::RegisterUser { provider: acme.clone(), user: UserId::new("bob") },
             ],
         ),
-        Entry {
-            log_id: log_id(2, 4),
-            payload: EntryPayload::Blank,
-        },
+        Entry { log_id: log_id(2, 4), payload: EntryPayload::Blank },
     ]
 }
 
@@ -129,34 +80,19 @@ fn snapshot_of(sm: &StateMachineStore<impl Backend>) -> State {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
 /// Applies the workload, builds a snapshot, and returns the state it covers.
 async fn apply_and_snapshot<B: Backend>(sm: &mut StateMachineStore<B>) -> State {
     let replies = sm.apply(workload()).await.unwrap();
     assert_eq!(replies.len(), 4);
-    assert_eq!(
-        replies[0],
-        Vec::<Outcome>::new(),
-        "membership answers nothing"
-    );
+    assert_eq!(replies[0], Vec::<Outcome>::new(), "membership answers nothing");
     assert_eq!(replies[2].len(), 2, "one outcome per command");
     assert_eq!(*sm.applied().borrow(), 4);
     let state = snapshot_of(sm);
-    assert!(
-        state.user(&UserId::new("alice")).is_some(),
-        "workload registered alice: {replies:?}"
-    );
-    let snap = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    assert!(state.user(&UserId::new("alice")).is_some(), "workload registered alice: {replies:?}");
+    let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
     assert_eq!(snap.meta.last_log_id, Some(log_id(2, 4)));
     state
 }
@@ -167,11 +103,7 @@ async fn assert_restored<B: Backend>(sm: &mut StateMachineStore<B>, want: &State
     let (applied, membership) = sm.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(2, 4)));
     assert_eq!(membership.log_id(), &Some(log_id(1, 1)));
-    let current = sm
-        .get_current_snapshot()
-        .await
-        .unwrap()
-        .expect("snapshot stored");
+    let current = sm.get_current_snapshot().await.unwrap().expect("snapshot stored");
     assert_eq!(current.meta.last_log_id, Some(log_id(2, 4)));
 }
 
@@ -215,10 +147,7 @@ fn install_snapshot_replaces_state_and_persists() {
         let mut data = follower.begin_receiving_snapshot().await.unwrap();
         *data = *snap.snapshot;
         follower.install_snapshot(&snap.meta, data).await.unwrap();
-        assert!(
-            rx.has_changed().unwrap(),
-            "install notifies the applied watch"
-        );
+        assert!(rx.has_changed().unwrap(), "install notifies the applied watch");
         assert_restored(&mut follower, &want).await;
 
         backend.crash();
@@ -233,10 +162,7 @@ fn restart_reapplies_committed_entries() {
         let backend = MemBackend::new();
         let (mut log, mut sm) = open(backend.clone()).unwrap();
         // Openraft starts a log at index 0; without a purge it reads from there.
-        let first = Entry {
-            log_id: LogId::new(CommittedLeaderId::new(0, 0), 0),
-            payload: EntryPayload::Blank,
-        };
+        let first = Entry { log_id: LogId::new(CommittedLeaderId::new(0, 0), 0), payload: EntryPayload::Blank };
         let entries: Vec<Entry> = std::iter::once(first).chain(workload()).collect();
         log.blocking_append(entries.clone()).await.unwrap();
         log.save_committed(Some(log_id(2, 4))).await.unwrap();
@@ -247,15 +173,8 @@ fn restart_reapplies_committed_entries() {
         drop((log, sm));
 
         let (mut log, mut sm) = open(backend).unwrap();
-        assert_eq!(
-            snapshot_of(&sm),
-            State::default(),
-            "no snapshot: starts empty"
-        );
-        StorageHelper::new(&mut log, &mut sm)
-            .get_initial_state()
-            .await
-            .unwrap();
+        assert_eq!(snapshot_of(&sm), State::default(), "no snapshot: starts empty");
+        StorageHelper::new(&mut log, &mut sm).get_initial_state().await.unwrap();
         assert_eq!(snapshot_of(&sm), want, "committed entries re-applied");
         assert_eq!(*sm.applied().borrow(), 4);
     });
@@ -269,25 +188,13 @@ fn mem_crash_drops_only_unflushed_writes() {
         backend.flush().await.unwrap();
         backend.insert(Tree::Meta, b"b", b"2".to_vec()).unwrap();
         backend.remove(Tree::Meta, b"a").unwrap();
-        assert_eq!(
-            backend.get(Tree::Meta, b"b").unwrap(),
-            Some(b"2".to_vec()),
-            "reads see unflushed writes"
-        );
+        assert_eq!(backend.get(Tree::Meta, b"b").unwrap(), Some(b"2".to_vec()), "reads see unflushed writes");
         assert_eq!(backend.pending_writes(), 2);
 
         let restarted = backend.clone();
         backend.crash();
-        assert_eq!(
-            restarted.get(Tree::Meta, b"a").unwrap(),
-            Some(b"1".to_vec()),
-            "flushed write kept"
-        );
-        assert_eq!(
-            restarted.get(Tree::Meta, b"b").unwrap(),
-            None,
-            "unflushed write lost"
-        );
+        assert_eq!(restarted.get(Tree::Meta, b"a").unwrap(), Some(b"1".to_vec()), "flushed write kept");
+        assert_eq!(restarted.get(Tree::Meta, b"b").unwrap(), None, "unflushed write lost");
         assert_eq!(restarted.pending_writes(), 0);
 
         // A torn crash keeps a prefix of the unflushed writes, in order.
@@ -295,12 +202,7 @@ fn mem_crash_drops_only_unflushed_writes() {
         backend.insert(Tree::Log, b"y", b"2".to_vec()).unwrap();
         backend.crash_keeping(1);
         assert_eq!(
-            backend
-                .range(
-                    Tree::Log,
-                    (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded)
-                )
-                .unwrap(),
+            backend.range(Tree::Log, (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded)).unwrap(),
             vec![(b"x".to_vec(), b"1".to_vec())]
         );
     });
@@ -317,18 +219,10 @@ fn mem_crash_keeps_appended_log_but_not_later_unsynced_writes() {
         backend.crash();
 
         let (mut log, _sm) = open(backend).unwrap();
-        assert_eq!(
-            log.read_committed().await.unwrap(),
-            None,
-            "unsynced committed id lost"
-        );
+        assert_eq!(log.read_committed().await.unwrap(), None, "unsynced committed id lost");
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, None, "unsynced purge lost");
-        assert_eq!(
-            state.last_log_id,
-            Some(log_id(2, 4)),
-            "fsynced entries kept"
-        );
+        assert_eq!(state.last_log_id, Some(log_id(2, 4)), "fsynced entries kept");
         assert_eq!(log.try_get_log_entries(1..5).await.unwrap().len(), 4);
     });
 }
@@ -341,10 +235,7 @@ fn bump_version(bytes: &mut [u8]) {
 fn assert_newer_refused(result: Result<impl std::fmt::Debug, StorageError>) {
     let err = result.expect_err("newer format must be refused");
     let msg = format!("{err}");
-    assert!(
-        msg.contains("format version 2") && msg.contains("newer"),
-        "unclear error: {msg}"
-    );
+    assert!(msg.contains("format version 2") && msg.contains("newer"), "unclear error: {msg}");
 }
 
 #[test]
@@ -375,28 +266,16 @@ fn newer_format_version_is_refused() {
         let mut data = snap.snapshot.into_inner();
         bump_version(&mut data);
         let (_log, mut follower) = open(MemBackend::new()).unwrap();
-        let result = follower
-            .install_snapshot(&snap.meta, Box::new(std::io::Cursor::new(data)))
-            .await;
+        let result = follower.install_snapshot(&snap.meta, Box::new(std::io::Cursor::new(data))).await;
         assert_newer_refused(result);
-        assert_eq!(
-            snapshot_of(&follower),
-            State::default(),
-            "refused snapshot leaves state alone"
-        );
+        assert_eq!(snapshot_of(&follower), State::default(), "refused snapshot leaves state alone");
     });
 }
 
 #[test]
 fn codec_rejects_empty_and_unknown() {
-    assert!(matches!(
-        crate::codec::decode::<u64>(&[]),
-        Err(crate::FormatError::Empty)
-    ));
-    assert!(matches!(
-        crate::codec::decode::<u64>(&[0, 1]),
-        Err(crate::FormatError::Unknown { found: 0 })
-    ));
+    assert!(matches!(crate::codec::decode::<u64>(&[]), Err(crate::FormatError::Empty)));
+    assert!(matches!(crate::codec::decode::<u64>(&[0, 1]), Err(crate::FormatError::Unknown { found: 0 })));
     let bytes = crate::codec::encode(&7u64).unwrap();
     assert_eq!(crate::codec::decode::<u64>(&bytes).unwrap(), 7);
 }

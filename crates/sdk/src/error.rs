@@ -41,7 +41,10 @@ impl SdkError {
 
 /// Codes worth another attempt (possibly on another node).
 pub(crate) fn is_retryable(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted)
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted
+    )
 }
 
 pub(crate) fn rejected(status: Status) -> SdkError {

@@ -54,7 +54,14 @@ impl DeviceIdentity {
 
     /// A full upload: signed prekey, `one_time` EC keys with ids starting at
     /// `first_id`, and when `kyber` is set as many Kyber keys plus a last resort.
-    pub fn upload(&mut self, user: &str, device: u32, first_id: u32, one_time: u32, kyber: bool) -> UploadPrekeysRequest {
+    pub fn upload(
+        &mut self,
+        user: &str,
+        device: u32,
+        first_id: u32,
+        one_time: u32,
+        kyber: bool,
+    ) -> UploadPrekeysRequest {
         let signed_prekey = Some(self.signed_prekey(1));
         let one_time_prekeys = (first_id..first_id + one_time)
             .map(|id| EcOneTimePrekey { key_id: id, public_key: self.ec_public().into() })

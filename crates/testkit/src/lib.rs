@@ -11,8 +11,8 @@
 pub mod fixtures;
 
 use anyhow::Context;
-use router_node::dev::{LocalCluster, LocalClusterSpec};
 use router_node::config::RawConfig;
+use router_node::dev::{LocalCluster, LocalClusterSpec};
 use router_proto::v1::admin_client::AdminClient;
 use router_sdk::{ClientConfig, RouterClient};
 use std::time::Duration;
@@ -56,11 +56,9 @@ impl TestCluster {
         let cluster = LocalCluster::start(spec).await?;
         let tc = TestCluster { cluster, _dir: dir };
         tc.cluster.wait_for_leader(Duration::from_secs(15)).await?;
-        tc.wait_until(Duration::from_secs(15), |s| {
-            PROVIDERS.iter().all(|p| s.is_onboarded(&router_core_provider(p)))
-        })
-        .await
-        .context("providers onboarded")?;
+        tc.wait_until(Duration::from_secs(15), |s| PROVIDERS.iter().all(|p| s.is_onboarded(&router_core_provider(p))))
+            .await
+            .context("providers onboarded")?;
         Ok(tc)
     }
 

@@ -982,11 +982,9 @@ fn same_batches_give_the_same_state_outcomes_and_bytes() {
     let flat: Vec<&Outcome> = outs_a.iter().flatten().collect();
     assert!(flat.iter().any(|o| matches!(o, Outcome::Sent { .. })));
     assert!(flat.iter().any(|o| matches!(o, Outcome::Bundles { .. })));
-    assert!(a
-        .mailboxes
-        .values()
-        .flat_map(|m| m.entries.values())
-        .any(|e| matches!(e.item, MailboxItem::Expired { .. })));
+    assert!(
+        a.mailboxes.values().flat_map(|m| m.entries.values()).any(|e| matches!(e.item, MailboxItem::Expired { .. }))
+    );
 }
 
 #[test]
@@ -1612,7 +1610,10 @@ fn restore_loads_a_backup_only_into_an_empty_state() {
     assert_eq!(fresh.state.users, backup.users);
     assert_eq!(fresh.state.mailboxes, backup.mailboxes);
     // The restored dedup window still answers a retry identically.
-    assert_eq!(fresh.apply(send(PA, "m1", "bob", &[(1, 11)], 60_000)), source.apply(send(PA, "m1", "bob", &[(1, 11)], 60_000)));
+    assert_eq!(
+        fresh.apply(send(PA, "m1", "bob", &[(1, 11)], 60_000)),
+        source.apply(send(PA, "m1", "bob", &[(1, 11)], 60_000))
+    );
 
     // Not over existing data.
     assert_eq!(fresh.reject_unchanged(Command::Restore { state: Box::new(backup) }), Rejection::RestoreIntoNonEmpty);
@@ -1679,12 +1680,18 @@ fn provider_lifecycle_and_the_three_month_deadline() {
 fn claim_token_bucket_refills_with_leader_time() {
     let mut h = Harness::with_limits(Limits { claim_burst: 2, claim_refill_ms: 1_000, ..Limits::default() });
     h.user(PB, "bob", &[(1, 11)]);
-    assert!(matches!(h.apply(upload_cmd(PB, "bob", 1, upload(1, Some(1), &[1, 2, 3, 4, 5], &[], None))), Outcome::KeysStored { .. }));
+    assert!(matches!(
+        h.apply(upload_cmd(PB, "bob", 1, upload(1, Some(1), &[1, 2, 3, 4, 5], &[], None))),
+        Outcome::KeysStored { .. }
+    ));
     let t = h.state.clock_ms + 10;
     assert!(matches!(h.at(t, claim(PA, "bob", None)), Outcome::Bundles { .. }));
     assert!(matches!(h.at(t, claim(PA, "bob", None)), Outcome::Bundles { .. }));
     assert_eq!(h.at(t, claim(PA, "bob", None)), Outcome::Rejected(Rejection::RateLimited { retry_after_ms: 1_000 }));
-    assert_eq!(h.at(t + 400, claim(PA, "bob", None)), Outcome::Rejected(Rejection::RateLimited { retry_after_ms: 600 }));
+    assert_eq!(
+        h.at(t + 400, claim(PA, "bob", None)),
+        Outcome::Rejected(Rejection::RateLimited { retry_after_ms: 600 })
+    );
     assert!(matches!(h.at(t + 1_000, claim(PA, "bob", None)), Outcome::Bundles { .. }));
     // Per requester: another provider has its own bucket.
     h.ok(Command::AddProvider { provider: pid(PC) });

@@ -3,14 +3,14 @@
 
 use super::status;
 use crate::ctx::Ctx;
+use crate::grpc::peer::ElectionControl;
 use crate::identity::{check_provider_id, require_admin};
 use openraft::ServerState;
 use router_core::{Command, ProviderId};
+use router_proto::v1::RaftPayload;
 use router_proto::v1::admin_server::Admin;
 use router_proto::v1::*;
 use router_raft::NodeAddr;
-use router_proto::v1::RaftPayload;
-use crate::grpc::peer::ElectionControl;
 use std::collections::{BTreeMap, BTreeSet};
 use tonic::{Code, Request, Response, Status};
 
@@ -27,7 +27,11 @@ fn node_addr(n: &NodeInfo, i: usize) -> Result<(u64, NodeAddr), Status> {
         return Err(status::invalid_field(format!("members[{i}].node_id"), "OUT_OF_RANGE", "node ids start at 1"));
     }
     if n.peer_endpoint.is_empty() || n.provider_endpoint.is_empty() {
-        return Err(status::invalid_field(format!("members[{i}]"), "EMPTY", "peer and provider endpoints are required"));
+        return Err(status::invalid_field(
+            format!("members[{i}]"),
+            "EMPTY",
+            "peer and provider endpoints are required",
+        ));
     }
     Ok((n.node_id, NodeAddr { peer: n.peer_endpoint.clone(), provider: n.provider_endpoint.clone() }))
 }
@@ -108,7 +112,8 @@ impl Admin for AdminService {
 
     async fn add_learner(&self, req: Request<AddLearnerRequest>) -> Result<Response<AddLearnerResponse>, Status> {
         require_admin(&req)?;
-        let node = req.get_ref().node.clone().ok_or_else(|| status::invalid_field("node", "EMPTY", "node is required"))?;
+        let node =
+            req.get_ref().node.clone().ok_or_else(|| status::invalid_field("node", "EMPTY", "node is required"))?;
         let (id, addr) = node_addr(&node, 0)?;
         self.ctx.raft.add_learner(id, addr, true).await.map_err(raft_status)?;
         Ok(Response::new(AddLearnerResponse {}))
@@ -177,7 +182,11 @@ impl Admin for AdminService {
                 })
                 .collect();
             ListProvidersResponse {
-                provider_ids: providers.iter().filter(|p| p.status == "active").map(|p| p.provider_id.clone()).collect(),
+                provider_ids: providers
+                    .iter()
+                    .filter(|p| p.status == "active")
+                    .map(|p| p.provider_id.clone())
+                    .collect(),
                 providers,
             }
         });
@@ -302,25 +311,18 @@ impl Admin for AdminService {
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
-    async fn restore(
-        &self,
-        req: Request<tonic::Streaming<BackupChunk>>,
-    ) -> Result<Response<RestoreResponse>, Status> {
+    async fn restore(&self, req: Request<tonic::Streaming<BackupChunk>>) -> Result<Response<RestoreResponse>, Status> {
         require_admin(&req)?;
         let mut stream = req.into_inner();
         let mut bytes = Vec::new();
         while let Some(chunk) = stream.message().await? {
             bytes.extend_from_slice(&chunk.data);
             if bytes.len() > crate::backup::MAX_RESTORE_BYTES {
-                return Err(status::over_limit(
-                    "data",
-                    crate::backup::MAX_RESTORE_BYTES as u64,
-                    bytes.len() as u64,
-                ));
+                return Err(status::over_limit("data", crate::backup::MAX_RESTORE_BYTES as u64, bytes.len() as u64));
             }
         }
-        let (state, _) = crate::backup::decode(&bytes)
-            .map_err(|e| status::invalid_field("data", "BAD_BACKUP", e.to_string()))?;
+        let (state, _) =
+            crate::backup::decode(&bytes).map_err(|e| status::invalid_field("data", "BAD_BACKUP", e.to_string()))?;
         let users = state.users.len() as u64;
         let mailbox_entries = state.mailboxes.values().map(|m| m.len() as u64).sum();
         self.ctx.write(Command::Restore { state: Box::new(state) }).await?;
@@ -365,12 +367,12 @@ pub async fn transfer_leadership(ctx: &crate::ctx::NodeCtx, to: Option<u64>) -> 
             return Err(status::invalid_field("to_node_id", "NOT_A_VOTER", format!("node {t} is not another voter")));
         }
         None => {
-            let matched = |id: &u64| {
-                m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map_or(0, |l| l.index)
-            };
-            *voters.iter().max_by_key(|v| matched(v)).ok_or_else(|| {
-                Status::failed_precondition("no other voter to hand leadership to")
-            })?
+            let matched =
+                |id: &u64| m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map_or(0, |l| l.index);
+            *voters
+                .iter()
+                .max_by_key(|v| matched(v))
+                .ok_or_else(|| Status::failed_precondition("no other voter to hand leadership to"))?
         }
     };
     // openraft 0.9 has no transfer call, and followers refuse votes while
@@ -474,7 +476,9 @@ pub fn validate_media_hosts(hosts: Vec<String>) -> Result<Vec<String>, Status> {
         let (name, port) = h.rsplit_once(':').map_or((h.as_str(), None), |(n, p)| (n, Some(p)));
         let name_ok = !name.is_empty()
             && name.len() <= 253
-            && name.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+            && name
+                .split('.')
+                .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
         let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
         if !(name_ok && port_ok) {
             return Err(status::invalid_field(

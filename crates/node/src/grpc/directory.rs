@@ -66,19 +66,23 @@ impl Directory for DirectoryService {
         let provider = provider_of(&req)?;
         self.ctx.require_onboarded(&provider).await?;
         let user = validate::user_id("user_id", &req.get_ref().user_id, &self.ctx.limits)?;
-        let found = self.ctx.read_settled(|s| {
-            s.user(&user).map(|rec| ResolveResponse {
-                user_id: user.0.clone(),
-                provider_id: rec.provider.0.clone(),
-                devices: rec
-                    .devices
-                    .iter()
-                    .map(|(d, r)| Device { device_id: *d, registration_id: r.registration_id })
-                    .collect(),
-            })
-        }, Option::is_some).await;
-        found
-            .map(Response::new)
-            .ok_or_else(|| status::rejection(&router_core::Rejection::UserNotFound { user }))
+        let found = self
+            .ctx
+            .read_settled(
+                |s| {
+                    s.user(&user).map(|rec| ResolveResponse {
+                        user_id: user.0.clone(),
+                        provider_id: rec.provider.0.clone(),
+                        devices: rec
+                            .devices
+                            .iter()
+                            .map(|(d, r)| Device { device_id: *d, registration_id: r.registration_id })
+                            .collect(),
+                    })
+                },
+                Option::is_some,
+            )
+            .await;
+        found.map(Response::new).ok_or_else(|| status::rejection(&router_core::Rejection::UserNotFound { user }))
     }
 }

@@ -15,7 +15,11 @@ pub struct GroupsService {
 
 fn group_id(s: &str) -> Result<GroupId, Status> {
     if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(status::invalid_field("group_id", "BAD_CHARACTERS", "group_id must be 1..=64 bytes of printable ASCII"));
+        return Err(status::invalid_field(
+            "group_id",
+            "BAD_CHARACTERS",
+            "group_id must be 1..=64 bytes of printable ASCII",
+        ));
     }
     Ok(GroupId::new(s))
 }
@@ -92,8 +96,7 @@ impl Groups for GroupsService {
                     .collect(),
             })
         });
-        info.map(Response::new)
-            .ok_or_else(|| status::rejection(&router_core::Rejection::GroupNotFound { group }))
+        info.map(Response::new).ok_or_else(|| status::rejection(&router_core::Rejection::GroupNotFound { group }))
     }
 
     async fn send_group(&self, req: Request<SendGroupRequest>) -> Result<Response<SendGroupResponse>, Status> {
@@ -109,16 +112,20 @@ impl Groups for GroupsService {
         if r.ciphertext.is_empty() {
             return Err(status::invalid_field("ciphertext", "EMPTY", "ciphertext is empty"));
         }
-        let total = r.ciphertext.len() + r.per_device.iter().map(|p| p.part.as_ref().map_or(0, |p| p.ciphertext.len())).sum::<usize>();
+        let total = r.ciphertext.len()
+            + r.per_device.iter().map(|p| p.part.as_ref().map_or(0, |p| p.ciphertext.len())).sum::<usize>();
         if total > limits.max_envelope_bytes {
             return Err(status::over_limit("ciphertext", limits.max_envelope_bytes as u64, total as u64));
         }
         let mut per_device = Vec::with_capacity(r.per_device.len());
         for (i, p) in r.per_device.into_iter().enumerate() {
             let user = validate::user_id(&format!("per_device[{i}].user_id"), &p.user_id, limits)?;
-            let part = p.part.ok_or_else(|| status::invalid_field(format!("per_device[{i}].part"), "EMPTY", "part is required"))?;
-            let parsed = validate::parts(vec![part], limits)
-                .map_err(|_| status::invalid_field(format!("per_device[{i}].part"), "BAD_PART", "malformed device part"))?;
+            let part = p
+                .part
+                .ok_or_else(|| status::invalid_field(format!("per_device[{i}].part"), "EMPTY", "part is required"))?;
+            let parsed = validate::parts(vec![part], limits).map_err(|_| {
+                status::invalid_field(format!("per_device[{i}].part"), "BAD_PART", "malformed device part")
+            })?;
             per_device.extend(parsed.into_iter().map(|p| (user.clone(), p)));
         }
         let send = GroupSend {

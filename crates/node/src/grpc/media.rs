@@ -308,7 +308,10 @@ impl MediaService {
     }
 
     /// Everything up to the response head; then hands the body to a pump task.
-    async fn open(&self, req: Request<FetchMediaRequest>) -> Result<ReceiverStream<Result<MediaChunk, Status>>, Status> {
+    async fn open(
+        &self,
+        req: Request<FetchMediaRequest>,
+    ) -> Result<ReceiverStream<Result<MediaChunk, Status>>, Status> {
         let caller = provider_of(&req)?;
         self.ctx.require_onboarded(&caller).await?;
         let (fetch, sender) = self.check_request(req.into_inner())?;
@@ -407,7 +410,8 @@ impl MediaService {
                 },
             ));
         }
-        let length = response.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let length =
+            response.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if let Some(n) = length
             && n > fetch.limit
         {
@@ -449,7 +453,11 @@ impl MediaService {
                         Code::PermissionDenied,
                         "FORBIDDEN_ADDRESS",
                         "url",
-                        format!("{} resolves to {} ({why}); the router never fetches from such addresses", target.host, a.ip()),
+                        format!(
+                            "{} resolves to {} ({why}); the router never fetches from such addresses",
+                            target.host,
+                            a.ip()
+                        ),
                     ));
                 }
             }
@@ -523,7 +531,9 @@ async fn pump(
             Err(_) => return Err(PumpEnd::Failed(timed_out("media.idle_timeout_ms", idle))),
             Ok(None) => break,
             Ok(Some(Err(e))) => {
-                return Err(PumpEnd::Failed(unreachable(format!("the media body broke off after {received} bytes: {e}"))));
+                return Err(PumpEnd::Failed(unreachable(format!(
+                    "the media body broke off after {received} bytes: {e}"
+                ))));
             }
             Ok(Some(Ok(frame))) => frame,
         };
@@ -554,12 +564,8 @@ async fn pump(
             format!("the media body ({received} bytes) does not match expected_sha256; discard what was received"),
         )));
     }
-    let last = MediaChunk {
-        data: held.unwrap_or_default(),
-        offset,
-        complete: true,
-        sha256: Bytes::copy_from_slice(&digest),
-    };
+    let last =
+        MediaChunk { data: held.unwrap_or_default(), offset, complete: true, sha256: Bytes::copy_from_slice(&digest) };
     tx.send(Ok(last)).await.map_err(|_| PumpEnd::ClientGone)?;
     Ok(received)
 }
@@ -571,10 +577,33 @@ mod tests {
     #[test]
     fn internal_addresses_are_forbidden() {
         for a in [
-            "127.0.0.1", "127.5.6.7", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254",
-            "169.254.1.1", "0.0.0.0", "0.1.2.3", "255.255.255.255", "224.0.0.1", "100.64.0.1", "100.127.255.255",
-            "240.0.0.1", "::1", "::", "fc00::1", "fd00:ec2::254", "fe80::1", "ff02::1", "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1", "::127.0.0.1", "64:ff9b::a9fe:a9fe", "2002:c0a8:0101::1", "fec0::1",
+            "127.0.0.1",
+            "127.5.6.7",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "169.254.1.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "100.64.0.1",
+            "100.127.255.255",
+            "240.0.0.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:c0a8:0101::1",
+            "fec0::1",
         ] {
             let ip: IpAddr = a.parse().unwrap();
             assert!(forbidden_address(ip).is_some(), "{a} must be forbidden");

@@ -8,17 +8,17 @@ use super::{status, validate};
 use crate::ctx::Ctx;
 use crate::identity::provider_of;
 use router_core::{Command, DeviceId, Outcome, ProviderId, Rejection, SendEnvelope};
-use std::collections::BTreeMap;
-use std::time::Duration;
 use router_proto::v1::messaging_server::Messaging;
 use router_proto::v1::*;
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use tokio::sync::mpsc;
-use tracing::Instrument;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
 
 pub struct MessagingService {
     pub ctx: Ctx,

@@ -15,7 +15,9 @@ use tonic::{Request, Response, Status};
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum ElectionControl {
     /// Do not start elections on timeout for this long.
-    Suspend { millis: u64 },
+    Suspend {
+        millis: u64,
+    },
     Resume,
     /// Start an election now.
     ElectNow,

@@ -60,22 +60,31 @@ impl Prekeys for PrekeysService {
         let r = req.get_ref();
         let user = validate::user_id("user_id", &r.user_id, &self.ctx.limits)?;
         let device = validate::device_id("device_id", r.device_id)?;
-        let answer = self.ctx.read_settled(|s| {
-            let rec = s.user(&user).ok_or_else(|| Rejection::UserNotFound { user: user.clone() })?;
-            if rec.provider != provider {
-                return Err(Rejection::NotOwner { user: user.clone() });
-            }
-            let dev = rec.devices.get(&device).ok_or_else(|| Rejection::DeviceNotFound { user: user.clone(), device })?;
-            Ok(match &dev.keys {
-                Some(k) => PrekeyCountResponse {
-                    one_time_prekeys_remaining: k.one_time.len() as u32,
-                    kyber_one_time_prekeys_remaining: k.kyber_one_time.len() as u32,
-                    has_signed_prekey: true,
-                    has_kyber_last_resort: k.kyber_last_resort.is_some(),
+        let answer = self
+            .ctx
+            .read_settled(
+                |s| {
+                    let rec = s.user(&user).ok_or_else(|| Rejection::UserNotFound { user: user.clone() })?;
+                    if rec.provider != provider {
+                        return Err(Rejection::NotOwner { user: user.clone() });
+                    }
+                    let dev = rec
+                        .devices
+                        .get(&device)
+                        .ok_or_else(|| Rejection::DeviceNotFound { user: user.clone(), device })?;
+                    Ok(match &dev.keys {
+                        Some(k) => PrekeyCountResponse {
+                            one_time_prekeys_remaining: k.one_time.len() as u32,
+                            kyber_one_time_prekeys_remaining: k.kyber_one_time.len() as u32,
+                            has_signed_prekey: true,
+                            has_kyber_last_resort: k.kyber_last_resort.is_some(),
+                        },
+                        None => PrekeyCountResponse::default(),
+                    })
                 },
-                None => PrekeyCountResponse::default(),
-            })
-        }, Result::is_ok).await;
+                Result::is_ok,
+            )
+            .await;
         answer.map(Response::new).map_err(|r| status::rejection(&r))
     }
 }

@@ -113,7 +113,9 @@ pub fn rejection(r: &Rejection) -> Status {
             detail.retry_after_ms = *retry_after_ms;
             format!("too many bundle claims for this user; retry after {retry_after_ms} ms")
         }
-        Rejection::RestoreIntoNonEmpty => "a backup can only be restored into a cluster without users or queued mail".into(),
+        Rejection::RestoreIntoNonEmpty => {
+            "a backup can only be restored into a cluster without users or queued mail".into()
+        }
         Rejection::MailboxFull { provider, limit } => {
             detail.limit = *limit;
             format!("the mailbox of provider {provider} holds its limit of {limit} entries; retry later")
@@ -129,7 +131,9 @@ pub fn write_error(e: WriteError) -> Status {
             "NO_LEADER",
             "the cluster has no reachable leader right now; retry (the same message id is safe)",
         ),
-        WriteError::ShuttingDown => reason(Code::Unavailable, "SHUTTING_DOWN", "node is shutting down; use another node"),
+        WriteError::ShuttingDown => {
+            reason(Code::Unavailable, "SHUTTING_DOWN", "node is shutting down; use another node")
+        }
         WriteError::Raft(m) => reason(Code::Unavailable, "RAFT_ERROR", format!("replication failed: {m}; retry")),
     }
 }

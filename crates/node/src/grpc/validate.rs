@@ -123,8 +123,7 @@ fn key_error(field: String, e: router_prekeys::KeyError) -> Status {
 
 /// Checks formats, counts and every signature of an upload.
 pub fn upload(req: v1::UploadPrekeysRequest, limits: &EdgeLimits) -> Result<PrekeyUpload, Status> {
-    let identity =
-        IdentityKey::from_serialized(&req.identity_key).map_err(|e| key_error("identity_key".into(), e))?;
+    let identity = IdentityKey::from_serialized(&req.identity_key).map_err(|e| key_error("identity_key".into(), e))?;
     let signed_prekey = match req.signed_prekey {
         Some(spk) => {
             check_ec_public_key(&spk.public_key).map_err(|e| key_error("signed_prekey.public_key".into(), e))?;
@@ -135,10 +134,9 @@ pub fn upload(req: v1::UploadPrekeysRequest, limits: &EdgeLimits) -> Result<Prek
         }
         None => None,
     };
-    for (field, n) in [
-        ("one_time_prekeys", req.one_time_prekeys.len()),
-        ("kyber_one_time_prekeys", req.kyber_one_time_prekeys.len()),
-    ] {
+    for (field, n) in
+        [("one_time_prekeys", req.one_time_prekeys.len()), ("kyber_one_time_prekeys", req.kyber_one_time_prekeys.len())]
+    {
         if n > limits.max_prekeys_per_upload {
             return Err(over_limit(field, limits.max_prekeys_per_upload as u64, n as u64));
         }

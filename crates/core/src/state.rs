@@ -424,18 +424,7 @@ impl State {
         if let Some(answer) = self.dedup.answers.get(&key) {
             return Ok(answer.clone());
         }
-        // A provider may name only its own users as senders.
-        if let Some(sender_user) = &env.sender_user {
-            match self.users.get(sender_user) {
-                Some(u) if u.provider == env.sender => {}
-                Some(_) => return Err(Rejection::NotOwner { user: sender_user.clone() }),
-                None => return Err(Rejection::UserNotFound { user: sender_user.clone() }),
-            }
-        }
-        let rec =
-            self.users.get(&env.recipient).ok_or_else(|| Rejection::UserNotFound { user: env.recipient.clone() })?;
-        check_devices(rec, env)?;
-        let recipient_provider = rec.provider.clone();
+        let recipient_provider = self.route(env)?;
         // Check before creating the mailbox: a rejected send changes nothing.
         if self.mailbox_depth(&recipient_provider) as u64 >= self.limits.max_mailbox_entries {
             return Err(Rejection::MailboxFull {
@@ -598,6 +587,24 @@ impl State {
         self.dedup.answers.insert(key.clone(), answer.clone());
         self.dedup.order.push_back((now, key.0, key.1));
         Ok(answer)
+    }
+
+    /// The routing checks of a 1:1 send, shared by stored sends (`apply`)
+    /// and ephemeral ones (the node, on its replica): the sender names only
+    /// its own user, the recipient exists, and the parts address exactly its
+    /// devices. Returns the recipient's provider.
+    pub fn route(&self, env: &SendEnvelope) -> Result<ProviderId, Rejection> {
+        if let Some(sender_user) = &env.sender_user {
+            match self.users.get(sender_user) {
+                Some(u) if u.provider == env.sender => {}
+                Some(_) => return Err(Rejection::NotOwner { user: sender_user.clone() }),
+                None => return Err(Rejection::UserNotFound { user: sender_user.clone() }),
+            }
+        }
+        let rec =
+            self.users.get(&env.recipient).ok_or_else(|| Rejection::UserNotFound { user: env.recipient.clone() })?;
+        check_devices(rec, env)?;
+        Ok(rec.provider.clone())
     }
 
     fn restore(&mut self, backup: &State) -> Result<Outcome, Rejection> {

@@ -22,7 +22,7 @@ pub fn router(ctx: Ctx) -> Router {
 
 async fn readyz(State(ctx): State<Ctx>) -> (StatusCode, String) {
     let m = ctx.raft.metrics().borrow().clone();
-    let member = m.membership_config.membership().get_node(&ctx.node_id).is_some();
+    let member = ctx.is_member();
     let lag = m.last_log_index.unwrap_or(0).saturating_sub(m.last_applied.map_or(0, |l| l.index));
     let shutting_down = *ctx.shutdown.borrow();
     let problem = if shutting_down {

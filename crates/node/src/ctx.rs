@@ -44,8 +44,10 @@ impl NodeCtx {
     pub async fn write(&self, command: Command) -> Result<Outcome, Status> {
         self.require_member()?;
         let started = std::time::Instant::now();
-        let outcome = self.writer.submit(command.clone()).await.map_err(status::write_error)?;
-        self.metrics.observe_command(&command, &outcome, started);
+        let kind = crate::metrics::command_kind(&command);
+        let actor = command.actor().map(|p| p.0.clone());
+        let outcome = self.writer.submit(command).await.map_err(status::write_error)?;
+        self.metrics.observe_command(kind, actor.as_deref().unwrap_or("-"), &outcome, started);
         status::accepted(outcome)
     }
 
@@ -65,10 +67,14 @@ impl NodeCtx {
         }
     }
 
+    /// In the membership as this node sees it, and not told it was removed.
+    pub fn is_member(&self) -> bool {
+        !self.removed.load(std::sync::atomic::Ordering::SeqCst)
+            && self.raft.metrics().borrow().membership_config.membership().get_node(&self.node_id).is_some()
+    }
+
     pub fn require_member(&self) -> Result<(), Status> {
-        let metrics = self.raft.metrics().borrow().clone();
-        let removed = self.removed.load(std::sync::atomic::Ordering::SeqCst);
-        if !removed && metrics.membership_config.membership().get_node(&self.node_id).is_some() {
+        if self.is_member() {
             Ok(())
         } else {
             Err(status::with_detail(

@@ -66,19 +66,30 @@ pub async fn run(ctx: Ctx, cfg: Config) {
 }
 
 /// One round: true when this node is now part of a cluster.
-async fn attempt(ctx: &Ctx, cfg: &Config) -> Result<bool, String> {
-    let mut answers: Vec<StatusResponse> = Vec::new();
+/// What the other nodes say about themselves (admin `Status`), asked once
+/// each: the answers, and whether every one of them answered.
+pub(crate) async fn survey(ctx: &Ctx, peers: Vec<String>) -> (Vec<StatusResponse>, bool) {
+    let mut answers = Vec::new();
     let mut all_answered = true;
-    for seed in cfg.seeds.iter().filter(|s| **s != cfg.advertise.peer) {
-        let mut admin = ctx.peers.admin(seed).map_err(|e| e.to_string())?;
-        match admin.status(StatusRequest {}).await {
-            Ok(s) => answers.push(s.into_inner()),
+    for peer in &peers {
+        let answer = match ctx.peers.admin(peer) {
+            Ok(mut admin) => admin.status(StatusRequest {}).await.map(|s| s.into_inner()),
+            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+        };
+        match answer {
+            Ok(s) => answers.push(s),
             Err(status) => {
-                tracing::debug!(seed, "seed did not answer: {}", status.message());
+                tracing::debug!(peer, "did not answer: {}", status.message());
                 all_answered = false;
             }
         }
     }
+    (answers, all_answered)
+}
+
+async fn attempt(ctx: &Ctx, cfg: &Config) -> Result<bool, String> {
+    let others: Vec<String> = cfg.seeds.iter().filter(|s| **s != cfg.advertise.peer).cloned().collect();
+    let (answers, all_answered) = survey(ctx, others).await;
     if let Some(s) = answers.iter().find(|s| s.has_leader && !s.voters.is_empty()) {
         let leader = s
             .voters

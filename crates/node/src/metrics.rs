@@ -174,9 +174,7 @@ impl Metrics {
     }
 
     /// Counts a committed command and its outcome.
-    pub fn observe_command(&self, command: &Command, outcome: &Outcome, started: Instant) {
-        let kind = command_kind(command);
-        let provider = command.actor().map_or("-", |p| p.as_str());
+    pub fn observe_command(&self, kind: &str, provider: &str, outcome: &Outcome, started: Instant) {
         self.commit_seconds.with_label_values(&[kind]).observe(started.elapsed().as_secs_f64());
         let result = match outcome {
             Outcome::Rejected(r) => {
@@ -205,7 +203,7 @@ impl Metrics {
         let membership = m.membership_config.membership();
         let applied = m.last_applied.map_or(0, |l| l.index);
         let last_log = m.last_log_index.unwrap_or(0);
-        let is_member = membership.get_node(&ctx.node_id).is_some() && !ctx.removed.load(Ordering::Relaxed);
+        let is_member = ctx.is_member();
         for (field, value) in [
             ("term", m.current_term),
             ("is_leader", u64::from(m.current_leader == Some(ctx.node_id))),

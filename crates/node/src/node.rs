@@ -152,7 +152,7 @@ impl Node {
 
     /// This node is in the cluster's membership (as this node sees it).
     pub fn is_member(&self) -> bool {
-        self.ctx.raft.metrics().borrow().membership_config.membership().get_node(&self.ctx.node_id).is_some()
+        self.ctx.is_member()
     }
 
     /// Graceful stop: receive streams end with UNAVAILABLE (providers
@@ -298,21 +298,12 @@ pub(crate) async fn bootstrap(ctx: Ctx, cfg: Config) {
 /// only on shutdown (then: false).
 async fn no_member_knows_a_cluster(ctx: &Ctx, cfg: &Config) -> bool {
     let mut shutdown = ctx.shutdown.clone();
+    let others: Vec<String> =
+        cfg.initial_members.iter().filter(|(id, _)| **id != cfg.node_id).map(|(_, a)| a.peer.clone()).collect();
     loop {
-        let mut all_answered = true;
-        for (id, addr) in cfg.initial_members.iter().filter(|(id, _)| **id != cfg.node_id) {
-            let answer = match ctx.peers.admin(&addr.peer) {
-                Ok(mut admin) => admin.status(router_proto::v1::StatusRequest {}).await.map(|s| s.into_inner()),
-                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
-            };
-            match answer {
-                Ok(status) if !status.voters.is_empty() => return false,
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(node = id, "initial member did not answer: {}", e.message());
-                    all_answered = false;
-                }
-            }
+        let (answers, all_answered) = crate::join::survey(ctx, others.clone()).await;
+        if answers.iter().any(|s| !s.voters.is_empty()) {
+            return false;
         }
         if all_answered {
             return true;

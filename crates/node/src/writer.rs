@@ -97,10 +97,7 @@ impl Writer {
     }
 
     async fn forward(&self, leader: NodeId, command: &Command) -> Result<Outcome, WriteError> {
-        let addr = {
-            let metrics = self.raft.metrics().borrow().clone();
-            metrics.membership_config.membership().get_node(&leader).cloned()
-        };
+        let addr = self.raft.metrics().borrow().membership_config.membership().get_node(&leader).cloned();
         let Some(addr) = addr else { return Err(WriteError::NoLeader) };
         let data = bincode::serialize(command).map_err(|e| WriteError::Raft(e.to_string()))?;
         let mut client = self.peers.client(leader, &addr.peer).map_err(|_| WriteError::NoLeader)?;

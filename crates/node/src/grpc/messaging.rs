@@ -7,10 +7,9 @@
 use super::{status, validate};
 use crate::ctx::Ctx;
 use crate::identity::provider_of;
-use router_core::{Command, DeviceId, Outcome, ProviderId, Rejection, SendEnvelope};
+use router_core::{Command, Outcome, ProviderId, Rejection, SendEnvelope};
 use router_proto::v1::messaging_server::Messaging;
 use router_proto::v1::*;
-use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -139,12 +138,19 @@ async fn deliver(
     let mut applied = ctx.applied.clone();
     let mut shutdown = ctx.shutdown.clone();
     let mut cursor = 0u64;
+    let delivered = ctx.metrics.delivered.with_label_values(&[provider.as_str()]);
+    let delivery_seconds = ctx.metrics.delivery_seconds.with_label_values(&[provider.as_str()]);
     loop {
-        let batch: Vec<(MailboxEntry, Option<String>)> = ctx.read(|s| {
-            let Some(mb) = s.mailboxes.get(&provider) else { return Vec::new() };
+        // One read per wakeup: the provider's standing and the next entries.
+        let next: Result<Vec<(MailboxEntry, Option<String>)>, Rejection> = ctx.read(|s| {
+            if let Some(refusal) = s.provider_refusal(&provider) {
+                return Err(refusal);
+            }
+            let Some(mb) = s.mailboxes.get(&provider) else { return Ok(Vec::new()) };
             let in_flight = mb.entries.range(..cursor).count();
             let room = window.saturating_sub(in_flight);
-            mb.range_from(cursor, room)
+            Ok(mb
+                .range_from(cursor, room)
                 .map(|e| {
                     let tp = match &e.item {
                         router_core::MailboxItem::Envelope(env) => env.traceparent.clone(),
@@ -153,8 +159,16 @@ async fn deliver(
                     };
                     (MailboxEntry::from(e), tp)
                 })
-                .collect()
+                .collect())
         });
+        // A suspended (or revoked) provider's stream is closed; its mail stays queued.
+        let batch = match next {
+            Ok(batch) => batch,
+            Err(refusal) => {
+                let _ = tx.send(Err(status::rejection(&refusal))).await;
+                return;
+            }
+        };
         for (entry, traceparent) in batch {
             cursor = entry.seq + 1;
             let span = tracing::info_span!("deliver", provider = %provider, seq = entry.seq, otel.kind = "producer");
@@ -165,13 +179,8 @@ async fn deliver(
             if tx.send(Ok(entry)).instrument(span).await.is_err() {
                 return;
             }
-            ctx.metrics.delivered.with_label_values(&[provider.as_str()]).inc();
-            ctx.metrics.delivery_seconds.with_label_values(&[provider.as_str()]).observe(age_ms as f64 / 1000.0);
-        }
-        // A suspended (or revoked) provider's stream is closed; its mail stays queued.
-        if let Some(refusal) = ctx.read(|s| s.provider_refusal(&provider)) {
-            let _ = tx.send(Err(status::rejection(&refusal))).await;
-            return;
+            delivered.inc();
+            delivery_seconds.observe(age_ms as f64 / 1000.0);
         }
         if *shutdown.borrow() {
             let _ = tx.send(Err(status::write_error(crate::writer::WriteError::ShuttingDown))).await;
@@ -223,8 +232,9 @@ async fn send_ephemeral(ctx: &Ctx, env: SendEnvelope) -> Result<SendResponse, St
     let mut delivered = ctx.ephemeral.push(&delivery.provider, &delivery.entry());
 
     let peers: Vec<(router_raft::NodeId, String)> = {
-        let metrics = ctx.raft.metrics().borrow().clone();
-        metrics
+        ctx.raft
+            .metrics()
+            .borrow()
             .membership_config
             .membership()
             .nodes()
@@ -287,31 +297,7 @@ fn check_ephemeral(s: &router_core::State, env: &SendEnvelope) -> Result<Provide
     if let Some(refusal) = s.provider_refusal(&env.sender) {
         return Err(refusal);
     }
-    if let Some(user) = &env.sender_user {
-        match s.user(user) {
-            None => return Err(Rejection::UserNotFound { user: user.clone() }),
-            Some(rec) if rec.provider != env.sender => return Err(Rejection::NotOwner { user: user.clone() }),
-            Some(_) => {}
-        }
-    }
-    let rec = s.user(&env.recipient).ok_or_else(|| Rejection::UserNotFound { user: env.recipient.clone() })?;
-    if rec.devices.is_empty() {
-        return Err(Rejection::NoDevices { user: env.recipient.clone() });
-    }
-    let addressed: BTreeMap<DeviceId, u32> = env.parts.iter().map(|p| (p.device, p.registration_id)).collect();
-    let missing: Vec<DeviceId> = rec.devices.keys().copied().filter(|d| !addressed.contains_key(d)).collect();
-    let (mut extra, mut stale) = (Vec::new(), Vec::new());
-    for (device, registration_id) in &addressed {
-        match rec.devices.get(device) {
-            None => extra.push(*device),
-            Some(known) if known.registration_id != *registration_id => stale.push(*device),
-            Some(_) => {}
-        }
-    }
-    if !(missing.is_empty() && extra.is_empty() && stale.is_empty()) {
-        return Err(Rejection::DeviceMismatch { missing, extra, stale });
-    }
-    Ok(rec.provider.clone())
+    s.route(env)
 }
 
 struct StreamGuard(Ctx);

@@ -88,6 +88,20 @@ impl ClusterView {
         Ok(leader)
     }
 
+    /// Asks the current leader to hand leadership to `to` (admin `TransferLeader`).
+    pub async fn transfer_leader(&self, to: u64) -> Result<u64> {
+        let leader = self.current_leader().await?;
+        let (_, endpoint) =
+            self.endpoints.iter().find(|(n, _)| *n == leader).ok_or_else(|| anyhow!("no node {leader}"))?;
+        let mut client = self.admin.client(endpoint)?;
+        let call = client.transfer_leader(router_sdk::v1::TransferLeaderRequest { to_node_id: to });
+        match tokio::time::timeout(Duration::from_secs(10), call).await {
+            Ok(Ok(r)) => Ok(r.into_inner().new_leader_id),
+            Ok(Err(status)) => Err(anyhow!("node {leader}: {}", router_sdk::error::describe(&status))),
+            Err(_) => Err(anyhow!("node {leader}: no answer to TransferLeader within 10 s")),
+        }
+    }
+
     /// The leader as any reachable node reports it.
     pub async fn current_leader(&self) -> Result<u64> {
         let mut last = String::from("no node answered");

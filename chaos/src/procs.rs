@@ -25,6 +25,9 @@ pub const OVERRIDES: [(&str, &str, &str); 4] = [
 
 struct Proc {
     id: u64,
+    /// The routerd binary this node runs from its next start on (a rolling
+    /// upgrade switches it); `None` runs the cluster's binary.
+    binary: Option<PathBuf>,
     config: PathBuf,
     data_dir: PathBuf,
     child: Option<Child>,
@@ -68,7 +71,7 @@ impl ProcCluster {
             let text = std::fs::read_to_string(&config).with_context(|| format!("read {}", config.display()))?;
             std::fs::write(&config, apply_overrides(&text, &OVERRIDES))?;
             let data_dir = data_dir_of(&text).with_context(|| format!("no data_dir in {}", config.display()))?;
-            procs.push(Proc { id, config, data_dir, child: None, starts: 0 });
+            procs.push(Proc { id, binary: None, config, data_dir, child: None, starts: 0 });
         }
         Ok(ProcCluster {
             dir: dir.to_path_buf(),
@@ -124,13 +127,21 @@ impl ProcCluster {
         self.procs.iter().find(|p| p.id == id).and_then(|p| p.child.as_ref()).map(Child::id)
     }
 
+    /// Runs node `id` from `binary` from its next start on (a rolling upgrade).
+    pub fn set_binary(&mut self, id: u64, binary: &Path) -> Result<()> {
+        self.proc_mut(id)?.binary = Some(binary.to_path_buf());
+        Ok(())
+    }
+
     /// Starts node `id` (its log is appended to `node-<id>.log`).
     pub fn start(&mut self, id: u64) -> Result<u32> {
-        let (routerd, dir, rust_log) = (self.routerd.clone(), self.dir.clone(), self.rust_log.clone());
+        let (dir, rust_log) = (self.dir.clone(), self.rust_log.clone());
+        let cluster_binary = self.routerd.clone();
         let p = self.proc_mut(id)?;
         if p.child.is_some() {
             bail!("node {id} is already running");
         }
+        let routerd = p.binary.clone().unwrap_or(cluster_binary);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("node-{id}.log")))?;
         let child = Command::new(routerd)
             .arg("--config")

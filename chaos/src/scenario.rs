@@ -25,6 +25,9 @@ pub enum Fault {
     KillFollower,
     PauseLeader,
     RollingRestart,
+    /// A rolling restart onto another routerd binary: followers first, then
+    /// leadership moved to an upgraded node while old ones still run, then the rest.
+    RollingUpgrade,
     WipeFollower,
 }
 
@@ -35,6 +38,7 @@ impl Fault {
             Fault::KillFollower => "kill9-follower",
             Fault::PauseLeader => "pause-leader",
             Fault::RollingRestart => "rolling-restart",
+            Fault::RollingUpgrade => "rolling-upgrade",
             Fault::WipeFollower => "wipe-follower-disk",
         }
     }
@@ -54,6 +58,9 @@ pub struct Spec {
     pub send_interval: Duration,
     pub claim_interval: Duration,
     pub prekeys_per_device: u32,
+    /// RollingUpgrade: the binary (version N) the cluster starts on; it is
+    /// upgraded node by node to the scenario's `routerd` (N+1).
+    pub upgrade_from: Option<std::path::PathBuf>,
 }
 
 impl Spec {
@@ -145,7 +152,12 @@ async fn run_inner(
     std::fs::create_dir_all(&sdir)?;
     let base = free_base_port(spec.nodes, seed)?;
     res.base_port = base;
-    let c = slot.insert(ProcCluster::prepare(routerd, &sdir, spec.nodes, base, "warn,openraft=error")?);
+    let initial = match (spec.fault, &spec.upgrade_from) {
+        (Fault::RollingUpgrade, Some(old)) => old.as_path(),
+        (Fault::RollingUpgrade, None) => bail!("a rolling upgrade needs the binary to upgrade from"),
+        _ => routerd,
+    };
+    let c = slot.insert(ProcCluster::prepare(initial, &sdir, spec.nodes, base, "warn,openraft=error")?);
     let ids = c.ids();
     for &id in &ids {
         c.start(id)?;
@@ -206,7 +218,7 @@ async fn run_inner(
     ));
 
     tokio::time::sleep(spec.warmup).await;
-    let injected = inject_and_heal(spec, c, &view, &rec, &users, res).await;
+    let injected = inject_and_heal(spec, routerd, c, &view, &rec, &users, res).await;
     let heal_result = match injected {
         Ok(healed_at) => {
             match view.wait_for_leader(&ids, &ids, Duration::from_secs(60)).await {
@@ -289,9 +301,25 @@ async fn run_inner(
     Ok(())
 }
 
+/// "node 1 0.1.0 (leader), node 2 (older) ..." from each node's admin Status.
+async fn version_table(view: &crate::cluster::ClusterView, ids: &[u64]) -> String {
+    let mut parts = Vec::new();
+    for &id in ids {
+        match view.status(id).await {
+            Ok(s) => {
+                let v = if s.build_version.is_empty() { "(older build)".to_string() } else { s.build_version };
+                parts.push(format!("node {id} {v} ({})", s.role));
+            }
+            Err(_) => parts.push(format!("node {id} unreachable")),
+        }
+    }
+    parts.join(", ")
+}
+
 /// Injects the scenario's fault and heals it; returns when the last heal action was taken (ms).
 async fn inject_and_heal(
     spec: &Spec,
+    routerd: &Path,
     c: &mut ProcCluster,
     view: &crate::cluster::ClusterView,
     rec: &Recorder,
@@ -381,6 +409,68 @@ async fn inject_and_heal(
                         format!("node {id} did not rejoin during the rolling restart: {e:#}"),
                     );
                     bail!("rolling restart stopped at node {id}");
+                }
+            }
+            last = l;
+        }
+        Fault::RollingUpgrade => {
+            first = rec.now_ms();
+            let mut l = first;
+            // Followers first, the leader last: the usual order, and it gives
+            // both mixed phases (old leader + new follower, then new leader + old follower).
+            let mut order: Vec<u64> = ids.iter().copied().filter(|&i| i != leader).collect();
+            order.push(leader);
+            for (step, &id) in order.iter().enumerate() {
+                if step == 1 {
+                    let upgraded = order[0];
+                    match view.transfer_leader(upgraded).await {
+                        Ok(to) => {
+                            let at = rec.fault(Some(upgraded), format!("leadership moved to upgraded node {to}"));
+                            res.notes.push(format!("mixed: upgraded node {to} leads old nodes from {at} ms"));
+                        }
+                        Err(e) => {
+                            liveness(&mut res.violations, format!("leadership transfer to upgraded node failed: {e:#}"))
+                        }
+                    }
+                    tokio::time::sleep(spec.down).await;
+                    // An old node that lost its disk must take a snapshot the
+                    // new leader built: snapshots cross versions too.
+                    c.kill9(id)?;
+                    c.wipe(id)?;
+                    c.start(id)?;
+                    let at = rec
+                        .fault(Some(id), format!("old node {id} SIGKILLed, disk wiped, restarted on the old binary"));
+                    match view.wait_caught_up(id, Duration::from_secs(90)).await {
+                        Ok(cu) => {
+                            let snap = view.status(id).await.map(|s| s.snapshot_index).unwrap_or(0);
+                            res.notes.push(format!(
+                                "old node {id} caught up from the new leader in {} ms: applied {}, snapshot index {snap}",
+                                rec.now_ms() - at,
+                                cu.applied
+                            ));
+                        }
+                        Err(e) => {
+                            liveness(&mut res.violations, format!("wiped old node {id} did not catch up: {e:#}"));
+                            bail!("rolling upgrade stopped at node {id}");
+                        }
+                    }
+                }
+                rec.fault(Some(id), format!("SIGTERM node {id} (old binary)"));
+                if !c.terminate(id, Duration::from_secs(15)).await? {
+                    res.notes.push(format!("node {id} did not exit within 15 s of SIGTERM: SIGKILLed"));
+                }
+                c.set_binary(id, routerd)?;
+                c.start(id)?;
+                l = rec.fault(Some(id), format!("node {id} started on the new binary"));
+                if let Err(e) = view.wait_caught_up(id, Duration::from_secs(60)).await {
+                    liveness(&mut res.violations, format!("upgraded node {id} did not rejoin: {e:#}"));
+                    bail!("rolling upgrade stopped at node {id}");
+                }
+                let versions = version_table(view, &ids).await;
+                res.notes.push(format!("after upgrading node {id}: {versions}"));
+                if step == 0 {
+                    // Old leader replicating to a new follower.
+                    tokio::time::sleep(spec.down).await;
                 }
             }
             last = l;

@@ -299,7 +299,10 @@ async fn nobody_connected_is_refused_and_validation_matches_stored_sends() {
         .unwrap()
         .connect_lazy();
     let st = router_proto::v1::peer_client::PeerClient::new(channel)
-        .deliver_ephemeral(router_proto::v1::RaftPayload { data: bincode::serialize(&forged).unwrap().into() })
+        .deliver_ephemeral(router_proto::v1::RaftPayload {
+            data: bincode::serialize(&forged).unwrap().into(),
+            format_version: 1,
+        })
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::PermissionDenied);

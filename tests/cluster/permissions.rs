@@ -101,8 +101,10 @@ async fn permission_matrix() {
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::PermissionDenied);
-    let st =
-        PeerClient::new(peer_port(&a.cert, &a.key)).vote(RaftPayload { data: vec![1, 2, 3].into() }).await.unwrap_err();
+    let st = PeerClient::new(peer_port(&a.cert, &a.key))
+        .vote(RaftPayload { data: vec![1, 2, 3].into(), format_version: 0 })
+        .await
+        .unwrap_err();
     assert_eq!(st.code(), Code::PermissionDenied);
     // An operator may use the admin API.
     let status = tc.admin(1).status(StatusRequest {}).await.unwrap().into_inner();

@@ -13,7 +13,9 @@
 //! ```
 //!
 //! Usage: `chaos --profile quick --routerd target/debug/routerd --out chaos-out`
-//! (normally through `bash deploy/chaos.sh`).
+//! (normally through `bash deploy/chaos.sh`). With `--upgrade-from OLD_ROUTERD` a
+//! rolling upgrade from OLD_ROUTERD to `--routerd` is added (normally through
+//! `bash deploy/upgrade-test.sh`).
 
 use clap::{Parser, ValueEnum};
 use router_chaos::scenario::{self, Fault, ScenarioResult, Spec};
@@ -45,6 +47,11 @@ struct Args {
     /// Seeds the port block and the run's ids.
     #[arg(long)]
     seed: Option<u64>,
+    /// A routerd binary of the previous version (N): adds a rolling-upgrade
+    /// scenario that starts the cluster on it and upgrades node by node to
+    /// `--routerd` (N+1) under load (normally through `deploy/upgrade-test.sh`).
+    #[arg(long)]
+    upgrade_from: Option<PathBuf>,
 }
 
 fn specs(profile: Profile) -> Vec<Spec> {
@@ -58,6 +65,7 @@ fn specs(profile: Profile) -> Vec<Spec> {
         send_interval: Duration::from_millis(15),
         claim_interval: Duration::from_millis(60),
         prekeys_per_device: 1000,
+        upgrade_from: None,
     };
     match profile {
         Profile::Quick => vec![
@@ -119,6 +127,20 @@ async fn async_main(args: Args) -> ExitCode {
     }
     let out = std::fs::canonicalize(&args.out).unwrap_or(args.out.clone());
     let mut specs = specs(args.profile);
+    if let Some(old) = &args.upgrade_from {
+        if !old.is_file() {
+            eprintln!("chaos: no routerd binary to upgrade from at {}", old.display());
+            return ExitCode::from(2);
+        }
+        let old = std::fs::canonicalize(old).unwrap_or(old.clone());
+        let upgrade = Spec {
+            fault: Fault::RollingUpgrade,
+            down: Duration::from_secs(3),
+            upgrade_from: Some(old),
+            ..specs[0].clone()
+        };
+        specs.push(Spec { nodes: 3, ..upgrade });
+    }
     if let Some(f) = &args.only {
         specs.retain(|s| s.name().contains(f.as_str()));
     }

@@ -431,6 +431,7 @@ fn print_status(out: Output, rows: &[(String, Option<StatusResponse>)]) {
                     "voters": s.voters.iter().map(|v| v.node_id).collect::<Vec<_>>(),
                     "learners": s.learners.iter().map(|v| v.node_id).collect::<Vec<_>>(),
                     "replication_lag": s.replication_lag,
+                    "build_version": s.build_version, "format_version": s.format_version,
                 }),
             })
             .collect();
@@ -438,8 +439,8 @@ fn print_status(out: Output, rows: &[(String, Option<StatusResponse>)]) {
         return;
     }
     println!(
-        "{:<22} {:>4} {:<10} {:>6} {:>7} {:>9} {:>9} {:>9}  MEMBERS",
-        "ENDPOINT", "NODE", "ROLE", "TERM", "LEADER", "LAST_LOG", "APPLIED", "SNAPSHOT"
+        "{:<22} {:>4} {:<10} {:>6} {:>7} {:>9} {:>9} {:>9} {:<16}  MEMBERS",
+        "ENDPOINT", "NODE", "ROLE", "TERM", "LEADER", "LAST_LOG", "APPLIED", "SNAPSHOT", "VERSION"
     );
     for (e, s) in rows {
         match s {
@@ -448,7 +449,7 @@ fn print_status(out: Output, rows: &[(String, Option<StatusResponse>)]) {
                 let voters: Vec<String> = s.voters.iter().map(|v| v.node_id.to_string()).collect();
                 let learners: Vec<String> = s.learners.iter().map(|v| v.node_id.to_string()).collect();
                 println!(
-                    "{e:<22} {:>4} {:<10} {:>6} {:>7} {:>9} {:>9} {:>9}  voters [{}] learners [{}]",
+                    "{e:<22} {:>4} {:<10} {:>6} {:>7} {:>9} {:>9} {:>9} {:<16}  voters [{}] learners [{}]",
                     s.node_id,
                     s.role,
                     s.current_term,
@@ -456,6 +457,7 @@ fn print_status(out: Output, rows: &[(String, Option<StatusResponse>)]) {
                     s.last_log_index,
                     s.last_applied_index,
                     s.snapshot_index,
+                    if s.build_version.is_empty() { "(older)" } else { s.build_version.as_str() },
                     voters.join(","),
                     learners.join(",")
                 );

@@ -49,6 +49,16 @@ pub mod tls;
 pub mod writer;
 
 pub use config::Config;
+
+/// This build's version as `Status` reports it: the crate version, plus
+/// `+<commit>` when `ROUTERD_BUILD_COMMIT` was set at build time.
+pub fn build_version() -> String {
+    match option_env!("ROUTERD_BUILD_COMMIT") {
+        Some(commit) if !commit.is_empty() => format!("{}+{commit}", env!("CARGO_PKG_VERSION")),
+        _ => env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
 pub use node::{Listeners, Node};
 
 /// Installs ring as rustls' process-wide crypto provider (idempotent).

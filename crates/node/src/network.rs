@@ -10,10 +10,28 @@ use openraft::raft::{
     VoteResponse,
 };
 use router_proto::v1::RaftPayload;
-use router_raft::{NodeAddr, NodeId, TypeConfig};
+use router_raft::{FORMAT_VERSION, NodeAddr, NodeId, TypeConfig};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
+
+/// Wraps bincode bytes for the Peer service, stamped with this build's format version.
+pub fn payload(data: impl Into<bytes::Bytes>) -> RaftPayload {
+    RaftPayload { data: data.into(), format_version: FORMAT_VERSION.into() }
+}
+
+/// Refuses a payload written in a format newer than this build reads (a
+/// mixed-version cluster must never misread bincode). 0 is a build from before
+/// the field, which wrote format 1.
+pub fn check_format(p: &RaftPayload) -> Result<(), String> {
+    if p.format_version > u32::from(FORMAT_VERSION) {
+        return Err(format!(
+            "peer payload has format version {}, this build reads up to {FORMAT_VERSION}: upgrade this node",
+            p.format_version
+        ));
+    }
+    Ok(())
+}
 
 pub struct Network {
     pub peers: PeerPool,
@@ -55,19 +73,21 @@ impl PeerConnection {
         let data = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut client =
             self.peers.client(self.target, &self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        let mut request = tonic::Request::new(RaftPayload { data: data.into() });
+        let mut request = tonic::Request::new(payload(data));
         request.set_timeout(option.hard_ttl());
         let result = match rpc {
             Rpc::Append => client.append_entries(request).await,
             Rpc::Snapshot => client.install_snapshot(request).await,
             Rpc::Vote => client.vote(request).await,
         };
-        let payload = result.map_err(|status| match status.code() {
+        let answer = result.map_err(|status| match status.code() {
             tonic::Code::Unavailable | tonic::Code::Unknown => RPCError::Unreachable(Unreachable::new(&status)),
             _ => RPCError::Network(NetworkError::new(&status)),
         })?;
+        let answer = answer.into_inner();
+        check_format(&answer).map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
         let decoded: Result<Resp, RaftError<NodeId, E>> =
-            bincode::deserialize(&payload.into_inner().data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            bincode::deserialize(&answer.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -102,5 +122,22 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     /// within a heartbeat or two, not after openraft's default 500 ms.
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(Duration::from_millis(100)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_carry_this_format_and_newer_ones_are_refused() {
+        let p = payload(vec![1, 2, 3]);
+        assert_eq!(p.format_version, u32::from(FORMAT_VERSION));
+        assert!(check_format(&p).is_ok());
+        // A build from before the field sends 0: that is format 1, readable.
+        assert!(check_format(&RaftPayload { data: vec![1].into(), format_version: 0 }).is_ok());
+        let newer = RaftPayload { data: vec![1].into(), format_version: u32::from(FORMAT_VERSION) + 1 };
+        let err = check_format(&newer).unwrap_err();
+        assert!(err.contains("upgrade this node"), "unclear: {err}");
     }
 }

@@ -19,7 +19,6 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use openraft::error::{ClientWriteError, RaftError};
 use router_core::{Batch, Command, Outcome};
-use router_proto::v1::RaftPayload;
 use router_raft::{NodeAddr, NodeId, Raft};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -101,7 +100,7 @@ impl Writer {
         let Some(addr) = addr else { return Err(WriteError::NoLeader) };
         let data = bincode::serialize(command).map_err(|e| WriteError::Raft(e.to_string()))?;
         let mut client = self.peers.client(leader, &addr.peer).map_err(|_| WriteError::NoLeader)?;
-        let mut request = tonic::Request::new(RaftPayload { data: data.into() });
+        let mut request = tonic::Request::new(crate::network::payload(data));
         crate::telemetry::inject(request.metadata_mut());
         // Give up on this leader as soon as another one is known: a dead
         // leader's address may not even refuse connections (it just hangs).
@@ -121,8 +120,12 @@ impl Writer {
             () = leader_changed => return Err(WriteError::NotLeader { leader: None }),
         };
         match answer {
-            Ok(resp) => bincode::deserialize::<Result<Outcome, WriteError>>(&resp.into_inner().data)
-                .map_err(|e| WriteError::Raft(format!("decode forward answer: {e}")))?,
+            Ok(resp) => {
+                let resp = resp.into_inner();
+                crate::network::check_format(&resp).map_err(WriteError::Raft)?;
+                bincode::deserialize::<Result<Outcome, WriteError>>(&resp.data)
+                    .map_err(|e| WriteError::Raft(format!("decode forward answer: {e}")))?
+            }
             // The leader is unreachable or just died: wait for the next one.
             Err(status) => {
                 tracing::debug!(leader, %status, "forward failed; retrying");

@@ -7,7 +7,6 @@ use crate::grpc::peer::ElectionControl;
 use crate::identity::{check_provider_id, require_admin};
 use openraft::ServerState;
 use router_core::{Command, ProviderId};
-use router_proto::v1::RaftPayload;
 use router_proto::v1::admin_server::Admin;
 use router_proto::v1::*;
 use router_raft::NodeAddr;
@@ -93,6 +92,8 @@ impl Admin for AdminService {
             learners,
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             replication_lag,
+            build_version: crate::build_version(),
+            format_version: router_raft::FORMAT_VERSION.into(),
         }))
     }
 
@@ -389,7 +390,7 @@ pub async fn transfer_leadership(ctx: &crate::ctx::NodeCtx, to: Option<u64>) -> 
         async move {
             let data = bincode::serialize(&c).expect("serialize election control");
             match peers.client(id, &addr) {
-                Ok(mut client) => client.elect(RaftPayload { data: data.into() }).await.map(drop),
+                Ok(mut client) => client.elect(crate::network::payload(data)).await.map(drop),
                 Err(e) => Err(Status::unavailable(e.to_string())),
             }
         }
@@ -457,7 +458,7 @@ pub async fn remove_member(ctx: &crate::ctx::NodeCtx, id: u64) -> Result<(), Sta
     if let Some(addr) = membership.get_node(&id).map(|n| n.peer.clone()) {
         let data = bincode::serialize(&ElectionControl::Removed).expect("serialize election control");
         let notified = match ctx.peers.client(id, &addr) {
-            Ok(mut c) => c.elect(RaftPayload { data: data.into() }).await.map(drop),
+            Ok(mut c) => c.elect(crate::network::payload(data)).await.map(drop),
             Err(e) => Err(Status::unavailable(e.to_string())),
         };
         if let Err(e) = notified {

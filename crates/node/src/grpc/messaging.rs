@@ -256,7 +256,7 @@ async fn send_ephemeral(ctx: &Ctx, env: SendEnvelope) -> Result<SendResponse, St
                         return 0;
                     }
                 };
-                let mut request = Request::new(RaftPayload { data });
+                let mut request = Request::new(crate::network::payload(data));
                 request.set_timeout(EPHEMERAL_PEER_TIMEOUT);
                 let answer = tokio::time::timeout(EPHEMERAL_PEER_TIMEOUT, client.deliver_ephemeral(request)).await;
                 match answer {

@@ -32,12 +32,13 @@ pub struct PeerService {
 }
 
 fn decode<T: DeserializeOwned>(req: &Request<RaftPayload>) -> Result<T, Status> {
+    crate::network::check_format(req.get_ref()).map_err(Status::failed_precondition)?;
     bincode::deserialize(&req.get_ref().data).map_err(|e| Status::invalid_argument(format!("decode payload: {e}")))
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
     let data = bincode::serialize(v).map_err(|e| Status::internal(format!("encode payload: {e}")))?;
-    Ok(Response::new(RaftPayload { data: data.into() }))
+    Ok(Response::new(crate::network::payload(data)))
 }
 
 #[tonic::async_trait]

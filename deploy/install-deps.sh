@@ -7,11 +7,20 @@ set -euo pipefail
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v curl >/dev/null 2>&1 || need+=(curl)
-# --with-prometheus: promtool and a Prometheus server for the metrics checks
-# (tests/cluster/metrics.rs, deploy/check-prometheus.sh).
-if [ "${1:-}" = "--with-prometheus" ]; then
-    command -v promtool >/dev/null 2>&1 || need+=(prometheus)
-fi
+for flag in "$@"; do
+    case "$flag" in
+        # promtool and a Prometheus server for the metrics checks
+        # (tests/cluster/metrics.rs, deploy/check-prometheus.sh).
+        --with-prometheus) command -v promtool >/dev/null 2>&1 || need+=(prometheus) ;;
+        # ip, iptables, tc for the chaos network profile (deploy/chaos.sh --profile network).
+        --with-netfaults)
+            command -v ip >/dev/null 2>&1 || need+=(iproute2)
+            command -v tc >/dev/null 2>&1 || need+=(iproute2)
+            command -v iptables >/dev/null 2>&1 || need+=(iptables)
+            ;;
+        *) echo "install-deps: unknown flag $flag" >&2; exit 2 ;;
+    esac
+done
 
 if [ "${#need[@]}" -gt 0 ]; then
     echo "install-deps: installing ${need[*]}"

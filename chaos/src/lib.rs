@@ -37,6 +37,7 @@ pub mod cluster;
 pub mod docker;
 pub mod history;
 pub mod layout;
+pub mod netfault;
 pub mod procs;
 pub mod report;
 pub mod scenario;

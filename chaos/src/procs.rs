@@ -35,6 +35,9 @@ struct Proc {
 }
 
 pub struct ProcCluster {
+    /// Run each node under its own group id (`netfault::node_gid`), so
+    /// network faults can tell the nodes' packets apart.
+    pub own_gids: bool,
     pub dir: PathBuf,
     pub base_port: u16,
     routerd: PathBuf,
@@ -74,6 +77,7 @@ impl ProcCluster {
             procs.push(Proc { id, binary: None, config, data_dir, child: None, starts: 0 });
         }
         Ok(ProcCluster {
+            own_gids: false,
             dir: dir.to_path_buf(),
             base_port,
             routerd: routerd.to_path_buf(),
@@ -89,6 +93,10 @@ impl ProcCluster {
     /// init-dev's fixed layout: node i listens on base + 10 i + {1 provider, 2 peer, 3 admin}.
     pub fn provider_endpoint(&self, id: u64) -> String {
         format!("127.0.0.1:{}", self.base_port + 10 * id as u16 + 1)
+    }
+
+    pub fn peer_port(&self, id: u64) -> u16 {
+        self.base_port + 10 * id as u16 + 2
     }
 
     pub fn peer_endpoint(&self, id: u64) -> String {
@@ -135,7 +143,7 @@ impl ProcCluster {
 
     /// Starts node `id` (its log is appended to `node-<id>.log`).
     pub fn start(&mut self, id: u64) -> Result<u32> {
-        let (dir, rust_log) = (self.dir.clone(), self.rust_log.clone());
+        let (dir, rust_log, self_gids) = (self.dir.clone(), self.rust_log.clone(), self.own_gids);
         let cluster_binary = self.routerd.clone();
         let p = self.proc_mut(id)?;
         if p.child.is_some() {
@@ -143,7 +151,11 @@ impl ProcCluster {
         }
         let routerd = p.binary.clone().unwrap_or(cluster_binary);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("node-{id}.log")))?;
-        let child = Command::new(routerd)
+        let mut cmd = Command::new(routerd);
+        if self_gids {
+            std::os::unix::process::CommandExt::gid(&mut cmd, crate::netfault::node_gid(id));
+        }
+        let child = cmd
             .arg("--config")
             .arg(&p.config)
             .env("RUST_LOG", rust_log)

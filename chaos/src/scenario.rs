@@ -29,6 +29,21 @@ pub enum Fault {
     /// leadership moved to an upgraded node while old ones still run, then the rest.
     RollingUpgrade,
     WipeFollower,
+    /// The leader cut off from every other node (both ways); clients still reach it.
+    PartitionLeader,
+    /// A minority of followers cut off from the majority (both ways).
+    PartitionMinority,
+    /// The leader's packets to every other node dropped; theirs to it still arrive.
+    OneWayLeaderOut,
+    /// Every node's peer port rate-limited (a slow, congested network).
+    SlowLinks,
+}
+
+impl Fault {
+    /// Needs iptables/tc in a private network namespace (`netfault`).
+    pub fn is_network(self) -> bool {
+        matches!(self, Fault::PartitionLeader | Fault::PartitionMinority | Fault::OneWayLeaderOut | Fault::SlowLinks)
+    }
 }
 
 impl Fault {
@@ -40,6 +55,10 @@ impl Fault {
             Fault::RollingRestart => "rolling-restart",
             Fault::RollingUpgrade => "rolling-upgrade",
             Fault::WipeFollower => "wipe-follower-disk",
+            Fault::PartitionLeader => "partition-leader",
+            Fault::PartitionMinority => "partition-minority",
+            Fault::OneWayLeaderOut => "one-way-leader-out",
+            Fault::SlowLinks => "slow-links",
         }
     }
 }
@@ -133,6 +152,9 @@ pub async fn run(spec: &Spec, routerd: &Path, dir: &Path, seed: u64) -> Scenario
         }
         c.stop_all().await;
     }
+    if spec.fault.is_network() {
+        let _ = crate::netfault::heal();
+    }
     res.duration_ms = began.elapsed().as_millis() as u64;
     res
 }
@@ -157,7 +179,12 @@ async fn run_inner(
         (Fault::RollingUpgrade, None) => bail!("a rolling upgrade needs the binary to upgrade from"),
         _ => routerd,
     };
+    if spec.fault.is_network() {
+        crate::netfault::require_private_netns()?;
+        crate::netfault::heal()?;
+    }
     let c = slot.insert(ProcCluster::prepare(initial, &sdir, spec.nodes, base, "warn,openraft=error")?);
+    c.own_gids = spec.fault.is_network();
     let ids = c.ids();
     for &id in &ids {
         c.start(id)?;
@@ -412,6 +439,56 @@ async fn inject_and_heal(
                 }
             }
             last = l;
+        }
+        Fault::PartitionLeader | Fault::PartitionMinority | Fault::OneWayLeaderOut | Fault::SlowLinks => {
+            let followers: Vec<u64> = ids.iter().copied().filter(|&i| i != leader).collect();
+            let (what, cut_off): (String, Vec<u64>) = match spec.fault {
+                Fault::PartitionLeader => {
+                    for &f in &followers {
+                        crate::netfault::cut(leader, c.peer_port(f))?;
+                        crate::netfault::cut(f, c.peer_port(leader))?;
+                    }
+                    (format!("leader node {leader} partitioned from {followers:?}"), vec![leader])
+                }
+                Fault::PartitionMinority => {
+                    let minority: Vec<u64> = followers.iter().copied().take((ids.len() - 1) / 2).collect();
+                    let majority: Vec<u64> = ids.iter().copied().filter(|i| !minority.contains(i)).collect();
+                    for &a in &minority {
+                        for &b in &majority {
+                            crate::netfault::cut(a, c.peer_port(b))?;
+                            crate::netfault::cut(b, c.peer_port(a))?;
+                        }
+                    }
+                    (format!("followers {minority:?} partitioned from {majority:?}"), minority)
+                }
+                Fault::OneWayLeaderOut => {
+                    for &f in &followers {
+                        crate::netfault::cut(leader, c.peer_port(f))?;
+                    }
+                    (format!("leader node {leader}'s packets to {followers:?} dropped (one way)"), vec![leader])
+                }
+                _ => {
+                    let ports: Vec<u16> = ids.iter().map(|&i| c.peer_port(i)).collect();
+                    crate::netfault::slow(&ports, "512kbit")?;
+                    ("every peer link limited to 512 kbit/s".to_string(), Vec::new())
+                }
+            };
+            first = rec.fault(cut_off.first().copied(), what);
+            if !cut_off.is_empty() {
+                let rest: Vec<u64> = ids.iter().copied().filter(|i| !cut_off.contains(i)).collect();
+                match view.wait_for_leader(&rest, &ids, Duration::from_secs(30)).await {
+                    Ok(l) => res
+                        .notes
+                        .push(format!("leader on the majority side: node {l} after {} ms", rec.now_ms() - first)),
+                    Err(e) if cut_off.contains(&leader) => {
+                        liveness(&mut res.violations, format!("the majority elected no leader: {e:#}"))
+                    }
+                    Err(_) => {}
+                }
+            }
+            tokio::time::sleep(spec.down).await;
+            crate::netfault::heal()?;
+            last = rec.fault(None, "network healed");
         }
         Fault::RollingUpgrade => {
             first = rec.now_ms();

@@ -29,6 +29,9 @@ enum Profile {
     Quick,
     /// Every fault on 3 and on 5 nodes, with longer phases.
     Long,
+    /// Partitions, one-way partitions and slow links (iptables/tc): only
+    /// inside a private network namespace, see `deploy/chaos.sh`.
+    Network,
 }
 
 #[derive(Parser, Debug)]
@@ -75,6 +78,13 @@ fn specs(profile: Profile) -> Vec<Spec> {
             base(Fault::WipeFollower, 3),
             Spec { down: Duration::from_millis(500), ..base(Fault::RollingRestart, 3) },
             base(Fault::KillLeader, 5),
+        ],
+        Profile::Network => vec![
+            base(Fault::PartitionLeader, 3),
+            base(Fault::OneWayLeaderOut, 3),
+            base(Fault::SlowLinks, 3),
+            base(Fault::PartitionMinority, 5),
+            base(Fault::PartitionLeader, 5),
         ],
         Profile::Long => {
             let faults = [

@@ -28,8 +28,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 /// Sockets bound by the caller.
 pub struct Listeners {
@@ -205,7 +205,6 @@ fn spawn_provider_server(
     let router = Server::builder()
         .tls_config(tls.server())
         .context("provider TLS config")?
-        .tcp_nodelay(true)
         .trace_fn(crate::telemetry::server_span)
         .layer(crate::metrics::GrpcMetricsLayer(ctx.metrics.clone()))
         .add_service(health_service)
@@ -226,7 +225,7 @@ fn spawn_provider_server(
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;
         };
-        if let Err(e) = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop).await {
+        if let Err(e) = router.serve_with_incoming_shutdown(incoming(listener), stop).await {
             tracing::error!("failed to serve provider API: {e:#}");
         }
     }))
@@ -242,7 +241,6 @@ fn spawn_peer_server(
     let router = Server::builder()
         .tls_config(tls.server())
         .context("peer TLS config")?
-        .tcp_nodelay(true)
         .trace_fn(crate::telemetry::server_span)
         .add_service(health_service)
         .add_service(
@@ -255,7 +253,7 @@ fn spawn_peer_server(
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;
         };
-        if let Err(e) = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop).await {
+        if let Err(e) = router.serve_with_incoming_shutdown(incoming(listener), stop).await {
             tracing::error!("failed to serve peer API: {e:#}");
         }
     }))
@@ -326,4 +324,11 @@ pub(crate) async fn onboard_initial_providers(ctx: &Ctx, cfg: &Config) {
             tracing::error!("failed to onboard initial provider {p}: {e}");
         }
     }
+}
+
+/// Accepted connections with Nagle off. `Server::tcp_nodelay` only applies to
+/// listeners tonic binds itself; ours are bound by the caller, so without this
+/// every small response waited for the peer's delayed ACK (a ~40 ms tail).
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }

@@ -5,9 +5,14 @@
 //!  committed entries ──> apply ──> State::apply_batch ──> Vec<Outcome> (the client's answer)
 //!                          │
 //!                          └──> applied watch (last applied index)
-//!  build_snapshot: (last_applied, membership, State) ──> bincode ──> meta tree "snapshot" + fsync
-//!  open():         meta tree "snapshot" ──> State, last_applied, membership
+//!  build_snapshot: (last_applied, membership, State) ──> bincode ──> tree "snapshot" + fsync
+//!  open():         tree "snapshot" ──> State, last_applied, membership
 //! ```
+//!
+//! Snapshots live in their own tree (key `current`, plus a small copy of the
+//! meta under `current-meta` for the "is the stored one newer?" check). Builds
+//! before that kept them under `snapshot` in the meta tree; `open` moves such a
+//! snapshot over and leaves [`MOVED_MARKER`] in its old place.
 //!
 //! The state itself is not written on every apply. After a restart it is
 //! rebuilt from the latest snapshot, and openraft re-applies the log entries
@@ -35,7 +40,15 @@ use crate::backend::{Backend, Tree};
 use crate::codec::{self, io_error};
 use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
-const KEY_SNAPSHOT: &[u8] = b"snapshot";
+/// Where builds before the snapshot tree kept the snapshot (meta tree).
+const KEY_LEGACY_SNAPSHOT: &[u8] = b"snapshot";
+const KEY_CURRENT: &[u8] = b"current";
+const KEY_CURRENT_META: &[u8] = b"current-meta";
+/// Left under the legacy key once the snapshot moved: a value of format
+/// version 2, which those older builds cannot read, so they refuse this data
+/// directory ("written by a newer router-raft: upgrade instead of rolling
+/// back") instead of starting without the snapshot their log was purged to.
+pub(crate) const MOVED_MARKER: &[u8] = &[2, b'm', b'o', b'v', b'e', b'd'];
 
 /// What a snapshot's data holds, codec-encoded (version byte + bincode).
 #[derive(Serialize)]
@@ -96,7 +109,19 @@ impl<B: Backend> StateMachineStore<B> {
     /// and membership from the latest stored snapshot (empty state if none).
     pub fn open(backend: B) -> Result<Self, StorageError> {
         let (state, applied) = match load_snapshot(&backend)? {
-            Some(stored) => {
+            Some((stored, legacy)) => {
+                let meta_stale = !legacy && stored_meta(&backend)?.as_ref() != Some(&stored.meta);
+                if legacy || meta_stale {
+                    // Becomes durable with the next flush; until then the
+                    // legacy copy is still in place (the backend keeps write order).
+                    let bytes = codec::encode(&stored).map_err(|e| {
+                        io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, &e, "encode moved snapshot")
+                    })?;
+                    write_snapshot(&backend, &stored.meta, bytes)?;
+                    if legacy {
+                        tracing::info!(snapshot_id = %stored.meta.snapshot_id, "moved the snapshot to its own tree");
+                    }
+                }
                 let payload = decode_payload(&stored.data).map_err(|e| {
                     io_error(
                         ErrorSubject::Snapshot(Some(stored.meta.signature())),
@@ -156,11 +181,11 @@ impl<B: Backend> StateMachineStore<B> {
     async fn persist_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
         let _guard = self.snapshot_write.lock().await;
-        if let Some(stored) = load_snapshot(&self.backend)?
-            && stored.meta.last_log_id > meta.last_log_id
+        if let Some(stored) = stored_meta(&self.backend)?
+            && stored.last_log_id > meta.last_log_id
         {
             tracing::debug!(
-                stored = ?stored.meta.last_log_id,
+                stored = ?stored.last_log_id,
                 new = ?meta.last_log_id,
                 "keeping the newer stored snapshot"
             );
@@ -168,20 +193,60 @@ impl<B: Backend> StateMachineStore<B> {
         }
         let bytes = codec::encode(&StoredSnapshot { meta: meta.clone(), data: data.to_vec() })
             .map_err(|e| io_error(subject(), ErrorVerb::Write, &e, "encode snapshot"))?;
-        self.backend
-            .insert(Tree::Meta, KEY_SNAPSHOT, bytes)
-            .map_err(|e| io_error(subject(), ErrorVerb::Write, &e, "write snapshot"))?;
+        write_snapshot(&self.backend, meta, bytes)?;
         self.backend.flush().await.map_err(|e| io_error(subject(), ErrorVerb::Write, &e, "fsync snapshot"))
     }
 }
 
-fn load_snapshot<B: Backend>(backend: &B) -> Result<Option<StoredSnapshot>, StorageError> {
+/// Writes the snapshot, then its meta copy, then the marker in the legacy
+/// place. A crash keeps a prefix of these writes: the full value is what
+/// `open` trusts, and it rewrites the meta copy from it.
+fn write_snapshot<B: Backend>(backend: &B, meta: &SnapshotMeta, stored_bytes: Vec<u8>) -> Result<(), StorageError> {
+    let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
+    let meta_bytes =
+        codec::encode(meta).map_err(|e| io_error(subject(), ErrorVerb::Write, &e, "encode snapshot meta"))?;
+    let write = |tree, key, value| {
+        backend.insert(tree, key, value).map_err(|e| io_error(subject(), ErrorVerb::Write, &e, "write snapshot"))
+    };
+    write(Tree::Snapshot, KEY_CURRENT, stored_bytes)?;
+    write(Tree::Snapshot, KEY_CURRENT_META, meta_bytes)?;
+    write(Tree::Meta, KEY_LEGACY_SNAPSHOT, MOVED_MARKER.to_vec())
+}
+
+/// The latest stored snapshot, and whether it was found in the legacy place.
+fn load_snapshot<B: Backend>(backend: &B) -> Result<Option<(StoredSnapshot, bool)>, StorageError> {
+    let read_err = |e: &dyn std::error::Error| {
+        let e = std::io::Error::other(e.to_string());
+        io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e, "read stored snapshot")
+    };
+    let decode = |bytes: &[u8]| {
+        codec::decode::<StoredSnapshot>(bytes)
+            .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e, "decode stored snapshot"))
+    };
+    if let Some(bytes) = backend.get(Tree::Snapshot, KEY_CURRENT).map_err(|e| read_err(&e))? {
+        return Ok(Some((decode(&bytes)?, false)));
+    }
+    match backend.get(Tree::Meta, KEY_LEGACY_SNAPSHOT).map_err(|e| read_err(&e))? {
+        Some(bytes) if bytes == MOVED_MARKER => {
+            let e = std::io::Error::other("the snapshot tree is empty but the meta tree says the snapshot moved there");
+            Err(io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e, "find stored snapshot"))
+        }
+        Some(bytes) => Ok(Some((decode(&bytes)?, true))),
+        None => Ok(None),
+    }
+}
+
+/// The stored snapshot's meta, read without decoding the snapshot itself.
+fn stored_meta<B: Backend>(backend: &B) -> Result<Option<SnapshotMeta>, StorageError> {
     let raw = backend
-        .get(Tree::Meta, KEY_SNAPSHOT)
-        .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e, "read stored snapshot"))?;
-    raw.map(|bytes| codec::decode::<StoredSnapshot>(&bytes))
-        .transpose()
-        .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e, "decode stored snapshot"))
+        .get(Tree::Snapshot, KEY_CURRENT_META)
+        .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e, "read stored snapshot meta"))?;
+    match raw {
+        Some(bytes) => codec::decode(&bytes)
+            .map(Some)
+            .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e, "decode stored snapshot meta")),
+        None => Ok(load_snapshot(backend)?.map(|(s, _)| s.meta)),
+    }
 }
 
 impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<B> {
@@ -289,6 +354,6 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         Ok(load_snapshot(&self.backend)?
-            .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+            .map(|(stored, _)| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
     }
 }

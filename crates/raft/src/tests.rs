@@ -257,9 +257,9 @@ fn newer_format_version_is_refused() {
         let (_log, mut sm) = open(backend.clone()).unwrap();
         apply_and_snapshot(&mut sm).await;
         let snap = sm.get_current_snapshot().await.unwrap().unwrap();
-        let mut raw = backend.get(Tree::Meta, b"snapshot").unwrap().unwrap();
+        let mut raw = backend.get(Tree::Snapshot, b"current").unwrap().unwrap();
         bump_version(&mut raw);
-        backend.insert(Tree::Meta, b"snapshot", raw).unwrap();
+        backend.insert(Tree::Snapshot, b"current", raw).unwrap();
         assert_newer_refused(open(backend).map(|_| ()));
 
         // A snapshot received from a newer leader.
@@ -278,4 +278,30 @@ fn codec_rejects_empty_and_unknown() {
     assert!(matches!(crate::codec::decode::<u64>(&[0, 1]), Err(crate::FormatError::Unknown { found: 0 })));
     let bytes = crate::codec::encode(&7u64).unwrap();
     assert_eq!(crate::codec::decode::<u64>(&bytes).unwrap(), 7);
+}
+
+#[test]
+fn a_snapshot_in_the_legacy_place_is_moved_and_older_builds_are_fenced_off() {
+    rt().block_on(async {
+        // Lay the data out the way builds before the snapshot tree did.
+        let backend = MemBackend::new();
+        let (_log, mut sm) = open(backend.clone()).unwrap();
+        apply_and_snapshot(&mut sm).await;
+        let expected = snapshot_of(&sm);
+        let current = backend.get(Tree::Snapshot, b"current").unwrap().unwrap();
+        backend.insert(Tree::Meta, b"snapshot", current).unwrap();
+        backend.remove_range(Tree::Snapshot, (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded)).unwrap();
+
+        let (_log, sm) = open(backend.clone()).unwrap();
+        assert_eq!(snapshot_of(&sm), expected, "state restored from the legacy place");
+        assert!(backend.get(Tree::Snapshot, b"current").unwrap().is_some(), "moved to the snapshot tree");
+        let marker = backend.get(Tree::Meta, b"snapshot").unwrap().unwrap();
+        assert_eq!(marker, crate::state_machine::MOVED_MARKER);
+        // What an older build makes of the marker: a newer format, refused.
+        let err = crate::codec::decode::<super::types::SnapshotMeta>(&marker).unwrap_err();
+        assert!(matches!(err, crate::FormatError::Newer { found: 2, .. }), "{err}");
+        // And it opens again from the new place.
+        let (_log, sm) = open(backend).unwrap();
+        assert_eq!(snapshot_of(&sm), expected);
+    });
 }

@@ -347,9 +347,13 @@ impl State {
         let now = self.clock_ms;
         let (tokens, last) =
             self.claim_buckets.get(&(requester.clone(), user.clone())).copied().unwrap_or((burst * MILLI, now));
-        let refilled = (tokens + now.saturating_sub(last) * MILLI / refill).min(burst * MILLI);
+        // Saturating: a far-future stamp or a huge refill period must not
+        // overflow inside `apply` (same results wherever nothing overflows).
+        let refill_since = now.saturating_sub(last).saturating_mul(MILLI) / refill;
+        let refilled = tokens.saturating_add(refill_since).min(burst * MILLI);
         if refilled < MILLI {
-            return Err(Rejection::RateLimited { retry_after_ms: ((MILLI - refilled) * refill).div_ceil(MILLI) });
+            let retry_after_ms = (MILLI - refilled).saturating_mul(refill).div_ceil(MILLI);
+            return Err(Rejection::RateLimited { retry_after_ms });
         }
         Ok((refilled - MILLI, now))
     }
@@ -358,8 +362,9 @@ impl State {
     fn prune_claim_buckets(&mut self) {
         let (burst, refill, now) =
             (u64::from(self.limits.claim_burst), self.limits.claim_refill_ms.max(1), self.clock_ms);
-        self.claim_buckets
-            .retain(|_, (tokens, last)| *tokens + now.saturating_sub(*last) * 1000 / refill < burst * 1000);
+        self.claim_buckets.retain(|_, (tokens, last)| {
+            tokens.saturating_add(now.saturating_sub(*last).saturating_mul(1000) / refill) < burst * 1000
+        });
     }
 
     fn claim(&mut self, requester: &ProviderId, user: &UserId, device: Option<DeviceId>) -> Result<Outcome, Rejection> {

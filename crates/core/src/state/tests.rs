@@ -1697,3 +1697,26 @@ fn claim_token_bucket_refills_with_leader_time() {
     h.ok(Command::AddProvider { provider: pid(PC) });
     assert!(matches!(h.at(t + 1_000, claim(PC, "bob", None)), Outcome::Bundles { .. }));
 }
+
+/// Found by the `state_machine` fuzz target: the token bucket's arithmetic
+/// overflowed (a panic inside `apply` with overflow checks) for a stamp far
+/// past the last claim, or a refill period near `u64::MAX`.
+#[test]
+fn claim_token_bucket_saturates_instead_of_overflowing() {
+    let mut h = Harness::with_limits(Limits { claim_burst: 1, claim_refill_ms: u64::MAX, ..Limits::default() });
+    h.user(PB, "bob", &[(1, 11)]);
+    assert!(matches!(
+        h.apply(upload_cmd(PB, "bob", 1, upload(1, Some(1), &[1, 2, 3], &[], None))),
+        Outcome::KeysStored { .. }
+    ));
+    let t = h.state.clock_ms + 1;
+    assert!(matches!(h.at(t, claim(PA, "bob", None)), Outcome::Bundles { .. }));
+    assert_eq!(
+        h.at(t, claim(PA, "bob", None)),
+        Outcome::Rejected(Rejection::RateLimited { retry_after_ms: u64::MAX.div_ceil(1000) })
+    );
+    h.ok(Command::SetLimits { limits: Limits { claim_burst: 1, claim_refill_ms: 1_000, ..Limits::default() } });
+    // Half a million years later: the bucket is full again, and pruning it does not overflow either.
+    assert!(matches!(h.at(u64::MAX, claim(PA, "bob", None)), Outcome::Bundles { .. }));
+    assert!(h.state.apply_batch(&Batch { stamp_ms: u64::MAX, commands: vec![] }).is_empty());
+}

@@ -1,0 +1,375 @@
+//! `proto_decode`: arbitrary bytes -> one provider-facing request message
+//! (prost) -> the node's edge validation (`router_node::grpc::validate`,
+//! `media::parse_url`, `admin::validate_media_hosts`) -> the core command
+//! the handler would write -> applied to a populated state with the
+//! invariants of [`crate::check`].
+//!
+//! The first input byte picks the request type (and the authenticated
+//! provider); the rest is the encoded message. Must never panic. A message
+//! that decodes must re-encode to one that decodes the same; a refusal must
+//! be a non-OK status carrying an `ErrorDetail` with a reason (the API
+//! contract); an accepted request must satisfy what validation promises
+//! (ids in range, sizes within the limits, no duplicate devices or key ids).
+//!
+//! The assembly of a request into a command mirrors the handlers in
+//! `crates/node/src/grpc/{directory,prekeys,messaging,groups,media}.rs`,
+//! which are async methods on a running node; the field validation itself is
+//! the node's own code. Group id and member checks are private to
+//! `groups.rs` and are copied here ([`group_id`], [`members`]): keep in sync.
+
+use crate::log_entry::world;
+use prost::Message;
+use router_core::{Batch, Command, DevicePart, GroupId, GroupSend, ProviderId, Role, SendEnvelope, UserId};
+use router_node::config::EdgeLimits;
+use router_node::grpc::validate::{self, MAX_DEVICE_ID, MAX_REGISTRATION_ID};
+use router_node::grpc::{admin, media, status};
+use router_proto::v1;
+use std::collections::BTreeSet;
+use tonic::{Code, Status};
+
+/// Request types, in the order of the first input byte (modulo).
+pub const KINDS: [&str; 17] = [
+    "RegisterUser",
+    "DeregisterUser",
+    "RegisterDevice",
+    "RemoveDevice",
+    "Resolve",
+    "UploadPrekeys",
+    "FetchBundles",
+    "PrekeyCount",
+    "Send",
+    "Receive",
+    "Ack",
+    "CreateGroup",
+    "UpdateGroup",
+    "GetGroup",
+    "SendGroup",
+    "SetMediaHosts",
+    "FetchMedia",
+];
+
+/// The authenticated provider, from the second half of the first byte.
+const PROVIDERS: [&str; 4] = ["pa", "pb", "pc", "px"];
+
+pub fn run(data: &[u8]) {
+    let Some((&selector, body)) = data.split_first() else {
+        return;
+    };
+    let kind = usize::from(selector) % KINDS.len();
+    let provider = ProviderId::new(PROVIDERS[usize::from(selector) / KINDS.len() % PROVIDERS.len()]);
+    let limits = EdgeLimits::default();
+    let result = match kind {
+        0 => decoded::<v1::RegisterUserRequest>(body).map(|r| {
+            validate::user_id("user_id", &r.user_id, &limits).map(|user| Some(Command::RegisterUser { provider, user }))
+        }),
+        1 => decoded::<v1::DeregisterUserRequest>(body).map(|r| {
+            validate::user_id("user_id", &r.user_id, &limits)
+                .map(|user| Some(Command::DeregisterUser { provider, user }))
+        }),
+        2 => decoded::<v1::RegisterDeviceRequest>(body).map(|r| {
+            (|| {
+                let user = validate::user_id("user_id", &r.user_id, &limits)?;
+                let device = validate::device_id("device_id", r.device_id)?;
+                let registration_id = validate::registration_id("registration_id", r.registration_id)?;
+                Ok(Some(Command::RegisterDevice { provider, user, device, registration_id }))
+            })()
+        }),
+        3 => decoded::<v1::RemoveDeviceRequest>(body).map(|r| {
+            (|| {
+                let user = validate::user_id("user_id", &r.user_id, &limits)?;
+                let device = validate::device_id("device_id", r.device_id)?;
+                Ok(Some(Command::RemoveDevice { provider, user, device }))
+            })()
+        }),
+        4 => {
+            decoded::<v1::ResolveRequest>(body).map(|r| validate::user_id("user_id", &r.user_id, &limits).map(|_| None))
+        }
+        5 => decoded::<v1::UploadPrekeysRequest>(body).map(|r| {
+            (|| {
+                let user = validate::user_id("user_id", &r.user_id, &limits)?;
+                let device = validate::device_id("device_id", r.device_id)?;
+                let upload = validate::upload(r, &limits)?;
+                check_upload(&upload, &limits);
+                Ok(Some(Command::UploadPrekeys { provider, user, device, upload }))
+            })()
+        }),
+        6 => decoded::<v1::FetchBundlesRequest>(body).map(|r| {
+            (|| {
+                let user = validate::user_id("user_id", &r.user_id, &limits)?;
+                let device = match r.device_id {
+                    0 => None,
+                    d => Some(validate::device_id("device_id", d)?),
+                };
+                Ok(Some(Command::ClaimPrekeys { requester: provider, user, device }))
+            })()
+        }),
+        7 => decoded::<v1::PrekeyCountRequest>(body).map(|r| {
+            (|| {
+                validate::user_id("user_id", &r.user_id, &limits)?;
+                validate::device_id("device_id", r.device_id)?;
+                Ok(None)
+            })()
+        }),
+        8 => decoded::<v1::SendRequest>(body).map(|r| send(provider, r, &limits)),
+        9 => decoded::<v1::ReceiveRequest>(body).map(|r| {
+            if r.window > limits.max_receive_window {
+                Err(status::over_limit("window", u64::from(limits.max_receive_window), u64::from(r.window)))
+            } else {
+                Ok(None)
+            }
+        }),
+        10 => decoded::<v1::AckRequest>(body).map(|r| {
+            if r.seqs.is_empty() {
+                Err(status::invalid_field("seqs", "EMPTY", "at least one sequence number is required"))
+            } else if r.seqs.len() > limits.max_ack_batch {
+                Err(status::over_limit("seqs", limits.max_ack_batch as u64, r.seqs.len() as u64))
+            } else {
+                Ok(Some(Command::Ack { provider, seqs: r.seqs }))
+            }
+        }),
+        11 => decoded::<v1::CreateGroupRequest>(body).map(|r| {
+            (|| {
+                let group = group_id(&r.group_id)?;
+                let creator = validate::user_id("creator_user_id", &r.creator_user_id, &limits)?;
+                let members = members("members", r.members, &limits)?;
+                Ok(Some(Command::CreateGroup { provider, creator, group, members }))
+            })()
+        }),
+        12 => decoded::<v1::UpdateGroupRequest>(body).map(|r| {
+            (|| {
+                let group = group_id(&r.group_id)?;
+                let actor = validate::user_id("actor_user_id", &r.actor_user_id, &limits)?;
+                let set = members("set", r.set, &limits)?;
+                let remove = r
+                    .remove_user_ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| validate::user_id(&format!("remove_user_ids[{i}]"), u, &limits))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if set.is_empty() && remove.is_empty() {
+                    return Err(status::invalid_field("set", "EMPTY", "nothing to change"));
+                }
+                Ok(Some(Command::ChangeGroup { provider, actor, group, set, remove }))
+            })()
+        }),
+        13 => decoded::<v1::GetGroupRequest>(body).map(|r| group_id(&r.group_id).map(|_| None)),
+        14 => decoded::<v1::SendGroupRequest>(body).map(|r| send_group(provider, r, &limits)),
+        15 => decoded::<v1::SetMediaHostsRequest>(body).map(|r| {
+            admin::validate_media_hosts(r.media_hosts).map(|media_hosts| {
+                assert!(media_hosts.len() <= 16);
+                for h in &media_hosts {
+                    assert!(!h.is_empty() && h.len() <= 253 + 6 && !h.bytes().any(|b| b.is_ascii_uppercase()), "{h:?}");
+                }
+                Some(Command::SetMediaHosts { provider, media_hosts })
+            })
+        }),
+        16 => decoded::<v1::FetchMediaRequest>(body).map(|r| {
+            media::parse_url(&r.url).map(|t| {
+                check_target(&r.url, &t);
+                None
+            })
+        }),
+        _ => unreachable!("kind is taken modulo KINDS.len()"),
+    };
+    match result {
+        None => {}
+        Some(Err(st)) => check_refusal(&st),
+        Some(Ok(None)) => {}
+        Some(Ok(Some(cmd))) => apply(cmd),
+    }
+}
+
+/// Decodes `body` as `M`; if it decodes, it must re-encode and decode the same.
+fn decoded<M: Message + Default + PartialEq>(body: &[u8]) -> Option<M> {
+    let m = M::decode(body).ok()?;
+    let again = M::decode(m.encode_to_vec().as_slice()).expect("re-encoded message decodes");
+    assert!(again == m, "prost round trip changed the message");
+    Some(m)
+}
+
+/// Every refusal at the edge is INVALID_ARGUMENT with an `ErrorDetail` that
+/// names a reason (clients never parse message text).
+fn check_refusal(st: &Status) {
+    assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+    let detail = v1::ErrorDetail::decode(st.details()).expect("status details hold an ErrorDetail");
+    assert!(!detail.reason.is_empty(), "ErrorDetail without a reason: {st:?}");
+}
+
+fn check_user(u: &UserId, limits: &EdgeLimits) {
+    assert!(!u.0.is_empty() && u.0.len() <= limits.max_user_id_bytes && !u.0.chars().any(char::is_control), "{u:?}");
+}
+
+fn check_parts(parts: &[DevicePart], limits: &EdgeLimits) {
+    assert!(!parts.is_empty() && parts.len() <= limits.max_parts_per_send);
+    let devices: BTreeSet<u32> = parts.iter().map(|p| p.device).collect();
+    assert_eq!(devices.len(), parts.len(), "a device addressed twice");
+    for p in parts {
+        assert!((1..=MAX_DEVICE_ID).contains(&p.device), "device {}", p.device);
+        assert!((1..=MAX_REGISTRATION_ID).contains(&p.registration_id), "registration id {}", p.registration_id);
+        assert!(!p.ciphertext.is_empty());
+    }
+    assert!(parts.iter().map(|p| p.ciphertext.len()).sum::<usize>() <= limits.max_envelope_bytes);
+}
+
+fn check_upload(u: &router_core::PrekeyUpload, limits: &EdgeLimits) {
+    assert_eq!(u.identity_key.len(), 33);
+    assert!(u.one_time.len() <= limits.max_prekeys_per_upload);
+    assert!(u.kyber_one_time.len() <= limits.max_prekeys_per_upload);
+    let ec: BTreeSet<u32> = u.one_time.iter().map(|k| k.key_id).collect();
+    assert_eq!(ec.len(), u.one_time.len(), "duplicate EC key ids accepted");
+    let ky: BTreeSet<u32> = u.kyber_one_time.iter().map(|k| k.key_id).collect();
+    assert_eq!(ky.len(), u.kyber_one_time.len(), "duplicate Kyber key ids accepted");
+    for k in &u.one_time {
+        assert!(router_prekeys::check_ec_public_key(&k.public_key).is_ok());
+    }
+}
+
+fn check_target(url: &str, t: &media::Target) {
+    assert!(t.port != 0, "{url:?}");
+    assert!(!t.host.is_empty() && !t.host.bytes().any(|b| b.is_ascii_uppercase()), "{url:?} -> {t:?}");
+    assert!(t.path_and_query.starts_with('/'), "not an origin-form request target: {url:?} -> {t:?}");
+    assert!(!url.contains('#') && !t.host_header.contains('@'), "{url:?} -> {t:?}");
+    assert_eq!(t.host_header, t.host_header.to_ascii_lowercase(), "{url:?} -> {t:?}");
+    // The port the URL names is the port fetched from.
+    if let Some(port) = url_port(url) {
+        assert_eq!(port.parse::<u16>().ok(), Some(t.port), "port {port:?} of {url:?} -> {t:?}");
+    }
+    if let Ok(ip) = t.host.parse::<std::net::IpAddr>() {
+        let _ = media::forbidden_address(ip);
+    }
+}
+
+/// The text after the host in a URL's authority, if there is a `:`.
+fn url_port(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    let after_host = authority.rfind(']').map_or(authority, |i| &authority[i + 1..]);
+    after_host.rsplit_once(':').map(|(_, port)| port)
+}
+
+/// Mirrors `MessagingService::send` up to the write.
+fn send(sender: ProviderId, r: v1::SendRequest, limits: &EdgeLimits) -> Result<Option<Command>, Status> {
+    let message_id = validate::message_id(&r.message_id, limits)?;
+    assert!(message_id.0.len() <= limits.max_message_id_bytes && message_id.0.bytes().all(|b| b.is_ascii_graphic()));
+    let recipient = validate::user_id("recipient_user_id", &r.recipient_user_id, limits)?;
+    let content_type = validate::content_type(r.content_type)?;
+    let ttl_ms = if content_type.is_ephemeral() {
+        router_node::ephemeral::ttl_ms(r.ttl_seconds)
+    } else {
+        let ttl = validate::ttl_ms(r.ttl_seconds, limits)?;
+        assert!(ttl >= 1000 && ttl <= u64::from(limits.max_ttl_seconds) * 1000);
+        ttl
+    };
+    let (sender_user, sender_device) = match (r.sender_user_id.as_str(), r.sender_device_id) {
+        ("", 0) => (None, None),
+        ("", _) => {
+            return Err(status::invalid_field(
+                "sender_device_id",
+                "UNEXPECTED",
+                "sender_device_id is set without sender_user_id",
+            ));
+        }
+        (user, device) => (
+            Some(validate::user_id("sender_user_id", user, limits)?),
+            Some(validate::device_id("sender_device_id", device)?),
+        ),
+    };
+    let parts = validate::parts(r.parts, limits)?;
+    check_user(&recipient, limits);
+    check_parts(&parts, limits);
+    let env = SendEnvelope {
+        sender,
+        sender_user,
+        sender_device,
+        message_id,
+        recipient,
+        content_type,
+        ttl_ms,
+        parts,
+        traceparent: None,
+    };
+    // Ephemeral content never enters the log; the node routes it on its replica.
+    if content_type.is_ephemeral() {
+        let _ = world().0.route(&env);
+        return Ok(None);
+    }
+    Ok(Some(Command::Send(env)))
+}
+
+/// Mirrors `GroupsService::send_group` up to the write.
+fn send_group(sender: ProviderId, r: v1::SendGroupRequest, limits: &EdgeLimits) -> Result<Option<Command>, Status> {
+    let group = group_id(&r.group_id)?;
+    let message_id = validate::message_id(&r.message_id, limits)?;
+    let sender_user = validate::user_id("sender_user_id", &r.sender_user_id, limits)?;
+    let sender_device = validate::device_id("sender_device_id", r.sender_device_id)?;
+    let content_type = validate::content_type(r.content_type)?;
+    let ttl_ms = validate::ttl_ms(r.ttl_seconds, limits)?;
+    if r.ciphertext.is_empty() {
+        return Err(status::invalid_field("ciphertext", "EMPTY", "ciphertext is empty"));
+    }
+    let total = r.ciphertext.len()
+        + r.per_device.iter().map(|p| p.part.as_ref().map_or(0, |p| p.ciphertext.len())).sum::<usize>();
+    if total > limits.max_envelope_bytes {
+        return Err(status::over_limit("ciphertext", limits.max_envelope_bytes as u64, total as u64));
+    }
+    let mut per_device = Vec::with_capacity(r.per_device.len());
+    for (i, p) in r.per_device.into_iter().enumerate() {
+        let user = validate::user_id(&format!("per_device[{i}].user_id"), &p.user_id, limits)?;
+        let part = p
+            .part
+            .ok_or_else(|| status::invalid_field(format!("per_device[{i}].part"), "EMPTY", "part is required"))?;
+        let parsed = validate::parts(vec![part], limits)
+            .map_err(|_| status::invalid_field(format!("per_device[{i}].part"), "BAD_PART", "malformed device part"))?;
+        per_device.extend(parsed.into_iter().map(|p| (user.clone(), p)));
+    }
+    Ok(Some(Command::SendGroup(GroupSend {
+        sender,
+        sender_user,
+        sender_device,
+        group,
+        message_id,
+        content_type,
+        ttl_ms,
+        ciphertext: r.ciphertext,
+        per_device,
+        traceparent: None,
+    })))
+}
+
+/// Copy of `groups.rs`'s private `group_id`.
+fn group_id(s: &str) -> Result<GroupId, Status> {
+    if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(status::invalid_field(
+            "group_id",
+            "BAD_CHARACTERS",
+            "group_id must be 1..=64 bytes of printable ASCII",
+        ));
+    }
+    Ok(GroupId::new(s))
+}
+
+/// Copy of `groups.rs`'s private `members`.
+fn members(field: &str, list: Vec<v1::GroupMember>, limits: &EdgeLimits) -> Result<Vec<(UserId, Role)>, Status> {
+    let mut out = Vec::with_capacity(list.len());
+    for (i, m) in list.into_iter().enumerate() {
+        let user = validate::user_id(&format!("{field}[{i}].user_id"), &m.user_id, limits)?;
+        let role = match v1::GroupRole::try_from(m.role) {
+            Ok(v1::GroupRole::Admin) => Role::Admin,
+            Ok(v1::GroupRole::Member) | Ok(v1::GroupRole::Unspecified) => Role::Member,
+            Err(_) => return Err(status::invalid_field(format!("{field}[{i}].role"), "OUT_OF_RANGE", "unknown role")),
+        };
+        out.push((user, role));
+    }
+    Ok(out)
+}
+
+/// The validated command, written to the populated state: checked like a log entry.
+fn apply(cmd: Command) {
+    let (before, checker) = world();
+    let mut checker = checker.clone();
+    let mut state = before.clone();
+    let batch = Batch { stamp_ms: before.clock_ms + 1, commands: vec![cmd] };
+    let outs = state.apply_batch(&batch);
+    checker.batch(before, &batch, &outs, &state);
+    checker.finish(&state);
+}

@@ -429,7 +429,12 @@ impl Config {
             max_one_time_prekeys_per_device: max_one_time_prekeys_per_device
                 .unwrap_or(dl.max_one_time_prekeys_per_device),
             max_mailbox_entries: max_mailbox_entries.unwrap_or(dl.max_mailbox_entries),
-            dedup_window_ms: dedup_window_seconds.map_or(dl.dedup_window_ms, |s| s * 1000),
+            dedup_window_ms: match dedup_window_seconds {
+                None => dl.dedup_window_ms,
+                Some(s) => s
+                    .checked_mul(1000)
+                    .ok_or_else(|| invalid("limits.dedup_window_seconds", "too large (overflows milliseconds)"))?,
+            },
             claim_burst: prekey_claim_burst.unwrap_or(dl.claim_burst),
             claim_refill_ms: prekey_claim_refill_ms.unwrap_or(dl.claim_refill_ms),
             low_prekey_threshold: low_prekey_threshold.unwrap_or(dl.low_prekey_threshold),
@@ -472,7 +477,11 @@ impl Config {
 
     /// Applies environment / flag overrides (see [`Overrides`]).
     pub fn with_overrides(mut self, o: Overrides) -> Result<Self, ConfigError> {
-        if let Some(id) = o.node_id.or(o.pod_index.map(|i| i + 1)) {
+        let from_pod = match o.pod_index {
+            Some(i) => Some(i.checked_add(1).ok_or_else(|| invalid("pod_index", "too large"))?),
+            None => None,
+        };
+        if let Some(id) = o.node_id.or(from_pod) {
             if id == 0 {
                 return Err(invalid("node_id", "must be >= 1"));
             }
@@ -542,6 +551,16 @@ key = "node.key"
 {extra}
 "#
         ))
+    }
+
+    #[test]
+    fn values_that_overflow_are_refused_not_wrapped() {
+        // Found with the config fuzz target: seconds * 1000 overflowed u64.
+        let err = Config::validate(raw("[limits]\ndedup_window_seconds = 18446744073709552").unwrap()).unwrap_err();
+        assert!(err.to_string().contains("dedup_window_seconds"), "{err}");
+        let cfg = Config::validate(raw("").unwrap()).unwrap();
+        let err = cfg.with_overrides(Overrides { pod_index: Some(u64::MAX), ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("pod_index"), "{err}");
     }
 
     #[test]

@@ -173,6 +173,10 @@ pub fn parse_url(url: &str) -> Result<Target, Status> {
         Some(0) => return Err(bad("port 0")),
         Some(p) => p,
         None if authority.as_str().ends_with(':') => return Err(bad("empty port")),
+        // A ':' after the host (outside an IPv6 literal) with no valid u16 after it.
+        None if authority.as_str()[raw_host.len()..].starts_with(':') => {
+            return Err(bad("the port is not a number from 1 to 65535"));
+        }
         None => 443,
     };
     let host_header = match authority.port_u16() {
@@ -181,6 +185,8 @@ pub fn parse_url(url: &str) -> Result<Target, Status> {
     };
     let path_and_query = match uri.path_and_query().map(|p| p.as_str()) {
         None | Some("") => "/".to_string(),
+        // "https://host?q" has no path: the request target still needs one.
+        Some(p) if p.starts_with('?') => format!("/{p}"),
         Some(p) => p.to_string(),
     };
     Ok(Target { host, port, host_header, path_and_query })
@@ -641,6 +647,11 @@ mod tests {
         assert_eq!(reason("/relative"), "BAD_URL");
         assert_eq!(reason(""), "BAD_URL");
         assert_eq!(reason(&format!("https://a.net/{}", "x".repeat(MAX_URL_BYTES))), "TOO_LARGE");
+        // Found by the proto_decode fuzz target: a query without a path, ports that are not ports.
+        assert_eq!(parse_url("https://cdn.example.net?sig=1").unwrap().path_and_query, "/?sig=1");
+        assert_eq!(reason("https://cdn.example.net:80abc/x"), "BAD_URL");
+        assert_eq!(reason("https://cdn.example.net:99999/x"), "BAD_URL");
+        assert_eq!(parse_url("https://[2001:db8::1]:8443/x").unwrap().port, 8443);
         assert_eq!(registered_host_port("a.net"), ("a.net", 443));
         assert_eq!(registered_host_port("a.net:8443"), ("a.net", 8443));
     }

@@ -233,16 +233,20 @@ impl LocalCluster {
         anyhow::ensure!(n.node.is_none(), "node {id} is running");
         let mut config = n.config.clone();
         config.bootstrap &= keep_bootstrap;
-        // A crashed node's storage is released by its Raft task shortly after
-        // `crash` returns; until then sled's directory lock refuses a reopen.
+        // A crashed node's storage and sockets are released by its tasks
+        // shortly after `crash` returns (later on a loaded machine); until then
+        // sled's directory lock refuses a reopen and the ports are in use.
         let mut attempt = 0;
         loop {
-            let listeners = Listeners {
-                provider: TcpListener::bind(n.provider_addr).await?,
-                peer: TcpListener::bind(n.peer_addr).await?,
-                admin: TcpListener::bind(n.admin_addr).await?,
+            let started = async {
+                let listeners = Listeners {
+                    provider: TcpListener::bind(n.provider_addr).await?,
+                    peer: TcpListener::bind(n.peer_addr).await?,
+                    admin: TcpListener::bind(n.admin_addr).await?,
+                };
+                Node::start(config.clone(), listeners).await
             };
-            match Node::start(config.clone(), listeners).await {
+            match started.await {
                 Ok(node) => {
                     n.node = Some(node);
                     return Ok(());

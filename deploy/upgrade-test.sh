@@ -54,7 +54,8 @@ fi
 
 echo "upgrade-test: building this tree's routerd (version N+1)"
 head="$(git rev-parse --short HEAD)"
-# A build commit in the binary changes what routerd reports in Status only.
+# The old build may just have replaced target/debug/routerd; cargo would
+# consider this tree's routerd fresh and not copy it back, so force a relink.
 touch crates/node/src/lib.rs
 ROUTERD_BUILD_COMMIT="$head" cargo build --locked -p router-node --bin routerd
 cp "$target/debug/routerd" "$new_bin"

@@ -11,15 +11,15 @@
 //! contract); an accepted request must satisfy what validation promises
 //! (ids in range, sizes within the limits, no duplicate devices or key ids).
 //!
-//! The assembly of a request into a command mirrors the handlers in
-//! `crates/node/src/grpc/{directory,prekeys,messaging,groups,media}.rs`,
-//! which are async methods on a running node; the field validation itself is
-//! the node's own code. Group id and member checks are private to
-//! `groups.rs` and are copied here ([`group_id`], [`members`]): keep in sync.
+//! Field validation and the assembly of sends and group sends are the node's
+//! own code (`validate::send_envelope`, `validate::group_send`,
+//! `validate::group_id`, `validate::group_members`, which the handlers call
+//! too); the one-line assemblies of the other commands follow the handlers in
+//! `crates/node/src/grpc/{directory,prekeys,messaging,groups,media}.rs`.
 
 use crate::log_entry::world;
 use prost::Message;
-use router_core::{Batch, Command, DevicePart, GroupId, GroupSend, ProviderId, Role, SendEnvelope, UserId};
+use router_core::{Batch, Command, DevicePart, ProviderId, UserId};
 use router_node::config::EdgeLimits;
 use router_node::grpc::validate::{self, MAX_DEVICE_ID, MAX_REGISTRATION_ID};
 use router_node::grpc::{admin, media, status};
@@ -129,17 +129,17 @@ pub fn run(data: &[u8]) {
         }),
         11 => decoded::<v1::CreateGroupRequest>(body).map(|r| {
             (|| {
-                let group = group_id(&r.group_id)?;
+                let group = validate::group_id(&r.group_id)?;
                 let creator = validate::user_id("creator_user_id", &r.creator_user_id, &limits)?;
-                let members = members("members", r.members, &limits)?;
+                let members = validate::group_members("members", r.members, &limits)?;
                 Ok(Some(Command::CreateGroup { provider, creator, group, members }))
             })()
         }),
         12 => decoded::<v1::UpdateGroupRequest>(body).map(|r| {
             (|| {
-                let group = group_id(&r.group_id)?;
+                let group = validate::group_id(&r.group_id)?;
                 let actor = validate::user_id("actor_user_id", &r.actor_user_id, &limits)?;
-                let set = members("set", r.set, &limits)?;
+                let set = validate::group_members("set", r.set, &limits)?;
                 let remove = r
                     .remove_user_ids
                     .iter()
@@ -152,7 +152,7 @@ pub fn run(data: &[u8]) {
                 Ok(Some(Command::ChangeGroup { provider, actor, group, set, remove }))
             })()
         }),
-        13 => decoded::<v1::GetGroupRequest>(body).map(|r| group_id(&r.group_id).map(|_| None)),
+        13 => decoded::<v1::GetGroupRequest>(body).map(|r| validate::group_id(&r.group_id).map(|_| None)),
         14 => decoded::<v1::SendGroupRequest>(body).map(|r| send_group(provider, r, &limits)),
         15 => decoded::<v1::SetMediaHostsRequest>(body).map(|r| {
             admin::validate_media_hosts(r.media_hosts).map(|media_hosts| {
@@ -247,120 +247,27 @@ fn url_port(url: &str) -> Option<&str> {
     after_host.rsplit_once(':').map(|(_, port)| port)
 }
 
-/// Mirrors `MessagingService::send` up to the write.
+/// `MessagingService::send` up to the write: the node's own assembly, then
+/// what it promises about the envelope.
 fn send(sender: ProviderId, r: v1::SendRequest, limits: &EdgeLimits) -> Result<Option<Command>, Status> {
-    let message_id = validate::message_id(&r.message_id, limits)?;
-    assert!(message_id.0.len() <= limits.max_message_id_bytes && message_id.0.bytes().all(|b| b.is_ascii_graphic()));
-    let recipient = validate::user_id("recipient_user_id", &r.recipient_user_id, limits)?;
-    let content_type = validate::content_type(r.content_type)?;
-    let ttl_ms = if content_type.is_ephemeral() {
-        router_node::ephemeral::ttl_ms(r.ttl_seconds)
-    } else {
-        let ttl = validate::ttl_ms(r.ttl_seconds, limits)?;
-        assert!(ttl >= 1000 && ttl <= u64::from(limits.max_ttl_seconds) * 1000);
-        ttl
-    };
-    let (sender_user, sender_device) = match (r.sender_user_id.as_str(), r.sender_device_id) {
-        ("", 0) => (None, None),
-        ("", _) => {
-            return Err(status::invalid_field(
-                "sender_device_id",
-                "UNEXPECTED",
-                "sender_device_id is set without sender_user_id",
-            ));
-        }
-        (user, device) => (
-            Some(validate::user_id("sender_user_id", user, limits)?),
-            Some(validate::device_id("sender_device_id", device)?),
-        ),
-    };
-    let parts = validate::parts(r.parts, limits)?;
-    check_user(&recipient, limits);
-    check_parts(&parts, limits);
-    let env = SendEnvelope {
-        sender,
-        sender_user,
-        sender_device,
-        message_id,
-        recipient,
-        content_type,
-        ttl_ms,
-        parts,
-        traceparent: None,
-    };
+    let env = validate::send_envelope(sender, r, limits)?;
+    if !env.content_type.is_ephemeral() {
+        assert!(env.ttl_ms >= 1000 && env.ttl_ms <= u64::from(limits.max_ttl_seconds) * 1000);
+    }
+    assert_eq!(env.sender_user.is_some(), env.sender_device.is_some());
+    check_user(&env.recipient, limits);
+    check_parts(&env.parts, limits);
     // Ephemeral content never enters the log; the node routes it on its replica.
-    if content_type.is_ephemeral() {
+    if env.content_type.is_ephemeral() {
         let _ = world().0.route(&env);
         return Ok(None);
     }
     Ok(Some(Command::Send(env)))
 }
 
-/// Mirrors `GroupsService::send_group` up to the write.
+/// `GroupsService::send_group` up to the write.
 fn send_group(sender: ProviderId, r: v1::SendGroupRequest, limits: &EdgeLimits) -> Result<Option<Command>, Status> {
-    let group = group_id(&r.group_id)?;
-    let message_id = validate::message_id(&r.message_id, limits)?;
-    let sender_user = validate::user_id("sender_user_id", &r.sender_user_id, limits)?;
-    let sender_device = validate::device_id("sender_device_id", r.sender_device_id)?;
-    let content_type = validate::content_type(r.content_type)?;
-    let ttl_ms = validate::ttl_ms(r.ttl_seconds, limits)?;
-    if r.ciphertext.is_empty() {
-        return Err(status::invalid_field("ciphertext", "EMPTY", "ciphertext is empty"));
-    }
-    let total = r.ciphertext.len()
-        + r.per_device.iter().map(|p| p.part.as_ref().map_or(0, |p| p.ciphertext.len())).sum::<usize>();
-    if total > limits.max_envelope_bytes {
-        return Err(status::over_limit("ciphertext", limits.max_envelope_bytes as u64, total as u64));
-    }
-    let mut per_device = Vec::with_capacity(r.per_device.len());
-    for (i, p) in r.per_device.into_iter().enumerate() {
-        let user = validate::user_id(&format!("per_device[{i}].user_id"), &p.user_id, limits)?;
-        let part = p
-            .part
-            .ok_or_else(|| status::invalid_field(format!("per_device[{i}].part"), "EMPTY", "part is required"))?;
-        let parsed = validate::parts(vec![part], limits)
-            .map_err(|_| status::invalid_field(format!("per_device[{i}].part"), "BAD_PART", "malformed device part"))?;
-        per_device.extend(parsed.into_iter().map(|p| (user.clone(), p)));
-    }
-    Ok(Some(Command::SendGroup(GroupSend {
-        sender,
-        sender_user,
-        sender_device,
-        group,
-        message_id,
-        content_type,
-        ttl_ms,
-        ciphertext: r.ciphertext,
-        per_device,
-        traceparent: None,
-    })))
-}
-
-/// Copy of `groups.rs`'s private `group_id`.
-fn group_id(s: &str) -> Result<GroupId, Status> {
-    if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(status::invalid_field(
-            "group_id",
-            "BAD_CHARACTERS",
-            "group_id must be 1..=64 bytes of printable ASCII",
-        ));
-    }
-    Ok(GroupId::new(s))
-}
-
-/// Copy of `groups.rs`'s private `members`.
-fn members(field: &str, list: Vec<v1::GroupMember>, limits: &EdgeLimits) -> Result<Vec<(UserId, Role)>, Status> {
-    let mut out = Vec::with_capacity(list.len());
-    for (i, m) in list.into_iter().enumerate() {
-        let user = validate::user_id(&format!("{field}[{i}].user_id"), &m.user_id, limits)?;
-        let role = match v1::GroupRole::try_from(m.role) {
-            Ok(v1::GroupRole::Admin) => Role::Admin,
-            Ok(v1::GroupRole::Member) | Ok(v1::GroupRole::Unspecified) => Role::Member,
-            Err(_) => return Err(status::invalid_field(format!("{field}[{i}].role"), "OUT_OF_RANGE", "unknown role")),
-        };
-        out.push((user, role));
-    }
-    Ok(out)
+    Ok(Some(Command::SendGroup(validate::group_send(sender, r, limits)?)))
 }
 
 /// The validated command, written to the populated state: checked like a log entry.

@@ -268,55 +268,26 @@ pub async fn delivery(cluster: &RouterCluster, o: &DeliveryOpts) -> anyhow::Resu
     let clients: Vec<RouterClient> =
         (0..o.clients.max(1)).map(|i| cluster.client("a", i % n, None)).collect::<Result<_, _>>()?;
     let start_us = now_us();
-    let end = Instant::now() + o.total;
-    let mut tasks = Vec::new();
-    for t in 0..o.window {
-        let c = clients[t % clients.len()].clone();
-        let payload = o.payload;
-        tasks.push(tokio::spawn(async move {
-            let (mut ev, mut errors, mut k) = (Vec::new(), 0u64, 0u64);
-            while Instant::now() < end {
-                k += 1;
-                let req = SendRequest {
-                    message_id: format!("m-{t}-{k}"),
-                    recipient_user_id: "handle:receiver".into(),
-                    content_type: ContentType::Message as i32,
-                    ttl_seconds: 0,
-                    parts: vec![DeviceCiphertext {
-                        device_id: 1,
-                        registration_id: 2002,
-                        message_type: 1,
-                        ciphertext: stamp(payload).into(),
-                    }],
-                    sender_user_id: "handle:sender".into(),
-                    sender_device_id: 1,
-                };
-                let t0 = now_us();
-                match c.send(req).await {
-                    Ok(_) => {
-                        let at = now_us();
-                        if ev.len() < MAX_EVENTS {
-                            ev.push(Event { at_us: at, lat_us: at - t0 });
-                        }
-                    }
-                    Err(e) => {
-                        errors += 1;
-                        if errors <= 3 {
-                            eprintln!("  send failed: {e}");
-                        }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            }
-            (ev, errors)
-        }));
-    }
-    let mut run = DeliveryRun { start_us, ..Default::default() };
-    for t in tasks {
-        let (ev, e) = t.await?;
-        run.acks.extend(ev);
-        run.errors += e;
-    }
+    let payload = o.payload;
+    let (acks, errors) = closed_loop(&clients, o.window, Instant::now() + o.total, "send", move |c, t, k| async move {
+        let req = SendRequest {
+            message_id: format!("m-{t}-{k}"),
+            recipient_user_id: "handle:receiver".into(),
+            content_type: ContentType::Message as i32,
+            ttl_seconds: 0,
+            parts: vec![DeviceCiphertext {
+                device_id: 1,
+                registration_id: 2002,
+                message_type: 1,
+                ciphertext: stamp(payload).into(),
+            }],
+            sender_user_id: "handle:sender".into(),
+            sender_device_id: 1,
+        };
+        c.send(req).await.map(drop)
+    })
+    .await?;
+    let mut run = DeliveryRun { start_us, acks, errors, ..Default::default() };
     run.undelivered = drain(run.acks.len() as u64, &delivered, 1, &stop, Duration::from_secs(30)).await;
     let (ev, _) = rx.await??;
     run.deliveries = ev;
@@ -377,52 +348,27 @@ pub async fn groups(cluster: &RouterCluster, o: &GroupOpts) -> anyhow::Result<De
         ));
     }
     let start_us = now_us();
-    let end = Instant::now() + o.total;
     let clients: Vec<RouterClient> = (0..n).map(|i| cluster.client("a", i, None)).collect::<Result<_, _>>()?;
-    let mut tasks = Vec::new();
-    for t in 0..o.window {
-        let c = clients[t % clients.len()].clone();
-        let (payload, creator) = (o.payload, creator.clone());
-        tasks.push(tokio::spawn(async move {
-            let (mut ev, mut errors, mut k) = (Vec::new(), 0u64, 0u64);
-            while Instant::now() < end {
-                k += 1;
-                let req = SendGroupRequest {
-                    group_id: "bench-group".into(),
-                    message_id: format!("g-{t}-{k}"),
-                    sender_user_id: creator.clone(),
-                    sender_device_id: 1,
-                    content_type: ContentType::Message as i32,
-                    ttl_seconds: 0,
-                    ciphertext: stamp(payload).into(),
-                    per_device: vec![],
-                };
-                let t0 = now_us();
-                match c.send_group(req).await {
-                    Ok(_) => {
-                        let at = now_us();
-                        if ev.len() < MAX_EVENTS {
-                            ev.push(Event { at_us: at, lat_us: at - t0 });
-                        }
-                    }
-                    Err(e) => {
-                        errors += 1;
-                        if errors <= 3 {
-                            eprintln!("  group send failed: {e}");
-                        }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            }
-            (ev, errors)
-        }));
-    }
-    let mut run = DeliveryRun { start_us, ..Default::default() };
-    for t in tasks {
-        let (ev, e) = t.await?;
-        run.acks.extend(ev);
-        run.errors += e;
-    }
+    let payload = o.payload;
+    let end = Instant::now() + o.total;
+    let (acks, errors) = closed_loop(&clients, o.window, end, "group send", move |c, t, k| {
+        let creator = creator.clone();
+        async move {
+            let req = SendGroupRequest {
+                group_id: "bench-group".into(),
+                message_id: format!("g-{t}-{k}"),
+                sender_user_id: creator,
+                sender_device_id: 1,
+                content_type: ContentType::Message as i32,
+                ttl_seconds: 0,
+                ciphertext: stamp(payload).into(),
+                per_device: vec![],
+            };
+            c.send_group(req).await.map(drop)
+        }
+    })
+    .await?;
+    let mut run = DeliveryRun { start_us, acks, errors, ..Default::default() };
     run.undelivered =
         drain(run.acks.len() as u64, &delivered, PROVIDERS.len() as u64, &stop, Duration::from_secs(30)).await;
     for rx in rxs {
@@ -431,6 +377,56 @@ pub async fn groups(cluster: &RouterCluster, o: &GroupOpts) -> anyhow::Result<De
         run.member_deliveries.extend(m);
     }
     Ok(run)
+}
+
+/// `window` tasks over `clients` (round robin), each issuing `op(client,
+/// task, k)` back to back until `end`: every success is an event (completion
+/// time, latency); failures are counted (the first 3 printed) and back off 20 ms.
+async fn closed_loop<F, Fut>(
+    clients: &[RouterClient],
+    window: usize,
+    end: Instant,
+    what: &'static str,
+    op: F,
+) -> anyhow::Result<(Vec<Event>, u64)>
+where
+    F: Fn(RouterClient, usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), router_sdk::SdkError>> + Send,
+{
+    let mut tasks = Vec::new();
+    for t in 0..window {
+        let (c, op) = (clients[t % clients.len()].clone(), op.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut ev, mut errors, mut k) = (Vec::new(), 0u64, 0u64);
+            while Instant::now() < end {
+                k += 1;
+                let t0 = now_us();
+                match op(c.clone(), t, k).await {
+                    Ok(()) => {
+                        let at = now_us();
+                        if ev.len() < MAX_EVENTS {
+                            ev.push(Event { at_us: at, lat_us: at - t0 });
+                        }
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        if errors <= 3 {
+                            eprintln!("  {what} failed: {e}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            (ev, errors)
+        }));
+    }
+    let (mut events, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (ev, e) = t.await?;
+        events.extend(ev);
+        errors += e;
+    }
+    Ok((events, errors))
 }
 
 async fn futures_join<F>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>

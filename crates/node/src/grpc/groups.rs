@@ -4,38 +4,13 @@
 use super::{status, validate};
 use crate::ctx::Ctx;
 use crate::identity::provider_of;
-use router_core::{Command, GroupId, GroupSend, Outcome, Role, UserId};
+use router_core::{Command, Outcome, Role};
 use router_proto::v1::groups_server::Groups;
 use router_proto::v1::*;
 use tonic::{Request, Response, Status};
 
 pub struct GroupsService {
     pub ctx: Ctx,
-}
-
-fn group_id(s: &str) -> Result<GroupId, Status> {
-    if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(status::invalid_field(
-            "group_id",
-            "BAD_CHARACTERS",
-            "group_id must be 1..=64 bytes of printable ASCII",
-        ));
-    }
-    Ok(GroupId::new(s))
-}
-
-fn members(field: &str, list: Vec<GroupMember>, ctx: &Ctx) -> Result<Vec<(UserId, Role)>, Status> {
-    let mut out = Vec::with_capacity(list.len());
-    for (i, m) in list.into_iter().enumerate() {
-        let user = validate::user_id(&format!("{field}[{i}].user_id"), &m.user_id, &ctx.limits)?;
-        let role = match GroupRole::try_from(m.role) {
-            Ok(GroupRole::Admin) => Role::Admin,
-            Ok(GroupRole::Member) | Ok(GroupRole::Unspecified) => Role::Member,
-            Err(_) => return Err(status::invalid_field(format!("{field}[{i}].role"), "OUT_OF_RANGE", "unknown role")),
-        };
-        out.push((user, role));
-    }
-    Ok(out)
 }
 
 fn epoch(outcome: Outcome) -> Result<Response<GroupEpochResponse>, Status> {
@@ -50,18 +25,18 @@ impl Groups for GroupsService {
     async fn create_group(&self, req: Request<CreateGroupRequest>) -> Result<Response<GroupEpochResponse>, Status> {
         let provider = provider_of(&req)?;
         let r = req.into_inner();
-        let group = group_id(&r.group_id)?;
+        let group = validate::group_id(&r.group_id)?;
         let creator = validate::user_id("creator_user_id", &r.creator_user_id, &self.ctx.limits)?;
-        let members = members("members", r.members, &self.ctx)?;
+        let members = validate::group_members("members", r.members, &self.ctx.limits)?;
         epoch(self.ctx.write(Command::CreateGroup { provider, creator, group, members }).await?)
     }
 
     async fn update_group(&self, req: Request<UpdateGroupRequest>) -> Result<Response<GroupEpochResponse>, Status> {
         let provider = provider_of(&req)?;
         let r = req.into_inner();
-        let group = group_id(&r.group_id)?;
+        let group = validate::group_id(&r.group_id)?;
         let actor = validate::user_id("actor_user_id", &r.actor_user_id, &self.ctx.limits)?;
-        let set = members("set", r.set, &self.ctx)?;
+        let set = validate::group_members("set", r.set, &self.ctx.limits)?;
         let remove = r
             .remove_user_ids
             .iter()
@@ -77,7 +52,7 @@ impl Groups for GroupsService {
     async fn get_group(&self, req: Request<GetGroupRequest>) -> Result<Response<GroupInfo>, Status> {
         let provider = provider_of(&req)?;
         self.ctx.require_onboarded(&provider).await?;
-        let group = group_id(&req.get_ref().group_id)?;
+        let group = validate::group_id(&req.get_ref().group_id)?;
         let info = self.ctx.read(|s| {
             s.groups.get(&group).map(|g| GroupInfo {
                 group_id: g.id.0.clone(),
@@ -102,44 +77,8 @@ impl Groups for GroupsService {
     async fn send_group(&self, req: Request<SendGroupRequest>) -> Result<Response<SendGroupResponse>, Status> {
         let sender = provider_of(&req)?;
         let r = req.into_inner();
-        let limits = &self.ctx.limits;
-        let group = group_id(&r.group_id)?;
-        let message_id = validate::message_id(&r.message_id, limits)?;
-        let sender_user = validate::user_id("sender_user_id", &r.sender_user_id, limits)?;
-        let sender_device = validate::device_id("sender_device_id", r.sender_device_id)?;
-        let content_type = validate::content_type(r.content_type)?;
-        let ttl_ms = validate::ttl_ms(r.ttl_seconds, limits)?;
-        if r.ciphertext.is_empty() {
-            return Err(status::invalid_field("ciphertext", "EMPTY", "ciphertext is empty"));
-        }
-        let total = r.ciphertext.len()
-            + r.per_device.iter().map(|p| p.part.as_ref().map_or(0, |p| p.ciphertext.len())).sum::<usize>();
-        if total > limits.max_envelope_bytes {
-            return Err(status::over_limit("ciphertext", limits.max_envelope_bytes as u64, total as u64));
-        }
-        let mut per_device = Vec::with_capacity(r.per_device.len());
-        for (i, p) in r.per_device.into_iter().enumerate() {
-            let user = validate::user_id(&format!("per_device[{i}].user_id"), &p.user_id, limits)?;
-            let part = p
-                .part
-                .ok_or_else(|| status::invalid_field(format!("per_device[{i}].part"), "EMPTY", "part is required"))?;
-            let parsed = validate::parts(vec![part], limits).map_err(|_| {
-                status::invalid_field(format!("per_device[{i}].part"), "BAD_PART", "malformed device part")
-            })?;
-            per_device.extend(parsed.into_iter().map(|p| (user.clone(), p)));
-        }
-        let send = GroupSend {
-            sender,
-            sender_user,
-            sender_device,
-            group,
-            message_id,
-            content_type,
-            ttl_ms,
-            ciphertext: r.ciphertext,
-            per_device,
-            traceparent: crate::telemetry::current_traceparent(),
-        };
+        let mut send = validate::group_send(sender, r, &self.ctx.limits)?;
+        send.traceparent = crate::telemetry::current_traceparent();
         match self.ctx.write(Command::SendGroup(send)).await? {
             Outcome::GroupSent { group_seq, epoch, accepted_at_ms } => {
                 Ok(Response::new(SendGroupResponse { group_seq, epoch, accepted_at_ms }))

@@ -31,43 +31,10 @@ impl Messaging for MessagingService {
     async fn send(&self, req: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
         let sender = provider_of(&req)?;
         let r = req.into_inner();
-        let limits = &self.ctx.limits;
-        let message_id = validate::message_id(&r.message_id, limits)?;
-        tracing::Span::current().record("provider", sender.as_str()).record("msg_id", message_id.as_str());
-        let recipient = validate::user_id("recipient_user_id", &r.recipient_user_id, limits)?;
-        let content_type = validate::content_type(r.content_type)?;
-        let ttl_ms = if content_type.is_ephemeral() {
-            crate::ephemeral::ttl_ms(r.ttl_seconds)
-        } else {
-            validate::ttl_ms(r.ttl_seconds, limits)?
-        };
-        let (sender_user, sender_device) = match (r.sender_user_id.as_str(), r.sender_device_id) {
-            ("", 0) => (None, None),
-            ("", _) => {
-                return Err(status::invalid_field(
-                    "sender_device_id",
-                    "UNEXPECTED",
-                    "sender_device_id is set without sender_user_id",
-                ));
-            }
-            (user, device) => (
-                Some(validate::user_id("sender_user_id", user, limits)?),
-                Some(validate::device_id("sender_device_id", device)?),
-            ),
-        };
-        let parts = validate::parts(r.parts, limits)?;
-        let env = SendEnvelope {
-            sender,
-            sender_user,
-            sender_device,
-            message_id,
-            recipient,
-            content_type,
-            ttl_ms,
-            parts,
-            traceparent: crate::telemetry::current_traceparent(),
-        };
-        if content_type.is_ephemeral() {
+        let mut env = validate::send_envelope(sender, r, &self.ctx.limits)?;
+        tracing::Span::current().record("provider", env.sender.as_str()).record("msg_id", env.message_id.as_str());
+        env.traceparent = crate::telemetry::current_traceparent();
+        if env.content_type.is_ephemeral() {
             return send_ephemeral(&self.ctx, env).await.map(Response::new);
         }
         match self.ctx.write(Command::Send(env)).await? {

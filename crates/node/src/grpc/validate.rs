@@ -5,7 +5,8 @@
 use super::status::{invalid_field, over_limit};
 use crate::config::EdgeLimits;
 use router_core::{
-    ContentType, DeviceId, DevicePart, MessageId, OneTimePrekey, PrekeyUpload, RegistrationId, SignedPrekey, UserId,
+    ContentType, DeviceId, DevicePart, GroupId, GroupSend, MessageId, OneTimePrekey, PrekeyUpload, ProviderId,
+    RegistrationId, Role, SendEnvelope, SignedPrekey, UserId,
 };
 use router_prekeys::{IdentityKey, check_ec_public_key, check_kyber_public_key};
 use router_proto::v1;
@@ -173,4 +174,106 @@ pub fn upload(req: v1::UploadPrekeysRequest, limits: &EdgeLimits) -> Result<Prek
     }
     let kyber_last_resort = req.kyber_last_resort.map(|k| kyber("kyber_last_resort".into(), k)).transpose()?;
     Ok(PrekeyUpload { identity_key: req.identity_key, signed_prekey, one_time, kyber_one_time, kyber_last_resort })
+}
+
+/// A `Send` request as the envelope the log would hold (no trace context:
+/// the handler adds its own). Ephemeral content types get their fixed TTL.
+pub fn send_envelope(sender: ProviderId, r: v1::SendRequest, limits: &EdgeLimits) -> Result<SendEnvelope, Status> {
+    let message_id = message_id(&r.message_id, limits)?;
+    let recipient = user_id("recipient_user_id", &r.recipient_user_id, limits)?;
+    let content_type = content_type(r.content_type)?;
+    let ttl_ms = if content_type.is_ephemeral() {
+        crate::ephemeral::ttl_ms(r.ttl_seconds)
+    } else {
+        ttl_ms(r.ttl_seconds, limits)?
+    };
+    let (sender_user, sender_device) = match (r.sender_user_id.as_str(), r.sender_device_id) {
+        ("", 0) => (None, None),
+        ("", _) => {
+            return Err(invalid_field(
+                "sender_device_id",
+                "UNEXPECTED",
+                "sender_device_id is set without sender_user_id",
+            ));
+        }
+        (user, device) => {
+            (Some(user_id("sender_user_id", user, limits)?), Some(device_id("sender_device_id", device)?))
+        }
+    };
+    let parts = parts(r.parts, limits)?;
+    Ok(SendEnvelope {
+        sender,
+        sender_user,
+        sender_device,
+        message_id,
+        recipient,
+        content_type,
+        ttl_ms,
+        parts,
+        traceparent: None,
+    })
+}
+
+/// A `SendGroup` request as the group send the log would hold (no trace context).
+pub fn group_send(sender: ProviderId, r: v1::SendGroupRequest, limits: &EdgeLimits) -> Result<GroupSend, Status> {
+    let group = group_id(&r.group_id)?;
+    let message_id = message_id(&r.message_id, limits)?;
+    let sender_user = user_id("sender_user_id", &r.sender_user_id, limits)?;
+    let sender_device = device_id("sender_device_id", r.sender_device_id)?;
+    let content_type = content_type(r.content_type)?;
+    let ttl_ms = ttl_ms(r.ttl_seconds, limits)?;
+    if r.ciphertext.is_empty() {
+        return Err(invalid_field("ciphertext", "EMPTY", "ciphertext is empty"));
+    }
+    let total = r.ciphertext.len()
+        + r.per_device.iter().map(|p| p.part.as_ref().map_or(0, |p| p.ciphertext.len())).sum::<usize>();
+    if total > limits.max_envelope_bytes {
+        return Err(over_limit("ciphertext", limits.max_envelope_bytes as u64, total as u64));
+    }
+    let mut per_device = Vec::with_capacity(r.per_device.len());
+    for (i, p) in r.per_device.into_iter().enumerate() {
+        let user = user_id(&format!("per_device[{i}].user_id"), &p.user_id, limits)?;
+        let part = p.part.ok_or_else(|| invalid_field(format!("per_device[{i}].part"), "EMPTY", "part is required"))?;
+        let parsed = parts(vec![part], limits)
+            .map_err(|_| invalid_field(format!("per_device[{i}].part"), "BAD_PART", "malformed device part"))?;
+        per_device.extend(parsed.into_iter().map(|p| (user.clone(), p)));
+    }
+    Ok(GroupSend {
+        sender,
+        sender_user,
+        sender_device,
+        group,
+        message_id,
+        content_type,
+        ttl_ms,
+        ciphertext: r.ciphertext,
+        per_device,
+        traceparent: None,
+    })
+}
+
+pub fn group_id(s: &str) -> Result<GroupId, Status> {
+    if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid_field("group_id", "BAD_CHARACTERS", "group_id must be 1..=64 bytes of printable ASCII"));
+    }
+    Ok(GroupId::new(s))
+}
+
+/// Group members with their roles; an unspecified role is a plain member.
+pub fn group_members(
+    field: &str,
+    list: Vec<v1::GroupMember>,
+    limits: &EdgeLimits,
+) -> Result<Vec<(UserId, Role)>, Status> {
+    let mut out = Vec::with_capacity(list.len());
+    for (i, m) in list.into_iter().enumerate() {
+        let user = user_id(&format!("{field}[{i}].user_id"), &m.user_id, limits)?;
+        let role = match v1::GroupRole::try_from(m.role) {
+            Ok(v1::GroupRole::Admin) => Role::Admin,
+            Ok(v1::GroupRole::Member) | Ok(v1::GroupRole::Unspecified) => Role::Member,
+            Err(_) => return Err(invalid_field(format!("{field}[{i}].role"), "OUT_OF_RANGE", "unknown role")),
+        };
+        out.push((user, role));
+    }
+    Ok(out)
 }

@@ -49,6 +49,7 @@
 //! replayed session start is refused.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use libsignal_protocol::{
@@ -123,6 +124,35 @@ impl std::fmt::Debug for SledProtocolStore {
     }
 }
 
+/// How long [`open_db`] waits for a just-dropped handle to release the
+/// database's file lock.
+const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens the sled database in `dir`.
+///
+/// No background flusher: every mutating call flushes before it returns, so
+/// a timer flush would add nothing. A store dropped a moment ago in this
+/// process may still hold the file lock while sled's I/O threads finish with
+/// it, so a lock held elsewhere is retried for [`LOCK_RELEASE_WAIT`] before
+/// the error is returned.
+fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = Instant::now() + LOCK_RELEASE_WAIT;
+    loop {
+        match sled::Config::new().path(dir).flush_every_ms(None).open() {
+            Err(sled::Error::Io(e)) if is_lock_held(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// sled reports a lock held by another handle as an `Other` I/O error
+/// wrapping the `WouldBlock` from `flock`.
+fn is_lock_held(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
+}
+
 impl SledProtocolStore {
     /// Opens (creating if needed) the store in `dir` for `identity`.
     ///
@@ -130,7 +160,7 @@ impl SledProtocolStore {
     /// must pass the same ones, otherwise this fails with
     /// [`StoreError::IdentityMismatch`] rather than replace the identity.
     pub fn open(dir: &Path, identity: IdentityKeyPair, registration_id: u32) -> Result<Self, StoreError> {
-        let db = sled::open(dir)?;
+        let db = open_db(dir)?;
         let meta = db.open_tree(TREE_META)?;
         match read_identity(&meta)? {
             Some((stored, stored_registration_id)) => {
@@ -153,7 +183,7 @@ impl SledProtocolStore {
     /// Reopens a store created by [`open`](Self::open), reading the identity
     /// from the database; [`StoreError::NotInitialized`] if there is none.
     pub fn open_existing(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::open(dir)?;
+        let db = open_db(dir)?;
         let meta = db.open_tree(TREE_META)?;
         let (identity, registration_id) = read_identity(&meta)?.ok_or(StoreError::NotInitialized)?;
         Self::with_identity(db, identity, registration_id)

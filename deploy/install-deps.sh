@@ -18,6 +18,13 @@ for flag in "$@"; do
             command -v tc >/dev/null 2>&1 || need+=(iproute2)
             command -v iptables >/dev/null 2>&1 || need+=(iptables)
             ;;
+        # mkfs.ext4, mount, unshare for the chaos power-loss profile
+        # (deploy/chaos.sh --profile power-loss).
+        --with-diskfaults)
+            command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
+            command -v mount >/dev/null 2>&1 || need+=(mount)
+            command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+            ;;
         *) echo "install-deps: unknown flag $flag" >&2; exit 2 ;;
     esac
 done

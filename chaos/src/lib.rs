@@ -10,7 +10,8 @@
 //! The binary `chaos`: real `routerd` processes on 127.0.0.1 (3 and 5 nodes,
 //! from `routerd init-dev` configs) under a recorded provider workload, with
 //! kill -9 of the leader or a follower, SIGSTOP/SIGCONT of the leader, a
-//! rolling restart and a wiped data directory; the history is checked offline
+//! rolling restart, a wiped data directory, partitions and slow links, and
+//! power cuts that lose unsynced writes; the history is checked offline
 //! and reported (JSON and a table). `deploy/chaos.sh` builds and runs it.
 //!
 //! # What it must not do
@@ -27,6 +28,8 @@
 //! - [`traffic`]: the sending and the receiving provider.
 //! - [`report`]: counts, timings and checks.
 //! - [`procs`]: routerd processes started, signalled and stopped by PID; disk wipes.
+//! - [`netfault`]: partitions and slow links (iptables, tc) inside the run's network namespace.
+//! - [`diskfault`]: per-node loop-mounted filesystems and power cuts that lose unsynced writes.
 //! - [`history`]: operations with start/end and outcome ok / failed / unknown.
 //! - [`workload`]: senders, receiver and prekey claimer of the `chaos` binary.
 //! - [`checker`]: the invariants checked over a history.
@@ -34,6 +37,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod diskfault;
 pub mod docker;
 pub mod history;
 pub mod layout;

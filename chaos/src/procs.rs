@@ -6,8 +6,10 @@
 //! the cluster is dropped, so an error or panic leaves nothing running.
 
 use crate::cluster::ClusterView;
+use crate::diskfault::{LoopDisk, PowerCutLoss};
 use anyhow::{Context, Result, bail};
 use router_sdk::admin::AdminConnector;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,6 +45,9 @@ pub struct ProcCluster {
     routerd: PathBuf,
     procs: Vec<Proc>,
     rust_log: String,
+    /// Per-node filesystems for power-loss faults ([`ProcCluster::use_loop_disks`]).
+    /// Declared last: dropped (unmounted) after `Drop` killed the processes.
+    disks: BTreeMap<u64, LoopDisk>,
 }
 
 /// One signal to one PID, through the `kill` utility (no libc binding needed).
@@ -83,6 +88,7 @@ impl ProcCluster {
             routerd: routerd.to_path_buf(),
             procs,
             rust_log: rust_log.into(),
+            disks: BTreeMap::new(),
         })
     }
 
@@ -216,6 +222,29 @@ impl ProcCluster {
         }
         std::fs::create_dir_all(&p.data_dir)?;
         Ok(())
+    }
+
+    /// Puts every node's data directory on its own loop-mounted ext4
+    /// filesystem (image `disk-<id>.img` in the cluster directory), so that
+    /// [`power_cut`](Self::power_cut) can roll it back. Before any start.
+    pub fn use_loop_disks(&mut self) -> Result<()> {
+        for p in &self.procs {
+            if p.child.is_some() {
+                bail!("node {} is running: loop disks go under a node before it starts", p.id);
+            }
+            let image = self.dir.join(format!("disk-{}.img", p.id));
+            self.disks.insert(p.id, LoopDisk::create(&image, &p.data_dir)?);
+        }
+        Ok(())
+    }
+
+    /// Loses the unsynced writes of node `id`, which must be down (SIGKILLed):
+    /// its data directory comes back as its disk holds it.
+    pub fn power_cut(&mut self, id: u64) -> Result<PowerCutLoss> {
+        if self.pid(id).is_some() {
+            bail!("node {id} must be down before its power is cut");
+        }
+        self.disks.get_mut(&id).with_context(|| format!("node {id} has no loop disk"))?.power_cut()
     }
 
     /// Graceful stop of everything still running (bounded), SIGKILL as the fallback.

@@ -37,12 +37,23 @@ pub enum Fault {
     OneWayLeaderOut,
     /// Every node's peer port rate-limited (a slow, congested network).
     SlowLinks,
+    /// The leader loses power: SIGKILL, and its disk keeps only what reached
+    /// it (unsynced writes lost, `diskfault`).
+    PowerLossLeader,
+    /// Every node loses power at once, as a data centre outage: nothing but
+    /// fsynced data survives anywhere.
+    PowerLossAll,
 }
 
 impl Fault {
     /// Needs iptables/tc in a private network namespace (`netfault`).
     pub fn is_network(self) -> bool {
         matches!(self, Fault::PartitionLeader | Fault::PartitionMinority | Fault::OneWayLeaderOut | Fault::SlowLinks)
+    }
+
+    /// Needs root to loop-mount a filesystem per node (`diskfault`).
+    pub fn is_disk(self) -> bool {
+        matches!(self, Fault::PowerLossLeader | Fault::PowerLossAll)
     }
 }
 
@@ -59,6 +70,8 @@ impl Fault {
             Fault::PartitionMinority => "partition-minority",
             Fault::OneWayLeaderOut => "one-way-leader-out",
             Fault::SlowLinks => "slow-links",
+            Fault::PowerLossLeader => "power-loss-leader",
+            Fault::PowerLossAll => "power-loss-all",
         }
     }
 }
@@ -183,8 +196,14 @@ async fn run_inner(
         crate::netfault::require_private_netns()?;
         crate::netfault::heal()?;
     }
+    if spec.fault.is_disk() {
+        crate::diskfault::require_root_and_tools()?;
+    }
     let c = slot.insert(ProcCluster::prepare(initial, &sdir, spec.nodes, base, "warn,openraft=error")?);
     c.own_gids = spec.fault.is_network();
+    if spec.fault.is_disk() {
+        c.use_loop_disks()?;
+    }
     let ids = c.ids();
     for &id in &ids {
         c.start(id)?;
@@ -410,6 +429,36 @@ async fn inject_and_heal(
                     Err(e) => liveness(&mut res.violations, format!("wiped node {victim} does not serve Resolve: {e}")),
                 }
             }
+        }
+        Fault::PowerLossLeader | Fault::PowerLossAll => {
+            let victims = if spec.fault == Fault::PowerLossAll { ids.clone() } else { vec![leader] };
+            // Every victim dies before any disk is touched: one instant for all.
+            for &v in &victims {
+                c.kill9(v)?;
+            }
+            first = rec.fault(
+                (victims.len() == 1).then_some(leader),
+                format!("power cut: SIGKILL of node(s) {victims:?} (leader was node {leader})"),
+            );
+            for &v in &victims {
+                let loss = c.power_cut(v)?;
+                rec.fault(Some(v), format!("node {v} disk rolled back to what reached it: {loss}"));
+                res.notes.push(format!("power cut, node {v}: {loss}"));
+            }
+            let survivors: Vec<u64> = ids.iter().copied().filter(|i| !victims.contains(i)).collect();
+            if !survivors.is_empty() {
+                match view.wait_for_leader(&survivors, &ids, Duration::from_secs(30)).await {
+                    Ok(l) => {
+                        res.notes.push(format!("leader among survivors: node {l} after {} ms", rec.now_ms() - first))
+                    }
+                    Err(e) => liveness(&mut res.violations, format!("survivors elected no leader: {e:#}")),
+                }
+            }
+            tokio::time::sleep(spec.down).await;
+            for &v in &victims {
+                c.start(v)?;
+            }
+            last = rec.fault(None, format!("power back: node(s) {victims:?} started on their rolled-back disks"));
         }
         Fault::PauseLeader => {
             c.pause(leader)?;

@@ -11,7 +11,8 @@
 //! used wherever libsignal's `InMemSignalProtocolStore` is.
 //!
 //! # Durability
-//! Every mutating call flushes the database (`Db::flush`) before it returns.
+//! Every mutating call flushes the database (`Db::flush`, then an fdatasync
+//! of sled's files, `router_sled_durable`) before it returns.
 //! A ratchet step that is lost after its message was sent breaks the session
 //! (the peer has moved on, we have not), and a one-time prekey that comes
 //! back after a crash could be used twice; so nothing is acknowledged to
@@ -49,6 +50,7 @@
 //! replayed session start is refused.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -58,6 +60,7 @@ use libsignal_protocol::{
     ProtocolAddress, ProtocolStore, PublicKey, SenderKeyRecord, SenderKeyStore, SessionRecord, SessionStore,
     SignalProtocolError, SignedPreKeyId, SignedPreKeyRecord, SignedPreKeyStore,
 };
+use router_sled_durable::FileSync;
 use sled::Transactional as _;
 use uuid::Uuid;
 
@@ -102,6 +105,8 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct SledProtocolStore {
     db: sled::Db,
+    /// Makes a sled flush survive a power cut (sled alone does not).
+    files: Arc<FileSync>,
     identity: IdentityKeyPair,
     registration_id: u32,
     identities: sled::Tree,
@@ -177,7 +182,7 @@ impl SledProtocolStore {
                 db.flush()?;
             }
         }
-        Self::with_identity(db, identity, registration_id)
+        Self::with_identity(db, dir, identity, registration_id)
     }
 
     /// Reopens a store created by [`open`](Self::open), reading the identity
@@ -186,11 +191,17 @@ impl SledProtocolStore {
         let db = open_db(dir)?;
         let meta = db.open_tree(TREE_META)?;
         let (identity, registration_id) = read_identity(&meta)?.ok_or(StoreError::NotInitialized)?;
-        Self::with_identity(db, identity, registration_id)
+        Self::with_identity(db, dir, identity, registration_id)
     }
 
-    fn with_identity(db: sled::Db, identity: IdentityKeyPair, registration_id: u32) -> Result<Self, StoreError> {
+    fn with_identity(
+        db: sled::Db,
+        dir: &Path,
+        identity: IdentityKeyPair,
+        registration_id: u32,
+    ) -> Result<Self, StoreError> {
         Ok(Self {
+            files: Arc::new(FileSync::open(dir).map_err(sled::Error::Io)?),
             identities: db.open_tree(TREE_IDENTITIES)?,
             prekeys: db.open_tree(TREE_PREKEYS)?,
             signed_prekeys: db.open_tree(TREE_SIGNED_PREKEYS)?,
@@ -238,7 +249,7 @@ impl SledProtocolStore {
                     sled::Error::ReportableBug("unexpected transaction abort".into())
                 }
             })?;
-        self.db.flush()?;
+        self.durable_flush()?;
         Ok(())
     }
 
@@ -246,7 +257,7 @@ impl SledProtocolStore {
     /// stale or gone). Deleting a session that does not exist is not an error.
     pub fn delete_session(&mut self, address: &ProtocolAddress) -> Result<(), StoreError> {
         self.sessions.remove(address_key(address))?;
-        self.db.flush()?;
+        self.durable_flush()?;
         Ok(())
     }
 
@@ -263,13 +274,20 @@ impl SledProtocolStore {
 
     /// Flushes the database; every mutating call already does this.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.durable_flush()?;
         Ok(())
+    }
+
+    /// sled's flush, then an fdatasync of its files: only then is a write
+    /// on the disk (see `router_sled_durable`).
+    fn durable_flush(&self) -> Result<(), sled::Error> {
+        self.db.flush()?;
+        self.files.sync().map_err(sled::Error::Io)
     }
 
     /// Flushes, mapping a failure to the error type the libsignal traits use.
     fn flush_for(&self, op: &'static str) -> Result<(), SignalProtocolError> {
-        self.db.flush().map(drop).map_err(sled_err(op))
+        self.durable_flush().map_err(sled_err(op))
     }
 }
 

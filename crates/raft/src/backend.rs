@@ -2,7 +2,9 @@
 //! barrier ([`Backend::flush`]).
 //!
 //! Two implementations:
-//! - [`SledBackend`]: on disk, one sled database per node; `flush` is an fsync.
+//! - [`SledBackend`]: on disk, one sled database per node; `flush` is sled's
+//!   flush followed by an fdatasync of its files (`router_sled_durable`
+//!   says why sled's own flush is not enough).
 //! - [`MemBackend`]: in memory, for tests and the deterministic simulation. It
 //!   keeps what was flushed apart from what was only written, so a simulated
 //!   power cut ([`MemBackend::crash`]) loses exactly the unsynced writes.
@@ -20,6 +22,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use openraft::{ErrorSubject, ErrorVerb};
+use router_sled_durable::FileSync;
 
 use crate::codec::io_error;
 use crate::types::StorageError;
@@ -60,6 +63,8 @@ impl Tree {
 pub enum BackendError {
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    #[error("fsync: {0}")]
+    Fsync(#[from] std::io::Error),
 }
 
 /// Ordered byte trees with a durability barrier.
@@ -81,10 +86,12 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn flush(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
 }
 
-/// A sled database on disk. `flush` fsyncs sled's log, which covers all trees.
+/// A sled database on disk. `flush` makes sled's log (all trees) and its
+/// blob files durable.
 #[derive(Clone, Debug)]
 pub struct SledBackend {
     db: sled::Db,
+    files: Arc<FileSync>,
     log: sled::Tree,
     meta: sled::Tree,
     snapshot: sled::Tree,
@@ -104,7 +111,8 @@ impl SledBackend {
         let log = db.open_tree(Tree::Log.name()).map_err(|e| fail(&e, "open sled tree \"log\""))?;
         let meta = db.open_tree(Tree::Meta.name()).map_err(|e| fail(&e, "open sled tree \"meta\""))?;
         let snapshot = db.open_tree(Tree::Snapshot.name()).map_err(|e| fail(&e, "open sled tree \"snapshot\""))?;
-        Ok(SledBackend { db, log, meta, snapshot })
+        let files = FileSync::open(dir).map_err(|e| fail(&sled::Error::Io(e), "sync sled's files"))?;
+        Ok(SledBackend { db, files: Arc::new(files), log, meta, snapshot })
     }
 
     fn tree(&self, tree: Tree) -> &sled::Tree {
@@ -172,6 +180,10 @@ impl Backend for SledBackend {
 
     async fn flush(&self) -> Result<(), BackendError> {
         self.db.flush_async().await?;
+        let files = Arc::clone(&self.files);
+        tokio::task::spawn_blocking(move || files.sync())
+            .await
+            .map_err(|e| std::io::Error::other(format!("fsync task: {e}")))??;
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! names the key it touches (provider, user or mailbox), so that the log can
 //! later be partitioned by key.
 
+use crate::federation::{ClusterId, PeerStatus, RelayedItem};
 use crate::ids::{ContentType, DeviceId, MessageId, ProviderId, RegistrationId, Seq, UserId};
 use crate::keys::{OneTimePrekey, SignedPrekey};
 use crate::limits::Limits;
@@ -104,6 +105,41 @@ pub enum Command {
         remove: Vec<UserId>,
     },
     SendGroup(crate::group::GroupSend),
+    /// Operator: register a federation peer, or update its endpoints, CA and providers.
+    RegisterPeer {
+        peer: ClusterId,
+        endpoints: Vec<String>,
+        ca_pem: String,
+        providers: Vec<ProviderId>,
+    },
+    /// Operator: the peer's suspend switch.
+    SetPeerStatus {
+        peer: ClusterId,
+        status: PeerStatus,
+    },
+    /// Operator: forget a peer; refused while its outbound queue holds entries.
+    RemovePeer {
+        peer: ClusterId,
+    },
+    /// A provider's 1:1 send to a user that `peer` serves (resolved there as a
+    /// user of `recipient_provider`): queued for relay.
+    RelaySend {
+        peer: ClusterId,
+        recipient_provider: ProviderId,
+        envelope: SendEnvelope,
+    },
+    /// Items `origin` relayed from its outbound queue, to store here.
+    AcceptRelayed {
+        origin: ClusterId,
+        items: Vec<RelayedItem>,
+    },
+    /// `peer` answered for entries of its outbound queue: stored there
+    /// (`delivered`) or refused with (reason, detail).
+    RelayAcked {
+        peer: ClusterId,
+        delivered: Vec<Seq>,
+        refused: Vec<(Seq, String, String)>,
+    },
 }
 
 impl Command {
@@ -125,7 +161,34 @@ impl Command {
             Command::Send(s) => Some(&s.sender),
             Command::CreateGroup { provider, .. } | Command::ChangeGroup { provider, .. } => Some(provider),
             Command::SendGroup(g) => Some(&g.sender),
+            Command::RelaySend { envelope, .. } => Some(&envelope.sender),
+            Command::RegisterPeer { .. }
+            | Command::SetPeerStatus { .. }
+            | Command::RemovePeer { .. }
+            | Command::AcceptRelayed { .. }
+            | Command::RelayAcked { .. } => None,
         }
+    }
+
+    /// Commands only builds that know federation can decode: a log entry
+    /// holding one is written in the newer format version (`router-raft`).
+    pub fn is_federation(&self) -> bool {
+        matches!(
+            self,
+            Command::RegisterPeer { .. }
+                | Command::SetPeerStatus { .. }
+                | Command::RemovePeer { .. }
+                | Command::RelaySend { .. }
+                | Command::AcceptRelayed { .. }
+                | Command::RelayAcked { .. }
+        )
+    }
+}
+
+impl Batch {
+    /// True if any command needs a federation-aware build ([`Command::is_federation`]).
+    pub fn has_federation(&self) -> bool {
+        self.commands.iter().any(Command::is_federation)
     }
 }
 

@@ -18,6 +18,7 @@
 //! across replicas.
 //!
 //! # Layout
+//! - `federation`: peer clusters, outbound relay queues, relayed items.
 //! - `group`: groups, roles, epochs and hub-ordered group messages.
 //! - `ids`: identifier newtypes and small value types.
 //! - `command`: [`Command`], [`Batch`] and their payloads.
@@ -29,6 +30,7 @@
 //! - `state`: [`State`] and `apply`.
 
 pub mod command;
+pub mod federation;
 pub mod group;
 pub mod ids;
 pub mod keys;
@@ -39,6 +41,7 @@ pub mod provider;
 pub mod state;
 
 pub use command::{Batch, Command, DevicePart, PrekeyUpload, SendEnvelope};
+pub use federation::{ClusterId, Federation, PeerRecord, PeerStatus, RelayedItem, RelayedKind, UndeliverableReason};
 pub use group::{GroupDelivery, GroupId, GroupRecord, GroupSend, Role};
 pub use ids::{ContentType, DeviceId, MessageId, ProviderId, RegistrationId, Seq, UserId};
 pub use keys::{Bundle, DeviceKeys, OneTimePrekey, SignedPrekey};

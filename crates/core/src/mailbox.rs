@@ -40,6 +40,21 @@ pub enum MailboxItem {
         one_time_remaining: u32,
         kyber_one_time_remaining: u32,
     },
+    /// In a peer's outbound queue (`federation`): an envelope of a local
+    /// provider to a user `recipient_provider` serves at that peer.
+    Outbound {
+        recipient_provider: ProviderId,
+        envelope: SendEnvelope,
+    },
+    /// An envelope of provider `to` will not be delivered (refused by the
+    /// owning cluster). In a peer's outbound queue, `to` is a provider of
+    /// that peer and the report travels back to it.
+    Undeliverable {
+        to: ProviderId,
+        message_id: MessageId,
+        recipient: UserId,
+        reason: crate::federation::UndeliverableReason,
+    },
 }
 
 impl Mailbox {

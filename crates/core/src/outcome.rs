@@ -37,6 +37,11 @@ pub enum Outcome {
         epoch: u64,
     },
     Rejected(Rejection),
+    /// Per relayed item, in order: `Sent` (stored, or stored before), `Done`
+    /// (a report delivered) or `Rejected`.
+    Relayed {
+        results: Vec<Outcome>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,9 +133,39 @@ pub enum Rejection {
     TooManyGroupMembers {
         limit: u32,
     },
+    /// No federation peer of that name is registered.
+    UnknownPeer {
+        peer: crate::federation::ClusterId,
+    },
+    /// The operator suspended the peer: nothing goes to or comes from it.
+    PeerSuspended {
+        peer: crate::federation::ClusterId,
+    },
+    /// The peer is not registered as serving this provider.
+    NotServedByPeer {
+        provider: ProviderId,
+        peer: crate::federation::ClusterId,
+    },
+    /// A peer is removed only once its outbound queue is empty.
+    PeerQueueNotEmpty {
+        peer: crate::federation::ClusterId,
+        depth: u64,
+    },
 }
 
 impl Rejection {
+    /// A refusal that may pass if the same command is retried later (a full
+    /// mailbox drains, a suspension is lifted); the others are final.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Rejection::MailboxFull { .. }
+                | Rejection::RateLimited { .. }
+                | Rejection::ProviderSuspended { .. }
+                | Rejection::PeerSuspended { .. }
+        )
+    }
+
     /// Stable machine-readable reason, used in error details and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -157,6 +192,10 @@ impl Rejection {
             Rejection::NotGroupMember { .. } => "NOT_GROUP_MEMBER",
             Rejection::NotGroupAdmin { .. } => "NOT_GROUP_ADMIN",
             Rejection::TooManyGroupMembers { .. } => "TOO_MANY_GROUP_MEMBERS",
+            Rejection::UnknownPeer { .. } => "UNKNOWN_PEER",
+            Rejection::PeerSuspended { .. } => "PEER_SUSPENDED",
+            Rejection::NotServedByPeer { .. } => "NOT_SERVED_BY_PEER",
+            Rejection::PeerQueueNotEmpty { .. } => "PEER_QUEUE_NOT_EMPTY",
         }
     }
 }

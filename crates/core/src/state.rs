@@ -39,6 +39,12 @@ pub struct State {
     claim_buckets: BTreeMap<(ProviderId, UserId), (u64, u64)>,
     /// Leader stamp of the last bucket pruning (once a minute of leader time).
     buckets_pruned_at_ms: u64,
+    /// Registered peer clusters. Skipped by serde: snapshots and backups
+    /// carry it as a trailing section, only when not empty (see
+    /// `router_raft::codec`), so the layout of a cluster that never
+    /// federated is the one older builds read.
+    #[serde(skip)]
+    pub federation: crate::federation::Federation,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +152,16 @@ impl State {
                 self.change_group(provider, actor, group, set, remove)
             }
             Command::SendGroup(g) => self.send_group(g),
+            Command::RegisterPeer { peer, endpoints, ca_pem, providers } => {
+                self.register_peer(peer, endpoints, ca_pem, providers)
+            }
+            Command::SetPeerStatus { peer, status } => self.set_peer_status(peer, *status),
+            Command::RemovePeer { peer } => self.remove_peer(peer),
+            Command::RelaySend { peer, recipient_provider, envelope } => {
+                self.relay_send(peer, recipient_provider, envelope)
+            }
+            Command::AcceptRelayed { origin, items } => self.accept_relayed(origin, items),
+            Command::RelayAcked { peer, delivered, refused } => self.relay_acked(peer, delivered, refused),
         };
         result.unwrap_or_else(Outcome::Rejected)
     }
@@ -599,6 +615,12 @@ impl State {
     /// its own user, the recipient exists, and the parts address exactly its
     /// devices. Returns the recipient's provider.
     pub fn route(&self, env: &SendEnvelope) -> Result<ProviderId, Rejection> {
+        self.check_sender_user(env)?;
+        self.route_recipient(env)
+    }
+
+    /// The sender names only its own user (or none: sealed sender).
+    pub fn check_sender_user(&self, env: &SendEnvelope) -> Result<(), Rejection> {
         if let Some(sender_user) = &env.sender_user {
             match self.users.get(sender_user) {
                 Some(u) if u.provider == env.sender => {}
@@ -606,6 +628,12 @@ impl State {
                 None => return Err(Rejection::UserNotFound { user: sender_user.clone() }),
             }
         }
+        Ok(())
+    }
+
+    /// The recipient is a local user and the parts address exactly its
+    /// devices; its provider.
+    fn route_recipient(&self, env: &SendEnvelope) -> Result<ProviderId, Rejection> {
         let rec =
             self.users.get(&env.recipient).ok_or_else(|| Rejection::UserNotFound { user: env.recipient.clone() })?;
         check_devices(rec, env)?;
@@ -624,7 +652,9 @@ impl State {
     }
 
     /// Removes every entry whose TTL passed. An expired message is reported
-    /// to its sender's mailbox: expiry is never silent (DESIGN §4).
+    /// to its sender's mailbox: expiry is never silent (DESIGN §4). The
+    /// sender of a relayed envelope is in another cluster: its report goes
+    /// back through that cluster's outbound queue.
     fn expire(&mut self) {
         let now = self.clock_ms;
         while let Some((at, _, _)) = self.expiry.first() {
@@ -635,17 +665,30 @@ impl State {
             let Some(entry) = self.mailboxes.get_mut(&owner).and_then(|m| m.entries.remove(&seq)) else {
                 continue;
             };
-            if let MailboxItem::Envelope(env) = entry.item {
-                let report = MailboxItem::Expired {
-                    message_id: env.message_id,
-                    recipient: env.recipient,
-                    recipient_provider: owner,
-                };
-                let expires = now.saturating_add(self.limits.report_ttl_ms);
-                let mb = self.mailboxes.entry(env.sender.clone()).or_default();
-                let seq = mb.push(now, expires, report);
-                self.expiry.insert((expires, env.sender, seq));
-            }
+            let (sender, message_id, recipient, recipient_provider) = match entry.item {
+                MailboxItem::Envelope(env) => (env.sender, env.message_id, env.recipient, owner),
+                MailboxItem::Outbound { recipient_provider, envelope } => {
+                    let peer = crate::federation::queue_peer(&owner).expect("outbound items live in peer queues");
+                    let at_peer = crate::federation::qualified(&recipient_provider, &peer);
+                    (envelope.sender, envelope.message_id, envelope.recipient, at_peer)
+                }
+                _ => continue,
+            };
+            let expires = now.saturating_add(self.limits.report_ttl_ms);
+            let (report_to, report) = match crate::federation::unqualified(&sender) {
+                Some((origin_provider, origin)) => (
+                    crate::federation::outbound_queue(&origin),
+                    MailboxItem::Undeliverable {
+                        to: origin_provider,
+                        message_id,
+                        recipient,
+                        reason: crate::federation::UndeliverableReason::Expired { recipient_provider },
+                    },
+                ),
+                None => (sender, MailboxItem::Expired { message_id, recipient, recipient_provider }),
+            };
+            let seq = self.mailboxes.entry(report_to.clone()).or_default().push(now, expires, report);
+            self.expiry.insert((expires, report_to, seq));
         }
     }
 
@@ -717,5 +760,6 @@ fn check_devices(rec: &UserRecord, env: &SendEnvelope) -> Result<(), Rejection> 
     }
 }
 
+mod federation;
 #[cfg(test)]
 mod tests;

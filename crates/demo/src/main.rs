@@ -71,6 +71,9 @@ async fn receive_one(m: &mut Provider) -> anyhow::Result<Received> {
         match tokio::time::timeout(Duration::from_secs(20), m.next()).await.context("timed out waiting")?? {
             Inbound::Message(r) => return Ok(r),
             Inbound::Expired { message_id, .. } => println!("  (expiry report for {message_id})"),
+            Inbound::Undeliverable { message_id, reason, .. } => {
+                println!("  (undeliverable report for {message_id}: {reason})")
+            }
             Inbound::Group(g) => println!("  (group message {} not part of this demo)", g.message_id),
         }
     }

@@ -69,6 +69,15 @@ pub enum Inbound {
         message_id: String,
         recipient_user: String,
     },
+    /// An envelope this provider sent to a user of a federated cluster was
+    /// refused there (`reason`, e.g. `DEVICE_MISMATCH`): it will not arrive.
+    Undeliverable {
+        seq: u64,
+        message_id: String,
+        recipient_user: String,
+        reason: String,
+        detail: String,
+    },
     /// A group message, decrypted with the sender's sender key for every
     /// local recipient device.
     Group(ReceivedGroup),
@@ -95,7 +104,7 @@ impl Inbound {
     pub fn seq(&self) -> u64 {
         match self {
             Inbound::Message(m) => m.seq,
-            Inbound::Expired { seq, .. } => *seq,
+            Inbound::Expired { seq, .. } | Inbound::Undeliverable { seq, .. } => *seq,
             Inbound::Group(g) => g.seq,
         }
     }
@@ -328,6 +337,13 @@ impl<S: ProtocolStore + SenderKeyStore> Messenger<S> {
             Some(mailbox_entry::Kind::Expired(r)) => {
                 Ok(Some(Inbound::Expired { seq, message_id: r.message_id, recipient_user: r.recipient_user_id }))
             }
+            Some(mailbox_entry::Kind::Undeliverable(r)) => Ok(Some(Inbound::Undeliverable {
+                seq,
+                message_id: r.message_id,
+                recipient_user: r.recipient_user_id,
+                reason: r.reason,
+                detail: r.detail,
+            })),
             // Group messages (sender keys) are not handled by this SDK yet:
             // they are passed through undecrypted.
             Some(mailbox_entry::Kind::Group(g)) => Ok(Some(Inbound::Group(self.open_group(seq, g)))),

@@ -268,6 +268,12 @@ pub fn command_kind(c: &Command) -> &'static str {
         Command::CreateGroup { .. } => "create_group",
         Command::ChangeGroup { .. } => "change_group",
         Command::SendGroup(_) => "send_group",
+        Command::RegisterPeer { .. } => "register_peer",
+        Command::SetPeerStatus { .. } => "set_peer_status",
+        Command::RemovePeer { .. } => "remove_peer",
+        Command::RelaySend { .. } => "relay_send",
+        Command::AcceptRelayed { .. } => "accept_relayed",
+        Command::RelayAcked { .. } => "relay_acked",
     }
 }
 

@@ -93,13 +93,39 @@ impl From<&core::MailboxEntry> for v1::MailboxEntry {
                     kyber_one_time_prekeys_remaining: *kyber_one_time_remaining,
                 })
             }
-            core::MailboxItem::Expired { message_id, recipient, recipient_provider } => {
-                v1::mailbox_entry::Kind::Expired(v1::ExpiryReport {
-                    message_id: message_id.0.clone(),
-                    recipient_user_id: recipient.0.clone(),
-                    recipient_provider_id: recipient_provider.0.clone(),
-                })
-            }
+            core::MailboxItem::Expired { message_id, recipient, recipient_provider }
+            | core::MailboxItem::Undeliverable {
+                message_id,
+                recipient,
+                reason: core::UndeliverableReason::Expired { recipient_provider },
+                ..
+            } => v1::mailbox_entry::Kind::Expired(v1::ExpiryReport {
+                message_id: message_id.0.clone(),
+                recipient_user_id: recipient.0.clone(),
+                recipient_provider_id: recipient_provider.0.clone(),
+            }),
+            core::MailboxItem::Undeliverable {
+                message_id,
+                recipient,
+                reason: core::UndeliverableReason::Refused { reason, detail },
+                ..
+            } => v1::mailbox_entry::Kind::Undeliverable(v1::UndeliverableReport {
+                message_id: message_id.0.clone(),
+                recipient_user_id: recipient.0.clone(),
+                reason: reason.clone(),
+                detail: detail.clone(),
+            }),
+            // Lives only in a peer's outbound queue, which no provider reads;
+            // shown as the envelope it carries.
+            core::MailboxItem::Outbound { envelope: env, .. } => v1::mailbox_entry::Kind::Envelope(v1::Envelope {
+                sender_provider_id: env.sender.0.clone(),
+                sender_user_id: env.sender_user.as_ref().map(|u| u.0.clone()).unwrap_or_default(),
+                message_id: env.message_id.0.clone(),
+                recipient_user_id: env.recipient.0.clone(),
+                content_type: v1::ContentType::from(env.content_type) as i32,
+                parts: env.parts.iter().map(Into::into).collect(),
+                sender_device_id: env.sender_device.unwrap_or(0),
+            }),
         };
         v1::MailboxEntry {
             seq: e.seq,

@@ -1,13 +1,22 @@
 //! How values are laid out on disk: one format-version byte, then bincode.
 //!
 //! ```text
-//!  [FORMAT_VERSION: u8][bincode(value)]
+//!  version 1 (BASE_FORMAT)   [1][bincode(value)]
+//!  version 2 (federation)    [2][bincode(value)]                       log entries holding a federation command
+//!                            [2][bincode(value)][bincode(section)]     snapshots of a state with federation peers
 //! ```
 //!
 //! Every stored value (log entries, vote, committed, purged id, snapshots)
-//! goes through [`encode`] / [`decode`]. A value written by a newer build is
-//! refused with [`FormatError::Newer`] instead of being misread: a rolled-back
-//! binary must stop, not diverge.
+//! goes through [`encode`] / [`decode`] (or their `_at` / `_with_section`
+//! forms). A value written by a newer build is refused with
+//! [`FormatError::Newer`] instead of being misread: a rolled-back binary must
+//! stop, not diverge.
+//!
+//! A value is written in the oldest format that can hold it: a cluster that
+//! never federated writes only version 1, which builds from before
+//! federation read, so they can run next to this one during a rolling
+//! upgrade. Registering a federation peer (the first version-2 write) is
+//! refused until every member reports `FORMAT_VERSION` (admin `Status`).
 
 use std::fmt::Display;
 
@@ -17,8 +26,11 @@ use serde::de::DeserializeOwned;
 
 use crate::types::{NodeId, StorageError};
 
-/// The layout this build writes, and the newest it can read.
-pub const FORMAT_VERSION: u8 = 1;
+/// The layout of values holding nothing federation added; what builds from
+/// before federation read and write.
+pub const BASE_FORMAT: u8 = 1;
+/// The newest layout this build reads and writes.
+pub const FORMAT_VERSION: u8 = 2;
 
 /// A stored value could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -36,20 +48,75 @@ pub enum FormatError {
     Bincode(#[from] bincode::Error),
 }
 
-/// Encodes `value` behind the current format version byte.
+/// Encodes `value` in the base format.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, FormatError> {
-    let mut buf = vec![FORMAT_VERSION];
+    encode_at(BASE_FORMAT, value)
+}
+
+/// Encodes `value` behind `version`: the caller knows the value needs it
+/// (a log entry with a federation command).
+pub fn encode_at<T: Serialize + ?Sized>(version: u8, value: &T) -> Result<Vec<u8>, FormatError> {
+    let mut buf = vec![version];
     bincode::serialize_into(&mut buf, value)?;
     Ok(buf)
 }
 
-/// Decodes a value written by [`encode`], refusing versions this build does not know.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FormatError> {
-    let (&version, body) = bytes.split_first().ok_or(FormatError::Empty)?;
+/// Encodes `value` followed by `section` when there is one (version 2);
+/// without one, exactly what [`encode`] writes.
+pub fn encode_with_section<T: Serialize, S: Serialize>(value: &T, section: Option<&S>) -> Result<Vec<u8>, FormatError> {
+    let Some(section) = section else { return encode(value) };
+    let mut buf = encode_at(FORMAT_VERSION, value)?;
+    bincode::serialize_into(&mut buf, section)?;
+    Ok(buf)
+}
+
+fn check_version(version: u8) -> Result<(), FormatError> {
     match version {
-        FORMAT_VERSION => Ok(bincode::deserialize(body)?),
+        BASE_FORMAT..=FORMAT_VERSION => Ok(()),
         v if v > FORMAT_VERSION => Err(FormatError::Newer { found: v, supported: FORMAT_VERSION }),
         v => Err(FormatError::Unknown { found: v }),
+    }
+}
+
+/// Decodes a value written by [`encode`] or [`encode_at`], refusing versions
+/// this build does not know.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FormatError> {
+    let (&version, body) = bytes.split_first().ok_or(FormatError::Empty)?;
+    check_version(version)?;
+    Ok(bincode::deserialize(body)?)
+}
+
+/// Decodes what [`encode_with_section`] wrote: the value, and the section
+/// if the writer had one.
+pub fn decode_with_section<T: DeserializeOwned, S: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(T, Option<S>), FormatError> {
+    use bincode::Options as _;
+    let (&version, body) = bytes.split_first().ok_or(FormatError::Empty)?;
+    check_version(version)?;
+    // The options `bincode::serialize_into` writes with; one deserializer
+    // reads the value, then whatever follows it.
+    let options = bincode::DefaultOptions::new().with_fixint_encoding().allow_trailing_bytes();
+    let mut de = bincode::Deserializer::from_slice(body, options);
+    let value = T::deserialize(&mut de)?;
+    if version == BASE_FORMAT {
+        return Ok((value, None));
+    }
+    match S::deserialize(&mut de) {
+        Ok(section) => Ok((value, Some(section))),
+        // A version-2 value without a section (a log entry's layout).
+        Err(e) if matches!(*e, bincode::ErrorKind::Io(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof) => {
+            Ok((value, None))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The format a log entry is written in: federation commands need version 2.
+pub fn entry_format(entry: &openraft::Entry<crate::types::TypeConfig>) -> u8 {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(batch) if batch.has_federation() => FORMAT_VERSION,
+        _ => BASE_FORMAT,
     }
 }
 

@@ -43,7 +43,7 @@ pub mod state_machine;
 pub mod types;
 
 pub use backend::{Backend, BackendError, MemBackend, SledBackend, Tree};
-pub use codec::{FORMAT_VERSION, FormatError};
+pub use codec::{BASE_FORMAT, FORMAT_VERSION, FormatError, entry_format};
 pub use log_store::LogStore;
 pub use state_machine::StateMachineStore;
 pub use types::{

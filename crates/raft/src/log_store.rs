@@ -159,7 +159,7 @@ impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
     {
         for entry in entries {
             let log_id = *entry.get_log_id();
-            let bytes = codec::encode(&entry)
+            let bytes = codec::encode_at(codec::entry_format(&entry), &entry)
                 .map_err(|e| io_error(ErrorSubject::Log(log_id), ErrorVerb::Write, &e, "encode log entry"))?;
             self.backend
                 .insert(Tree::Log, &index_key(log_id.index), bytes)

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
-use router_core::{Outcome, State};
+use router_core::{Federation, Outcome, State};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -100,8 +100,13 @@ impl<B: Backend> std::fmt::Debug for StateMachineStore<B> {
     }
 }
 
+/// The state, and the federation section after it when the writer had peers.
 fn decode_payload(data: &[u8]) -> Result<SnapshotPayload, codec::FormatError> {
-    codec::decode(data)
+    let (mut payload, federation) = codec::decode_with_section::<SnapshotPayload, Federation>(data)?;
+    if let Some(federation) = federation {
+        payload.state.federation = federation;
+    }
+    Ok(payload)
 }
 
 impl<B: Backend> StateMachineStore<B> {
@@ -269,7 +274,8 @@ impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<B> {
                 membership: &applied.membership,
                 state: &state,
             };
-            let data = codec::encode(&payload).map_err(|e| {
+            let federation = (!state.federation.is_empty()).then_some(&state.federation);
+            let data = codec::encode_with_section(&payload, federation).map_err(|e| {
                 io_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, &e, "encode snapshot")
             })?;
             (meta, data)

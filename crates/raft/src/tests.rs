@@ -228,14 +228,15 @@ fn mem_crash_keeps_appended_log_but_not_later_unsynced_writes() {
 }
 
 fn bump_version(bytes: &mut [u8]) {
-    assert_eq!(bytes[0], crate::FORMAT_VERSION);
+    assert_eq!(bytes[0], crate::BASE_FORMAT, "nothing federated: the base format");
     bytes[0] = crate::FORMAT_VERSION + 1;
 }
 
 fn assert_newer_refused(result: Result<impl std::fmt::Debug, StorageError>) {
     let err = result.expect_err("newer format must be refused");
     let msg = format!("{err}");
-    assert!(msg.contains("format version 2") && msg.contains("newer"), "unclear error: {msg}");
+    let expected = format!("format version {}", crate::FORMAT_VERSION + 1);
+    assert!(msg.contains(&expected) && msg.contains("newer"), "unclear error: {msg}");
 }
 
 #[test]
@@ -273,6 +274,36 @@ fn newer_format_version_is_refused() {
 }
 
 #[test]
+fn codec_sections_and_formats() {
+    use crate::codec::{decode, decode_with_section, encode_at, encode_with_section};
+    // No section: exactly the base-format bytes older builds read.
+    let plain = encode_with_section::<u64, String>(&7, None).unwrap();
+    assert_eq!(plain, crate::codec::encode(&7u64).unwrap());
+    assert_eq!(plain[0], crate::BASE_FORMAT);
+    assert_eq!(decode_with_section::<u64, String>(&plain).unwrap(), (7, None));
+    // With a section: version 2, the value first, then the section.
+    let with = encode_with_section(&7u64, Some(&"peers".to_string())).unwrap();
+    assert_eq!(with[0], crate::FORMAT_VERSION);
+    assert_eq!(decode_with_section::<u64, String>(&with).unwrap(), (7, Some("peers".to_string())));
+    assert_eq!(decode::<u64>(&with).unwrap(), 7, "the value alone still decodes");
+    // Version 2 without a section (a log entry) decodes with none.
+    let entry = encode_at(crate::FORMAT_VERSION, &7u64).unwrap();
+    assert_eq!(decode_with_section::<u64, String>(&entry).unwrap(), (7, None));
+}
+
+#[test]
+fn a_federation_entry_is_written_in_the_newer_format_and_others_in_the_base_one() {
+    let entry = |commands| openraft::Entry::<crate::TypeConfig> {
+        log_id: log_id(1, 1),
+        payload: openraft::EntryPayload::Normal(router_core::Batch { stamp_ms: 1, commands }),
+    };
+    let plain = entry(vec![router_core::Command::AddProvider { provider: router_core::ProviderId::new("p") }]);
+    assert_eq!(crate::entry_format(&plain), crate::BASE_FORMAT);
+    let federated = entry(vec![router_core::Command::RemovePeer { peer: router_core::ClusterId::new("b") }]);
+    assert_eq!(crate::entry_format(&federated), crate::FORMAT_VERSION);
+}
+
+#[test]
 fn codec_rejects_empty_and_unknown() {
     assert!(matches!(crate::codec::decode::<u64>(&[]), Err(crate::FormatError::Empty)));
     assert!(matches!(crate::codec::decode::<u64>(&[0, 1]), Err(crate::FormatError::Unknown { found: 0 })));
@@ -297,11 +328,43 @@ fn a_snapshot_in_the_legacy_place_is_moved_and_older_builds_are_fenced_off() {
         assert!(backend.get(Tree::Snapshot, b"current").unwrap().is_some(), "moved to the snapshot tree");
         let marker = backend.get(Tree::Meta, b"snapshot").unwrap().unwrap();
         assert_eq!(marker, crate::state_machine::MOVED_MARKER);
-        // What an older build makes of the marker: a newer format, refused.
-        let err = crate::codec::decode::<super::types::SnapshotMeta>(&marker).unwrap_err();
-        assert!(matches!(err, crate::FormatError::Newer { found: 2, .. }), "{err}");
+        // Builds before the move read only the base format: to them the
+        // marker is a newer format, refused.
+        assert!(marker[0] > crate::BASE_FORMAT);
         // And it opens again from the new place.
         let (_log, sm) = open(backend).unwrap();
         assert_eq!(snapshot_of(&sm), expected);
+    });
+}
+
+#[test]
+fn federation_peers_survive_a_snapshot_and_plain_snapshots_keep_the_base_format() {
+    rt().block_on(async {
+        let backend = MemBackend::new();
+        let (_log, mut sm) = open(backend.clone()).unwrap();
+        apply_and_snapshot(&mut sm).await;
+        let plain = backend.get(Tree::Snapshot, b"current").unwrap().unwrap();
+        let stored: (crate::types::SnapshotMeta, Vec<u8>) = crate::codec::decode(&plain).unwrap();
+        assert_eq!(stored.1[0], crate::BASE_FORMAT, "a cluster that never federated writes the old layout");
+
+        let peer = router_core::ClusterId::new("eu-hub");
+        let register = Command::RegisterPeer {
+            peer: peer.clone(),
+            endpoints: vec!["127.0.0.1:9".into()],
+            ca_pem: "CA".into(),
+            providers: vec![ProviderId::new("beta")],
+        };
+        let entry = Entry {
+            log_id: log_id(2, 5),
+            payload: EntryPayload::Normal(Batch { stamp_ms: 5_000, commands: vec![register] }),
+        };
+        sm.apply(vec![entry]).await.unwrap();
+        let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        assert_eq!(snap.meta.last_log_id, Some(log_id(2, 5)));
+        let want = snapshot_of(&sm);
+        assert!(want.peer(&peer).is_some());
+
+        let (_log, restarted) = open(backend).unwrap();
+        assert_eq!(snapshot_of(&restarted), want, "the federation section came back with the state");
     });
 }

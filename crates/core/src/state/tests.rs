@@ -1720,3 +1720,205 @@ fn claim_token_bucket_saturates_instead_of_overflowing() {
     assert!(matches!(h.at(u64::MAX, claim(PA, "bob", None)), Outcome::Bundles { .. }));
     assert!(h.state.apply_batch(&Batch { stamp_ms: u64::MAX, commands: vec![] }).is_empty());
 }
+
+// ---------------------------------------------------------------- federation
+
+mod federation {
+    use super::*;
+    use crate::federation::{ClusterId, PeerStatus, RelayedItem, RelayedKind, UndeliverableReason, outbound_queue};
+
+    fn cid(s: &str) -> ClusterId {
+        ClusterId::new(s)
+    }
+
+    fn register_peer(peer: &str, providers: &[&str]) -> Command {
+        Command::RegisterPeer {
+            peer: cid(peer),
+            endpoints: vec!["127.0.0.1:1".into()],
+            ca_pem: "CA".into(),
+            providers: providers.iter().map(|p| pid(p)).collect(),
+        }
+    }
+
+    fn relay_send(peer: &str, recipient_provider: &str, env: SendEnvelope) -> Command {
+        Command::RelaySend { peer: cid(peer), recipient_provider: pid(recipient_provider), envelope: env }
+    }
+
+    fn relayed(queue_seq: u64, ttl_left_ms: u64, env: SendEnvelope) -> RelayedItem {
+        RelayedItem { queue_seq, ttl_left_ms, item: RelayedKind::Envelope(env) }
+    }
+
+    /// Cluster "b": providers pb (bob, devices 1 and 2) and peer "a" serving "alpha".
+    fn cluster_b() -> Harness {
+        let mut h = Harness::new();
+        h.apply(register_user(PB, "bob"));
+        h.apply(register_device(PB, "bob", 1, 11));
+        h.apply(register_device(PB, "bob", 2, 22));
+        assert_eq!(h.apply(register_peer("a", &["alpha"])), Outcome::Done);
+        h
+    }
+
+    #[test]
+    fn relay_send_queues_for_the_peer_and_dedups() {
+        let mut h = Harness::new();
+        let env = envelope(PA, "m1", "bob", &[(1, 11)], 60_000);
+        // Unknown peer: nothing queued.
+        assert_eq!(
+            h.apply(relay_send("b", "beta", env.clone())),
+            Outcome::Rejected(Rejection::UnknownPeer { peer: cid("b") })
+        );
+        h.apply(register_peer("b", &["beta"]));
+        // Only providers the peer serves are reached through it.
+        assert_eq!(
+            h.apply(relay_send("b", "gamma", env.clone())),
+            Outcome::Rejected(Rejection::NotServedByPeer { provider: pid("gamma"), peer: cid("b") })
+        );
+        assert_eq!(h.state.mailbox_depth(&outbound_queue(&cid("b"))), 0);
+        let first = h.apply(relay_send("b", "beta", env.clone()));
+        assert!(matches!(first, Outcome::Sent { seq: 0, .. }), "{first:?}");
+        // A retry gets the first answer and queues nothing more.
+        assert_eq!(h.apply(relay_send("b", "beta", env.clone())), first);
+        assert_eq!(h.state.mailbox_depth(&outbound_queue(&cid("b"))), 1);
+        // Suspended: refused; removal refused while the queue holds entries.
+        h.apply(Command::SetPeerStatus { peer: cid("b"), status: PeerStatus::Suspended });
+        assert_eq!(
+            h.apply(relay_send("b", "beta", envelope(PA, "m2", "bob", &[(1, 11)], 60_000))),
+            Outcome::Rejected(Rejection::PeerSuspended { peer: cid("b") })
+        );
+        assert_eq!(
+            h.apply(Command::RemovePeer { peer: cid("b") }),
+            Outcome::Rejected(Rejection::PeerQueueNotEmpty { peer: cid("b"), depth: 1 })
+        );
+        // Delivered: the entry leaves the queue; then the peer can go.
+        assert_eq!(
+            h.apply(Command::RelayAcked { peer: cid("b"), delivered: vec![0, 7], refused: vec![] }),
+            Outcome::Acked { removed: 1, unknown: 1 }
+        );
+        assert_eq!(h.apply(Command::RemovePeer { peer: cid("b") }), Outcome::Done);
+        assert!(h.state.peer(&cid("b")).is_none());
+    }
+
+    #[test]
+    fn accepted_relays_are_stored_once_under_the_qualified_sender() {
+        let mut h = cluster_b();
+        let env = envelope("alpha", "m1", "bob", &[(1, 11), (2, 22)], 60_000);
+        let out = h.apply(Command::AcceptRelayed { origin: cid("a"), items: vec![relayed(0, 5_000, env.clone())] });
+        let Outcome::Relayed { results } = out else { panic!("{out:?}") };
+        assert!(matches!(results[..], [Outcome::Sent { seq: 0, .. }]), "{results:?}");
+        // Relayed again after a failover: the same answer, stored once.
+        let again = h.apply(Command::AcceptRelayed { origin: cid("a"), items: vec![relayed(0, 5_000, env.clone())] });
+        assert_eq!(again, Outcome::Relayed { results: results.clone() });
+        let entries = h.state.mailbox_from(&pid(PB), 0, 10);
+        assert_eq!(entries.len(), 1);
+        let MailboxItem::Envelope(stored) = &entries[0].item else { panic!("{entries:?}") };
+        assert_eq!(stored.sender, pid("alpha@a"));
+        // The TTL restarts from what was left.
+        assert_eq!(entries[0].expires_at_ms, entries[0].accepted_at_ms + 5_000);
+    }
+
+    #[test]
+    fn a_peer_relays_only_its_providers_and_only_when_registered_and_active() {
+        let mut h = cluster_b();
+        let foreign = envelope("mallory", "m1", "bob", &[(1, 11), (2, 22)], 60_000);
+        let out = h.apply(Command::AcceptRelayed { origin: cid("a"), items: vec![relayed(0, 5_000, foreign)] });
+        assert_eq!(
+            out,
+            Outcome::Relayed {
+                results: vec![Outcome::Rejected(Rejection::NotServedByPeer {
+                    provider: pid("mallory"),
+                    peer: cid("a")
+                })]
+            }
+        );
+        let env = envelope("alpha", "m2", "bob", &[(1, 11), (2, 22)], 60_000);
+        assert_eq!(
+            h.apply(Command::AcceptRelayed { origin: cid("z"), items: vec![relayed(1, 5_000, env.clone())] }),
+            Outcome::Rejected(Rejection::UnknownPeer { peer: cid("z") })
+        );
+        h.apply(Command::SetPeerStatus { peer: cid("a"), status: PeerStatus::Suspended });
+        assert_eq!(
+            h.apply(Command::AcceptRelayed { origin: cid("a"), items: vec![relayed(1, 5_000, env)] }),
+            Outcome::Rejected(Rejection::PeerSuspended { peer: cid("a") })
+        );
+        assert_eq!(h.state.mailbox_depth(&pid(PB)), 0);
+    }
+
+    #[test]
+    fn a_transient_refusal_stops_the_batch_so_order_is_kept() {
+        let mut h = Harness::with_limits(Limits { max_mailbox_entries: 1, ..Limits::default() });
+        h.apply(register_user(PB, "bob"));
+        h.apply(register_device(PB, "bob", 1, 11));
+        h.apply(register_peer("a", &["alpha"]));
+        let items: Vec<RelayedItem> =
+            (0..3).map(|i| relayed(i, 5_000, envelope("alpha", &format!("m{i}"), "bob", &[(1, 11)], 60_000))).collect();
+        let out = h.apply(Command::AcceptRelayed { origin: cid("a"), items });
+        let Outcome::Relayed { results } = out else { panic!("{out:?}") };
+        assert_eq!(results.len(), 2, "stops after the full mailbox: {results:?}");
+        assert!(matches!(results[1], Outcome::Rejected(Rejection::MailboxFull { .. })));
+        assert_eq!(h.state.mailbox_depth(&pid(PB)), 1);
+    }
+
+    #[test]
+    fn refusals_and_remote_expiry_come_back_as_reports() {
+        // Sending side: pa's envelope queued for peer b, then refused there.
+        let mut a = Harness::new();
+        a.apply(register_peer("b", &["beta"]));
+        let env = envelope(PA, "m1", "bob", &[(1, 11)], 60_000);
+        let Outcome::Sent { seq, .. } = a.apply(relay_send("b", "beta", env)) else { panic!() };
+        let out = a.apply(Command::RelayAcked {
+            peer: cid("b"),
+            delivered: vec![],
+            refused: vec![(seq, "DEVICE_MISMATCH".into(), "missing [2]".into())],
+        });
+        assert_eq!(out, Outcome::Acked { removed: 1, unknown: 0 });
+        let reports = a.state.mailbox_from(&pid(PA), 0, 10);
+        assert_eq!(
+            reports[0].item,
+            MailboxItem::Undeliverable {
+                to: pid(PA),
+                message_id: mid("m1"),
+                recipient: uid("bob"),
+                reason: UndeliverableReason::Refused { reason: "DEVICE_MISMATCH".into(), detail: "missing [2]".into() },
+            }
+        );
+
+        // Receiving side: a relayed envelope expires unacked; the report is
+        // queued back to its origin, for provider "alpha" there.
+        let mut b = cluster_b();
+        let env = envelope("alpha", "m9", "bob", &[(1, 11), (2, 22)], 60_000);
+        b.apply(Command::AcceptRelayed { origin: cid("a"), items: vec![relayed(4, 100, env)] });
+        let later = b.stamp + 1_000;
+        b.at(later, Command::SetLimits { limits: b.state.limits.clone() });
+        assert_eq!(b.state.mailbox_depth(&pid(PB)), 0);
+        let back = b.state.mailbox_from(&outbound_queue(&cid("a")), 0, 10);
+        assert_eq!(
+            back[0].item,
+            MailboxItem::Undeliverable {
+                to: pid("alpha"),
+                message_id: mid("m9"),
+                recipient: uid("bob"),
+                reason: UndeliverableReason::Expired { recipient_provider: pid(PB) },
+            }
+        );
+
+        // Back at the origin the report lands in alpha's mailbox as an expiry, once.
+        let mut origin = Harness::new();
+        origin.apply(Command::AddProvider { provider: pid("alpha") });
+        origin.apply(register_peer("b", &["beta"]));
+        let report = RelayedItem {
+            queue_seq: back[0].seq,
+            ttl_left_ms: 1_000,
+            item: RelayedKind::from_queue(&back[0].item).expect("reports are relayed"),
+        };
+        for _ in 0..2 {
+            let out = origin.apply(Command::AcceptRelayed { origin: cid("b"), items: vec![report.clone()] });
+            assert_eq!(out, Outcome::Relayed { results: vec![Outcome::Done] });
+        }
+        let got = origin.state.mailbox_from(&pid("alpha"), 0, 10);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            got[0].item,
+            MailboxItem::Expired { message_id: mid("m9"), recipient: uid("bob"), recipient_provider: pid("pb@b") }
+        );
+    }
+}

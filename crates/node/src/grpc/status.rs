@@ -62,6 +62,10 @@ pub fn rejection(r: &Rejection) -> Status {
         | Rejection::MailboxFull { .. }
         | Rejection::RateLimited { .. } => Code::ResourceExhausted,
         Rejection::DuplicatePrekeyId { .. } => Code::InvalidArgument,
+        Rejection::UnknownPeer { .. } => Code::NotFound,
+        Rejection::PeerSuspended { .. } => Code::Unavailable,
+        Rejection::NotServedByPeer { .. } => Code::PermissionDenied,
+        Rejection::PeerQueueNotEmpty { .. } => Code::FailedPrecondition,
     };
     let mut detail = ErrorDetail { reason: r.reason().into(), ..Default::default() };
     let message = match r {
@@ -118,7 +122,26 @@ pub fn rejection(r: &Rejection) -> Status {
         }
         Rejection::MailboxFull { provider, limit } => {
             detail.limit = *limit;
-            format!("the mailbox of provider {provider} holds its limit of {limit} entries; retry later")
+            match router_core::federation::queue_peer(provider) {
+                Some(peer) => format!(
+                    "the outbound queue to federation peer {peer} holds its limit of {limit} entries; retry later"
+                ),
+                None => format!("the mailbox of provider {provider} holds its limit of {limit} entries; retry later"),
+            }
+        }
+        Rejection::UnknownPeer { peer } => format!("no federation peer {peer} is registered"),
+        Rejection::PeerSuspended { peer } => {
+            format!("federation peer {peer} is suspended by the operator; queued entries wait")
+        }
+        Rejection::NotServedByPeer { provider, peer } => {
+            format!("federation peer {peer} is not registered as serving provider {provider}")
+        }
+        Rejection::PeerQueueNotEmpty { peer, depth } => {
+            detail.actual = *depth;
+            format!(
+                "the outbound queue to federation peer {peer} still holds {depth} entries; suspend the peer and \
+                 let them drain or expire first"
+            )
         }
     };
     with_detail(code, message, detail)

@@ -1,0 +1,255 @@
+//! `apply` for the federation commands (see `crate::federation`).
+
+use super::State;
+use crate::command::SendEnvelope;
+use crate::federation::{
+    ClusterId, PeerRecord, PeerStatus, RelayedItem, RelayedKind, UndeliverableReason, outbound_queue, qualified,
+};
+use crate::ids::{MessageId, ProviderId, Seq};
+use crate::mailbox::MailboxItem;
+use crate::outcome::{Outcome, Rejection};
+
+impl State {
+    /// The peer, if registered and not suspended.
+    fn active_peer(&self, peer: &ClusterId) -> Result<&PeerRecord, Rejection> {
+        match self.federation.peers.get(peer) {
+            None => Err(Rejection::UnknownPeer { peer: peer.clone() }),
+            Some(p) if p.status == PeerStatus::Suspended => Err(Rejection::PeerSuspended { peer: peer.clone() }),
+            Some(p) => Ok(p),
+        }
+    }
+
+    pub(super) fn register_peer(
+        &mut self,
+        peer: &ClusterId,
+        endpoints: &[String],
+        ca_pem: &str,
+        providers: &[ProviderId],
+    ) -> Result<Outcome, Rejection> {
+        let now = self.clock_ms;
+        let rec = self.federation.peers.entry(peer.clone()).or_insert_with(|| PeerRecord {
+            id: peer.clone(),
+            endpoints: Vec::new(),
+            ca_pem: String::new(),
+            providers: Default::default(),
+            status: PeerStatus::Active,
+            registered_at_ms: now,
+            status_changed_at_ms: now,
+        });
+        rec.endpoints = endpoints.to_vec();
+        rec.ca_pem = ca_pem.to_string();
+        rec.providers = providers.iter().cloned().collect();
+        Ok(Outcome::Done)
+    }
+
+    pub(super) fn set_peer_status(&mut self, peer: &ClusterId, status: PeerStatus) -> Result<Outcome, Rejection> {
+        let now = self.clock_ms;
+        let rec = self.federation.peers.get_mut(peer).ok_or_else(|| Rejection::UnknownPeer { peer: peer.clone() })?;
+        if rec.status != status {
+            rec.status = status;
+            rec.status_changed_at_ms = now;
+        }
+        Ok(Outcome::Done)
+    }
+
+    pub(super) fn remove_peer(&mut self, peer: &ClusterId) -> Result<Outcome, Rejection> {
+        if !self.federation.peers.contains_key(peer) {
+            return Err(Rejection::UnknownPeer { peer: peer.clone() });
+        }
+        let depth = self.mailbox_depth(&outbound_queue(peer)) as u64;
+        if depth > 0 {
+            return Err(Rejection::PeerQueueNotEmpty { peer: peer.clone(), depth });
+        }
+        self.federation.peers.remove(peer);
+        self.mailboxes.remove(&outbound_queue(peer));
+        Ok(Outcome::Done)
+    }
+
+    /// A send to a user of `recipient_provider` at `peer`: durable here, in
+    /// the peer's outbound queue. The device list is checked by the owning
+    /// cluster when the envelope arrives (a refusal comes back as a report).
+    pub(super) fn relay_send(
+        &mut self,
+        peer: &ClusterId,
+        recipient_provider: &ProviderId,
+        env: &SendEnvelope,
+    ) -> Result<Outcome, Rejection> {
+        self.onboarded(&env.sender)?;
+        let key = (env.sender.clone(), env.message_id.clone());
+        if let Some(answer) = self.dedup.answers.get(&key) {
+            return Ok(answer.clone());
+        }
+        self.check_sender_user(env)?;
+        let rec = self.active_peer(peer)?;
+        if !rec.providers.contains(recipient_provider) {
+            return Err(Rejection::NotServedByPeer { provider: recipient_provider.clone(), peer: peer.clone() });
+        }
+        let queue = outbound_queue(peer);
+        let limit = self.limits.max_mailbox_entries;
+        if self.mailbox_depth(&queue) as u64 >= limit {
+            return Err(Rejection::MailboxFull { provider: queue, limit });
+        }
+        let now = self.clock_ms;
+        let expires = now.saturating_add(env.ttl_ms);
+        let item = MailboxItem::Outbound { recipient_provider: recipient_provider.clone(), envelope: env.clone() };
+        let seq = self.mailboxes.entry(queue.clone()).or_default().push(now, expires, item);
+        self.expiry.insert((expires, queue, seq));
+        let answer = Outcome::Sent { seq, accepted_at_ms: now };
+        self.dedup.answers.insert(key.clone(), answer.clone());
+        self.dedup.order.push_back((now, key.0, key.1));
+        Ok(answer)
+    }
+
+    /// Stores what `origin` relayed: envelopes into the recipients'
+    /// providers' mailboxes (deduplicated by qualified sender and message
+    /// id), reports into the mailboxes of the local providers they are for
+    /// (deduplicated by origin queue position). One answer per item, up to
+    /// and including the first transient refusal; the rest is not applied.
+    pub(super) fn accept_relayed(&mut self, origin: &ClusterId, items: &[RelayedItem]) -> Result<Outcome, Rejection> {
+        self.active_peer(origin)?;
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            let result = match &item.item {
+                RelayedKind::Envelope(env) => self.accept_relayed_envelope(origin, item.ttl_left_ms, env),
+                RelayedKind::Undeliverable { to, message_id, recipient, reason } => {
+                    self.accept_relayed_report(origin, item, to, message_id, recipient, reason)
+                }
+            };
+            let transient = matches!(&result, Err(r) if r.is_transient());
+            results.push(result.unwrap_or_else(Outcome::Rejected));
+            // Stop at a refusal that may pass later (a full mailbox): storing
+            // the items behind it now would put them before it.
+            if transient {
+                break;
+            }
+        }
+        Ok(Outcome::Relayed { results })
+    }
+
+    fn accept_relayed_envelope(
+        &mut self,
+        origin: &ClusterId,
+        ttl_left_ms: u64,
+        env: &SendEnvelope,
+    ) -> Result<Outcome, Rejection> {
+        let peer = self.active_peer(origin)?;
+        if !peer.providers.contains(&env.sender) {
+            return Err(Rejection::NotServedByPeer { provider: env.sender.clone(), peer: origin.clone() });
+        }
+        let mut local = env.clone();
+        local.sender = qualified(&env.sender, origin);
+        local.ttl_ms = ttl_left_ms;
+        let key = (local.sender.clone(), local.message_id.clone());
+        if let Some(answer) = self.dedup.answers.get(&key) {
+            return Ok(answer.clone());
+        }
+        let recipient_provider = self.route_recipient(&local)?;
+        self.onboarded(&recipient_provider)?;
+        let limit = self.limits.max_mailbox_entries;
+        if self.mailbox_depth(&recipient_provider) as u64 >= limit {
+            return Err(Rejection::MailboxFull { provider: recipient_provider, limit });
+        }
+        let now = self.clock_ms;
+        let expires = now.saturating_add(ttl_left_ms);
+        let seq = self.mailboxes.entry(recipient_provider.clone()).or_default().push(
+            now,
+            expires,
+            MailboxItem::Envelope(local),
+        );
+        self.expiry.insert((expires, recipient_provider, seq));
+        let answer = Outcome::Sent { seq, accepted_at_ms: now };
+        self.dedup.answers.insert(key.clone(), answer.clone());
+        self.dedup.order.push_back((now, key.0, key.1));
+        Ok(answer)
+    }
+
+    fn accept_relayed_report(
+        &mut self,
+        origin: &ClusterId,
+        item: &RelayedItem,
+        to: &ProviderId,
+        message_id: &MessageId,
+        recipient: &crate::ids::UserId,
+        reason: &UndeliverableReason,
+    ) -> Result<Outcome, Rejection> {
+        // A report has no sender-chosen id: its position in the origin's
+        // queue (never reused) makes a repeated relay harmless.
+        let key = (outbound_queue(origin), MessageId(format!("report/{}", item.queue_seq)));
+        if self.dedup.answers.contains_key(&key) {
+            return Ok(Outcome::Done);
+        }
+        if !self.providers.contains_key(to) {
+            return Err(Rejection::UnknownProvider { provider: to.clone() });
+        }
+        let report = match reason {
+            // Named as providers of the origin are named here.
+            UndeliverableReason::Expired { recipient_provider } => MailboxItem::Expired {
+                message_id: message_id.clone(),
+                recipient: recipient.clone(),
+                recipient_provider: qualified(recipient_provider, origin),
+            },
+            UndeliverableReason::Refused { .. } => MailboxItem::Undeliverable {
+                to: to.clone(),
+                message_id: message_id.clone(),
+                recipient: recipient.clone(),
+                reason: reason.clone(),
+            },
+        };
+        let now = self.clock_ms;
+        let expires = now.saturating_add(self.limits.report_ttl_ms);
+        let seq = self.mailboxes.entry(to.clone()).or_default().push(now, expires, report);
+        self.expiry.insert((expires, to.clone(), seq));
+        self.dedup.answers.insert(key.clone(), Outcome::Done);
+        self.dedup.order.push_back((now, key.0, key.1));
+        Ok(Outcome::Done)
+    }
+
+    /// The peer's answers for entries of its outbound queue: delivered ones
+    /// leave the queue; refused envelopes leave it too and are reported to
+    /// their sender. Unknown sequences (answered before) are counted, not errors.
+    pub(super) fn relay_acked(
+        &mut self,
+        peer: &ClusterId,
+        delivered: &[Seq],
+        refused: &[(Seq, String, String)],
+    ) -> Result<Outcome, Rejection> {
+        if !self.federation.peers.contains_key(peer) {
+            return Err(Rejection::UnknownPeer { peer: peer.clone() });
+        }
+        let queue = outbound_queue(peer);
+        let (mut removed, mut unknown) = (0u32, 0u32);
+        let now = self.clock_ms;
+        let answers = delivered.iter().map(|s| (*s, None)).chain(refused.iter().map(|(s, r, d)| (*s, Some((r, d)))));
+        for (seq, refusal) in answers {
+            let Some(entry) = self.mailboxes.get_mut(&queue).and_then(|m| m.entries.remove(&seq)) else {
+                unknown += 1;
+                continue;
+            };
+            self.expiry.remove(&(entry.expires_at_ms, queue.clone(), seq));
+            removed += 1;
+            let (Some((reason, detail)), MailboxItem::Outbound { envelope, .. }) = (refusal, entry.item) else {
+                continue;
+            };
+            let report = MailboxItem::Undeliverable {
+                to: envelope.sender.clone(),
+                message_id: envelope.message_id,
+                recipient: envelope.recipient,
+                reason: UndeliverableReason::Refused { reason: reason.clone(), detail: detail.clone() },
+            };
+            let expires = now.saturating_add(self.limits.report_ttl_ms);
+            let seq = self.mailboxes.entry(envelope.sender.clone()).or_default().push(now, expires, report);
+            self.expiry.insert((expires, envelope.sender, seq));
+        }
+        Ok(Outcome::Acked { removed, unknown })
+    }
+
+    // ------------------------------------------------------------- reads
+
+    pub fn peer(&self, peer: &ClusterId) -> Option<&PeerRecord> {
+        self.federation.peers.get(peer)
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = &PeerRecord> {
+        self.federation.peers.values()
+    }
+}

@@ -3,7 +3,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    let protos = ["provider.proto", "admin.proto", "peer.proto", "media.proto"]
+    let protos = ["provider.proto", "admin.proto", "peer.proto", "media.proto", "federation.proto"]
         .map(|p| format!("../../proto/interop_router/v1/{p}"));
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

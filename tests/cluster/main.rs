@@ -6,6 +6,7 @@ mod common;
 mod delivery;
 mod ephemeral;
 mod failover;
+mod federation;
 mod formation;
 mod groups;
 mod media;

@@ -166,6 +166,21 @@ impl State {
         result.unwrap_or_else(Outcome::Rejected)
     }
 
+    /// A claim's requester may act: a local provider that is active, or a
+    /// provider of a federation peer (`alpha@cluster-a`) that is active and
+    /// registered as serving it. Its rate-limit bucket is its own either way.
+    fn may_claim(&self, requester: &ProviderId) -> Result<(), Rejection> {
+        let Some((provider, peer)) = crate::federation::unqualified(requester) else {
+            return self.onboarded(requester);
+        };
+        match self.federation.peers.get(&peer) {
+            None => Err(Rejection::UnknownPeer { peer }),
+            Some(p) if p.status == crate::federation::PeerStatus::Suspended => Err(Rejection::PeerSuspended { peer }),
+            Some(p) if !p.providers.contains(&provider) => Err(Rejection::NotServedByPeer { provider, peer }),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// The provider may act: it exists and is active.
     fn onboarded(&self, provider: &ProviderId) -> Result<(), Rejection> {
         match self.providers.get(provider).map(|r| r.status) {
@@ -384,7 +399,7 @@ impl State {
     }
 
     fn claim(&mut self, requester: &ProviderId, user: &UserId, device: Option<DeviceId>) -> Result<Outcome, Rejection> {
-        self.onboarded(requester)?;
+        self.may_claim(requester)?;
         if !self.users.contains_key(user) {
             return Err(Rejection::UserNotFound { user: user.clone() });
         }
@@ -646,8 +661,13 @@ impl State {
             return Err(Rejection::RestoreIntoNonEmpty);
         }
         let clock_ms = self.clock_ms.max(backup.clock_ms);
+        // The federation section is not part of the command's encoding (it
+        // is skipped by serde): whatever the in-memory command holds, every
+        // replica keeps its own peers; a backup's peers come as RegisterPeer.
+        let federation = std::mem::take(&mut self.federation);
         *self = backup.clone();
         self.clock_ms = clock_ms;
+        self.federation = federation;
         Ok(Outcome::Done)
     }
 

@@ -1,11 +1,16 @@
 //! The backup file format: `IRBK`, a format version byte, the log index the
-//! state is as of (u64 BE), then the bincode-encoded `router_core::State`.
+//! state is as of (u64 BE), then the bincode-encoded `router_core::State`;
+//! in version 2 followed by the federation peers (written only when there
+//! are any, so a backup of a cluster that never federated is version 1).
 //! A backup is a consistent state: one node's replica at one applied index.
 
-use router_core::State;
+use router_core::{Federation, State};
 
 const MAGIC: &[u8; 4] = b"IRBK";
-pub const BACKUP_FORMAT_VERSION: u8 = 1;
+/// Without federation peers.
+const BASE_BACKUP_FORMAT: u8 = 1;
+/// The newest format this build writes and reads.
+pub const BACKUP_FORMAT_VERSION: u8 = 2;
 /// A restore travels as one Raft entry; keep it well under the peer
 /// message limit.
 pub const MAX_RESTORE_BYTES: usize = 48 * 1024 * 1024;
@@ -16,6 +21,8 @@ pub enum BackupError {
     BadMagic,
     #[error("backup format version {found} is newer than this build reads ({supported}); use a newer routerd")]
     NewerVersion { found: u8, supported: u8 },
+    #[error("backup format version {0} is unknown")]
+    UnknownVersion(u8),
     #[error("backup is truncated")]
     Truncated,
     #[error("backup is corrupt: {0}")]
@@ -25,9 +32,13 @@ pub enum BackupError {
 pub fn encode(state: &State, applied_index: u64) -> Result<Vec<u8>, BackupError> {
     let mut out = Vec::with_capacity(13);
     out.extend_from_slice(MAGIC);
-    out.push(BACKUP_FORMAT_VERSION);
+    let federated = !state.federation.is_empty();
+    out.push(if federated { BACKUP_FORMAT_VERSION } else { BASE_BACKUP_FORMAT });
     out.extend_from_slice(&applied_index.to_be_bytes());
     bincode::serialize_into(&mut out, state)?;
+    if federated {
+        bincode::serialize_into(&mut out, &state.federation)?;
+    }
     Ok(out)
 }
 
@@ -42,11 +53,24 @@ pub fn decode(bytes: &[u8]) -> Result<(State, u64), BackupError> {
     if &bytes[..4] != MAGIC {
         return Err(BackupError::BadMagic);
     }
-    if bytes[4] > BACKUP_FORMAT_VERSION {
-        return Err(BackupError::NewerVersion { found: bytes[4], supported: BACKUP_FORMAT_VERSION });
+    let version = bytes[4];
+    if version > BACKUP_FORMAT_VERSION {
+        return Err(BackupError::NewerVersion { found: version, supported: BACKUP_FORMAT_VERSION });
+    }
+    if version < BASE_BACKUP_FORMAT {
+        return Err(BackupError::UnknownVersion(version));
     }
     let index = u64::from_be_bytes(bytes[5..13].try_into().expect("8 bytes"));
-    Ok((bincode::deserialize(&bytes[13..])?, index))
+    // The state, then (version 2) the federation section right after it.
+    use bincode::Options as _;
+    use serde::Deserialize as _;
+    let options = bincode::DefaultOptions::new().with_fixint_encoding().allow_trailing_bytes();
+    let mut de = bincode::Deserializer::from_slice(&bytes[13..], options);
+    let mut state = State::deserialize(&mut de)?;
+    if version == BACKUP_FORMAT_VERSION {
+        state.federation = Federation::deserialize(&mut de)?;
+    }
+    Ok((state, index))
 }
 
 #[cfg(test)]
@@ -64,5 +88,26 @@ mod tests {
         newer[4] = BACKUP_FORMAT_VERSION + 1;
         assert!(matches!(decode(&newer), Err(BackupError::NewerVersion { .. })));
         assert!(matches!(decode(&bytes[..bytes.len() - 3]), Err(BackupError::Corrupt(_))));
+        let mut zero = bytes.clone();
+        zero[4] = 0;
+        assert!(matches!(decode(&zero), Err(BackupError::UnknownVersion(0))));
+    }
+
+    #[test]
+    fn federation_peers_are_kept_and_only_then_is_the_format_2() {
+        let mut state = State::new(router_core::Limits::default());
+        assert_eq!(encode(&state, 1).unwrap()[4], 1, "never federated: the old format");
+        state.apply_batch(&router_core::Batch {
+            stamp_ms: 5,
+            commands: vec![router_core::Command::RegisterPeer {
+                peer: router_core::ClusterId::new("eu-hub"),
+                endpoints: vec!["127.0.0.1:9".into()],
+                ca_pem: "CA".into(),
+                providers: vec![router_core::ProviderId::new("beta")],
+            }],
+        });
+        let bytes = encode(&state, 7).unwrap();
+        assert_eq!(bytes[4], BACKUP_FORMAT_VERSION);
+        assert_eq!(decode(&bytes).unwrap(), (state, 7));
     }
 }

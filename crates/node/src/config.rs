@@ -47,7 +47,86 @@ pub struct RawConfig {
     pub telemetry: crate::telemetry::TelemetryConfig,
     #[serde(default)]
     pub media: RawMedia,
+    /// Absent: this node takes no part in federation.
+    #[serde(default)]
+    pub federation: Option<RawFederation>,
 }
+
+/// `[federation]`: this cluster's identity towards other clusters and the
+/// listener they call. Every node of a cluster has the same `cluster_id`
+/// and certificate.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFederation {
+    /// This cluster's name as peers register it (1..=64 of a-z 0-9 - _ .).
+    pub cluster_id: String,
+    /// Where peers' nodes connect (mTLS against the CAs registered for them).
+    pub listen: SocketAddr,
+    /// PEM certificate of this cluster (URI SAN
+    /// spiffe://interop-router/cluster/<cluster_id>), signed by `tls.ca`:
+    /// presented to peers both as client and as server.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// How long a remote user's resolution is trusted (default 30 s).
+    pub route_cache_ttl_ms: Option<u64>,
+    /// Queue entries per relay call (default 256).
+    pub relay_batch: Option<usize>,
+    /// Cap of the jittered reconnect backoff (default 60 s).
+    pub backoff_max_ms: Option<u64>,
+    /// Deadline of one call to a peer (default 5 s).
+    pub request_timeout_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct FederationConfig {
+    pub cluster_id: router_core::ClusterId,
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub route_cache_ttl: Duration,
+    pub relay_batch: usize,
+    pub backoff_max: Duration,
+    pub request_timeout: Duration,
+}
+
+impl FederationConfig {
+    fn validate(raw: RawFederation) -> Result<Self, ConfigError> {
+        let RawFederation {
+            cluster_id,
+            listen,
+            cert,
+            key,
+            route_cache_ttl_ms,
+            relay_batch,
+            backoff_max_ms,
+            request_timeout_ms,
+        } = raw;
+        crate::identity::check_provider_id(&cluster_id).map_err(|e| invalid("federation.cluster_id", e))?;
+        let fc = FederationConfig {
+            cluster_id: router_core::ClusterId::new(cluster_id),
+            listen,
+            cert,
+            key,
+            route_cache_ttl: Duration::from_millis(route_cache_ttl_ms.unwrap_or(30_000)),
+            relay_batch: relay_batch.unwrap_or(256),
+            backoff_max: Duration::from_millis(backoff_max_ms.unwrap_or(60_000)),
+            request_timeout: Duration::from_millis(request_timeout_ms.unwrap_or(5_000)),
+        };
+        if !(1..=MAX_RELAY_BATCH).contains(&fc.relay_batch) {
+            return Err(invalid("federation.relay_batch", format!("must be 1..={MAX_RELAY_BATCH}")));
+        }
+        if fc.route_cache_ttl > Duration::from_secs(3600) {
+            return Err(invalid("federation.route_cache_ttl_ms", "at most 3600000 (one hour)"));
+        }
+        if fc.backoff_max < Duration::from_millis(100) || fc.request_timeout < Duration::from_millis(100) {
+            return Err(invalid("federation", "backoff_max_ms and request_timeout_ms must be >= 100"));
+        }
+        Ok(fc)
+    }
+}
+
+/// Items in one relay call, sent or accepted.
+pub const MAX_RELAY_BATCH: usize = 1024;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -251,6 +330,7 @@ pub struct Config {
     pub batching: Batching,
     pub telemetry: crate::telemetry::TelemetryConfig,
     pub media: MediaConfig,
+    pub federation: Option<FederationConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -317,8 +397,20 @@ impl Config {
     }
 
     pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-        let RawConfig { node_id, data_dir, listen, advertise, tls, cluster, raft, limits, batching, telemetry, media } =
-            raw;
+        let RawConfig {
+            node_id,
+            data_dir,
+            listen,
+            advertise,
+            tls,
+            cluster,
+            raft,
+            limits,
+            batching,
+            telemetry,
+            media,
+            federation,
+        } = raw;
         if node_id == 0 {
             return Err(invalid("node_id", "must be >= 1"));
         }
@@ -455,6 +547,7 @@ impl Config {
         }
 
         let media = MediaConfig::validate(media)?;
+        let federation = federation.map(FederationConfig::validate).transpose()?;
 
         Ok(Config {
             node_id,
@@ -472,6 +565,7 @@ impl Config {
             batching,
             telemetry,
             media,
+            federation,
         })
     }
 

@@ -37,6 +37,8 @@ pub struct NodeCtx {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Receive streams connected to this node, for ephemeral content.
     pub ephemeral: Arc<crate::ephemeral::Registry>,
+    /// `[federation]` configured: this cluster talks to peer clusters.
+    pub federation: Option<Arc<crate::federation::Federation>>,
 }
 
 impl NodeCtx {

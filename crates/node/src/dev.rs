@@ -25,6 +25,10 @@ pub struct LocalClusterSpec {
     /// Nodes 1..=voters form the initial cluster; the others start empty,
     /// waiting to be added (default: all).
     pub voters: Option<u64>,
+    /// A federation cluster id: every node gets a `[federation]` section,
+    /// a federation listener (ephemeral port) and the cluster certificate
+    /// `certs/cluster.pem` (test clusters that federate with each other).
+    pub federation: Option<String>,
 }
 
 pub struct LocalNode {
@@ -33,6 +37,8 @@ pub struct LocalNode {
     pub provider_addr: SocketAddr,
     pub peer_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The federation listener, when the spec has a federation id.
+    pub federation_addr: Option<SocketAddr>,
     pub node: Option<Node>,
 }
 
@@ -57,6 +63,7 @@ impl LocalClusterSpec {
             base_port: None,
             customize: no_customization,
             voters: None,
+            federation: None,
         }
     }
 }
@@ -87,7 +94,21 @@ pub fn fixed_addrs(base_port: u16, nodes: u64) -> Vec<NodeAddrs> {
 /// Generates a dev CA, node/provider/operator certificates and one config
 /// per node (node 1 bootstraps and onboards the providers).
 pub fn write_layout(spec: &LocalClusterSpec, addrs: &[NodeAddrs]) -> anyhow::Result<DevLayout> {
+    write_layout_federated(spec, addrs, &[])
+}
+
+/// [`write_layout`], and with `spec.federation` set a cluster certificate and
+/// a `[federation]` section per node listening on `federation_addrs[i]`.
+pub fn write_layout_federated(
+    spec: &LocalClusterSpec,
+    addrs: &[NodeAddrs],
+    federation_addrs: &[SocketAddr],
+) -> anyhow::Result<DevLayout> {
     let pki = DevPki::create(&spec.dir.join("certs")).context("create dev PKI")?;
+    let cluster_cert = match &spec.federation {
+        Some(id) => Some(pki.issue(&crate::identity::Identity::Cluster(router_core::ClusterId::new(id)), "cluster")?),
+        None => None,
+    };
     let mut provider_certs = BTreeMap::new();
     for p in &spec.providers {
         provider_certs.insert(p.clone(), pki.issue_provider(p)?);
@@ -121,6 +142,20 @@ pub fn write_layout(spec: &LocalClusterSpec, addrs: &[NodeAddrs]) -> anyhow::Res
             batching: Default::default(),
             telemetry: Default::default(),
             media: Default::default(),
+            federation: match (&spec.federation, &cluster_cert, federation_addrs.get(i)) {
+                (Some(id), Some(cert), Some(listen)) => Some(crate::config::RawFederation {
+                    cluster_id: id.clone(),
+                    listen: *listen,
+                    cert: cert.cert.clone(),
+                    key: cert.key.clone(),
+                    route_cache_ttl_ms: None,
+                    relay_batch: None,
+                    backoff_max_ms: None,
+                    request_timeout_ms: None,
+                }),
+                (Some(_), _, None) => anyhow::bail!("no federation listener address for node {id}"),
+                _ => None,
+            },
         };
         (spec.customize)(&mut raw);
         std::fs::create_dir_all(&raw.data_dir)?;
@@ -144,20 +179,42 @@ impl LocalCluster {
         };
         for (p, pe, a) in wanted {
             let bind = |a: SocketAddr| async move { TcpListener::bind(a).await.with_context(|| format!("bind {a}")) };
-            bound.push(Listeners { provider: bind(p).await?, peer: bind(pe).await?, admin: bind(a).await? });
+            let federation = match &spec.federation {
+                Some(_) => Some(bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?),
+                None => None,
+            };
+            bound.push(Listeners {
+                provider: bind(p).await?,
+                peer: bind(pe).await?,
+                admin: bind(a).await?,
+                federation,
+            });
         }
         let addrs: Vec<NodeAddrs> = bound
             .iter()
             .map(|l| Ok((l.provider.local_addr()?, l.peer.local_addr()?, l.admin.local_addr()?)))
             .collect::<std::io::Result<_>>()?;
-        let layout = write_layout(&spec, &addrs)?;
+        let federation_addrs: Vec<SocketAddr> = bound
+            .iter()
+            .filter_map(|l| l.federation.as_ref().map(TcpListener::local_addr))
+            .collect::<Result<_, _>>()?;
+        let layout = write_layout_federated(&spec, &addrs, &federation_addrs)?;
         let mut nodes = Vec::new();
         for ((config, listeners), (provider_addr, peer_addr, admin_addr)) in
             layout.configs.into_iter().zip(bound).zip(addrs)
         {
             let id = config.node_id;
+            let federation_addr = config.federation.as_ref().map(|f| f.listen);
             let node = Node::start(config.clone(), listeners).await.with_context(|| format!("start node {id}"))?;
-            nodes.push(LocalNode { id, config, provider_addr, peer_addr, admin_addr, node: Some(node) });
+            nodes.push(LocalNode {
+                id,
+                config,
+                provider_addr,
+                peer_addr,
+                admin_addr,
+                federation_addr,
+                node: Some(node),
+            });
         }
         let ca = layout.pki.ca.clone();
         Ok(LocalCluster {
@@ -243,6 +300,10 @@ impl LocalCluster {
                     provider: TcpListener::bind(n.provider_addr).await?,
                     peer: TcpListener::bind(n.peer_addr).await?,
                     admin: TcpListener::bind(n.admin_addr).await?,
+                    federation: match n.federation_addr {
+                        Some(a) => Some(TcpListener::bind(a).await?),
+                        None => None,
+                    },
                 };
                 Node::start(config.clone(), listeners).await
             };
@@ -303,5 +364,14 @@ fn render_toml(raw: &RawConfig) -> String {
         key = raw.tls.key.display(),
         boot = raw.cluster.bootstrap,
         providers = providers.join(", "),
-    )
+    ) + &match &raw.federation {
+        Some(f) => format!(
+            "\n[federation]\ncluster_id = \"{}\"\nlisten = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            f.cluster_id,
+            f.listen,
+            f.cert.display(),
+            f.key.display()
+        ),
+        None => String::new(),
+    }
 }

@@ -8,6 +8,11 @@
 //! | provider | `spiffe://interop-router/provider/<provider-id>` |
 //! | node     | `spiffe://interop-router/node/<node-id>`         |
 //! | operator | `spiffe://interop-router/operator/<name>`        |
+//! | cluster  | `spiffe://interop-router/cluster/<cluster-id>`   |
+//!
+//! A cluster certificate identifies a whole cluster to its federation peers;
+//! it is signed by that cluster's own CA and accepted only on the federation
+//! listener, against the CA the operator registered for that peer.
 //!
 //! rustls has already verified the chain against the CA before a handler
 //! runs; here we only read the name.
@@ -24,6 +29,7 @@ pub enum Identity {
     Provider(ProviderId),
     Node(NodeId),
     Operator(String),
+    Cluster(router_core::ClusterId),
 }
 
 impl Identity {
@@ -32,6 +38,7 @@ impl Identity {
             Identity::Provider(p) => format!("{SPIFFE_PREFIX}provider/{p}"),
             Identity::Node(n) => format!("{SPIFFE_PREFIX}node/{n}"),
             Identity::Operator(o) => format!("{SPIFFE_PREFIX}operator/{o}"),
+            Identity::Cluster(c) => format!("{SPIFFE_PREFIX}cluster/{c}"),
         }
     }
 
@@ -42,6 +49,7 @@ impl Identity {
             "provider" if check_provider_id(name).is_ok() => Some(Identity::Provider(ProviderId::new(name))),
             "node" => name.parse().ok().filter(|n| *n > 0).map(Identity::Node),
             "operator" if check_provider_id(name).is_ok() => Some(Identity::Operator(name.to_string())),
+            "cluster" if check_provider_id(name).is_ok() => Some(Identity::Cluster(router_core::ClusterId::new(name))),
             _ => None,
         }
     }
@@ -87,6 +95,7 @@ pub fn provider_of<T>(req: &Request<T>) -> Result<ProviderId, Status> {
 pub fn require_admin<T>(req: &Request<T>) -> Result<Identity, Status> {
     match identity_of(req)? {
         Identity::Provider(p) => Err(Status::permission_denied(format!("provider {p} may not call the admin API"))),
+        Identity::Cluster(c) => Err(Status::permission_denied(format!("cluster {c} may not call the admin API"))),
         other => Ok(other),
     }
 }

@@ -17,6 +17,7 @@
 //! - `node`: [`node::Node`]: start, shutdown, crash.
 //! - `writer`: group commit and forwarding to the leader.
 //! - [`ephemeral`]: typing / call signaling, pushed to connected streams, never stored.
+//! - [`federation`]: other operators' clusters: the federation listener, route cache, relay tasks.
 //! - `grpc`: services, edge validation, the status mapping.
 //! - [`network`], [`peers`]: openraft over gRPC, peer channels.
 //! - [`identity`], [`tls`], [`devcerts`]: who is calling, rustls setup, a dev PKI.
@@ -36,6 +37,7 @@ pub mod ctx;
 pub mod dev;
 pub mod devcerts;
 pub mod ephemeral;
+pub mod federation;
 pub mod grpc;
 pub mod identity;
 pub mod join;

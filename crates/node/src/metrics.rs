@@ -42,6 +42,13 @@ pub struct Metrics {
     mailbox_oldest: GaugeVec,
     prekey_stock: IntGaugeVec,
     low_stock_devices: IntGaugeVec,
+    /// Relay calls to a federation peer, by how they ended.
+    pub relay_seconds: HistogramVec,
+    /// Relayed queue items by the peer's answer: stored, refused, retry_later, failed.
+    pub relayed_items: IntCounterVec,
+    federation_queue_depth: IntGaugeVec,
+    federation_queue_oldest: GaugeVec,
+    federation_link: IntGaugeVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -80,7 +87,42 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(mailbox_oldest.clone())).expect("unique metric");
+        let federation_queue_oldest = GaugeVec::new(
+            Opts::new(
+                "federation_queue_oldest_entry_age_seconds",
+                "Age of the oldest entry waiting to be relayed to a federation peer, by the replica's clock.",
+            ),
+            &["peer"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(federation_queue_oldest.clone())).expect("unique metric");
         Metrics {
+            relay_seconds: histogram(
+                &registry,
+                "federation_relay_duration_seconds",
+                "One relay call to a federation peer (the leader's relay task).",
+                &["peer"],
+                latency_buckets(),
+            ),
+            relayed_items: counter(
+                &registry,
+                "federation_relayed_items_total",
+                "Outbound queue items relayed, by the peer's answer: stored, refused, retry_later; failed when the call failed.",
+                &["peer", "result"],
+            ),
+            federation_queue_depth: gauge(
+                &registry,
+                "federation_queue_depth",
+                "Entries in the outbound queue to a federation peer.",
+                &["peer"],
+            ),
+            federation_queue_oldest,
+            federation_link: gauge(
+                &registry,
+                "federation_link_up",
+                "1 when this node's last relay call to the peer succeeded, 0 when it failed, -1 before any (only the leader relays).",
+                &["peer"],
+            ),
             grpc_requests: counter(
                 &registry,
                 "grpc_requests_total",
@@ -221,7 +263,24 @@ impl Metrics {
         }
         self.open_streams.set(ctx.open_streams.load(Ordering::Relaxed));
         ctx.read(|s| {
+            for peer in s.peers() {
+                let queue = router_core::federation::outbound_queue(&peer.id);
+                let depth = s.mailbox_depth(&queue);
+                self.federation_queue_depth.with_label_values(&[peer.id.as_str()]).set(depth as i64);
+                let age = s.mailbox_oldest_ms(&queue).map_or(0, |t| s.clock_ms.saturating_sub(t));
+                self.federation_queue_oldest.with_label_values(&[peer.id.as_str()]).set(age as f64 / 1000.0);
+                let link = ctx.federation.as_ref().map(|f| f.link(&peer.id).up);
+                let up = match link.flatten() {
+                    Some(true) => 1,
+                    Some(false) => 0,
+                    None => -1,
+                };
+                self.federation_link.with_label_values(&[peer.id.as_str()]).set(up);
+            }
             for (p, mb) in &s.mailboxes {
+                if router_core::federation::queue_peer(p).is_some() {
+                    continue; // reported as federation_queue_* above
+                }
                 self.mailbox_depth.with_label_values(&[p.as_str()]).set(mb.len() as i64);
                 let age = s.mailbox_oldest_ms(p).map_or(0, |t| s.clock_ms.saturating_sub(t));
                 self.mailbox_oldest.with_label_values(&[p.as_str()]).set(age as f64 / 1000.0);

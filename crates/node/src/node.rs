@@ -36,6 +36,8 @@ pub struct Listeners {
     pub provider: TcpListener,
     pub peer: TcpListener,
     pub admin: TcpListener,
+    /// Bound when the config has a `[federation]` section.
+    pub federation: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -45,6 +47,10 @@ impl Listeners {
             provider: bind(cfg.listen.provider).await?,
             peer: bind(cfg.listen.peer).await?,
             admin: bind(cfg.listen.admin).await?,
+            federation: match &cfg.federation {
+                Some(f) => Some(bind(f.listen).await?),
+                None => None,
+            },
         })
     }
 }
@@ -89,6 +95,10 @@ impl Node {
             cfg.batching.max_entries_in_flight,
         );
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let federation = match &cfg.federation {
+            Some(f) => Some(Arc::new(crate::federation::Federation::load(f.clone()).context("load federation")?)),
+            None => None,
+        };
         let ctx: Ctx = Arc::new(NodeCtx {
             node_id: cfg.node_id,
             advertise: cfg.advertise.clone(),
@@ -106,6 +116,7 @@ impl Node {
             joining: Default::default(),
             metrics: Arc::new(crate::metrics::Metrics::new(cfg.node_id)),
             ephemeral: Default::default(),
+            federation: federation.clone(),
         });
         if ctx.removed.load(std::sync::atomic::Ordering::SeqCst) {
             tracing::warn!(
@@ -117,6 +128,12 @@ impl Node {
         let mut tasks = Vec::new();
         tasks.push(spawn_provider_server(&ctx, &tls, &cfg.media, listeners.provider, shutdown_rx.clone())?);
         tasks.push(spawn_peer_server(&ctx, &tls, listeners.peer, shutdown_rx.clone())?);
+        if let Some(fed) = &federation {
+            let listener =
+                listeners.federation.context("[federation] is configured but no listener was bound for it")?;
+            tasks.push(crate::federation::server::spawn(&ctx, fed.clone(), listener, shutdown_rx.clone())?);
+            tasks.push(tokio::spawn(crate::federation::relay::run(ctx.clone(), fed.clone())));
+        }
         let admin = admin_http::router(ctx.clone());
         let mut admin_shutdown = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {

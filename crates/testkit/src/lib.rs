@@ -53,13 +53,47 @@ impl TestCluster {
         init_tracing();
         let dir = tempfile::tempdir().context("tempdir")?;
         let spec = LocalClusterSpec { customize, voters, ..LocalClusterSpec::new(dir.path(), nodes, &PROVIDERS) };
+        Self::start_local(spec, dir).await
+    }
+
+    /// A cluster that takes part in federation as `cluster_id`, serving
+    /// `providers` (each node has a federation listener and the cluster
+    /// certificate `certs/cluster.pem`).
+    pub async fn start_federated(
+        nodes: u64,
+        cluster_id: &str,
+        providers: &[&str],
+        customize: fn(&mut RawConfig),
+    ) -> anyhow::Result<Self> {
+        init_tracing();
+        let dir = tempfile::tempdir().context("tempdir")?;
+        let spec = LocalClusterSpec {
+            customize,
+            federation: Some(cluster_id.to_string()),
+            ..LocalClusterSpec::new(dir.path(), nodes, providers)
+        };
+        Self::start_local(spec, dir).await
+    }
+
+    async fn start_local(spec: LocalClusterSpec, dir: tempfile::TempDir) -> anyhow::Result<Self> {
+        let providers: Vec<router_core::ProviderId> = spec.providers.iter().map(|p| router_core_provider(p)).collect();
         let cluster = LocalCluster::start(spec).await?;
         let tc = TestCluster { cluster, _dir: dir };
         tc.cluster.wait_for_leader(Duration::from_secs(15)).await?;
-        tc.wait_until(Duration::from_secs(15), |s| PROVIDERS.iter().all(|p| s.is_onboarded(&router_core_provider(p))))
+        tc.wait_until(Duration::from_secs(15), |s| providers.iter().all(|p| s.is_onboarded(p)))
             .await
             .context("providers onboarded")?;
         Ok(tc)
+    }
+
+    /// Federation listener addresses of the given nodes.
+    pub fn federation_endpoints(&self, nodes: &[u64]) -> Vec<String> {
+        nodes.iter().filter_map(|id| self.cluster.node(*id).federation_addr.map(|a| a.to_string())).collect()
+    }
+
+    /// The cluster's CA (PEM), what a peer registers to trust this cluster.
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(&self.cluster.ca).expect("read CA")
     }
 
     /// Waits until `pred` holds on the state of every running node.

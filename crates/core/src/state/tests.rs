@@ -1922,3 +1922,41 @@ mod federation {
         );
     }
 }
+
+mod federated_claims {
+    use super::*;
+    use crate::federation::{ClusterId, PeerStatus};
+
+    #[test]
+    fn a_peer_provider_claims_under_its_qualified_name_once_per_key() {
+        let mut h = Harness::new();
+        h.apply(register_user(PB, "bob"));
+        h.apply(register_device(PB, "bob", 1, 11));
+        h.apply(upload_cmd(PB, "bob", 1, upload(1, Some(1), &[10], &[], None)));
+        // Not registered yet: refused, nothing consumed.
+        assert_eq!(
+            h.apply(claim("alpha@a", "bob", None)),
+            Outcome::Rejected(Rejection::UnknownPeer { peer: ClusterId::new("a") })
+        );
+        h.apply(Command::RegisterPeer {
+            peer: ClusterId::new("a"),
+            endpoints: vec![],
+            ca_pem: String::new(),
+            providers: vec![pid("alpha")],
+        });
+        assert_eq!(
+            h.apply(claim("mallory@a", "bob", None)),
+            Outcome::Rejected(Rejection::NotServedByPeer { provider: pid("mallory"), peer: ClusterId::new("a") })
+        );
+        let Outcome::Bundles { bundles, .. } = h.apply(claim("alpha@a", "bob", None)) else { panic!() };
+        assert_eq!(bundles[0].one_time.as_ref().map(|k| k.key_id), Some(10));
+        // The key is gone for everyone, local or remote.
+        let Outcome::Bundles { bundles, .. } = h.apply(claim(PA, "bob", None)) else { panic!() };
+        assert!(bundles[0].one_time.is_none());
+        h.apply(Command::SetPeerStatus { peer: ClusterId::new("a"), status: PeerStatus::Suspended });
+        assert_eq!(
+            h.apply(claim("alpha@a", "bob", None)),
+            Outcome::Rejected(Rejection::PeerSuspended { peer: ClusterId::new("a") })
+        );
+    }
+}

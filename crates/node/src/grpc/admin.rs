@@ -326,8 +326,57 @@ impl Admin for AdminService {
             crate::backup::decode(&bytes).map_err(|e| status::invalid_field("data", "BAD_BACKUP", e.to_string()))?;
         let users = state.users.len() as u64;
         let mailbox_entries = state.mailboxes.values().map(|m| m.len() as u64).sum();
+        // The log's Restore command carries the state without its federation
+        // section (older builds read it); the peers follow as their own commands.
+        let mut state = state;
+        let peers: Vec<router_core::PeerRecord> = std::mem::take(&mut state.federation).peers.into_values().collect();
+        if !peers.is_empty() {
+            super::admin_peers::require_federation_format(&self.ctx).await?;
+        }
         self.ctx.write(Command::Restore { state: Box::new(state) }).await?;
+        for p in peers {
+            let providers = p.providers.into_iter().collect();
+            self.ctx
+                .write(Command::RegisterPeer {
+                    peer: p.id.clone(),
+                    endpoints: p.endpoints,
+                    ca_pem: p.ca_pem,
+                    providers,
+                })
+                .await?;
+            if p.status == router_core::PeerStatus::Suspended {
+                self.ctx.write(Command::SetPeerStatus { peer: p.id, status: p.status }).await?;
+            }
+        }
         Ok(Response::new(RestoreResponse { users, mailbox_entries }))
+    }
+
+    async fn register_peer(&self, req: Request<RegisterPeerRequest>) -> Result<Response<RegisterPeerResponse>, Status> {
+        require_admin(&req)?;
+        let command = super::admin_peers::register_command(&self.ctx, req.into_inner())?;
+        super::admin_peers::require_federation_format(&self.ctx).await?;
+        self.ctx.write(command).await?;
+        Ok(Response::new(RegisterPeerResponse {}))
+    }
+
+    async fn set_peer_status(
+        &self,
+        req: Request<SetPeerStatusRequest>,
+    ) -> Result<Response<SetPeerStatusResponse>, Status> {
+        require_admin(&req)?;
+        self.ctx.write(super::admin_peers::set_status_command(req.get_ref())?).await?;
+        Ok(Response::new(SetPeerStatusResponse {}))
+    }
+
+    async fn remove_peer(&self, req: Request<RemovePeerRequest>) -> Result<Response<RemovePeerResponse>, Status> {
+        require_admin(&req)?;
+        self.ctx.write(super::admin_peers::remove_command(req.get_ref())?).await?;
+        Ok(Response::new(RemovePeerResponse {}))
+    }
+
+    async fn list_peers(&self, req: Request<ListPeersRequest>) -> Result<Response<ListPeersResponse>, Status> {
+        require_admin(&req)?;
+        Ok(Response::new(super::admin_peers::list(&self.ctx)))
     }
 
     async fn trigger_snapshot(

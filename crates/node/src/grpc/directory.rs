@@ -83,6 +83,13 @@ impl Directory for DirectoryService {
                 Option::is_some,
             )
             .await;
-        found.map(Response::new).ok_or_else(|| status::rejection(&router_core::Rejection::UserNotFound { user }))
+        if let Some(found) = found {
+            return Ok(Response::new(found));
+        }
+        // Not local: perhaps a user of a federation peer.
+        match crate::federation::edge::route(&self.ctx, &user).await? {
+            Some((_, route)) => Ok(Response::new(crate::federation::edge::resolve_response(&user, &route))),
+            None => Err(status::rejection(&router_core::Rejection::UserNotFound { user })),
+        }
     }
 }

@@ -34,6 +34,9 @@ impl Messaging for MessagingService {
         let mut env = validate::send_envelope(sender, r, &self.ctx.limits)?;
         tracing::Span::current().record("provider", env.sender.as_str()).record("msg_id", env.message_id.as_str());
         env.traceparent = crate::telemetry::current_traceparent();
+        if let Some((fed, route)) = crate::federation::edge::route_if_remote(&self.ctx, &env.recipient).await? {
+            return crate::federation::edge::send(&self.ctx, &fed, route, env).await.map(Response::new);
+        }
         if env.content_type.is_ephemeral() {
             return send_ephemeral(&self.ctx, env).await.map(Response::new);
         }

@@ -3,6 +3,7 @@
 //! port, kept apart so a provider certificate can never reach Raft.
 
 pub mod admin;
+pub mod admin_peers;
 pub mod directory;
 pub mod groups;
 pub mod media;

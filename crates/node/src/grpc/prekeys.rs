@@ -43,6 +43,11 @@ impl Prekeys for PrekeysService {
             0 => None,
             d => Some(validate::device_id("device_id", d)?),
         };
+        if let Some((fed, route)) = crate::federation::edge::route_if_remote(&self.ctx, &user).await? {
+            let answer =
+                crate::federation::edge::fetch_bundles(&self.ctx, &fed, &route, &requester, device, &user).await?;
+            return Ok(Response::new(answer));
+        }
         // Always through the log: a lease or local read could hand a key out twice.
         match self.ctx.write(Command::ClaimPrekeys { requester, user: user.clone(), device }).await? {
             Outcome::Bundles { provider, bundles } => Ok(Response::new(FetchBundlesResponse {

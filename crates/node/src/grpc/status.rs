@@ -12,7 +12,7 @@ pub fn with_detail(code: Code, message: impl Into<String>, detail: ErrorDetail) 
     Status::with_details(code, message, detail.encode_to_vec().into())
 }
 
-fn reason(code: Code, reason: &str, message: impl Into<String>) -> Status {
+pub fn reason(code: Code, reason: &str, message: impl Into<String>) -> Status {
     with_detail(code, message, ErrorDetail { reason: reason.into(), ..Default::default() })
 }
 
@@ -63,7 +63,7 @@ pub fn rejection(r: &Rejection) -> Status {
         | Rejection::RateLimited { .. } => Code::ResourceExhausted,
         Rejection::DuplicatePrekeyId { .. } => Code::InvalidArgument,
         Rejection::UnknownPeer { .. } => Code::NotFound,
-        Rejection::PeerSuspended { .. } => Code::Unavailable,
+        Rejection::PeerSuspended { .. } => Code::FailedPrecondition,
         Rejection::NotServedByPeer { .. } => Code::PermissionDenied,
         Rejection::PeerQueueNotEmpty { .. } => Code::FailedPrecondition,
     };

@@ -1,0 +1,328 @@
+//! Federation: two 3-node clusters (different CAs, different providers) on
+//! loopback, each registered as the other's peer. Their federation links go
+//! through TCP proxies made here, so the whole link can be cut and restored.
+
+use crate::common::{message, setup_user};
+use router_node::config::RawConfig;
+use router_sdk::v1::{MailboxEntry, RegisterPeerRequest, SetPeerStatusRequest, mailbox_entry};
+use router_sdk::{RouterClient, Subscription};
+use router_testkit::TestCluster;
+use router_testkit::fixtures::DeviceIdentity;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+const ALICE: &str = "handle:fed-alice";
+const BOB: &str = "handle:fed-bob";
+const ALICE_DEVICES: [(u32, u32); 2] = [(1, 101), (2, 102)];
+const BOB_DEVICES: [(u32, u32); 2] = [(1, 201), (2, 202)];
+
+/// Short backoff and cache so the test does not sit out production delays.
+fn quick_federation(raw: &mut RawConfig) {
+    if let Some(f) = raw.federation.as_mut() {
+        f.backoff_max_ms = Some(1_000);
+        f.request_timeout_ms = Some(2_000);
+        f.route_cache_ttl_ms = Some(1_000);
+    }
+}
+
+/// A TCP relay in front of one federation listener. `cut` drops the listener
+/// and every connection through it; `restore` listens on the same port again.
+struct LinkProxy {
+    addr: SocketAddr,
+    target: SocketAddr,
+    task: Option<JoinHandle<()>>,
+}
+
+impl LinkProxy {
+    async fn start(target: SocketAddr) -> LinkProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        LinkProxy { addr, target, task: Some(tokio::spawn(proxy(listener, target))) }
+    }
+
+    fn cut(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort(); // drops the listener and the JoinSet: every connection ends
+        }
+    }
+
+    async fn restore(&mut self) {
+        for _ in 0..100 {
+            if let Ok(l) = TcpListener::bind(self.addr).await {
+                self.task = Some(tokio::spawn(proxy(l, self.target)));
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("could not listen on {} again", self.addr);
+    }
+}
+
+async fn proxy(listener: TcpListener, target: SocketAddr) {
+    let mut conns = JoinSet::new();
+    while let Ok((mut inbound, _)) = listener.accept().await {
+        conns.spawn(async move {
+            if let Ok(mut outbound) = TcpStream::connect(target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+/// Cluster A serves provider alpha, cluster B serves beta and delta; each is
+/// registered as the other's peer, reached through proxies.
+struct Pair {
+    a: TestCluster,
+    b: TestCluster,
+    proxies: Vec<LinkProxy>,
+}
+
+impl Pair {
+    async fn start() -> Pair {
+        let a = TestCluster::start_federated(3, "cluster-a", &["alpha"], quick_federation).await.expect("cluster a");
+        let b = TestCluster::start_federated(3, "cluster-b", &["beta", "delta"], quick_federation)
+            .await
+            .expect("cluster b");
+        let mut proxies = Vec::new();
+        let (mut to_a, mut to_b) = (Vec::new(), Vec::new());
+        for (cluster, endpoints) in [(&a, &mut to_a), (&b, &mut to_b)] {
+            for ep in cluster.federation_endpoints(&cluster.all_nodes()) {
+                let p = LinkProxy::start(ep.parse().expect("addr")).await;
+                endpoints.push(p.addr.to_string());
+                proxies.push(p);
+            }
+        }
+        let register = |id: &str, endpoints: Vec<String>, ca: String, providers: &[&str]| RegisterPeerRequest {
+            cluster_id: id.into(),
+            endpoints,
+            ca_pem: ca,
+            provider_ids: providers.iter().map(|p| p.to_string()).collect(),
+        };
+        a.admin(2)
+            .register_peer(register("cluster-b", to_b, b.ca_pem(), &["beta", "delta"]))
+            .await
+            .expect("a registers b");
+        b.admin(3).register_peer(register("cluster-a", to_a, a.ca_pem(), &["alpha"])).await.expect("b registers a");
+        let peer = |id: &'static str| move |s: &router_core::State| s.peer(&router_core::ClusterId::new(id)).is_some();
+        a.wait_until(Duration::from_secs(10), peer("cluster-b")).await.expect("b registered on every node of a");
+        b.wait_until(Duration::from_secs(10), peer("cluster-a")).await.expect("a registered on every node of b");
+        Pair { a, b, proxies }
+    }
+
+    fn cut(&mut self) {
+        self.proxies.iter_mut().for_each(LinkProxy::cut);
+    }
+
+    async fn restore(&mut self) {
+        for p in &mut self.proxies {
+            p.restore().await;
+        }
+    }
+}
+
+/// Sends `count` messages `<tag>-<n>` from `from` to `to` (all its
+/// devices), one after the other; `progress` counts the ones accepted.
+fn sender(
+    client: RouterClient,
+    tag: &'static str,
+    to: &'static str,
+    devices: [(u32, u32); 2],
+    count: u64,
+    progress: Arc<AtomicU64>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        for n in 0..count {
+            let id = format!("{tag}-{n:04}");
+            let mut attempts = 0;
+            // The SDK already retries within its deadline; a failover plus a
+            // link cut can outlast that, so retry the same id (dedup makes it safe).
+            while let Err(e) = client.send(message(&id, to, &devices)).await {
+                attempts += 1;
+                assert!(attempts < 20, "send {id} kept failing: {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            progress.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    })
+}
+
+/// Receives until `count` distinct envelopes arrived (acking each),
+/// returning (message id, sender provider) by mailbox sequence.
+async fn collect(sub: &mut Subscription, count: usize, within: Duration) -> BTreeMap<u64, (String, String)> {
+    let mut by_seq = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while by_seq.len() < count {
+        let entry: MailboxEntry = tokio::time::timeout_at(deadline, sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} envelopes arrived", by_seq.len()))
+            .expect("receive");
+        if let Some(mailbox_entry::Kind::Envelope(env)) = &entry.kind {
+            by_seq.insert(entry.seq, (env.message_id.clone(), env.sender_provider_id.clone()));
+        }
+        sub.ack(vec![entry.seq]).await.expect("ack");
+    }
+    by_seq
+}
+
+fn check_inbox(by_seq: &BTreeMap<u64, (String, String)>, tag: &str, count: u64, sender: &str) {
+    let ids: Vec<&String> = by_seq.values().map(|(id, _)| id).collect();
+    let distinct: BTreeSet<&String> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), ids.len(), "a message stored twice: {ids:?}");
+    let want: BTreeSet<String> = (0..count).map(|n| format!("{tag}-{n:04}")).collect();
+    assert_eq!(distinct.into_iter().cloned().collect::<BTreeSet<_>>(), want, "lost or unexpected messages");
+    // One sender device: mailbox order is send order.
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "mailbox order differs from send order");
+    assert!(by_seq.values().all(|(_, s)| s == sender), "sender not qualified as {sender}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clusters_exchange_1to1_through_node_kills_and_a_cut_link_without_loss_or_duplicates() {
+    let mut pair = Pair::start().await;
+    let alpha = pair.a.client("alpha");
+    let beta = pair.b.client("beta");
+    setup_user(&alpha, ALICE, &ALICE_DEVICES).await;
+    setup_user(&beta, BOB, &BOB_DEVICES).await;
+
+    // Each side resolves the other's user, its provider qualified by cluster.
+    let bob = alpha.resolve(BOB).await.expect("resolve bob from cluster a");
+    assert_eq!(bob.provider_id, "beta@cluster-b");
+    assert_eq!(bob.devices.iter().map(|d| (d.device_id, d.registration_id)).collect::<Vec<_>>(), BOB_DEVICES);
+    assert_eq!(beta.resolve(ALICE).await.expect("resolve alice from b").provider_id, "alpha@cluster-a");
+    let unknown = alpha.resolve("handle:nobody").await.expect_err("nobody anywhere");
+    assert_eq!(unknown.reason(), Some("USER_NOT_FOUND"));
+
+    const COUNT: u64 = 60;
+    let (a_sent, b_sent) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let to_bob = sender(alpha.clone(), "a2b", BOB, BOB_DEVICES, COUNT, a_sent.clone());
+    let to_alice = sender(beta.clone(), "b2a", ALICE, ALICE_DEVICES, COUNT, b_sent.clone());
+    let progress = || a_sent.load(Ordering::SeqCst).min(b_sent.load(Ordering::SeqCst));
+    let wait_for = |n: u64| {
+        let progress = &progress;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while progress() < n {
+                assert!(tokio::time::Instant::now() < deadline, "senders stuck at {}", progress());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+
+    // Mid-stream: cluster a loses its leader (the node relaying to b), b a follower.
+    wait_for(15).await;
+    let a_leader = pair.a.cluster.leader().expect("a has a leader");
+    let b_leader = pair.b.cluster.leader().expect("b has a leader");
+    let b_follower = pair.b.all_nodes().into_iter().find(|n| *n != b_leader).expect("a follower");
+    pair.a.cluster.crash(a_leader).await;
+    pair.b.cluster.crash(b_follower).await;
+
+    // Then the whole link between the clusters goes; sends are still
+    // accepted (durable in the sending cluster's outbound queue).
+    wait_for(30).await;
+    pair.cut();
+    let during_cut = progress();
+    wait_for(during_cut + 10).await;
+    pair.restore().await;
+    pair.a.cluster.restart(a_leader).await.expect("restart a's old leader");
+    pair.b.cluster.restart(b_follower).await.expect("restart b's follower");
+
+    to_bob.await.expect("sender a->b");
+    to_alice.await.expect("sender b->a");
+    let mut bob_inbox = beta.subscribe(64);
+    let mut alice_inbox = alpha.subscribe(64);
+    let at_bob = collect(&mut bob_inbox, COUNT as usize, Duration::from_secs(60)).await;
+    let at_alice = collect(&mut alice_inbox, COUNT as usize, Duration::from_secs(60)).await;
+    check_inbox(&at_bob, "a2b", COUNT, "alpha@cluster-a");
+    check_inbox(&at_alice, "b2a", COUNT, "beta@cluster-b");
+    // Nothing else trickles in late (a relay repeated after the failover is deduplicated).
+    assert!(tokio::time::timeout(Duration::from_secs(2), bob_inbox.next()).await.is_err(), "late duplicate at bob");
+
+    // Every outbound queue drained.
+    let empty = |peer: &'static str| {
+        move |s: &router_core::State| {
+            s.mailbox_depth(&router_core::federation::outbound_queue(&router_core::ClusterId::new(peer))) == 0
+        }
+    };
+    pair.a.wait_until(Duration::from_secs(20), empty("cluster-b")).await.expect("a's queue to b drained");
+    pair.b.wait_until(Duration::from_secs(20), empty("cluster-a")).await.expect("b's queue to a drained");
+    pair.a.shutdown().await;
+    pair.b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn remote_prekeys_are_handed_out_once_and_refusals_come_back_as_reports() {
+    let mut pair = Pair::start().await;
+    let alpha = pair.a.client("alpha");
+    let beta = pair.b.client("beta");
+    let delta = pair.b.client("delta");
+    setup_user(&alpha, ALICE, &ALICE_DEVICES).await;
+    setup_user(&beta, BOB, &BOB_DEVICES).await;
+    let mut keys = DeviceIdentity::new(41);
+    beta.upload_prekeys(keys.upload(BOB, 1, 1, 40, false)).await.expect("bob's keys");
+
+    // 50 claims of bob's bundle, half from cluster a (alpha, remote), half
+    // from cluster b (delta, local), concurrently: 40 one-time keys, each once.
+    let mut claims = JoinSet::new();
+    for worker in 0..10 {
+        let client = if worker % 2 == 0 { alpha.clone() } else { delta.clone() };
+        claims.spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..5 {
+                let r = client.fetch_bundles(BOB, 0).await.expect("claim");
+                let remote = r.provider_id == "beta@cluster-b";
+                assert!(remote || r.provider_id == "beta", "provider named {}", r.provider_id);
+                got.extend(r.bundles.iter().filter_map(|b| b.one_time_prekey.as_ref().map(|k| (k.key_id, remote))));
+            }
+            got
+        });
+    }
+    let mut handed = Vec::new();
+    while let Some(r) = claims.join_next().await {
+        handed.extend(r.expect("claimer"));
+    }
+    let ids: BTreeSet<u32> = handed.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids.len(), handed.len(), "a one-time prekey handed out twice: {handed:?}");
+    assert_eq!(ids, (1..=40).collect(), "every key handed out once");
+    assert!(handed.iter().any(|(_, remote)| *remote) && handed.iter().any(|(_, remote)| !*remote));
+
+    // A send queued while the link is down, to a device bob removes before
+    // it arrives: cluster b refuses it and alpha gets a report, not silence.
+    let mut alice_inbox = alpha.subscribe(16);
+    pair.cut();
+    let accepted = alpha.send(message("stale-1", BOB, &BOB_DEVICES)).await.expect("accepted during the cut");
+    assert!(accepted.accepted_at_ms > 0);
+    beta.remove_device(BOB, 2).await.expect("bob drops device 2");
+    pair.restore().await;
+    let entry = tokio::time::timeout(Duration::from_secs(30), alice_inbox.next()).await.expect("report").expect("rx");
+    match entry.kind {
+        Some(mailbox_entry::Kind::Undeliverable(r)) => {
+            assert_eq!((r.message_id.as_str(), r.recipient_user_id.as_str()), ("stale-1", BOB));
+            assert_eq!(r.reason, "DEVICE_MISMATCH", "{}", r.detail);
+        }
+        other => panic!("expected an undeliverable report, got {other:?}"),
+    }
+
+    // The suspend switch: cluster b refuses a suspended peer's calls; the
+    // queue waits and drains after resume.
+    pair.b
+        .admin(1)
+        .set_peer_status(SetPeerStatusRequest { cluster_id: "cluster-a".into(), suspended: true })
+        .await
+        .expect("suspend");
+    let err = alpha.fetch_bundles(BOB, 0).await.expect_err("refused while suspended");
+    assert_eq!(err.reason(), Some("PEER_SUSPENDED"), "{err}");
+    pair.b
+        .admin(1)
+        .set_peer_status(SetPeerStatusRequest { cluster_id: "cluster-a".into(), suspended: false })
+        .await
+        .expect("resume");
+    pair.a.shutdown().await;
+    pair.b.shutdown().await;
+}

@@ -10,14 +10,22 @@ use openraft::raft::{
     VoteResponse,
 };
 use router_proto::v1::RaftPayload;
-use router_raft::{FORMAT_VERSION, NodeAddr, NodeId, TypeConfig};
+use router_raft::{BASE_FORMAT, FORMAT_VERSION, NodeAddr, NodeId, TypeConfig};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
-/// Wraps bincode bytes for the Peer service, stamped with this build's format version.
+/// Wraps bincode bytes for the Peer service, stamped with the base format:
+/// what every build reads (see `router_raft::codec`).
 pub fn payload(data: impl Into<bytes::Bytes>) -> RaftPayload {
-    RaftPayload { data: data.into(), format_version: FORMAT_VERSION.into() }
+    payload_at(BASE_FORMAT, data)
+}
+
+/// Wraps bincode bytes whose content needs format `version` (log entries
+/// with federation commands): a build that reads only older formats refuses
+/// the payload with a clear message instead of misreading it.
+pub fn payload_at(version: u8, data: impl Into<bytes::Bytes>) -> RaftPayload {
+    RaftPayload { data: data.into(), format_version: version.into() }
 }
 
 /// Refuses a payload written in a format newer than this build reads (a
@@ -62,6 +70,7 @@ impl PeerConnection {
     async fn call<Req, Resp, E>(
         &self,
         rpc: Rpc,
+        format: u8,
         req: &Req,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, NodeAddr, RaftError<NodeId, E>>>
@@ -73,7 +82,7 @@ impl PeerConnection {
         let data = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut client =
             self.peers.client(self.target, &self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        let mut request = tonic::Request::new(payload(data));
+        let mut request = tonic::Request::new(payload_at(format, data));
         request.set_timeout(option.hard_ttl());
         let result = match rpc {
             Rpc::Append => client.append_entries(request).await,
@@ -98,7 +107,8 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
-        self.call(Rpc::Append, &rpc, &option).await
+        let format = rpc.entries.iter().map(router_raft::entry_format).max().unwrap_or(BASE_FORMAT);
+        self.call(Rpc::Append, format, &rpc, &option).await
     }
 
     async fn install_snapshot(
@@ -107,7 +117,8 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId, InstallSnapshotError>>>
     {
-        self.call(Rpc::Snapshot, &rpc, &option).await
+        // The snapshot data carries its own format byte (checked when decoded).
+        self.call(Rpc::Snapshot, BASE_FORMAT, &rpc, &option).await
     }
 
     async fn vote(
@@ -115,7 +126,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
-        self.call(Rpc::Vote, &rpc, &option).await
+        self.call(Rpc::Vote, BASE_FORMAT, &rpc, &option).await
     }
 
     /// Retry an unreachable peer soon: a restarted node should be caught up
@@ -130,10 +141,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn payloads_carry_this_format_and_newer_ones_are_refused() {
+    fn payloads_carry_the_format_of_their_content_and_newer_ones_are_refused() {
         let p = payload(vec![1, 2, 3]);
-        assert_eq!(p.format_version, u32::from(FORMAT_VERSION));
+        assert_eq!(p.format_version, u32::from(BASE_FORMAT), "what builds before federation accept");
         assert!(check_format(&p).is_ok());
+        assert!(check_format(&payload_at(FORMAT_VERSION, vec![1])).is_ok());
         // A build from before the field sends 0: that is format 1, readable.
         assert!(check_format(&RaftPayload { data: vec![1].into(), format_version: 0 }).is_ok());
         let newer = RaftPayload { data: vec![1].into(), format_version: u32::from(FORMAT_VERSION) + 1 };

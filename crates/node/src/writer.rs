@@ -100,7 +100,8 @@ impl Writer {
         let Some(addr) = addr else { return Err(WriteError::NoLeader) };
         let data = bincode::serialize(command).map_err(|e| WriteError::Raft(e.to_string()))?;
         let mut client = self.peers.client(leader, &addr.peer).map_err(|_| WriteError::NoLeader)?;
-        let mut request = tonic::Request::new(crate::network::payload(data));
+        let format = if command.is_federation() { router_raft::FORMAT_VERSION } else { router_raft::BASE_FORMAT };
+        let mut request = tonic::Request::new(crate::network::payload_at(format, data));
         crate::telemetry::inject(request.metadata_mut());
         // Give up on this leader as soon as another one is known: a dead
         // leader's address may not even refuse connections (it just hangs).

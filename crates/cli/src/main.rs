@@ -76,6 +76,35 @@ enum Cmd {
         #[arg(long = "in")]
         input: PathBuf,
     },
+    /// Federation peers: other operators' clusters this one exchanges traffic with.
+    #[command(subcommand)]
+    Peer(PeerCmd),
+}
+
+#[derive(Subcommand)]
+enum PeerCmd {
+    /// Register a peer cluster (or update its endpoints, CA and providers).
+    Add {
+        /// The peer's cluster id (as in its cluster certificate).
+        cluster_id: String,
+        /// A federation endpoint of the peer (host:port); repeat for each of its nodes.
+        #[arg(long = "endpoint", required = true)]
+        endpoints: Vec<String>,
+        /// The CA (PEM file) that signs the peer's cluster certificate.
+        #[arg(long)]
+        ca: PathBuf,
+        /// A provider the peer serves; repeat for each.
+        #[arg(long = "provider", required = true)]
+        providers: Vec<String>,
+    },
+    /// Stop all traffic with a peer (its queue waits; entries expire with reports).
+    Suspend { cluster_id: String },
+    /// Resume traffic with a suspended peer.
+    Resume { cluster_id: String },
+    /// Forget a peer (refused while its outbound queue holds entries).
+    Remove { cluster_id: String },
+    /// Peers with status, outbound queue and link state (the leader's view).
+    List,
 }
 
 #[derive(Subcommand)]
@@ -401,6 +430,59 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 json!({"users": r.users, "mailbox_entries": r.mailbox_entries}),
                 &format!("restored {} users and {} mailbox entries", r.users, r.mailbox_entries),
             );
+        }
+        Cmd::Peer(PeerCmd::Add { cluster_id, endpoints, ca, providers }) => {
+            let ca_pem = std::fs::read_to_string(&ca).with_context(|| format!("read {}", ca.display()))?;
+            let req =
+                RegisterPeerRequest { cluster_id: cluster_id.clone(), endpoints, ca_pem, provider_ids: providers };
+            admin.client(&cli.endpoints[0])?.register_peer(req).await?;
+            done(out, json!({"peer": cluster_id, "registered": true}), &format!("peer {cluster_id} registered"));
+        }
+        Cmd::Peer(ref cmd @ (PeerCmd::Suspend { ref cluster_id } | PeerCmd::Resume { ref cluster_id })) => {
+            let suspended = matches!(cmd, PeerCmd::Suspend { .. });
+            let req = SetPeerStatusRequest { cluster_id: cluster_id.clone(), suspended };
+            admin.client(&cli.endpoints[0])?.set_peer_status(req).await?;
+            let status = if suspended { "suspended" } else { "active" };
+            done(out, json!({"peer": cluster_id, "status": status}), &format!("peer {cluster_id} is {status}"));
+        }
+        Cmd::Peer(PeerCmd::Remove { cluster_id }) => {
+            admin.client(&cli.endpoints[0])?.remove_peer(RemovePeerRequest { cluster_id: cluster_id.clone() }).await?;
+            done(out, json!({"peer": cluster_id, "removed": true}), &format!("peer {cluster_id} removed"));
+        }
+        Cmd::Peer(PeerCmd::List) => {
+            // The leader relays, so its view of each link is the one that matters.
+            let r = admin.client(&leader().await?)?.list_peers(ListPeersRequest {}).await?.into_inner();
+            match out {
+                Output::Json => println!(
+                    "{}",
+                    json!({"cluster_id": r.cluster_id, "peers": r.peers.iter().map(|p| json!({
+                        "peer": p.cluster_id, "status": p.status, "endpoints": p.endpoints, "providers": p.provider_ids,
+                        "queue_depth": p.queue_depth, "oldest_queued_age_ms": p.oldest_queued_age_ms, "link": p.link,
+                        "failures": p.failures, "last_error": p.last_error, "registered_at_ms": p.registered_at_ms,
+                    })).collect::<Vec<_>>()})
+                ),
+                Output::Table => {
+                    let me = if r.cluster_id.is_empty() { "(no [federation] section)" } else { r.cluster_id.as_str() };
+                    println!("this cluster: {me}");
+                    println!(
+                        "{:<16} {:<10} {:<11} {:>8} {:>13} {:>8}  {:<24} LAST_ERROR",
+                        "PEER", "STATUS", "LINK", "QUEUED", "OLDEST_AGE_MS", "FAILURES", "PROVIDERS"
+                    );
+                    for p in r.peers {
+                        println!(
+                            "{:<16} {:<10} {:<11} {:>8} {:>13} {:>8}  {:<24} {}",
+                            p.cluster_id,
+                            p.status,
+                            p.link,
+                            p.queue_depth,
+                            p.oldest_queued_age_ms,
+                            p.failures,
+                            p.provider_ids.join(","),
+                            p.last_error
+                        );
+                    }
+                }
+            }
         }
     }
     Ok(())

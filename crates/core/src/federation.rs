@@ -110,11 +110,17 @@ pub struct PeerRecord {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Federation {
     pub peers: BTreeMap<ClusterId, PeerRecord>,
+    /// Set by the first peer registration, never cleared: from then on the
+    /// state may hold federation items (queued envelopes, reports) even with
+    /// no peer left, so its snapshots keep the newer format.
+    pub used: bool,
 }
 
 impl Federation {
+    /// Nothing federation added is or was in the state: snapshots and
+    /// backups keep the layout older builds read.
     pub fn is_empty(&self) -> bool {
-        self.peers.is_empty()
+        !self.used && self.peers.is_empty()
     }
 }
 

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use router_node::dev::{LocalCluster, LocalClusterSpec, fixed_addrs, write_layout};
+use router_node::dev::{LocalCluster, LocalClusterSpec, fixed_addrs, write_layout_federated};
 use router_node::{Config, Listeners, Node, install_crypto_provider, telemetry};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -75,6 +75,11 @@ enum Cmd {
         /// Providers to certify and onboard at bootstrap.
         #[arg(long, value_delimiter = ',', default_value = "alpha,beta")]
         providers: Vec<String>,
+        /// Also a `[federation]` section under this cluster id: a cluster
+        /// certificate (certs/cluster.pem) and node i's federation listener
+        /// on base-port + 10 i + 4.
+        #[arg(long)]
+        federation_id: Option<String>,
     },
 }
 
@@ -97,10 +102,14 @@ async fn main() -> anyhow::Result<()> {
             let _telemetry = telemetry::init(&Default::default(), LOG_FILTER)?;
             return run_dev(dir, base_port).await;
         }
-        Some(Cmd::InitDev { dir, nodes, base_port, providers }) => {
+        Some(Cmd::InitDev { dir, nodes, base_port, providers, federation_id }) => {
             let providers: Vec<&str> = providers.iter().map(String::as_str).collect();
-            let spec = LocalClusterSpec::new(&dir, nodes, &providers);
-            write_layout(&spec, &fixed_addrs(base_port, nodes))?;
+            let federation_addrs: Vec<std::net::SocketAddr> = match federation_id {
+                Some(_) => (1..=nodes as u16).map(|i| ([127, 0, 0, 1], base_port + 10 * i + 4).into()).collect(),
+                None => Vec::new(),
+            };
+            let spec = LocalClusterSpec { federation: federation_id, ..LocalClusterSpec::new(&dir, nodes, &providers) };
+            write_layout_federated(&spec, &fixed_addrs(base_port, nodes), &federation_addrs)?;
             println!("wrote certificates and routerd-1..{nodes}.toml to {}", dir.display());
             return Ok(());
         }

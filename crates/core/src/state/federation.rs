@@ -27,6 +27,7 @@ impl State {
         providers: &[ProviderId],
     ) -> Result<Outcome, Rejection> {
         let now = self.clock_ms;
+        self.federation.used = true;
         let rec = self.federation.peers.entry(peer.clone()).or_insert_with(|| PeerRecord {
             id: peer.clone(),
             endpoints: Vec::new(),

@@ -1960,3 +1960,18 @@ mod federated_claims {
         );
     }
 }
+
+#[test]
+fn federation_once_used_stays_marked_after_the_last_peer_goes() {
+    use crate::federation::ClusterId;
+    let mut h = Harness::new();
+    assert!(h.state.federation.is_empty());
+    h.apply(Command::RegisterPeer {
+        peer: ClusterId::new("b"),
+        endpoints: vec![],
+        ca_pem: String::new(),
+        providers: vec![pid("beta")],
+    });
+    assert_eq!(h.apply(Command::RemovePeer { peer: ClusterId::new("b") }), Outcome::Done);
+    assert!(!h.state.federation.is_empty(), "reports may still be queued: keep the newer format");
+}

@@ -326,3 +326,109 @@ async fn remote_prekeys_are_handed_out_once_and_refusals_come_back_as_reports() 
     pair.a.shutdown().await;
     pair.b.shutdown().await;
 }
+
+fn group_message(group: &str, id: &str, sender: &str) -> router_sdk::v1::SendGroupRequest {
+    router_sdk::v1::SendGroupRequest {
+        group_id: group.into(),
+        message_id: id.into(),
+        sender_user_id: sender.into(),
+        sender_device_id: 1,
+        content_type: router_sdk::v1::ContentType::Message as i32,
+        ttl_seconds: 0,
+        ciphertext: format!("sender-key ciphertext of {id}").into_bytes().into(),
+        per_device: vec![],
+    }
+}
+
+/// Group messages as one provider's mailbox holds them, in mailbox order:
+/// (group id, group sequence, message id, sender provider).
+async fn collect_group(sub: &mut Subscription, count: usize, within: Duration) -> Vec<(String, u64, String, String)> {
+    let mut by_seq = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while by_seq.len() < count {
+        let entry = tokio::time::timeout_at(deadline, sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} group messages arrived", by_seq.len()))
+            .expect("receive");
+        if let Some(mailbox_entry::Kind::Group(g)) = &entry.kind {
+            by_seq.insert(
+                entry.seq,
+                (g.group_id.clone(), g.group_seq, g.message_id.clone(), g.sender_provider_id.clone()),
+            );
+        }
+        sub.ack(vec![entry.seq]).await.expect("ack");
+    }
+    by_seq.into_values().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_homed_in_one_cluster_is_delivered_in_one_order_on_both_sides() {
+    let mut pair = Pair::start().await;
+    let alpha = pair.a.client("alpha");
+    let beta = pair.b.client("beta");
+    setup_user(&alpha, ALICE, &ALICE_DEVICES).await;
+    setup_user(&beta, BOB, &BOB_DEVICES).await;
+
+    // Alice's group at cluster a (its hub), with bob of cluster b as a member.
+    let create = router_sdk::v1::CreateGroupRequest {
+        group_id: "family".into(),
+        creator_user_id: ALICE.into(),
+        members: vec![router_sdk::v1::GroupMember { user_id: BOB.into(), role: 1 }],
+    };
+    assert_eq!(alpha.create_group(create).await.expect("create").epoch, 1);
+    let reserved = router_sdk::v1::CreateGroupRequest {
+        group_id: "x@cluster-b".into(),
+        creator_user_id: ALICE.into(),
+        members: vec![],
+    };
+    assert_eq!(alpha.create_group(reserved).await.expect_err("'@' is reserved").reason(), Some("BAD_CHARACTERS"));
+
+    // Both send, concurrently: alice at the hub, bob through his cluster.
+    let alice_sends = {
+        let alpha = alpha.clone();
+        tokio::spawn(async move {
+            for n in 0..10 {
+                alpha.send_group(group_message("family", &format!("g-alice-{n:02}"), ALICE)).await.expect("alice");
+            }
+        })
+    };
+    for n in 0..10 {
+        let r = beta.send_group(group_message("family@cluster-a", &format!("g-bob-{n:02}"), BOB)).await.expect("bob");
+        assert!(r.epoch == 1);
+    }
+    // A repeated send is answered the same and ordered once.
+    let again = beta.send_group(group_message("family@cluster-a", "g-bob-09", BOB)).await.expect("retry");
+    alice_sends.await.expect("alice's sender");
+    assert_eq!(
+        beta.send_group(group_message("family@cluster-a", "g-bob-09", BOB)).await.expect("retry").group_seq,
+        again.group_seq
+    );
+
+    // Cluster b unreachable: the hub keeps ordering alice's messages; b's
+    // members get them later, in the same order.
+    pair.cut();
+    for n in 10..15 {
+        alpha.send_group(group_message("family", &format!("g-alice-{n:02}"), ALICE)).await.expect("alice, cut");
+    }
+    let refused = beta.send_group(group_message("family@cluster-a", "g-bob-cut", BOB)).await;
+    assert!(refused.is_err(), "the hub orders; unreachable, a send to it is refused, not reordered");
+    pair.restore().await;
+
+    let mut at_a = alpha.subscribe(64);
+    let mut at_b = beta.subscribe(64);
+    let seen_a = collect_group(&mut at_a, 25, Duration::from_secs(30)).await;
+    let seen_b = collect_group(&mut at_b, 25, Duration::from_secs(30)).await;
+    let order = |v: &[(String, u64, String, String)]| v.iter().map(|(_, s, m, _)| (*s, m.clone())).collect::<Vec<_>>();
+    assert_eq!(order(&seen_a), order(&seen_b), "the same messages in the same order on both sides");
+    let seqs: Vec<u64> = seen_a.iter().map(|(_, s, _, _)| *s).collect();
+    assert_eq!(seqs, (0..25).collect::<Vec<_>>(), "one group order, no gap, no duplicate");
+    assert!(seen_a.iter().all(|(g, ..)| g == "family") && seen_b.iter().all(|(g, ..)| g == "family@cluster-a"));
+    for ((_, _, m, at_hub), (_, _, _, at_peer)) in seen_a.iter().zip(&seen_b) {
+        let (hub_name, peer_name) =
+            if m.starts_with("g-alice") { ("alpha", "alpha@cluster-a") } else { ("beta@cluster-b", "beta") };
+        assert_eq!((at_hub.as_str(), at_peer.as_str()), (hub_name, peer_name), "sender of {m} as each side names it");
+    }
+    assert!(tokio::time::timeout(Duration::from_secs(1), at_b.next()).await.is_err(), "nothing twice at b");
+    pair.a.shutdown().await;
+    pair.b.shutdown().await;
+}

@@ -140,6 +140,23 @@ pub enum Command {
         delivered: Vec<Seq>,
         refused: Vec<(Seq, String, String)>,
     },
+    /// Creates (`create`) or changes a group homed here whose new members
+    /// include users of federation peers (`remote`: user, its cluster).
+    FederatedGroup {
+        provider: ProviderId,
+        actor: UserId,
+        group: crate::group::GroupId,
+        create: bool,
+        set: Vec<(UserId, crate::group::Role)>,
+        remote: Vec<(UserId, ClusterId)>,
+        remove: Vec<UserId>,
+    },
+    /// A member at federation peer `origin` sends to a group homed here;
+    /// `send.sender` is its provider as `origin` names it.
+    SendGroupFromPeer {
+        origin: ClusterId,
+        send: crate::group::GroupSend,
+    },
 }
 
 impl Command {
@@ -166,7 +183,9 @@ impl Command {
             | Command::SetPeerStatus { .. }
             | Command::RemovePeer { .. }
             | Command::AcceptRelayed { .. }
-            | Command::RelayAcked { .. } => None,
+            | Command::RelayAcked { .. }
+            | Command::SendGroupFromPeer { .. } => None,
+            Command::FederatedGroup { provider, .. } => Some(provider),
         }
     }
 
@@ -181,6 +200,8 @@ impl Command {
                 | Command::RelaySend { .. }
                 | Command::AcceptRelayed { .. }
                 | Command::RelayAcked { .. }
+                | Command::FederatedGroup { .. }
+                | Command::SendGroupFromPeer { .. }
         )
     }
 }

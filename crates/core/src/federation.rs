@@ -64,6 +64,17 @@ pub fn qualified(provider: &ProviderId, cluster: &ClusterId) -> ProviderId {
     ProviderId(format!("{provider}@{cluster}"))
 }
 
+/// How a group homed at `cluster` is named here: `family@cluster-a`.
+pub fn qualified_group(group: &crate::group::GroupId, cluster: &ClusterId) -> crate::group::GroupId {
+    crate::group::GroupId(format!("{}@{cluster}", group.0))
+}
+
+/// The (group, home cluster) of a qualified group id.
+pub fn unqualified_group(group: &crate::group::GroupId) -> Option<(crate::group::GroupId, ClusterId)> {
+    let (g, c) = group.0.rsplit_once('@')?;
+    Some((crate::group::GroupId::new(g), ClusterId::new(c)))
+}
+
 /// The (provider, cluster) of a qualified provider id.
 pub fn unqualified(provider: &ProviderId) -> Option<(ProviderId, ClusterId)> {
     let (p, c) = provider.0.split_once('@')?;
@@ -110,6 +121,8 @@ pub struct PeerRecord {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Federation {
     pub peers: BTreeMap<ClusterId, PeerRecord>,
+    /// Remote members of groups homed here: group -> (user -> its cluster).
+    pub group_members: BTreeMap<crate::group::GroupId, BTreeMap<UserId, ClusterId>>,
     /// Set by the first peer registration, never cleared: from then on the
     /// state may hold federation items (queued envelopes, reports) even with
     /// no peer left, so its snapshots keep the newer format.
@@ -142,6 +155,10 @@ pub enum RelayedKind {
     /// An envelope of `to` (a provider of the receiving cluster) will not be
     /// delivered by the relaying cluster.
     Undeliverable { to: ProviderId, message_id: MessageId, recipient: UserId, reason: UndeliverableReason },
+    /// A group message ordered by the group's home cluster (the relaying
+    /// one), for `recipients` served by the receiving cluster. Group id and
+    /// sender are named as the receiving cluster names them.
+    Group(crate::group::GroupDelivery),
 }
 
 /// Why an envelope will not be delivered (reported to its sender).
@@ -165,6 +182,7 @@ impl RelayedKind {
                 recipient: recipient.clone(),
                 reason: reason.clone(),
             }),
+            MailboxItem::Group(delivery) => Some(RelayedKind::Group(delivery.clone())),
             _ => None,
         }
     }

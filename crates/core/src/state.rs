@@ -146,10 +146,10 @@ impl State {
             Command::Ack { provider, seqs } => self.ack(provider, seqs),
             Command::Restore { state } => self.restore(state),
             Command::CreateGroup { provider, creator, group, members } => {
-                self.create_group(provider, creator, group, members)
+                self.create_group(provider, creator, group, members, &BTreeMap::new())
             }
             Command::ChangeGroup { provider, actor, group, set, remove } => {
-                self.change_group(provider, actor, group, set, remove)
+                self.change_group(provider, actor, group, set, remove, &BTreeMap::new())
             }
             Command::SendGroup(g) => self.send_group(g),
             Command::RegisterPeer { peer, endpoints, ca_pem, providers } => {
@@ -162,6 +162,10 @@ impl State {
             }
             Command::AcceptRelayed { origin, items } => self.accept_relayed(origin, items),
             Command::RelayAcked { peer, delivered, refused } => self.relay_acked(peer, delivered, refused),
+            Command::FederatedGroup { provider, actor, group, create, set, remote, remove } => {
+                self.federated_group(provider, actor, group, *create, set, remote, remove)
+            }
+            Command::SendGroupFromPeer { origin, send } => self.send_group_from_peer(origin, send),
         };
         result.unwrap_or_else(Outcome::Rejected)
     }
@@ -508,21 +512,32 @@ impl State {
         }
     }
 
-    fn check_members_exist(&self, members: impl Iterator<Item = UserId>) -> Result<(), Rejection> {
+    /// Every member is a local user, or a user of a federation peer listed
+    /// in `remote` (new remote members) or `known_remote` (already members).
+    fn check_members_exist(
+        &self,
+        members: impl Iterator<Item = UserId>,
+        remote: &BTreeMap<UserId, crate::federation::ClusterId>,
+        known_remote: Option<&BTreeMap<UserId, crate::federation::ClusterId>>,
+    ) -> Result<(), Rejection> {
         for m in members {
-            if !self.users.contains_key(&m) {
+            let known = self.users.contains_key(&m)
+                || remote.contains_key(&m)
+                || known_remote.is_some_and(|k| k.contains_key(&m));
+            if !known {
                 return Err(Rejection::UserNotFound { user: m });
             }
         }
         Ok(())
     }
 
-    fn create_group(
+    pub(super) fn create_group(
         &mut self,
         provider: &ProviderId,
         creator: &UserId,
         group: &GroupId,
         members: &[(UserId, Role)],
+        remote: &BTreeMap<UserId, crate::federation::ClusterId>,
     ) -> Result<Outcome, Rejection> {
         self.own_user(provider, creator)?;
         if self.groups.contains_key(group) {
@@ -530,25 +545,31 @@ impl State {
         }
         let mut all: BTreeMap<UserId, Role> = members.iter().cloned().collect();
         all.insert(creator.clone(), Role::Admin);
-        self.check_members_exist(all.keys().cloned())?;
+        self.check_members_exist(all.keys().cloned(), remote, None)?;
         let limit = self.limits.max_group_members;
         if all.len() as u64 > u64::from(limit) {
             return Err(Rejection::TooManyGroupMembers { limit });
+        }
+        let remote_members: BTreeMap<UserId, crate::federation::ClusterId> =
+            remote.iter().filter(|(u, _)| all.contains_key(*u)).map(|(u, c)| (u.clone(), c.clone())).collect();
+        if !remote_members.is_empty() {
+            self.federation.group_members.insert(group.clone(), remote_members);
         }
         self.groups.insert(group.clone(), GroupRecord { id: group.clone(), members: all, epoch: 1, next_seq: 0 });
         Ok(Outcome::GroupEpoch { epoch: 1 })
     }
 
-    fn change_group(
+    pub(super) fn change_group(
         &mut self,
         provider: &ProviderId,
         actor: &UserId,
         group: &GroupId,
         set: &[(UserId, Role)],
         remove: &[UserId],
+        remote: &BTreeMap<UserId, crate::federation::ClusterId>,
     ) -> Result<Outcome, Rejection> {
         self.own_user(provider, actor)?;
-        self.check_members_exist(set.iter().map(|(u, _)| u.clone()))?;
+        self.check_members_exist(set.iter().map(|(u, _)| u.clone()), remote, self.federation.group_members.get(group))?;
         let limit = self.limits.max_group_members;
         let rec = self.groups.get(group).ok_or_else(|| Rejection::GroupNotFound { group: group.clone() })?;
         match rec.members.get(actor) {
@@ -566,6 +587,12 @@ impl State {
         if members.len() as u64 > u64::from(limit) {
             return Err(Rejection::TooManyGroupMembers { limit });
         }
+        let mut remote_members = self.federation.group_members.remove(group).unwrap_or_default();
+        remote_members.extend(remote.iter().map(|(u, c)| (u.clone(), c.clone())));
+        remote_members.retain(|u, _| members.contains_key(u));
+        if !remote_members.is_empty() {
+            self.federation.group_members.insert(group.clone(), remote_members);
+        }
         let rec = self.groups.get_mut(group).expect("checked above");
         rec.members = members;
         rec.epoch += 1;
@@ -582,14 +609,30 @@ impl State {
         if !rec.members.contains_key(&g.sender_user) {
             return Err(Rejection::NotGroupMember { user: g.sender_user.clone() });
         }
-        // Recipients by provider, from the membership as of this entry.
-        let mut by_provider: BTreeMap<ProviderId, Vec<UserId>> = BTreeMap::new();
+        self.fan_out_group(g)
+    }
+
+    /// Orders a group message (the next group sequence) and puts it in the
+    /// mailbox of every member provider, and in the outbound queue of every
+    /// federation peer with members; `g.sender` is the sender's provider as
+    /// named here. The caller checked the sender's membership.
+    pub(super) fn fan_out_group(&mut self, g: &GroupSend) -> Result<Outcome, Rejection> {
+        let key = (g.sender.clone(), g.message_id.clone());
+        let rec = self.groups.get(&g.group).ok_or_else(|| Rejection::GroupNotFound { group: g.group.clone() })?;
+        // Recipients by provider (local members) and by peer (remote members),
+        // from the membership as of this entry.
+        let remote = self.federation.group_members.get(&g.group);
+        let mut by_mailbox: BTreeMap<ProviderId, Vec<UserId>> = BTreeMap::new();
         for member in rec.members.keys() {
             if let Some(u) = self.users.get(member) {
-                by_provider.entry(u.provider.clone()).or_default().push(member.clone());
+                by_mailbox.entry(u.provider.clone()).or_default().push(member.clone());
+            } else if let Some(cluster) = remote.and_then(|r| r.get(member))
+                && self.federation.peers.contains_key(cluster)
+            {
+                by_mailbox.entry(crate::federation::outbound_queue(cluster)).or_default().push(member.clone());
             }
         }
-        for p in by_provider.keys() {
+        for p in by_mailbox.keys() {
             if self.mailbox_depth(p) as u64 >= self.limits.max_mailbox_entries {
                 return Err(Rejection::MailboxFull { provider: p.clone(), limit: self.limits.max_mailbox_entries });
             }
@@ -598,7 +641,7 @@ impl State {
         self.groups.get_mut(&g.group).expect("checked above").next_seq += 1;
         let now = self.clock_ms;
         let expires = now.saturating_add(g.ttl_ms);
-        for (provider, recipients) in by_provider {
+        for (mailbox, recipients) in by_mailbox {
             let per_device: Vec<(UserId, crate::command::DevicePart)> =
                 g.per_device.iter().filter(|(u, _)| recipients.contains(u)).cloned().collect();
             let delivery = GroupDelivery {
@@ -616,8 +659,8 @@ impl State {
                 traceparent: g.traceparent.clone(),
             };
             let seq =
-                self.mailboxes.entry(provider.clone()).or_default().push(now, expires, MailboxItem::Group(delivery));
-            self.expiry.insert((expires, provider, seq));
+                self.mailboxes.entry(mailbox.clone()).or_default().push(now, expires, MailboxItem::Group(delivery));
+            self.expiry.insert((expires, mailbox, seq));
         }
         let answer = Outcome::GroupSent { group_seq, epoch, accepted_at_ms: now };
         self.dedup.answers.insert(key.clone(), answer.clone());

@@ -333,6 +333,8 @@ pub fn command_kind(c: &Command) -> &'static str {
         Command::RelaySend { .. } => "relay_send",
         Command::AcceptRelayed { .. } => "accept_relayed",
         Command::RelayAcked { .. } => "relay_acked",
+        Command::FederatedGroup { .. } => "federated_group",
+        Command::SendGroupFromPeer { .. } => "send_group_from_peer",
     }
 }
 

@@ -115,6 +115,7 @@ impl State {
                 RelayedKind::Undeliverable { to, message_id, recipient, reason } => {
                     self.accept_relayed_report(origin, item, to, message_id, recipient, reason)
                 }
+                RelayedKind::Group(delivery) => self.accept_relayed_group(origin, item, delivery),
             };
             let transient = matches!(&result, Err(r) if r.is_transient());
             results.push(result.unwrap_or_else(Outcome::Rejected));
@@ -173,9 +174,7 @@ impl State {
         recipient: &crate::ids::UserId,
         reason: &UndeliverableReason,
     ) -> Result<Outcome, Rejection> {
-        // A report has no sender-chosen id: its position in the origin's
-        // queue (never reused) makes a repeated relay harmless.
-        let key = (outbound_queue(origin), MessageId(format!("report/{}", item.queue_seq)));
+        let key = relayed_item_key(origin, item);
         if self.dedup.answers.contains_key(&key) {
             return Ok(Outcome::Done);
         }
@@ -203,6 +202,93 @@ impl State {
         self.dedup.answers.insert(key.clone(), Outcome::Done);
         self.dedup.order.push_back((now, key.0, key.1));
         Ok(Outcome::Done)
+    }
+
+    /// A group message the group's home cluster ordered: one entry per local
+    /// provider of its recipients, in the order the home cluster relays them
+    /// (its queue order, which is the group order).
+    fn accept_relayed_group(
+        &mut self,
+        origin: &ClusterId,
+        item: &RelayedItem,
+        delivery: &crate::group::GroupDelivery,
+    ) -> Result<Outcome, Rejection> {
+        let key = relayed_item_key(origin, item);
+        if self.dedup.answers.contains_key(&key) {
+            return Ok(Outcome::Done);
+        }
+        let mut by_provider: std::collections::BTreeMap<ProviderId, Vec<crate::ids::UserId>> = Default::default();
+        for u in &delivery.recipients {
+            if let Some(rec) = self.users.get(u) {
+                by_provider.entry(rec.provider.clone()).or_default().push(u.clone());
+            }
+        }
+        let limit = self.limits.max_mailbox_entries;
+        for p in by_provider.keys() {
+            if self.mailbox_depth(p) as u64 >= limit {
+                return Err(Rejection::MailboxFull { provider: p.clone(), limit });
+            }
+        }
+        let now = self.clock_ms;
+        let expires = now.saturating_add(item.ttl_left_ms);
+        for (provider, recipients) in by_provider {
+            let per_device = delivery.per_device.iter().filter(|(u, _)| recipients.contains(u)).cloned().collect();
+            let local = crate::group::GroupDelivery { recipients, per_device, ..delivery.clone() };
+            let seq = self.mailboxes.entry(provider.clone()).or_default().push(now, expires, MailboxItem::Group(local));
+            self.expiry.insert((expires, provider, seq));
+        }
+        self.dedup.answers.insert(key.clone(), Outcome::Done);
+        self.dedup.order.push_back((now, key.0, key.1));
+        Ok(Outcome::Done)
+    }
+
+    /// Creates or changes a group homed here with members at federation
+    /// peers (which must be registered and active).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn federated_group(
+        &mut self,
+        provider: &ProviderId,
+        actor: &crate::ids::UserId,
+        group: &crate::group::GroupId,
+        create: bool,
+        set: &[(crate::ids::UserId, crate::group::Role)],
+        remote: &[(crate::ids::UserId, ClusterId)],
+        remove: &[crate::ids::UserId],
+    ) -> Result<Outcome, Rejection> {
+        for (_, cluster) in remote {
+            self.active_peer(cluster)?;
+        }
+        let remote: std::collections::BTreeMap<_, _> = remote.iter().cloned().collect();
+        if create {
+            self.create_group(provider, actor, group, set, &remote)
+        } else {
+            self.change_group(provider, actor, group, set, remove, &remote)
+        }
+    }
+
+    /// A member served by `origin` sends to a group homed here: ordered and
+    /// fanned out like a local member's message (back to `origin` too, for
+    /// its other members), deduplicated by qualified sender and message id.
+    pub(super) fn send_group_from_peer(
+        &mut self,
+        origin: &ClusterId,
+        send: &crate::group::GroupSend,
+    ) -> Result<Outcome, Rejection> {
+        let peer = self.active_peer(origin)?;
+        if !peer.providers.contains(&send.sender) {
+            return Err(Rejection::NotServedByPeer { provider: send.sender.clone(), peer: origin.clone() });
+        }
+        let local = crate::group::GroupSend { sender: qualified(&send.sender, origin), ..send.clone() };
+        if let Some(answer) = self.dedup.answers.get(&(local.sender.clone(), local.message_id.clone())) {
+            return Ok(answer.clone());
+        }
+        let rec =
+            self.groups.get(&local.group).ok_or_else(|| Rejection::GroupNotFound { group: local.group.clone() })?;
+        let member_there = self.federation.group_members.get(&local.group).and_then(|m| m.get(&local.sender_user));
+        if !rec.members.contains_key(&local.sender_user) || member_there != Some(origin) {
+            return Err(Rejection::NotGroupMember { user: local.sender_user.clone() });
+        }
+        self.fan_out_group(&local)
     }
 
     /// The peer's answers for entries of its outbound queue: delivered ones
@@ -246,6 +332,14 @@ impl State {
 
     // ------------------------------------------------------------- reads
 
+    /// Remote members of a group homed here, with their clusters.
+    pub fn group_remote_members(
+        &self,
+        group: &crate::group::GroupId,
+    ) -> Option<&std::collections::BTreeMap<crate::ids::UserId, ClusterId>> {
+        self.federation.group_members.get(group)
+    }
+
     pub fn peer(&self, peer: &ClusterId) -> Option<&PeerRecord> {
         self.federation.peers.get(peer)
     }
@@ -253,4 +347,11 @@ impl State {
     pub fn peers(&self) -> impl Iterator<Item = &PeerRecord> {
         self.federation.peers.values()
     }
+}
+
+/// Dedup key of a relayed item without a sender-chosen id (a report, a group
+/// delivery): its position in the origin's queue, never reused, makes a
+/// repeated relay harmless.
+fn relayed_item_key(origin: &ClusterId, item: &RelayedItem) -> (ProviderId, MessageId) {
+    (outbound_queue(origin), MessageId(format!("relayed/{}", item.queue_seq)))
 }

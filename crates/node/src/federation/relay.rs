@@ -202,6 +202,27 @@ fn to_proto(e: &MailboxEntry, clock_ms: u64) -> Option<v1::RelayedItem> {
             };
             (v1::relayed_item::Kind::Report(report), String::new())
         }
+        RelayedKind::Group(g) => {
+            let traceparent = g.traceparent.clone().unwrap_or_default();
+            let message = v1::GroupMessage {
+                group_id: g.group.0,
+                group_seq: g.group_seq,
+                epoch: g.epoch,
+                sender_provider_id: g.sender.0,
+                sender_user_id: g.sender_user.0,
+                sender_device_id: g.sender_device,
+                message_id: g.message_id.0,
+                content_type: v1::ContentType::from(g.content_type) as i32,
+                recipient_user_ids: g.recipients.into_iter().map(|u| u.0).collect(),
+                ciphertext: g.ciphertext,
+                per_device: g
+                    .per_device
+                    .iter()
+                    .map(|(u, p)| v1::GroupDevicePart { user_id: u.0.clone(), part: Some(p.into()) })
+                    .collect(),
+            };
+            (v1::relayed_item::Kind::Group(message), traceparent)
+        }
     };
     Some(v1::RelayedItem { queue_seq: e.seq, ttl_left_ms, kind: Some(kind), traceparent })
 }

@@ -14,7 +14,9 @@ use crate::ctx::Ctx;
 use crate::grpc::{status, validate};
 use crate::identity::{Identity, check_provider_id, identity_from_der};
 use router_core::federation::{RelayedItem, RelayedKind, UndeliverableReason, qualified};
-use router_core::{Command, MessageId, Outcome, PeerRecord, PeerStatus, ProviderId, Rejection, SendEnvelope, State};
+use router_core::{
+    ClusterId, Command, MessageId, Outcome, PeerRecord, PeerStatus, ProviderId, Rejection, SendEnvelope, State,
+};
 use router_proto::v1;
 use router_proto::v1::federation_server::{Federation as FederationApi, FederationServer};
 use rustls::client::danger::HandshakeSignatureValid;
@@ -291,6 +293,27 @@ impl FederationApi for FederationService {
         }
     }
 
+    async fn send_group(
+        &self,
+        req: Request<v1::FederationSendGroupRequest>,
+    ) -> Result<Response<v1::SendGroupResponse>, Status> {
+        let peer = self.peer_of(&req)?;
+        let r = req.into_inner();
+        let sender = provider_id("sender_provider_id", &r.sender_provider_id)?;
+        let send = r.send.ok_or_else(|| status::invalid_field("send", "EMPTY", "the group send is missing"))?;
+        let mut send = validate::group_send(sender, send, &self.ctx.limits)?;
+        if send.group.0.contains('@') {
+            return Err(status::invalid_field("send.group_id", "INVALID", "name the group as its home cluster does"));
+        }
+        send.traceparent = crate::telemetry::current_traceparent();
+        match self.ctx.write(Command::SendGroupFromPeer { origin: peer.id, send }).await? {
+            Outcome::GroupSent { group_seq, epoch, accepted_at_ms } => {
+                Ok(Response::new(v1::SendGroupResponse { group_seq, epoch, accepted_at_ms }))
+            }
+            other => Err(status::unexpected(&other)),
+        }
+    }
+
     async fn relay(&self, req: Request<v1::RelayRequest>) -> Result<Response<v1::RelayResponse>, Status> {
         let peer = self.peer_of(&req)?;
         let raw = req.into_inner().items;
@@ -303,7 +326,10 @@ impl FederationApi for FederationService {
         let items = raw
             .into_iter()
             .enumerate()
-            .map(|(i, item)| relayed_item(item, &self.ctx.limits).map_err(|s| prefix(&format!("items[{i}]"), s)))
+            .map(|(i, item)| {
+                relayed_item(item, &self.ctx.limits, &peer.id, self.fed.cluster_id())
+                    .map_err(|s| prefix(&format!("items[{i}]"), s))
+            })
             .collect::<Result<Vec<_>, Status>>()?;
         let seqs: Vec<u64> = items.iter().map(|i| i.queue_seq).collect();
         let results = match self.ctx.write(Command::AcceptRelayed { origin: peer.id.clone(), items }).await? {
@@ -332,6 +358,75 @@ impl FederationApi for FederationService {
     }
 }
 
+/// A group message relayed by its home cluster `origin`, renamed as this
+/// cluster names things: the group `g@origin`, a provider of `origin`
+/// `p@origin`, one of ours (`p@<own>` there) plain `p`, one of a third
+/// cluster kept as qualified.
+fn group_delivery(
+    g: v1::GroupMessage,
+    traceparent: &str,
+    limits: &crate::config::EdgeLimits,
+    origin: &ClusterId,
+    own: &ClusterId,
+) -> Result<router_core::GroupDelivery, Status> {
+    let group = validate::group_id(&g.group_id)?;
+    if group.0.contains('@') {
+        return Err(status::invalid_field(
+            "group.group_id",
+            "INVALID",
+            "the home cluster names its groups without '@'",
+        ));
+    }
+    let sender = match g.sender_provider_id.split_once('@') {
+        None => qualified(&provider_id("group.sender_provider_id", &g.sender_provider_id)?, origin),
+        Some((p, c)) => {
+            let p = provider_id("group.sender_provider_id", p)?;
+            check_provider_id(c).map_err(|e| status::invalid_field("group.sender_provider_id", "INVALID", e))?;
+            if c == own.as_str() { p } else { qualified(&p, &ClusterId::new(c)) }
+        }
+    };
+    let content_type = validate::content_type(g.content_type)?;
+    if g.ciphertext.is_empty() {
+        return Err(status::invalid_field("group.ciphertext", "EMPTY", "ciphertext is empty"));
+    }
+    let mut per_device = Vec::with_capacity(g.per_device.len());
+    let mut total = g.ciphertext.len();
+    for (i, p) in g.per_device.into_iter().enumerate() {
+        let user = validate::user_id(&format!("group.per_device[{i}].user_id"), &p.user_id, limits)?;
+        let part =
+            p.part.ok_or_else(|| status::invalid_field(format!("group.per_device[{i}].part"), "EMPTY", "no part"))?;
+        total += part.ciphertext.len();
+        let mut parts = validate::parts(vec![part], limits)?;
+        per_device.push((user, parts.remove(0)));
+    }
+    if total > limits.max_envelope_bytes {
+        return Err(status::over_limit("group.ciphertext", limits.max_envelope_bytes as u64, total as u64));
+    }
+    if g.recipient_user_ids.is_empty() || g.recipient_user_ids.len() > MAX_RELAY_BATCH {
+        return Err(status::invalid_field("group.recipient_user_ids", "OUT_OF_RANGE", "1..=1024 recipients"));
+    }
+    let recipients = g
+        .recipient_user_ids
+        .iter()
+        .enumerate()
+        .map(|(i, u)| validate::user_id(&format!("group.recipient_user_ids[{i}]"), u, limits))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(router_core::GroupDelivery {
+        group: router_core::federation::qualified_group(&group, origin),
+        group_seq: g.group_seq,
+        epoch: g.epoch,
+        sender,
+        sender_user: validate::user_id("group.sender_user_id", &g.sender_user_id, limits)?,
+        sender_device: validate::device_id("group.sender_device_id", g.sender_device_id)?,
+        message_id: validate::message_id(&g.message_id, limits)?,
+        content_type,
+        recipients,
+        ciphertext: g.ciphertext,
+        per_device,
+        traceparent: (!traceparent.is_empty() && traceparent.len() <= 128).then(|| traceparent.to_string()),
+    })
+}
+
 /// Names the item a field error is about.
 fn prefix(item: &str, s: Status) -> Status {
     Status::with_details(s.code(), format!("{item}: {}", s.message()), s.details().to_vec().into())
@@ -344,7 +439,12 @@ fn provider_id(field: &str, s: &str) -> Result<ProviderId, Status> {
 
 /// A relayed item as the state machine takes it, checked like a send from a
 /// local provider (sizes, ids, device parts).
-fn relayed_item(item: v1::RelayedItem, limits: &crate::config::EdgeLimits) -> Result<RelayedItem, Status> {
+fn relayed_item(
+    item: v1::RelayedItem,
+    limits: &crate::config::EdgeLimits,
+    origin: &ClusterId,
+    own: &ClusterId,
+) -> Result<RelayedItem, Status> {
     let max_ttl_ms = u64::from(limits.max_ttl_seconds) * 1000;
     if item.ttl_left_ms == 0 || item.ttl_left_ms > max_ttl_ms {
         return Err(status::invalid_field(
@@ -415,7 +515,12 @@ fn relayed_item(item: v1::RelayedItem, limits: &crate::config::EdgeLimits) -> Re
                 reason,
             }
         }
-        None => return Err(status::invalid_field("kind", "EMPTY", "an item is an envelope or a report")),
+        Some(v1::relayed_item::Kind::Group(g)) => {
+            RelayedKind::Group(group_delivery(g, &item.traceparent, limits, origin, own)?)
+        }
+        None => {
+            return Err(status::invalid_field("kind", "EMPTY", "an item is an envelope, a report or a group message"));
+        }
     };
     Ok(RelayedItem { queue_seq: item.queue_seq, ttl_left_ms: item.ttl_left_ms, item: kind })
 }

@@ -1975,3 +1975,100 @@ fn federation_once_used_stays_marked_after_the_last_peer_goes() {
     assert_eq!(h.apply(Command::RemovePeer { peer: ClusterId::new("b") }), Outcome::Done);
     assert!(!h.state.federation.is_empty(), "reports may still be queued: keep the newer format");
 }
+
+mod federated_groups {
+    use super::*;
+    use crate::federation::{ClusterId, RelayedItem, RelayedKind, outbound_queue};
+    use crate::group::{GroupId, GroupSend, Role};
+
+    fn peer(h: &mut Harness, id: &str, providers: &[&str]) {
+        h.apply(Command::RegisterPeer {
+            peer: ClusterId::new(id),
+            endpoints: vec![],
+            ca_pem: String::new(),
+            providers: providers.iter().map(|p| pid(p)).collect(),
+        });
+    }
+
+    fn gsend(sender: &str, user: &str, id: &str) -> GroupSend {
+        GroupSend {
+            sender: pid(sender),
+            sender_user: uid(user),
+            sender_device: 1,
+            group: GroupId::new("fam"),
+            message_id: mid(id),
+            content_type: ContentType::Message,
+            ttl_ms: 60_000,
+            ciphertext: Bytes::from_static(b"sk"),
+            per_device: vec![],
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn the_hub_orders_and_queues_one_delivery_per_peer_and_takes_sends_from_peer_members() {
+        let mut h = Harness::new();
+        h.apply(register_user(PA, "alice"));
+        peer(&mut h, "b", &["beta"]);
+        let create = |remote: Vec<(UserId, ClusterId)>| Command::FederatedGroup {
+            provider: pid(PA),
+            actor: uid("alice"),
+            group: GroupId::new("fam"),
+            create: true,
+            set: vec![(uid("bob"), Role::Member), (uid("carol"), Role::Member)],
+            remote,
+            remove: vec![],
+        };
+        // carol is known nowhere: refused, nothing created.
+        assert_eq!(
+            h.apply(create(vec![(uid("bob"), ClusterId::new("b"))])),
+            Outcome::Rejected(Rejection::UserNotFound { user: uid("carol") })
+        );
+        let remote = vec![(uid("bob"), ClusterId::new("b")), (uid("carol"), ClusterId::new("b"))];
+        assert_eq!(h.apply(create(remote)), Outcome::GroupEpoch { epoch: 1 });
+
+        assert!(matches!(
+            h.apply(Command::SendGroup(gsend(PA, "alice", "m0"))),
+            Outcome::GroupSent { group_seq: 0, .. }
+        ));
+        // bob, at b, sends through b: ordered here under his qualified provider.
+        let from_b = Command::SendGroupFromPeer { origin: ClusterId::new("b"), send: gsend("beta", "bob", "m1") };
+        assert!(matches!(h.apply(from_b.clone()), Outcome::GroupSent { group_seq: 1, .. }));
+        assert!(matches!(h.apply(from_b), Outcome::GroupSent { group_seq: 1, .. }), "a retry is answered the same");
+        // alice is not a member at b: refused.
+        let impostor = Command::SendGroupFromPeer { origin: ClusterId::new("b"), send: gsend("beta", "alice", "m2") };
+        assert_eq!(h.apply(impostor), Outcome::Rejected(Rejection::NotGroupMember { user: uid("alice") }));
+
+        // One entry per message in b's queue, for both of its members, in group order.
+        let queued = h.state.mailbox_from(&outbound_queue(&ClusterId::new("b")), 0, 10);
+        let order: Vec<(u64, Vec<UserId>, ProviderId)> = queued
+            .iter()
+            .map(|e| match &e.item {
+                MailboxItem::Group(g) => (g.group_seq, g.recipients.clone(), g.sender.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            order,
+            vec![(0, vec![uid("bob"), uid("carol")], pid(PA)), (1, vec![uid("bob"), uid("carol")], pid("beta@b"))]
+        );
+
+        // At b, the relayed deliveries land in the members' provider, once.
+        let mut b = Harness::new();
+        b.apply(register_user(PB, "bob"));
+        peer(&mut b, "a", &[PA]);
+        let item = RelayedItem {
+            queue_seq: queued[0].seq,
+            ttl_left_ms: 5_000,
+            item: RelayedKind::from_queue(&queued[0].item).expect("group items are relayed"),
+        };
+        for _ in 0..2 {
+            let out = b.apply(Command::AcceptRelayed { origin: ClusterId::new("a"), items: vec![item.clone()] });
+            assert_eq!(out, Outcome::Relayed { results: vec![Outcome::Done] });
+        }
+        let got = b.state.mailbox_from(&pid(PB), 0, 10);
+        assert_eq!(got.len(), 1, "{got:?}");
+        let MailboxItem::Group(g) = &got[0].item else { panic!("{got:?}") };
+        assert_eq!(g.recipients, vec![uid("bob")], "only b's own users (carol is not registered here)");
+    }
+}

@@ -102,6 +102,7 @@ impl Pair {
             endpoints,
             ca_pem: ca,
             provider_ids: providers.iter().map(|p| p.to_string()).collect(),
+            max_queued_entries: 0,
         };
         a.admin(2)
             .register_peer(register("cluster-b", to_b, b.ca_pem(), &["beta", "delta"]))
@@ -429,6 +430,85 @@ async fn a_group_homed_in_one_cluster_is_delivered_in_one_order_on_both_sides() 
         assert_eq!((at_hub.as_str(), at_peer.as_str()), (hub_name, peer_name), "sender of {m} as each side names it");
     }
     assert!(tokio::time::timeout(Duration::from_secs(1), at_b.next()).await.is_err(), "nothing twice at b");
+    pair.a.shutdown().await;
+    pair.b.shutdown().await;
+}
+
+/// A federation client to `node` of `cluster` with any certificate pair.
+fn federation_client(
+    cluster: &TestCluster,
+    node: u64,
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> router_sdk::v1::federation_client::FederationClient<tonic::transport::Channel> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let read = |p: &std::path::Path| std::fs::read(p).expect("read certificate");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(ca)))
+        .identity(Identity::from_pem(read(cert), read(key)))
+        .domain_name("127.0.0.1");
+    let addr = cluster.cluster.node(node).federation_addr.expect("federation listener");
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .expect("endpoint")
+        .tls_config(tls)
+        .expect("tls")
+        .connect_lazy();
+    router_sdk::v1::federation_client::FederationClient::new(channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_refuses_callers_it_has_not_registered() {
+    let pair = Pair::start().await;
+    let b_ca = pair.b.cluster.ca.clone();
+    let resolve = router_sdk::v1::FederationResolveRequest { user_id: BOB.into() };
+
+    // Registered: cluster a's own certificate is answered (bob is unknown: NOT_FOUND, not a refusal).
+    let a_certs = pair.a.cluster.dir.join("certs");
+    let mut ok = federation_client(&pair.b, 1, &b_ca, &a_certs.join("cluster.pem"), &a_certs.join("cluster.key"));
+    let err = ok.resolve(resolve.clone()).await.expect_err("bob is not registered yet");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+
+    // A certificate from cluster a's CA that is not its cluster identity (a provider's).
+    let alpha = &pair.a.cluster.provider_certs["alpha"];
+    let mut provider = federation_client(&pair.b, 1, &b_ca, &alpha.cert, &alpha.key);
+    let err = provider.resolve(resolve.clone()).await.expect_err("a provider is not a cluster");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+
+    // A cluster nobody registered: its CA is trusted by no one, the handshake fails.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = router_node::devcerts::DevPki::create(dir.path()).expect("pki");
+    let z = pki
+        .issue(&router_node::identity::Identity::Cluster(router_core::ClusterId::new("cluster-z")), "cluster")
+        .expect("cert");
+    let mut stranger = federation_client(&pair.b, 1, &b_ca, &z.cert, &z.key);
+    let err = stranger.resolve(resolve.clone()).await.expect_err("unregistered cluster");
+    // TLS 1.3: the client learns of the refused certificate as a closed connection.
+    let transport = matches!(err.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled);
+    assert!(transport, "refused at the handshake, not by a handler: {err:?}");
+
+    // Once b registers that CA for a peer "cluster-c", its certificates pass
+    // the handshake, but one peer's CA cannot speak for another peer...
+    let register_c = RegisterPeerRequest {
+        cluster_id: "cluster-c".into(),
+        endpoints: vec!["127.0.0.1:9".into()],
+        ca_pem: std::fs::read_to_string(&pki.ca).expect("ca"),
+        provider_ids: vec!["gamma".into()],
+        max_queued_entries: 0,
+    };
+    pair.b.admin(1).register_peer(register_c).await.expect("b registers c");
+    let c_known = |s: &router_core::State| s.peer(&router_core::ClusterId::new("cluster-c")).is_some();
+    pair.b.wait_until(Duration::from_secs(10), c_known).await.expect("c registered everywhere");
+    let fake_a = pki
+        .issue(&router_node::identity::Identity::Cluster(router_core::ClusterId::new("cluster-a")), "fake-a")
+        .expect("cert");
+    let mut impostor = federation_client(&pair.b, 1, &b_ca, &fake_a.cert, &fake_a.key);
+    let err = impostor.resolve(resolve.clone()).await.expect_err("cluster a's name on cluster c's CA");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    // ...and a name nobody registered is refused by name.
+    let err = stranger.resolve(resolve).await.expect_err("cluster-z is not a peer");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    assert!(err.message().contains("no federation peer cluster-z"), "{err:?}");
     pair.a.shutdown().await;
     pair.b.shutdown().await;
 }

@@ -96,6 +96,9 @@ enum PeerCmd {
         /// A provider the peer serves; repeat for each.
         #[arg(long = "provider", required = true)]
         providers: Vec<String>,
+        /// Entries its outbound queue may hold (default: the cluster's mailbox limit).
+        #[arg(long, default_value_t = 0)]
+        max_queued: u64,
     },
     /// Stop all traffic with a peer (its queue waits; entries expire with reports).
     Suspend { cluster_id: String },
@@ -431,10 +434,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 &format!("restored {} users and {} mailbox entries", r.users, r.mailbox_entries),
             );
         }
-        Cmd::Peer(PeerCmd::Add { cluster_id, endpoints, ca, providers }) => {
+        Cmd::Peer(PeerCmd::Add { cluster_id, endpoints, ca, providers, max_queued }) => {
             let ca_pem = std::fs::read_to_string(&ca).with_context(|| format!("read {}", ca.display()))?;
-            let req =
-                RegisterPeerRequest { cluster_id: cluster_id.clone(), endpoints, ca_pem, provider_ids: providers };
+            let req = RegisterPeerRequest {
+                cluster_id: cluster_id.clone(),
+                endpoints,
+                ca_pem,
+                provider_ids: providers,
+                max_queued_entries: max_queued,
+            };
             admin.client(&cli.endpoints[0])?.register_peer(req).await?;
             done(out, json!({"peer": cluster_id, "registered": true}), &format!("peer {cluster_id} registered"));
         }
@@ -459,6 +467,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         "peer": p.cluster_id, "status": p.status, "endpoints": p.endpoints, "providers": p.provider_ids,
                         "queue_depth": p.queue_depth, "oldest_queued_age_ms": p.oldest_queued_age_ms, "link": p.link,
                         "failures": p.failures, "last_error": p.last_error, "registered_at_ms": p.registered_at_ms,
+                        "max_queued_entries": p.max_queued_entries,
                     })).collect::<Vec<_>>()})
                 ),
                 Output::Table => {

@@ -111,6 +111,8 @@ pub enum Command {
         endpoints: Vec<String>,
         ca_pem: String,
         providers: Vec<ProviderId>,
+        /// Outbound queue quota (0: the cluster's mailbox limit).
+        max_queue: u64,
     },
     /// Operator: the peer's suspend switch.
     SetPeerStatus {

@@ -110,6 +110,9 @@ pub struct PeerRecord {
     /// Providers the peer serves: the only senders it may relay, and the
     /// only providers whose users are reached through it.
     pub providers: BTreeSet<ProviderId>,
+    /// Quota: entries its outbound queue may hold (0: the cluster's
+    /// `max_mailbox_entries`). Sends to its users beyond it are refused.
+    pub max_queue: u64,
     pub status: PeerStatus,
     pub registered_at_ms: u64,
     pub status_changed_at_ms: u64,

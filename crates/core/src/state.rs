@@ -152,8 +152,8 @@ impl State {
                 self.change_group(provider, actor, group, set, remove, &BTreeMap::new())
             }
             Command::SendGroup(g) => self.send_group(g),
-            Command::RegisterPeer { peer, endpoints, ca_pem, providers } => {
-                self.register_peer(peer, endpoints, ca_pem, providers)
+            Command::RegisterPeer { peer, endpoints, ca_pem, providers, max_queue } => {
+                self.register_peer(peer, endpoints, ca_pem, providers, *max_queue)
             }
             Command::SetPeerStatus { peer, status } => self.set_peer_status(peer, *status),
             Command::RemovePeer { peer } => self.remove_peer(peer),
@@ -633,8 +633,9 @@ impl State {
             }
         }
         for p in by_mailbox.keys() {
-            if self.mailbox_depth(p) as u64 >= self.limits.max_mailbox_entries {
-                return Err(Rejection::MailboxFull { provider: p.clone(), limit: self.limits.max_mailbox_entries });
+            let limit = self.mailbox_limit(p);
+            if self.mailbox_depth(p) as u64 >= limit {
+                return Err(Rejection::MailboxFull { provider: p.clone(), limit });
             }
         }
         let (group_seq, epoch) = (rec.next_seq, rec.epoch);

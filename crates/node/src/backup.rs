@@ -104,6 +104,7 @@ mod tests {
                 endpoints: vec!["127.0.0.1:9".into()],
                 ca_pem: "CA".into(),
                 providers: vec![router_core::ProviderId::new("beta")],
+                max_queue: 0,
             }],
         });
         let bytes = encode(&state, 7).unwrap();

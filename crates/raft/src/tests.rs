@@ -353,6 +353,7 @@ fn federation_peers_survive_a_snapshot_and_plain_snapshots_keep_the_base_format(
             endpoints: vec!["127.0.0.1:9".into()],
             ca_pem: "CA".into(),
             providers: vec![ProviderId::new("beta")],
+            max_queue: 0,
         };
         let entry = Entry {
             log_id: log_id(2, 5),

@@ -25,6 +25,7 @@ impl State {
         endpoints: &[String],
         ca_pem: &str,
         providers: &[ProviderId],
+        max_queue: u64,
     ) -> Result<Outcome, Rejection> {
         let now = self.clock_ms;
         self.federation.used = true;
@@ -33,6 +34,7 @@ impl State {
             endpoints: Vec::new(),
             ca_pem: String::new(),
             providers: Default::default(),
+            max_queue: 0,
             status: PeerStatus::Active,
             registered_at_ms: now,
             status_changed_at_ms: now,
@@ -40,6 +42,7 @@ impl State {
         rec.endpoints = endpoints.to_vec();
         rec.ca_pem = ca_pem.to_string();
         rec.providers = providers.iter().cloned().collect();
+        rec.max_queue = max_queue;
         Ok(Outcome::Done)
     }
 
@@ -86,7 +89,7 @@ impl State {
             return Err(Rejection::NotServedByPeer { provider: recipient_provider.clone(), peer: peer.clone() });
         }
         let queue = outbound_queue(peer);
-        let limit = self.limits.max_mailbox_entries;
+        let limit = self.mailbox_limit(&queue);
         if self.mailbox_depth(&queue) as u64 >= limit {
             return Err(Rejection::MailboxFull { provider: queue, limit });
         }
@@ -255,6 +258,8 @@ impl State {
         remote: &[(crate::ids::UserId, ClusterId)],
         remove: &[crate::ids::UserId],
     ) -> Result<Outcome, Rejection> {
+        // The same first check as a local group change, then the peers.
+        self.onboarded(provider)?;
         for (_, cluster) in remote {
             self.active_peer(cluster)?;
         }
@@ -328,6 +333,15 @@ impl State {
             self.expiry.insert((expires, envelope.sender, seq));
         }
         Ok(Outcome::Acked { removed, unknown })
+    }
+
+    /// Entries `mailbox` may hold: a peer's queue quota when it has one,
+    /// else the cluster's `max_mailbox_entries`.
+    pub(super) fn mailbox_limit(&self, mailbox: &ProviderId) -> u64 {
+        let quota = crate::federation::queue_peer(mailbox)
+            .and_then(|peer| self.federation.peers.get(&peer))
+            .map_or(0, |p| p.max_queue);
+        if quota == 0 { self.limits.max_mailbox_entries } else { quota }
     }
 
     // ------------------------------------------------------------- reads

@@ -1737,6 +1737,7 @@ mod federation {
             endpoints: vec!["127.0.0.1:1".into()],
             ca_pem: "CA".into(),
             providers: providers.iter().map(|p| pid(p)).collect(),
+            max_queue: 0,
         }
     }
 
@@ -1943,6 +1944,7 @@ mod federated_claims {
             endpoints: vec![],
             ca_pem: String::new(),
             providers: vec![pid("alpha")],
+            max_queue: 0,
         });
         assert_eq!(
             h.apply(claim("mallory@a", "bob", None)),
@@ -1971,6 +1973,7 @@ fn federation_once_used_stays_marked_after_the_last_peer_goes() {
         endpoints: vec![],
         ca_pem: String::new(),
         providers: vec![pid("beta")],
+        max_queue: 0,
     });
     assert_eq!(h.apply(Command::RemovePeer { peer: ClusterId::new("b") }), Outcome::Done);
     assert!(!h.state.federation.is_empty(), "reports may still be queued: keep the newer format");
@@ -1987,6 +1990,7 @@ mod federated_groups {
             endpoints: vec![],
             ca_pem: String::new(),
             providers: providers.iter().map(|p| pid(p)).collect(),
+            max_queue: 0,
         });
     }
 
@@ -2071,4 +2075,27 @@ mod federated_groups {
         let MailboxItem::Group(g) = &got[0].item else { panic!("{got:?}") };
         assert_eq!(g.recipients, vec![uid("bob")], "only b's own users (carol is not registered here)");
     }
+}
+
+#[test]
+fn a_peer_queue_quota_refuses_sends_beyond_it() {
+    use crate::federation::{ClusterId, outbound_queue};
+    let mut h = Harness::new();
+    h.apply(Command::RegisterPeer {
+        peer: ClusterId::new("b"),
+        endpoints: vec![],
+        ca_pem: String::new(),
+        providers: vec![pid("beta")],
+        max_queue: 1,
+    });
+    let send = |id: &str| Command::RelaySend {
+        peer: ClusterId::new("b"),
+        recipient_provider: pid("beta"),
+        envelope: envelope(PA, id, "bob", &[(1, 11)], 60_000),
+    };
+    assert!(matches!(h.apply(send("m1")), Outcome::Sent { .. }));
+    assert_eq!(
+        h.apply(send("m2")),
+        Outcome::Rejected(Rejection::MailboxFull { provider: outbound_queue(&ClusterId::new("b")), limit: 1 })
+    );
 }

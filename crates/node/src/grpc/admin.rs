@@ -342,6 +342,7 @@ impl Admin for AdminService {
                     endpoints: p.endpoints,
                     ca_pem: p.ca_pem,
                     providers,
+                    max_queue: p.max_queue,
                 })
                 .await?;
             if p.status == router_core::PeerStatus::Suspended {

@@ -80,7 +80,13 @@ pub fn register_command(ctx: &Ctx, r: RegisterPeerRequest) -> Result<Command, St
         }
         providers.push(ProviderId::new(p));
     }
-    Ok(Command::RegisterPeer { peer, endpoints: r.endpoints, ca_pem: r.ca_pem, providers })
+    Ok(Command::RegisterPeer {
+        peer,
+        endpoints: r.endpoints,
+        ca_pem: r.ca_pem,
+        providers,
+        max_queue: r.max_queued_entries,
+    })
 }
 
 /// Federation commands are written in a format older builds cannot read:
@@ -156,6 +162,7 @@ pub fn list(ctx: &Ctx) -> ListPeersResponse {
                     failures: link.failures,
                     last_error: link.last_error,
                     registered_at_ms: p.registered_at_ms,
+                    max_queued_entries: p.max_queue,
                 }
             })
             .collect()

@@ -56,35 +56,47 @@ impl From<&core::DevicePart> for v1::DeviceCiphertext {
     }
 }
 
+impl From<&core::SendEnvelope> for v1::Envelope {
+    fn from(env: &core::SendEnvelope) -> Self {
+        v1::Envelope {
+            sender_provider_id: env.sender.0.clone(),
+            sender_user_id: env.sender_user.as_ref().map(|u| u.0.clone()).unwrap_or_default(),
+            message_id: env.message_id.0.clone(),
+            recipient_user_id: env.recipient.0.clone(),
+            content_type: v1::ContentType::from(env.content_type) as i32,
+            parts: env.parts.iter().map(Into::into).collect(),
+            sender_device_id: env.sender_device.unwrap_or(0),
+        }
+    }
+}
+
+impl From<&core::GroupDelivery> for v1::GroupMessage {
+    fn from(g: &core::GroupDelivery) -> Self {
+        v1::GroupMessage {
+            group_id: g.group.0.clone(),
+            group_seq: g.group_seq,
+            epoch: g.epoch,
+            sender_provider_id: g.sender.0.clone(),
+            sender_user_id: g.sender_user.0.clone(),
+            sender_device_id: g.sender_device,
+            message_id: g.message_id.0.clone(),
+            content_type: v1::ContentType::from(g.content_type) as i32,
+            recipient_user_ids: g.recipients.iter().map(|u| u.0.clone()).collect(),
+            ciphertext: g.ciphertext.clone(),
+            per_device: g
+                .per_device
+                .iter()
+                .map(|(u, p)| v1::GroupDevicePart { user_id: u.0.clone(), part: Some(p.into()) })
+                .collect(),
+        }
+    }
+}
+
 impl From<&core::MailboxEntry> for v1::MailboxEntry {
     fn from(e: &core::MailboxEntry) -> Self {
         let kind = match &e.item {
-            core::MailboxItem::Envelope(env) => v1::mailbox_entry::Kind::Envelope(v1::Envelope {
-                sender_provider_id: env.sender.0.clone(),
-                sender_user_id: env.sender_user.as_ref().map(|u| u.0.clone()).unwrap_or_default(),
-                message_id: env.message_id.0.clone(),
-                recipient_user_id: env.recipient.0.clone(),
-                content_type: v1::ContentType::from(env.content_type) as i32,
-                parts: env.parts.iter().map(Into::into).collect(),
-                sender_device_id: env.sender_device.unwrap_or(0),
-            }),
-            core::MailboxItem::Group(g) => v1::mailbox_entry::Kind::Group(v1::GroupMessage {
-                group_id: g.group.0.clone(),
-                group_seq: g.group_seq,
-                epoch: g.epoch,
-                sender_provider_id: g.sender.0.clone(),
-                sender_user_id: g.sender_user.0.clone(),
-                sender_device_id: g.sender_device,
-                message_id: g.message_id.0.clone(),
-                content_type: v1::ContentType::from(g.content_type) as i32,
-                recipient_user_ids: g.recipients.iter().map(|u| u.0.clone()).collect(),
-                ciphertext: g.ciphertext.clone(),
-                per_device: g
-                    .per_device
-                    .iter()
-                    .map(|(u, p)| v1::GroupDevicePart { user_id: u.0.clone(), part: Some(p.into()) })
-                    .collect(),
-            }),
+            core::MailboxItem::Envelope(env) => v1::mailbox_entry::Kind::Envelope(env.into()),
+            core::MailboxItem::Group(g) => v1::mailbox_entry::Kind::Group(g.into()),
             core::MailboxItem::PrekeyLowStock { user, device, one_time_remaining, kyber_one_time_remaining } => {
                 v1::mailbox_entry::Kind::LowStock(v1::PrekeyLowStock {
                     user_id: user.0.clone(),
@@ -117,15 +129,7 @@ impl From<&core::MailboxEntry> for v1::MailboxEntry {
             }),
             // Lives only in a peer's outbound queue, which no provider reads;
             // shown as the envelope it carries.
-            core::MailboxItem::Outbound { envelope: env, .. } => v1::mailbox_entry::Kind::Envelope(v1::Envelope {
-                sender_provider_id: env.sender.0.clone(),
-                sender_user_id: env.sender_user.as_ref().map(|u| u.0.clone()).unwrap_or_default(),
-                message_id: env.message_id.0.clone(),
-                recipient_user_id: env.recipient.0.clone(),
-                content_type: v1::ContentType::from(env.content_type) as i32,
-                parts: env.parts.iter().map(Into::into).collect(),
-                sender_device_id: env.sender_device.unwrap_or(0),
-            }),
+            core::MailboxItem::Outbound { envelope, .. } => v1::mailbox_entry::Kind::Envelope(envelope.into()),
         };
         v1::MailboxEntry {
             seq: e.seq,

@@ -175,16 +175,7 @@ fn to_proto(e: &MailboxEntry, clock_ms: u64) -> Option<v1::RelayedItem> {
     let (kind, traceparent) = match RelayedKind::from_queue(&e.item)? {
         RelayedKind::Envelope(env) => {
             let traceparent = env.traceparent.clone().unwrap_or_default();
-            let envelope = v1::Envelope {
-                sender_provider_id: env.sender.0,
-                sender_user_id: env.sender_user.map(|u| u.0).unwrap_or_default(),
-                message_id: env.message_id.0,
-                recipient_user_id: env.recipient.0,
-                content_type: v1::ContentType::from(env.content_type) as i32,
-                parts: env.parts.iter().map(Into::into).collect(),
-                sender_device_id: env.sender_device.unwrap_or(0),
-            };
-            (v1::relayed_item::Kind::Envelope(envelope), traceparent)
+            (v1::relayed_item::Kind::Envelope((&env).into()), traceparent)
         }
         RelayedKind::Undeliverable { to, message_id, recipient, reason } => {
             use v1::relayed_report::Reason;
@@ -204,24 +195,7 @@ fn to_proto(e: &MailboxEntry, clock_ms: u64) -> Option<v1::RelayedItem> {
         }
         RelayedKind::Group(g) => {
             let traceparent = g.traceparent.clone().unwrap_or_default();
-            let message = v1::GroupMessage {
-                group_id: g.group.0,
-                group_seq: g.group_seq,
-                epoch: g.epoch,
-                sender_provider_id: g.sender.0,
-                sender_user_id: g.sender_user.0,
-                sender_device_id: g.sender_device,
-                message_id: g.message_id.0,
-                content_type: v1::ContentType::from(g.content_type) as i32,
-                recipient_user_ids: g.recipients.into_iter().map(|u| u.0).collect(),
-                ciphertext: g.ciphertext,
-                per_device: g
-                    .per_device
-                    .iter()
-                    .map(|(u, p)| v1::GroupDevicePart { user_id: u.0.clone(), part: Some(p.into()) })
-                    .collect(),
-            };
-            (v1::relayed_item::Kind::Group(message), traceparent)
+            (v1::relayed_item::Kind::Group((&g).into()), traceparent)
         }
     };
     Some(v1::RelayedItem { queue_seq: e.seq, ttl_left_ms, kind: Some(kind), traceparent })

@@ -159,6 +159,11 @@ pub enum Command {
         origin: ClusterId,
         send: crate::group::GroupSend,
     },
+    /// Operator: the federation section of a backup, right after its
+    /// `Restore` (which carries the rest of the state in the older format).
+    RestoreFederation {
+        federation: Box<crate::federation::Federation>,
+    },
 }
 
 impl Command {
@@ -186,7 +191,8 @@ impl Command {
             | Command::RemovePeer { .. }
             | Command::AcceptRelayed { .. }
             | Command::RelayAcked { .. }
-            | Command::SendGroupFromPeer { .. } => None,
+            | Command::SendGroupFromPeer { .. }
+            | Command::RestoreFederation { .. } => None,
             Command::FederatedGroup { provider, .. } => Some(provider),
         }
     }
@@ -204,6 +210,7 @@ impl Command {
                 | Command::RelayAcked { .. }
                 | Command::FederatedGroup { .. }
                 | Command::SendGroupFromPeer { .. }
+                | Command::RestoreFederation { .. }
         )
     }
 }

@@ -155,13 +155,14 @@ pub enum Rejection {
 
 impl Rejection {
     /// A refusal that may pass if the same command is retried later (a full
-    /// mailbox drains, a suspension is lifted); the others are final.
+    /// mailbox drains, a suspension is lifted); the others are final (a
+    /// revoked provider does not come back).
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
             Rejection::MailboxFull { .. }
                 | Rejection::RateLimited { .. }
-                | Rejection::ProviderSuspended { .. }
+                | Rejection::ProviderSuspended { status: crate::provider::ProviderStatus::Suspended, .. }
                 | Rejection::PeerSuspended { .. }
         )
     }

@@ -166,6 +166,10 @@ impl State {
                 self.federated_group(provider, actor, group, *create, set, remote, remove)
             }
             Command::SendGroupFromPeer { origin, send } => self.send_group_from_peer(origin, send),
+            Command::RestoreFederation { federation } => {
+                self.federation = (**federation).clone();
+                Ok(Outcome::Done)
+            }
         };
         result.unwrap_or_else(Outcome::Rejected)
     }
@@ -606,7 +610,9 @@ impl State {
             return Ok(answer.clone());
         }
         let rec = self.groups.get(&g.group).ok_or_else(|| Rejection::GroupNotFound { group: g.group.clone() })?;
-        if !rec.members.contains_key(&g.sender_user) {
+        let member_elsewhere =
+            self.federation.group_members.get(&g.group).is_some_and(|m| m.contains_key(&g.sender_user));
+        if !rec.members.contains_key(&g.sender_user) || member_elsewhere {
             return Err(Rejection::NotGroupMember { user: g.sender_user.clone() });
         }
         self.fan_out_group(g)
@@ -624,12 +630,14 @@ impl State {
         let remote = self.federation.group_members.get(&g.group);
         let mut by_mailbox: BTreeMap<ProviderId, Vec<UserId>> = BTreeMap::new();
         for member in rec.members.keys() {
-            if let Some(u) = self.users.get(member) {
+            // A member recorded at a peer stays there, even if a local user
+            // with the same id appears later.
+            if let Some(cluster) = remote.and_then(|r| r.get(member)) {
+                if self.federation.peers.contains_key(cluster) {
+                    by_mailbox.entry(crate::federation::outbound_queue(cluster)).or_default().push(member.clone());
+                }
+            } else if let Some(u) = self.users.get(member) {
                 by_mailbox.entry(u.provider.clone()).or_default().push(member.clone());
-            } else if let Some(cluster) = remote.and_then(|r| r.get(member))
-                && self.federation.peers.contains_key(cluster)
-            {
-                by_mailbox.entry(crate::federation::outbound_queue(cluster)).or_default().push(member.clone());
             }
         }
         for p in by_mailbox.keys() {

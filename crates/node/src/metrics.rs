@@ -335,6 +335,7 @@ pub fn command_kind(c: &Command) -> &'static str {
         Command::RelayAcked { .. } => "relay_acked",
         Command::FederatedGroup { .. } => "federated_group",
         Command::SendGroupFromPeer { .. } => "send_group_from_peer",
+        Command::RestoreFederation { .. } => "restore_federation",
     }
 }
 

@@ -102,14 +102,9 @@ pub fn decode_with_section<T: DeserializeOwned, S: DeserializeOwned>(
     if version == BASE_FORMAT {
         return Ok((value, None));
     }
-    match S::deserialize(&mut de) {
-        Ok(section) => Ok((value, Some(section))),
-        // A version-2 value without a section (a log entry's layout).
-        Err(e) if matches!(*e, bincode::ErrorKind::Io(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof) => {
-            Ok((value, None))
-        }
-        Err(e) => Err(e.into()),
-    }
+    // `encode_with_section` writes version 2 only with a section: one cut off
+    // is an error, not "no peers" (this replica would then decide differently).
+    Ok((value, Some(S::deserialize(&mut de)?)))
 }
 
 /// The format a log entry is written in: federation commands need version 2.

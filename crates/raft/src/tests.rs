@@ -286,9 +286,9 @@ fn codec_sections_and_formats() {
     assert_eq!(with[0], crate::FORMAT_VERSION);
     assert_eq!(decode_with_section::<u64, String>(&with).unwrap(), (7, Some("peers".to_string())));
     assert_eq!(decode::<u64>(&with).unwrap(), 7, "the value alone still decodes");
-    // Version 2 without a section (a log entry) decodes with none.
-    let entry = encode_at(crate::FORMAT_VERSION, &7u64).unwrap();
-    assert_eq!(decode_with_section::<u64, String>(&entry).unwrap(), (7, None));
+    // Version 2 whose section is missing (cut off) is an error, not "none".
+    let cut = encode_at(crate::FORMAT_VERSION, &7u64).unwrap();
+    assert!(decode_with_section::<u64, String>(&cut).is_err());
 }
 
 #[test]

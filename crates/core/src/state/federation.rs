@@ -64,8 +64,9 @@ impl State {
         if depth > 0 {
             return Err(Rejection::PeerQueueNotEmpty { peer: peer.clone(), depth });
         }
+        // The (empty) queue stays: its next sequence must not start over if the
+        // peer is registered again, the peer deduplicates by queue position.
         self.federation.peers.remove(peer);
-        self.mailboxes.remove(&outbound_queue(peer));
         Ok(Outcome::Done)
     }
 
@@ -219,6 +220,24 @@ impl State {
         let key = relayed_item_key(origin, item);
         if self.dedup.answers.contains_key(&key) {
             return Ok(Outcome::Done);
+        }
+        // The sender, as the edge renamed it: a provider of `origin` must be
+        // one it is registered for; one of ours must be ours, with its user
+        // (a member here who sent through the home cluster).
+        match crate::federation::unqualified(&delivery.sender) {
+            Some((provider, cluster)) if &cluster == origin => {
+                let peer = self.active_peer(origin)?;
+                if !peer.providers.contains(&provider) {
+                    return Err(Rejection::NotServedByPeer { provider, peer: origin.clone() });
+                }
+            }
+            // A member at a third cluster, relayed by the home cluster.
+            Some(_) => {}
+            None => {
+                if self.users.get(&delivery.sender_user).map(|u| &u.provider) != Some(&delivery.sender) {
+                    return Err(Rejection::NotOwner { user: delivery.sender_user.clone() });
+                }
+            }
         }
         let mut by_provider: std::collections::BTreeMap<ProviderId, Vec<crate::ids::UserId>> = Default::default();
         for u in &delivery.recipients {

@@ -2061,11 +2061,13 @@ mod federated_groups {
         let mut b = Harness::new();
         b.apply(register_user(PB, "bob"));
         peer(&mut b, "a", &[PA]);
-        let item = RelayedItem {
-            queue_seq: queued[0].seq,
-            ttl_left_ms: 5_000,
-            item: RelayedKind::from_queue(&queued[0].item).expect("group items are relayed"),
+        // Named as b's federation edge renames it: a's provider and group qualified.
+        let Some(RelayedKind::Group(mut delivery)) = RelayedKind::from_queue(&queued[0].item) else {
+            panic!("group items are relayed")
         };
+        delivery.sender = crate::federation::qualified(&delivery.sender, &ClusterId::new("a"));
+        delivery.group = crate::federation::qualified_group(&delivery.group, &ClusterId::new("a"));
+        let item = RelayedItem { queue_seq: queued[0].seq, ttl_left_ms: 5_000, item: RelayedKind::Group(delivery) };
         for _ in 0..2 {
             let out = b.apply(Command::AcceptRelayed { origin: ClusterId::new("a"), items: vec![item.clone()] });
             assert_eq!(out, Outcome::Relayed { results: vec![Outcome::Done] });
@@ -2074,6 +2076,21 @@ mod federated_groups {
         assert_eq!(got.len(), 1, "{got:?}");
         let MailboxItem::Group(g) = &got[0].item else { panic!("{got:?}") };
         assert_eq!(g.recipients, vec![uid("bob")], "only b's own users (carol is not registered here)");
+
+        // A home cluster cannot name as sender a provider it is not registered for.
+        let Some(RelayedKind::Group(mut forged)) = RelayedKind::from_queue(&queued[1].item) else { panic!() };
+        forged.sender = pid("mallory@a");
+        let forged = RelayedItem { queue_seq: queued[1].seq, ttl_left_ms: 5_000, item: RelayedKind::Group(forged) };
+        let out = b.apply(Command::AcceptRelayed { origin: ClusterId::new("a"), items: vec![forged] });
+        assert_eq!(
+            out,
+            Outcome::Relayed {
+                results: vec![Outcome::Rejected(Rejection::NotServedByPeer {
+                    provider: pid("mallory"),
+                    peer: ClusterId::new("a")
+                })]
+            }
+        );
     }
 }
 
@@ -2098,4 +2115,26 @@ fn a_peer_queue_quota_refuses_sends_beyond_it() {
         h.apply(send("m2")),
         Outcome::Rejected(Rejection::MailboxFull { provider: outbound_queue(&ClusterId::new("b")), limit: 1 })
     );
+}
+
+#[test]
+fn a_restore_brings_the_federation_section_back_in_its_own_command() {
+    use crate::federation::{ClusterId, Federation};
+    let mut source = Harness::new();
+    source.apply(Command::RegisterPeer {
+        peer: ClusterId::new("b"),
+        endpoints: vec![],
+        ca_pem: String::new(),
+        providers: vec![pid("beta")],
+        max_queue: 0,
+    });
+    let backup = source.state.clone();
+    let mut target = Harness::new();
+    // The Restore command's encoding leaves the section out; an in-memory
+    // copy that still holds it must not make this replica differ.
+    assert_eq!(target.apply(Command::Restore { state: Box::new(backup.clone()) }), Outcome::Done);
+    assert!(target.state.federation.is_empty(), "Restore never touches the federation section");
+    let federation: Federation = backup.federation.clone();
+    assert_eq!(target.apply(Command::RestoreFederation { federation: Box::new(federation) }), Outcome::Done);
+    assert_eq!(target.state.federation, backup.federation);
 }

@@ -302,9 +302,10 @@ pub(crate) async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
-/// Largest relay message either way (a batch of envelopes at the size limit
-/// would not fit: the relay task sizes its batches under this).
-pub const RELAY_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest federation message either way; the relay task sizes its batches
+/// to half of it (at least one item always goes). Stored on the receiving
+/// side in commands of at most 4 MiB, well under the Raft message limit.
+pub const RELAY_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The host part of `host:port` (brackets of an IPv6 literal removed), the
 /// name the peer's certificate must be valid for.

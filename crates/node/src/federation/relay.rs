@@ -150,7 +150,12 @@ async fn relay_batch(ctx: &Ctx, fed: &Federation, peer: &router_core::PeerRecord
         use v1::relay_result::Result as R;
         match r.result {
             Some(R::StoredSeq(_)) | Some(R::ReportDelivered(_)) => delivered.push(r.queue_seq),
-            Some(R::Refused(f)) => refused.push((r.queue_seq, f.reason, f.detail)),
+            // The peer's text goes into our replicated state: bounded.
+            Some(R::Refused(f)) => refused.push((
+                r.queue_seq,
+                super::server::truncated(f.reason, 64),
+                super::server::truncated(f.detail, super::server::MAX_DETAIL_BYTES),
+            )),
             Some(R::RetryLater(_)) | None => {
                 head_waits = delivered.is_empty() && refused.is_empty();
                 ctx.metrics.relayed_items.with_label_values(&[peer_label, "retry_later"]).inc();

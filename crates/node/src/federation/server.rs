@@ -37,7 +37,10 @@ use tonic::{Request, Response, Status};
 /// A TLS handshake that has not finished by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest `Refusal.detail` passed on (a peer's text is not trusted to be short).
-const MAX_DETAIL_BYTES: usize = 1024;
+pub const MAX_DETAIL_BYTES: usize = 1024;
+/// Recipients of one relayed group message (the home cluster's group size
+/// limit may be larger than ours; this only bounds the work per item).
+const MAX_GROUP_RECIPIENTS: usize = 100_000;
 
 /// Trusts client certificates signed by the CA of a registered peer.
 #[derive(Debug)]
@@ -207,7 +210,48 @@ pub struct FederationService {
     verifier: Arc<PeerCaVerifier>,
 }
 
+/// Bytes of relayed items stored by one `AcceptRelayed` command.
+const ACCEPT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
 impl FederationService {
+    /// Stores `chunk` (one command) and appends one result per item it
+    /// answered. False when the state machine stopped at a transient refusal:
+    /// nothing after it may be stored now, or it would overtake.
+    async fn accept_chunk(
+        &self,
+        peer: &PeerRecord,
+        chunk: &mut Vec<RelayedItem>,
+        chunk_bytes: &mut usize,
+        results: &mut Vec<v1::RelayResult>,
+    ) -> Result<bool, Status> {
+        use v1::relay_result::Result as R;
+        if chunk.is_empty() {
+            return Ok(true);
+        }
+        let items = std::mem::take(chunk);
+        *chunk_bytes = 0;
+        let seqs: Vec<u64> = items.iter().map(|i| i.queue_seq).collect();
+        let answered = match self.ctx.write(Command::AcceptRelayed { origin: peer.id.clone(), items }).await? {
+            Outcome::Relayed { results } => results,
+            other => return Err(status::unexpected(&other)),
+        };
+        let complete = answered.len() == seqs.len();
+        for (queue_seq, outcome) in seqs.into_iter().zip(answered) {
+            let result = match outcome {
+                Outcome::Sent { seq, .. } => R::StoredSeq(seq),
+                Outcome::Done => R::ReportDelivered(true),
+                Outcome::Rejected(r) => {
+                    let refusal =
+                        v1::Refusal { reason: r.reason().into(), detail: status::rejection(&r).message().into() };
+                    if r.is_transient() { R::RetryLater(refusal) } else { R::Refused(refusal) }
+                }
+                other => return Err(status::unexpected(&other)),
+            };
+            results.push(v1::RelayResult { queue_seq, result: Some(result) });
+        }
+        Ok(complete)
+    }
+
     /// The calling peer: registered, active, and its certificate signed by
     /// the CA registered for it.
     fn peer_of<T>(&self, req: &Request<T>) -> Result<PeerRecord, Status> {
@@ -323,37 +367,42 @@ impl FederationApi for FederationService {
         if raw.len() > MAX_RELAY_BATCH {
             return Err(status::over_limit("items", MAX_RELAY_BATCH as u64, raw.len() as u64));
         }
-        let items = raw
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| {
-                relayed_item(item, &self.ctx.limits, &peer.id, self.fed.cluster_id())
-                    .map_err(|s| prefix(&format!("items[{i}]"), s))
-            })
-            .collect::<Result<Vec<_>, Status>>()?;
-        let seqs: Vec<u64> = items.iter().map(|i| i.queue_seq).collect();
-        let results = match self.ctx.write(Command::AcceptRelayed { origin: peer.id.clone(), items }).await? {
-            Outcome::Relayed { results } => results,
-            other => return Err(status::unexpected(&other)),
-        };
-        let results = seqs
-            .into_iter()
-            .zip(results)
-            .map(|(queue_seq, outcome)| {
-                use v1::relay_result::Result as R;
-                let result = match outcome {
-                    Outcome::Sent { seq, .. } => R::StoredSeq(seq),
-                    Outcome::Done => R::ReportDelivered(true),
-                    Outcome::Rejected(r) => {
-                        let refusal =
-                            v1::Refusal { reason: r.reason().into(), detail: status::rejection(&r).message().into() };
-                        if r.is_transient() { R::RetryLater(refusal) } else { R::Refused(refusal) }
+        // Item by item, in order: a malformed item (or one this cluster's
+        // limits refuse) is refused on its own, not the whole call, so it
+        // cannot block the peer's queue. Valid runs are stored in chunks of
+        // at most ACCEPT_CHUNK_BYTES, each one command: a Raft entry must stay
+        // far below the node-to-node message limit.
+        use v1::relay_result::Result as R;
+        let mut results = Vec::with_capacity(raw.len());
+        let mut chunk: Vec<RelayedItem> = Vec::new();
+        let mut chunk_bytes = 0usize;
+        let mut raw = raw.into_iter().enumerate().peekable();
+        while let Some((i, item)) = raw.next() {
+            let size = prost::Message::encoded_len(&item);
+            let queue_seq = item.queue_seq;
+            match relayed_item(item, &self.ctx.limits, &peer.id, self.fed.cluster_id()) {
+                Ok(valid) => {
+                    chunk_bytes += size;
+                    chunk.push(valid);
+                }
+                Err(s) => {
+                    // What was valid before it goes first, to keep the order.
+                    if !self.accept_chunk(&peer, &mut chunk, &mut chunk_bytes, &mut results).await? {
+                        break;
                     }
-                    other => return Err(status::unexpected(&other)),
-                };
-                Ok(v1::RelayResult { queue_seq, result: Some(result) })
-            })
-            .collect::<Result<Vec<_>, Status>>()?;
+                    let detail = prefix(&format!("items[{i}]"), s).message().to_string();
+                    let refusal = v1::Refusal { reason: "INVALID_ITEM".into(), detail };
+                    results.push(v1::RelayResult { queue_seq, result: Some(R::Refused(refusal)) });
+                    continue;
+                }
+            }
+            let last = raw.peek().is_none();
+            if (chunk_bytes >= ACCEPT_CHUNK_BYTES || last)
+                && !self.accept_chunk(&peer, &mut chunk, &mut chunk_bytes, &mut results).await?
+            {
+                break;
+            }
+        }
         Ok(Response::new(v1::RelayResponse { results }))
     }
 }
@@ -402,8 +451,12 @@ fn group_delivery(
     if total > limits.max_envelope_bytes {
         return Err(status::over_limit("group.ciphertext", limits.max_envelope_bytes as u64, total as u64));
     }
-    if g.recipient_user_ids.is_empty() || g.recipient_user_ids.len() > MAX_RELAY_BATCH {
-        return Err(status::invalid_field("group.recipient_user_ids", "OUT_OF_RANGE", "1..=1024 recipients"));
+    if g.recipient_user_ids.is_empty() || g.recipient_user_ids.len() > MAX_GROUP_RECIPIENTS {
+        return Err(status::invalid_field(
+            "group.recipient_user_ids",
+            "OUT_OF_RANGE",
+            format!("1..={MAX_GROUP_RECIPIENTS} recipients"),
+        ));
     }
     let recipients = g
         .recipient_user_ids
@@ -427,6 +480,15 @@ fn group_delivery(
     })
 }
 
+/// `s` cut to at most `max` bytes (at a character boundary).
+pub fn truncated(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let cut = (0..=max).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+        s.truncate(cut);
+    }
+    s
+}
+
 /// Names the item a field error is about.
 fn prefix(item: &str, s: Status) -> Status {
     Status::with_details(s.code(), format!("{item}: {}", s.message()), s.details().to_vec().into())
@@ -445,14 +507,9 @@ fn relayed_item(
     origin: &ClusterId,
     own: &ClusterId,
 ) -> Result<RelayedItem, Status> {
+    // The peer's limits may differ from ours: clamp rather than refuse.
     let max_ttl_ms = u64::from(limits.max_ttl_seconds) * 1000;
-    if item.ttl_left_ms == 0 || item.ttl_left_ms > max_ttl_ms {
-        return Err(status::invalid_field(
-            "ttl_left_ms",
-            "OUT_OF_RANGE",
-            format!("ttl_left_ms must be 1..={max_ttl_ms}"),
-        ));
-    }
+    let ttl_left_ms = item.ttl_left_ms.clamp(1, max_ttl_ms.max(1));
     let kind = match item.kind {
         Some(v1::relayed_item::Kind::Envelope(e)) => {
             let content_type = validate::content_type(e.content_type)?;
@@ -484,7 +541,7 @@ fn relayed_item(
                 message_id: validate::message_id(&e.message_id, limits)?,
                 recipient: validate::user_id("envelope.recipient_user_id", &e.recipient_user_id, limits)?,
                 content_type,
-                ttl_ms: item.ttl_left_ms,
+                ttl_ms: ttl_left_ms,
                 parts: validate::parts(e.parts, limits)?,
                 traceparent: (!item.traceparent.is_empty() && item.traceparent.len() <= 128)
                     .then(|| item.traceparent.clone()),
@@ -496,11 +553,7 @@ fn relayed_item(
                     recipient_provider: provider_id("report.expired_recipient_provider_id", &p)?,
                 },
                 Some(v1::relayed_report::Reason::Refused(f)) => {
-                    let mut detail = f.detail;
-                    if detail.len() > MAX_DETAIL_BYTES {
-                        let cut = (0..=MAX_DETAIL_BYTES).rev().find(|&i| detail.is_char_boundary(i)).unwrap_or(0);
-                        detail.truncate(cut);
-                    }
+                    let detail = truncated(f.detail, MAX_DETAIL_BYTES);
                     if f.reason.is_empty() || f.reason.len() > 64 {
                         return Err(status::invalid_field("report.refused.reason", "INVALID", "1..=64 bytes"));
                     }
@@ -522,5 +575,5 @@ fn relayed_item(
             return Err(status::invalid_field("kind", "EMPTY", "an item is an envelope, a report or a group message"));
         }
     };
-    Ok(RelayedItem { queue_seq: item.queue_seq, ttl_left_ms: item.ttl_left_ms, item: kind })
+    Ok(RelayedItem { queue_seq: item.queue_seq, ttl_left_ms, item: kind })
 }

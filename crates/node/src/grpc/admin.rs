@@ -327,27 +327,16 @@ impl Admin for AdminService {
         let users = state.users.len() as u64;
         let mailbox_entries = state.mailboxes.values().map(|m| m.len() as u64).sum();
         // The log's Restore command carries the state without its federation
-        // section (older builds read it); the peers follow as their own commands.
+        // section (older builds read it); the section follows as its own
+        // command, in the newer format, behind the format gate.
         let mut state = state;
-        let peers: Vec<router_core::PeerRecord> = std::mem::take(&mut state.federation).peers.into_values().collect();
-        if !peers.is_empty() {
+        let federation = std::mem::take(&mut state.federation);
+        if !federation.is_empty() {
             super::admin_peers::require_federation_format(&self.ctx).await?;
         }
         self.ctx.write(Command::Restore { state: Box::new(state) }).await?;
-        for p in peers {
-            let providers = p.providers.into_iter().collect();
-            self.ctx
-                .write(Command::RegisterPeer {
-                    peer: p.id.clone(),
-                    endpoints: p.endpoints,
-                    ca_pem: p.ca_pem,
-                    providers,
-                    max_queue: p.max_queue,
-                })
-                .await?;
-            if p.status == router_core::PeerStatus::Suspended {
-                self.ctx.write(Command::SetPeerStatus { peer: p.id, status: p.status }).await?;
-            }
+        if !federation.is_empty() {
+            self.ctx.write(Command::RestoreFederation { federation: Box::new(federation) }).await?;
         }
         Ok(Response::new(RestoreResponse { users, mailbox_entries }))
     }
@@ -365,13 +354,15 @@ impl Admin for AdminService {
         req: Request<SetPeerStatusRequest>,
     ) -> Result<Response<SetPeerStatusResponse>, Status> {
         require_admin(&req)?;
-        self.ctx.write(super::admin_peers::set_status_command(req.get_ref())?).await?;
+        let command = super::admin_peers::set_status_command(&self.ctx, req.get_ref()).await?;
+        self.ctx.write(command).await?;
         Ok(Response::new(SetPeerStatusResponse {}))
     }
 
     async fn remove_peer(&self, req: Request<RemovePeerRequest>) -> Result<Response<RemovePeerResponse>, Status> {
         require_admin(&req)?;
-        self.ctx.write(super::admin_peers::remove_command(req.get_ref())?).await?;
+        let command = super::admin_peers::remove_command(&self.ctx, req.get_ref()).await?;
+        self.ctx.write(command).await?;
         Ok(Response::new(RemovePeerResponse {}))
     }
 

@@ -129,13 +129,26 @@ pub async fn require_federation_format(ctx: &Ctx) -> Result<(), Status> {
     Ok(())
 }
 
-pub fn set_status_command(r: &SetPeerStatusRequest) -> Result<Command, Status> {
-    let status = if r.suspended { PeerStatus::Suspended } else { PeerStatus::Active };
-    Ok(Command::SetPeerStatus { peer: cluster_id(&r.cluster_id)?, status })
+/// A peer command for a registered peer, behind the format gate: an
+/// unknown peer is refused here, before anything (in the newer format)
+/// enters the log.
+async fn known_peer(ctx: &Ctx, id: &str) -> Result<ClusterId, Status> {
+    let peer = cluster_id(id)?;
+    if ctx.read_settled(|s| s.peer(&peer).is_some(), |known| *known).await {
+        require_federation_format(ctx).await?;
+        Ok(peer)
+    } else {
+        Err(status::rejection(&router_core::Rejection::UnknownPeer { peer }))
+    }
 }
 
-pub fn remove_command(r: &RemovePeerRequest) -> Result<Command, Status> {
-    Ok(Command::RemovePeer { peer: cluster_id(&r.cluster_id)? })
+pub async fn set_status_command(ctx: &Ctx, r: &SetPeerStatusRequest) -> Result<Command, Status> {
+    let status = if r.suspended { PeerStatus::Suspended } else { PeerStatus::Active };
+    Ok(Command::SetPeerStatus { peer: known_peer(ctx, &r.cluster_id).await?, status })
+}
+
+pub async fn remove_command(ctx: &Ctx, r: &RemovePeerRequest) -> Result<Command, Status> {
+    Ok(Command::RemovePeer { peer: known_peer(ctx, &r.cluster_id).await? })
 }
 
 pub fn list(ctx: &Ctx) -> ListPeersResponse {

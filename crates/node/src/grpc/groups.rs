@@ -164,8 +164,15 @@ async fn forward_send_group(
             group: router_core::GroupId::new(r.group_id),
         }));
     };
-    // Validated as a local send would be (sizes, ids), before it leaves.
-    validate::group_send(sender.clone(), r.clone(), &ctx.limits)?;
+    // Validated as a local send would be (sizes, ids), before it leaves; and
+    // the sending user must be the caller's: the home cluster cannot check that.
+    let send = validate::group_send(sender.clone(), r.clone(), &ctx.limits)?;
+    let owner = ctx.read_settled(|s| s.user(&send.sender_user).map(|u| u.provider.clone()), Option::is_some).await;
+    match owner {
+        Some(p) if p == sender => {}
+        Some(_) => return Err(status::rejection(&router_core::Rejection::NotOwner { user: send.sender_user })),
+        None => return Err(status::rejection(&router_core::Rejection::UserNotFound { user: send.sender_user })),
+    }
     let home = router_core::ClusterId::new(home);
     let peer = match ctx.read(|s| s.peer(&home).cloned()) {
         Some(p) if p.status == router_core::PeerStatus::Active => p,

@@ -39,12 +39,19 @@ impl SdkError {
     }
 }
 
-/// Codes worth another attempt (possibly on another node).
+/// Codes worth another attempt (possibly on another node). An INTERNAL
+/// without the router's error detail was made by the transport, not by a
+/// handler (hyper reports an HTTP/2 stream reset by a node that died
+/// mid-call as "h2 protocol error"): the outcome is unknown, so it is
+/// retried like UNAVAILABLE (sends are idempotent by message id).
 pub(crate) fn is_retryable(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted
-    )
+    let transport_internal = status.code() == Code::Internal
+        && ErrorDetail::decode(status.details()).map_or(true, |d| d.reason.is_empty());
+    transport_internal
+        || matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted
+        )
 }
 
 pub(crate) fn rejected(status: Status) -> SdkError {
@@ -64,5 +71,22 @@ pub fn describe(status: &Status) -> String {
         format!("{:?}: {}", status.code(), status.message())
     } else {
         format!("{:?} {}: {}", status.code(), detail.reason, status.message())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_errors_are_retried_and_router_refusals_are_not() {
+        assert!(is_retryable(&Status::internal("h2 protocol error: http2 error")));
+        assert!(is_retryable(&Status::unavailable("connection refused")));
+        let detail = ErrorDetail { reason: "DEVICE_MISMATCH".into(), ..Default::default() };
+        let refusal = Status::with_details(Code::FailedPrecondition, "mismatch", detail.encode_to_vec().into());
+        assert!(!is_retryable(&refusal));
+        let detail = ErrorDetail { reason: "INTERNAL".into(), ..Default::default() };
+        let handler_internal = Status::with_details(Code::Internal, "bug", detail.encode_to_vec().into());
+        assert!(!is_retryable(&handler_internal), "the router decided: not retried");
     }
 }

@@ -45,8 +45,8 @@ impl SdkError {
 /// mid-call as "h2 protocol error"): the outcome is unknown, so it is
 /// retried like UNAVAILABLE (sends are idempotent by message id).
 pub(crate) fn is_retryable(status: &Status) -> bool {
-    let transport_internal = status.code() == Code::Internal
-        && ErrorDetail::decode(status.details()).map_or(true, |d| d.reason.is_empty());
+    let transport_internal =
+        status.code() == Code::Internal && ErrorDetail::decode(status.details()).map_or(true, |d| d.reason.is_empty());
     transport_internal
         || matches!(
             status.code(),

@@ -270,21 +270,7 @@ pub async fn delivery(cluster: &RouterCluster, o: &DeliveryOpts) -> anyhow::Resu
     let start_us = now_us();
     let payload = o.payload;
     let (acks, errors) = closed_loop(&clients, o.window, Instant::now() + o.total, "send", move |c, t, k| async move {
-        let req = SendRequest {
-            message_id: format!("m-{t}-{k}"),
-            recipient_user_id: "handle:receiver".into(),
-            content_type: ContentType::Message as i32,
-            ttl_seconds: 0,
-            parts: vec![DeviceCiphertext {
-                device_id: 1,
-                registration_id: 2002,
-                message_type: 1,
-                ciphertext: stamp(payload).into(),
-            }],
-            sender_user_id: "handle:sender".into(),
-            sender_device_id: 1,
-        };
-        c.send(req).await.map(drop)
+        c.send(to_receiver(format!("m-{t}-{k}"), payload)).await.map(drop)
     })
     .await?;
     let mut run = DeliveryRun { start_us, acks, errors, ..Default::default() };
@@ -557,10 +543,11 @@ pub async fn claims(
     Ok((start_us, all, errors, exhausted))
 }
 
-/// Workload 4 (router side): the steady writer used by the failover probe.
-pub async fn failover_writer(client: RouterClient, task: usize, k: u64) -> bool {
-    let req = SendRequest {
-        message_id: format!("f-{task}-{k}-{}", now_us()),
+/// A 1:1 send of `payload` stamped bytes from the sender's device 1 to the
+/// receiver's device 1 (the users every router workload sets up).
+fn to_receiver(message_id: String, payload: usize) -> SendRequest {
+    SendRequest {
+        message_id,
         recipient_user_id: "handle:receiver".into(),
         content_type: ContentType::Message as i32,
         ttl_seconds: 0,
@@ -568,11 +555,16 @@ pub async fn failover_writer(client: RouterClient, task: usize, k: u64) -> bool 
             device_id: 1,
             registration_id: 2002,
             message_type: 1,
-            ciphertext: stamp(1024).into(),
+            ciphertext: stamp(payload).into(),
         }],
         sender_user_id: "handle:sender".into(),
         sender_device_id: 1,
-    };
+    }
+}
+
+/// Workload 4 (router side): the steady writer used by the failover probe.
+pub async fn failover_writer(client: RouterClient, task: usize, k: u64) -> bool {
+    let req = to_receiver(format!("f-{task}-{k}-{}", now_us()), 1024);
     matches!(tokio::time::timeout(Duration::from_millis(600), client.send(req)).await, Ok(Ok(_)))
 }
 

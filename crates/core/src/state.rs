@@ -807,21 +807,31 @@ impl State {
     }
 }
 
-/// Signal's 409/410 check: the send must address exactly the registered
-/// devices, each with its current registration id.
+/// Signal's 409/410 check against a local user's devices.
 fn check_devices(rec: &UserRecord, env: &SendEnvelope) -> Result<(), Rejection> {
-    if rec.devices.is_empty() {
+    device_mismatch(rec.devices.iter().map(|(d, r)| (*d, r.registration_id)), env)
+}
+
+/// Signal's 409/410 check: the send must address exactly the `registered`
+/// (device, registration id) pairs. Also used by the federation edge against
+/// a peer's resolution of a remote user.
+pub fn device_mismatch(
+    registered: impl IntoIterator<Item = (DeviceId, RegistrationId)>,
+    env: &SendEnvelope,
+) -> Result<(), Rejection> {
+    let registered: BTreeMap<DeviceId, RegistrationId> = registered.into_iter().collect();
+    if registered.is_empty() {
         return Err(Rejection::NoDevices { user: env.recipient.clone() });
     }
     let addressed: BTreeMap<DeviceId, RegistrationId> =
         env.parts.iter().map(|p| (p.device, p.registration_id)).collect();
-    let missing: Vec<DeviceId> = rec.devices.keys().filter(|d| !addressed.contains_key(d)).copied().collect();
+    let missing: Vec<DeviceId> = registered.keys().filter(|d| !addressed.contains_key(d)).copied().collect();
     let mut extra = Vec::new();
     let mut stale = Vec::new();
     for (d, reg) in &addressed {
-        match rec.devices.get(d) {
+        match registered.get(d) {
             None => extra.push(*d),
-            Some(dev) if dev.registration_id != *reg => stale.push(*d),
+            Some(r) if r != reg => stale.push(*d),
             Some(_) => {}
         }
     }

@@ -8,7 +8,6 @@ use crate::grpc::status;
 use router_core::federation::qualified;
 use router_core::{Command, DeviceId, Outcome, ProviderId, Rejection, SendEnvelope, UserId};
 use router_proto::v1;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use tonic::{Code, Status};
 
@@ -106,24 +105,5 @@ pub async fn send(
 /// Signal's 409/410 against the peer's device list (the owning cluster
 /// checks again on arrival; a late change there comes back as a report).
 fn check_devices(route: &RemoteRoute, env: &SendEnvelope) -> Result<(), Rejection> {
-    if route.devices.is_empty() {
-        return Err(Rejection::NoDevices { user: env.recipient.clone() });
-    }
-    let registered: BTreeMap<u32, u32> = route.devices.iter().copied().collect();
-    let addressed: BTreeMap<u32, u32> = env.parts.iter().map(|p| (p.device, p.registration_id)).collect();
-    let missing: Vec<DeviceId> = registered.keys().filter(|d| !addressed.contains_key(d)).copied().collect();
-    let mut extra = Vec::new();
-    let mut stale = Vec::new();
-    for (d, reg) in &addressed {
-        match registered.get(d) {
-            None => extra.push(*d),
-            Some(r) if r != reg => stale.push(*d),
-            Some(_) => {}
-        }
-    }
-    if missing.is_empty() && extra.is_empty() && stale.is_empty() {
-        Ok(())
-    } else {
-        Err(Rejection::DeviceMismatch { missing, extra, stale })
-    }
+    router_core::state::device_mismatch(route.devices.iter().copied(), env)
 }

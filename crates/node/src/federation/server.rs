@@ -14,9 +14,7 @@ use crate::ctx::Ctx;
 use crate::grpc::{status, validate};
 use crate::identity::{Identity, check_provider_id, identity_from_der};
 use router_core::federation::{RelayedItem, RelayedKind, UndeliverableReason, qualified};
-use router_core::{
-    ClusterId, Command, MessageId, Outcome, PeerRecord, PeerStatus, ProviderId, Rejection, SendEnvelope, State,
-};
+use router_core::{ClusterId, Command, Outcome, PeerRecord, PeerStatus, ProviderId, Rejection, State};
 use router_proto::v1;
 use router_proto::v1::federation_server::{Federation as FederationApi, FederationServer};
 use rustls::client::danger::HandshakeSignatureValid;
@@ -512,40 +510,30 @@ fn relayed_item(
     let ttl_left_ms = item.ttl_left_ms.clamp(1, max_ttl_ms.max(1));
     let kind = match item.kind {
         Some(v1::relayed_item::Kind::Envelope(e)) => {
-            let content_type = validate::content_type(e.content_type)?;
-            if content_type.is_ephemeral() {
+            // Checked like a local provider's send (ids, sizes, parts); the
+            // TTL is what was left at the sender, clamped above.
+            let sender = provider_id("envelope.sender_provider_id", &e.sender_provider_id)?;
+            let request = v1::SendRequest {
+                message_id: e.message_id,
+                recipient_user_id: e.recipient_user_id,
+                content_type: e.content_type,
+                ttl_seconds: 0,
+                parts: e.parts,
+                sender_user_id: e.sender_user_id,
+                sender_device_id: e.sender_device_id,
+            };
+            let mut env = validate::send_envelope(sender, request, limits)?;
+            if env.content_type.is_ephemeral() {
                 return Err(status::invalid_field(
                     "envelope.content_type",
                     "EPHEMERAL_NOT_RELAYED",
                     "ephemeral content is not relayed between clusters",
                 ));
             }
-            let (sender_user, sender_device) = match (e.sender_user_id.as_str(), e.sender_device_id) {
-                ("", 0) => (None, None),
-                ("", _) => {
-                    return Err(status::invalid_field(
-                        "envelope.sender_device_id",
-                        "UNEXPECTED",
-                        "sender_device_id is set without sender_user_id",
-                    ));
-                }
-                (u, d) => (
-                    Some(validate::user_id("envelope.sender_user_id", u, limits)?),
-                    Some(validate::device_id("envelope.sender_device_id", d)?),
-                ),
-            };
-            RelayedKind::Envelope(SendEnvelope {
-                sender: provider_id("envelope.sender_provider_id", &e.sender_provider_id)?,
-                sender_user,
-                sender_device,
-                message_id: validate::message_id(&e.message_id, limits)?,
-                recipient: validate::user_id("envelope.recipient_user_id", &e.recipient_user_id, limits)?,
-                content_type,
-                ttl_ms: ttl_left_ms,
-                parts: validate::parts(e.parts, limits)?,
-                traceparent: (!item.traceparent.is_empty() && item.traceparent.len() <= 128)
-                    .then(|| item.traceparent.clone()),
-            })
+            env.ttl_ms = ttl_left_ms;
+            env.traceparent =
+                (!item.traceparent.is_empty() && item.traceparent.len() <= 128).then(|| item.traceparent.clone());
+            RelayedKind::Envelope(env)
         }
         Some(v1::relayed_item::Kind::Report(r)) => {
             let reason = match r.reason {
@@ -563,7 +551,7 @@ fn relayed_item(
             };
             RelayedKind::Undeliverable {
                 to: provider_id("report.to_provider_id", &r.to_provider_id)?,
-                message_id: MessageId(validate::message_id(&r.message_id, limits)?.0),
+                message_id: validate::message_id(&r.message_id, limits)?,
                 recipient: validate::user_id("report.recipient_user_id", &r.recipient_user_id, limits)?,
                 reason,
             }

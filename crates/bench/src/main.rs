@@ -95,6 +95,10 @@ struct Args {
     /// etcd client ports base..base+2 (peers at +100).
     #[arg(long, default_value_t = 23790)]
     etcd_port: u16,
+    /// TOML appended to every routerd's config (e.g. "[raft]\nheartbeat_ms = 30"),
+    /// to measure a tuning without rebuilding.
+    #[arg(long, default_value = "")]
+    router_config: String,
     /// Keep the working directory (configs, data, logs of every process).
     #[arg(long)]
     keep: bool,
@@ -244,9 +248,10 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Vec<Row>> {
     // ---------------- router ----------------
     if !args.skip_router {
         println!("== routerd: 3 processes ({})", routerd.display());
-        let limits = "\n[limits]\nprekey_claim_burst = 100000000\nprekey_claim_refill_ms = 1\n";
+        let limits =
+            format!("\n[limits]\nprekey_claim_burst = 100000000\nprekey_claim_refill_ms = 1\n{}\n", args.router_config);
         let mut rc =
-            router::RouterCluster::start(&routerd, &nats::dir_for(work, "router")?, args.router_port, 3, limits)
+            router::RouterCluster::start(&routerd, &nats::dir_for(work, "router")?, args.router_port, 3, &limits)
                 .await?;
         if args.wants("delivery") {
             println!(

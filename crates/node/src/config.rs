@@ -447,9 +447,9 @@ impl Config {
             keep_logs_after_snapshot,
         } = raft;
         let raft = RaftTuning {
-            heartbeat: Duration::from_millis(heartbeat_ms.unwrap_or(50)),
-            election_timeout_min: Duration::from_millis(election_timeout_min_ms.unwrap_or(150)),
-            election_timeout_max: Duration::from_millis(election_timeout_max_ms.unwrap_or(300)),
+            heartbeat: Duration::from_millis(heartbeat_ms.unwrap_or(30)),
+            election_timeout_min: Duration::from_millis(election_timeout_min_ms.unwrap_or(100)),
+            election_timeout_max: Duration::from_millis(election_timeout_max_ms.unwrap_or(200)),
             snapshot_every_entries: snapshot_every_entries.unwrap_or(5_000),
             max_payload_entries: max_payload_entries.unwrap_or(64),
             keep_logs_after_snapshot: keep_logs_after_snapshot.unwrap_or(1_000),
@@ -540,7 +540,7 @@ impl Config {
         let RawBatching { max_commands_per_entry, max_entries_in_flight } = batching;
         let batching = Batching {
             max_commands_per_entry: max_commands_per_entry.unwrap_or(1024),
-            max_entries_in_flight: max_entries_in_flight.unwrap_or(4),
+            max_entries_in_flight: max_entries_in_flight.unwrap_or(2),
         };
         if batching.max_commands_per_entry == 0 || batching.max_entries_in_flight == 0 {
             return Err(invalid("batching", "values must be >= 1"));

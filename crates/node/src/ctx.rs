@@ -126,7 +126,7 @@ impl NodeCtx {
 pub type Ctx = Arc<NodeCtx>;
 
 /// How long a follower waits for newer entries before answering a miss
-/// (about two heartbeats).
+/// (five heartbeats at the default 30 ms).
 pub const LAGGING_READ_WAIT: std::time::Duration = std::time::Duration::from_millis(150);
 
 /// File in the data directory marking a node that was removed.

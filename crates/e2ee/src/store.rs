@@ -281,8 +281,7 @@ impl SledProtocolStore {
     /// sled's flush, then an fdatasync of its files: only then is a write
     /// on the disk (see `router_sled_durable`).
     fn durable_flush(&self) -> Result<(), sled::Error> {
-        self.db.flush()?;
-        self.files.sync().map_err(sled::Error::Io)
+        self.files.flush_with(|| self.db.flush().map(drop))
     }
 
     /// Flushes, mapping a failure to the error type the libsignal traits use.

@@ -5,8 +5,15 @@
 //!
 //! ```text
 //!  handler ─ submit(cmd) ─┬─ this node leads ──> batcher queue ──> Batch{stamp,[cmd..]} ──> raft.client_write
-//!                         └─ another node leads ──> Peer.Forward ──> (leader) batcher queue
+//!                         └─ another node leads ──> forwarder queue ──> Peer.ForwardBatch([cmd..]) ──> (leader) batcher queue
 //! ```
+//!
+//! A follower forwards in batches too: every command that queued up while
+//! the previous call was being made goes in one `ForwardBatch` call (one
+//! HTTP/2 stream, one TLS record train, one wake-up on each side, instead of
+//! one of each per command); several calls may be in flight at once. A leader
+//! whose build lacks `ForwardBatch` (a rolling upgrade) answers UNIMPLEMENTED
+//! and then gets the commands one `Forward` call each.
 //!
 //! Every command is safe to retry: sends are deduplicated by message id,
 //! registrations and uploads are idempotent or rejected the same way, acks
@@ -44,12 +51,22 @@ struct Pending {
     reply: oneshot::Sender<Result<Outcome, WriteError>>,
 }
 
+type Reply = oneshot::Sender<Result<Outcome, WriteError>>;
+
+/// Commands in one `ForwardBatch` call at most (also checked by the leader).
+pub const FORWARD_BATCH_COMMANDS: usize = 256;
+/// Encoded commands in one `ForwardBatch` call at most, well under the peer
+/// message limit (`PEER_MAX_MESSAGE_BYTES`, 64 MiB); a single larger command
+/// still goes, alone.
+const FORWARD_BATCH_BYTES: u64 = 8 * 1024 * 1024;
+
 #[derive(Clone)]
 pub struct Writer {
     node_id: NodeId,
     raft: Raft,
     queue: mpsc::Sender<Pending>,
-    peers: PeerPool,
+    /// Commands for the leader, when another node leads (see the module docs).
+    forward_queue: mpsc::Sender<Pending>,
     /// While true the batcher proposes nothing new (leadership transfer:
     /// appends would keep the followers' leader lease alive).
     paused: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
@@ -61,7 +78,9 @@ impl Writer {
         let (tx, rx) = mpsc::channel(max_commands * max_in_flight * 4);
         let (paused, paused_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(run_batcher(raft.clone(), rx, paused_rx, max_commands, max_in_flight));
-        Writer { node_id, raft, queue: tx, peers, paused: std::sync::Arc::new(paused) }
+        let (forward_tx, forward_rx) = mpsc::channel(FORWARD_BATCH_COMMANDS * 16);
+        tokio::spawn(run_forwarder(node_id, raft.clone(), peers, forward_rx));
+        Writer { node_id, raft, queue: tx, forward_queue: forward_tx, paused: std::sync::Arc::new(paused) }
     }
 
     /// Holds (or releases) new proposals; queued commands wait.
@@ -76,7 +95,7 @@ impl Writer {
             let leader = self.raft.metrics().borrow().current_leader;
             let attempt = match leader {
                 Some(id) if id == self.node_id => self.submit_local(command.clone()).await,
-                Some(id) => self.forward(id, &command).await,
+                Some(_) => self.forward(command.clone()).await,
                 None => Err(WriteError::NoLeader),
             };
             match attempt {
@@ -95,43 +114,168 @@ impl Writer {
         rx.await.map_err(|_| WriteError::ShuttingDown)?
     }
 
-    async fn forward(&self, leader: NodeId, command: &Command) -> Result<Outcome, WriteError> {
-        let addr = self.raft.metrics().borrow().membership_config.membership().get_node(&leader).cloned();
-        let Some(addr) = addr else { return Err(WriteError::NoLeader) };
-        let data = bincode::serialize(command).map_err(|e| WriteError::Raft(e.to_string()))?;
-        let mut client = self.peers.client(leader, &addr.peer).map_err(|_| WriteError::NoLeader)?;
-        let format = if command.is_federation() { router_raft::FORMAT_VERSION } else { router_raft::BASE_FORMAT };
-        let mut request = tonic::Request::new(crate::network::payload_at(format, data));
-        crate::telemetry::inject(request.metadata_mut());
-        // Give up on this leader as soon as another one is known: a dead
-        // leader's address may not even refuse connections (it just hangs).
-        let mut metrics = self.raft.metrics();
-        let leader_changed = async move {
-            loop {
-                if metrics.changed().await.is_err() {
-                    return;
+    /// Hands a command to the forwarder (which sends it to the leader of the
+    /// moment) and waits for its outcome.
+    async fn forward(&self, command: Command) -> Result<Outcome, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.forward_queue.send(Pending { command, reply }).await.map_err(|_| WriteError::ShuttingDown)?;
+        rx.await.map_err(|_| WriteError::ShuttingDown)?
+    }
+}
+
+/// One task takes forwarded commands off the queue: whatever queued up
+/// (bounded by count and size) goes to the current leader in one call, made
+/// on its own task so the next batch need not wait for this one's answer.
+async fn run_forwarder(node_id: NodeId, raft: Raft, peers: PeerPool, mut rx: mpsc::Receiver<Pending>) {
+    // Leaders that answered UNIMPLEMENTED (older builds): one call per command.
+    let legacy: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<NodeId>>> = Default::default();
+    while let Some(first) = rx.recv().await {
+        let mut bytes = bincode::serialized_size(&first.command).unwrap_or(0);
+        let mut batch = vec![first];
+        while batch.len() < FORWARD_BATCH_COMMANDS && bytes < FORWARD_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += bincode::serialized_size(&p.command).unwrap_or(0);
+                    batch.push(p);
                 }
-                if metrics.borrow().current_leader != Some(leader) {
-                    return;
+                Err(_) => break,
+            }
+        }
+        let leader = raft.metrics().borrow().current_leader;
+        let Some(leader) = leader.filter(|l| *l != node_id) else {
+            // Leadership moved here or is being decided: the caller retries.
+            for p in batch {
+                let _ = p.reply.send(Err(WriteError::NotLeader { leader: None }));
+            }
+            continue;
+        };
+        let (raft, peers, legacy) = (raft.clone(), peers.clone(), legacy.clone());
+        tokio::spawn(async move {
+            let (commands, replies): (Vec<Command>, Vec<Reply>) =
+                batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+            let is_legacy = legacy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&leader);
+            let answers = match is_legacy {
+                false => match forward_batch(&raft, &peers, leader, &commands).await {
+                    Err(ForwardFailure::Unimplemented) => {
+                        tracing::info!(leader, "leader has no ForwardBatch (older build): forwarding one by one");
+                        legacy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(leader);
+                        None
+                    }
+                    Err(ForwardFailure::Write(e)) => Some(vec![Err(e); commands.len()]),
+                    Ok(answers) => Some(answers),
+                },
+                true => None,
+            };
+            let answers = match answers {
+                Some(a) => a,
+                None => {
+                    let calls = commands.iter().map(|c| forward_one(&raft, &peers, leader, c));
+                    futures::future::join_all(calls).await
                 }
+            };
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(answer);
             }
-        };
-        let answer = tokio::select! {
-            answer = client.forward(request) => answer,
-            () = leader_changed => return Err(WriteError::NotLeader { leader: None }),
-        };
-        match answer {
-            Ok(resp) => {
-                let resp = resp.into_inner();
-                crate::network::check_format(&resp).map_err(WriteError::Raft)?;
-                bincode::deserialize::<Result<Outcome, WriteError>>(&resp.data)
-                    .map_err(|e| WriteError::Raft(format!("decode forward answer: {e}")))?
+        });
+    }
+}
+
+enum ForwardFailure {
+    /// The leader's build predates `ForwardBatch`.
+    Unimplemented,
+    Write(WriteError),
+}
+
+/// Resolves once `leader` is no longer the leader this node knows: a dead
+/// leader's address may not even refuse connections (it just hangs).
+async fn leader_changed(raft: &Raft, leader: NodeId) {
+    let mut metrics = raft.metrics();
+    loop {
+        if metrics.changed().await.is_err() {
+            return;
+        }
+        if metrics.borrow().current_leader != Some(leader) {
+            return;
+        }
+    }
+}
+
+/// The leader's client and the payload format for `commands`.
+fn leader_client(
+    raft: &Raft,
+    peers: &PeerPool,
+    leader: NodeId,
+) -> Result<router_proto::v1::peer_client::PeerClient<tonic::transport::Channel>, WriteError> {
+    let addr = raft.metrics().borrow().membership_config.membership().get_node(&leader).cloned();
+    let Some(addr) = addr else { return Err(WriteError::NoLeader) };
+    peers.client(leader, &addr.peer).map_err(|_| WriteError::NoLeader)
+}
+
+fn format_of<'a>(commands: impl IntoIterator<Item = &'a Command>) -> u8 {
+    if commands.into_iter().any(Command::is_federation) {
+        router_raft::FORMAT_VERSION
+    } else {
+        router_raft::BASE_FORMAT
+    }
+}
+
+/// Sends `commands` to `leader` in one `ForwardBatch` call; one answer per
+/// command, in order.
+async fn forward_batch(
+    raft: &Raft,
+    peers: &PeerPool,
+    leader: NodeId,
+    commands: &[Command],
+) -> Result<Vec<Result<Outcome, WriteError>>, ForwardFailure> {
+    let mut client = leader_client(raft, peers, leader).map_err(ForwardFailure::Write)?;
+    let data = bincode::serialize(commands).map_err(|e| ForwardFailure::Write(WriteError::Raft(e.to_string())))?;
+    let mut request = tonic::Request::new(crate::network::payload_at(format_of(commands), data));
+    crate::telemetry::inject(request.metadata_mut());
+    let answer = tokio::select! {
+        answer = client.forward_batch(request) => answer,
+        () = leader_changed(raft, leader) => return Err(ForwardFailure::Write(WriteError::NotLeader { leader: None })),
+    };
+    match answer {
+        Ok(resp) => {
+            let resp = resp.into_inner();
+            crate::network::check_format(&resp).map_err(|e| ForwardFailure::Write(WriteError::Raft(e)))?;
+            let answers: Vec<Result<Outcome, WriteError>> = bincode::deserialize(&resp.data)
+                .map_err(|e| ForwardFailure::Write(WriteError::Raft(format!("decode forward answer: {e}"))))?;
+            if answers.len() != commands.len() {
+                let e = format!("forward answer has {} results for {} commands", answers.len(), commands.len());
+                return Err(ForwardFailure::Write(WriteError::Raft(e)));
             }
-            // The leader is unreachable or just died: wait for the next one.
-            Err(status) => {
-                tracing::debug!(leader, %status, "forward failed; retrying");
-                Err(WriteError::NotLeader { leader: None })
-            }
+            Ok(answers)
+        }
+        Err(status) if status.code() == tonic::Code::Unimplemented => Err(ForwardFailure::Unimplemented),
+        // The leader is unreachable or just died: wait for the next one.
+        Err(status) => {
+            tracing::debug!(leader, %status, "forward failed; retrying");
+            Err(ForwardFailure::Write(WriteError::NotLeader { leader: None }))
+        }
+    }
+}
+
+/// One command in one `Forward` call (leaders of older builds).
+async fn forward_one(raft: &Raft, peers: &PeerPool, leader: NodeId, command: &Command) -> Result<Outcome, WriteError> {
+    let mut client = leader_client(raft, peers, leader)?;
+    let data = bincode::serialize(command).map_err(|e| WriteError::Raft(e.to_string()))?;
+    let mut request = tonic::Request::new(crate::network::payload_at(format_of([command]), data));
+    crate::telemetry::inject(request.metadata_mut());
+    let answer = tokio::select! {
+        answer = client.forward(request) => answer,
+        () = leader_changed(raft, leader) => return Err(WriteError::NotLeader { leader: None }),
+    };
+    match answer {
+        Ok(resp) => {
+            let resp = resp.into_inner();
+            crate::network::check_format(&resp).map_err(WriteError::Raft)?;
+            bincode::deserialize::<Result<Outcome, WriteError>>(&resp.data)
+                .map_err(|e| WriteError::Raft(format!("decode forward answer: {e}")))?
+        }
+        Err(status) => {
+            tracing::debug!(leader, %status, "forward failed; retrying");
+            Err(WriteError::NotLeader { leader: None })
         }
     }
 }

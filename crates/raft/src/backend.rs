@@ -179,9 +179,11 @@ impl Backend for SledBackend {
     }
 
     async fn flush(&self) -> Result<(), BackendError> {
+        // Listed before sled's flush: see `FileSync` for why that is enough.
+        let listing = self.files.before_flush()?;
         self.db.flush_async().await?;
         let files = Arc::clone(&self.files);
-        tokio::task::spawn_blocking(move || files.sync())
+        tokio::task::spawn_blocking(move || files.after_flush(listing))
             .await
             .map_err(|e| std::io::Error::other(format!("fsync task: {e}")))??;
         Ok(())

@@ -107,4 +107,22 @@ impl Peer for PeerService {
         let command: Command = decode(&req)?;
         encode(&self.ctx.writer.submit_local(command).await)
     }
+
+    /// Every command of the call goes into this node's batcher queue, in the
+    /// call's order (each future's first poll queues it; `join_all` polls in
+    /// order); the answers come back in the same order.
+    async fn forward_batch(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        require_node(&req)?;
+        let commands: Vec<Command> = decode(&req)?;
+        if commands.len() > crate::writer::FORWARD_BATCH_COMMANDS {
+            return Err(Status::invalid_argument(format!(
+                "{} commands in one forward batch, at most {}",
+                commands.len(),
+                crate::writer::FORWARD_BATCH_COMMANDS
+            )));
+        }
+        let writer = &self.ctx.writer;
+        let answers = futures::future::join_all(commands.into_iter().map(|c| writer.submit_local(c))).await;
+        encode(&answers)
+    }
 }

@@ -82,13 +82,15 @@ async fn one_trace_shows_send_commit_and_delivery_across_nodes() {
     for _ in 0..50 {
         guard.flush();
         names = receiver.0.lock().unwrap().iter().filter(|(t, _)| t == trace_id).map(|(_, n)| n.clone()).collect();
-        if names.iter().any(|n| n == "deliver") && names.iter().any(|n| n.ends_with("Peer/Forward")) {
+        if names.iter().any(|n| n == "deliver") && names.iter().any(|n| n == "forward") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(names.iter().any(|n| n == "/interop_router.v1.Messaging/Send"), "send span missing: {names:?}");
-    assert!(names.iter().any(|n| n == "/interop_router.v1.Peer/Forward"), "forward span missing: {names:?}");
+    // The leader's span for the forwarded command (it went in a batch with
+    // others, each carrying the trace context of its own request).
+    assert!(names.iter().any(|n| n == "forward"), "forward span missing: {names:?}");
     assert!(names.iter().any(|n| n == "deliver"), "delivery span missing: {names:?}");
     tc.shutdown().await;
 }

@@ -53,6 +53,19 @@ struct Pending {
 
 type Reply = oneshot::Sender<Result<Outcome, WriteError>>;
 
+/// A command on its way to the leader, with the trace context of the request
+/// that made it (a batch mixes requests of many traces).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardedCommand {
+    pub traceparent: Option<String>,
+    pub command: Command,
+}
+
+struct Forwarded {
+    item: ForwardedCommand,
+    reply: Reply,
+}
+
 /// Commands in one `ForwardBatch` call at most (also checked by the leader).
 pub const FORWARD_BATCH_COMMANDS: usize = 256;
 /// Encoded commands in one `ForwardBatch` call at most, well under the peer
@@ -66,7 +79,7 @@ pub struct Writer {
     raft: Raft,
     queue: mpsc::Sender<Pending>,
     /// Commands for the leader, when another node leads (see the module docs).
-    forward_queue: mpsc::Sender<Pending>,
+    forward_queue: mpsc::Sender<Forwarded>,
     /// While true the batcher proposes nothing new (leadership transfer:
     /// appends would keep the followers' leader lease alive).
     paused: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
@@ -118,7 +131,8 @@ impl Writer {
     /// moment) and waits for its outcome.
     async fn forward(&self, command: Command) -> Result<Outcome, WriteError> {
         let (reply, rx) = oneshot::channel();
-        self.forward_queue.send(Pending { command, reply }).await.map_err(|_| WriteError::ShuttingDown)?;
+        let item = ForwardedCommand { traceparent: crate::telemetry::current_traceparent(), command };
+        self.forward_queue.send(Forwarded { item, reply }).await.map_err(|_| WriteError::ShuttingDown)?;
         rx.await.map_err(|_| WriteError::ShuttingDown)?
     }
 }
@@ -126,16 +140,16 @@ impl Writer {
 /// One task takes forwarded commands off the queue: whatever queued up
 /// (bounded by count and size) goes to the current leader in one call, made
 /// on its own task so the next batch need not wait for this one's answer.
-async fn run_forwarder(node_id: NodeId, raft: Raft, peers: PeerPool, mut rx: mpsc::Receiver<Pending>) {
+async fn run_forwarder(node_id: NodeId, raft: Raft, peers: PeerPool, mut rx: mpsc::Receiver<Forwarded>) {
     // Leaders that answered UNIMPLEMENTED (older builds): one call per command.
     let legacy: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<NodeId>>> = Default::default();
     while let Some(first) = rx.recv().await {
-        let mut bytes = bincode::serialized_size(&first.command).unwrap_or(0);
+        let mut bytes = bincode::serialized_size(&first.item).unwrap_or(0);
         let mut batch = vec![first];
         while batch.len() < FORWARD_BATCH_COMMANDS && bytes < FORWARD_BATCH_BYTES {
             match rx.try_recv() {
                 Ok(p) => {
-                    bytes += bincode::serialized_size(&p.command).unwrap_or(0);
+                    bytes += bincode::serialized_size(&p.item).unwrap_or(0);
                     batch.push(p);
                 }
                 Err(_) => break,
@@ -151,8 +165,8 @@ async fn run_forwarder(node_id: NodeId, raft: Raft, peers: PeerPool, mut rx: mps
         };
         let (raft, peers, legacy) = (raft.clone(), peers.clone(), legacy.clone());
         tokio::spawn(async move {
-            let (commands, replies): (Vec<Command>, Vec<Reply>) =
-                batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+            let (commands, replies): (Vec<ForwardedCommand>, Vec<Reply>) =
+                batch.into_iter().map(|p| (p.item, p.reply)).unzip();
             let is_legacy = legacy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&leader);
             let answers = match is_legacy {
                 false => match forward_batch(&raft, &peers, leader, &commands).await {
@@ -225,12 +239,13 @@ async fn forward_batch(
     raft: &Raft,
     peers: &PeerPool,
     leader: NodeId,
-    commands: &[Command],
+    commands: &[ForwardedCommand],
 ) -> Result<Vec<Result<Outcome, WriteError>>, ForwardFailure> {
     let mut client = leader_client(raft, peers, leader).map_err(ForwardFailure::Write)?;
     let data = bincode::serialize(commands).map_err(|e| ForwardFailure::Write(WriteError::Raft(e.to_string())))?;
-    let mut request = tonic::Request::new(crate::network::payload_at(format_of(commands), data));
-    crate::telemetry::inject(request.metadata_mut());
+    let format = format_of(commands.iter().map(|c| &c.command));
+    // Each command carries its own trace context; the call has none.
+    let request = tonic::Request::new(crate::network::payload_at(format, data));
     let answer = tokio::select! {
         answer = client.forward_batch(request) => answer,
         () = leader_changed(raft, leader) => return Err(ForwardFailure::Write(WriteError::NotLeader { leader: None })),
@@ -257,11 +272,21 @@ async fn forward_batch(
 }
 
 /// One command in one `Forward` call (leaders of older builds).
-async fn forward_one(raft: &Raft, peers: &PeerPool, leader: NodeId, command: &Command) -> Result<Outcome, WriteError> {
+async fn forward_one(
+    raft: &Raft,
+    peers: &PeerPool,
+    leader: NodeId,
+    forwarded: &ForwardedCommand,
+) -> Result<Outcome, WriteError> {
     let mut client = leader_client(raft, peers, leader)?;
+    let command = &forwarded.command;
     let data = bincode::serialize(command).map_err(|e| WriteError::Raft(e.to_string()))?;
     let mut request = tonic::Request::new(crate::network::payload_at(format_of([command]), data));
-    crate::telemetry::inject(request.metadata_mut());
+    if let Some(tp) = &forwarded.traceparent
+        && let Ok(value) = tp.parse()
+    {
+        request.metadata_mut().insert("traceparent", value);
+    }
     let answer = tokio::select! {
         answer = client.forward(request) => answer,
         () = leader_changed(raft, leader) => return Err(WriteError::NotLeader { leader: None }),

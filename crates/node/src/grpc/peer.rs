@@ -9,6 +9,7 @@ use router_proto::v1::peer_server::Peer;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 /// What `Peer.Elect` asks a node to do: leadership transfer steps, and the
 /// notice that the node was removed from the cluster.
@@ -110,10 +111,11 @@ impl Peer for PeerService {
 
     /// Every command of the call goes into this node's batcher queue, in the
     /// call's order (each future's first poll queues it; `join_all` polls in
-    /// order); the answers come back in the same order.
+    /// order); the answers come back in the same order. Each command gets a
+    /// `forward` span in the trace of the request that made it.
     async fn forward_batch(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         require_node(&req)?;
-        let commands: Vec<Command> = decode(&req)?;
+        let commands: Vec<crate::writer::ForwardedCommand> = decode(&req)?;
         if commands.len() > crate::writer::FORWARD_BATCH_COMMANDS {
             return Err(Status::invalid_argument(format!(
                 "{} commands in one forward batch, at most {}",
@@ -122,7 +124,14 @@ impl Peer for PeerService {
             )));
         }
         let writer = &self.ctx.writer;
-        let answers = futures::future::join_all(commands.into_iter().map(|c| writer.submit_local(c))).await;
+        let answers = futures::future::join_all(commands.into_iter().map(|c| {
+            let span = tracing::info_span!("forward", otel.kind = "server");
+            if let Some(tp) = &c.traceparent {
+                crate::telemetry::set_parent_from(&span, tp);
+            }
+            writer.submit_local(c.command).instrument(span)
+        }))
+        .await;
         encode(&answers)
     }
 }

@@ -240,6 +240,11 @@ async fn run_inner(
     for d in 1..=spec.senders {
         let b = Bounds { interval: spec.send_interval, max_ops: 20_000, deadline: hard };
         let cl = workload::client(endpoints.clone(), ca.clone(), alpha_id.clone(), deadline)?;
+        // Sender d starts at node d + 1 (wrapping), not at the first node:
+        // its writes go through a follower's forward to the leader, as a
+        // provider behind a load balancer's would (and, in a rolling
+        // upgrade, from an upgraded follower to a leader of the older build).
+        cl.prefer(d as usize);
         senders.push(tokio::spawn(workload::sender(
             cl,
             rec.clone(),

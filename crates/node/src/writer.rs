@@ -171,7 +171,10 @@ async fn run_forwarder(node_id: NodeId, raft: Raft, peers: PeerPool, mut rx: mps
             let answers = match is_legacy {
                 false => match forward_batch(&raft, &peers, leader, &commands).await {
                     Err(ForwardFailure::Unimplemented) => {
-                        tracing::info!(leader, "leader has no ForwardBatch (older build): forwarding one by one");
+                        tracing::warn!(
+                            leader,
+                            "leader has no ForwardBatch (an older build, mid-upgrade?): forwarding one by one"
+                        );
                         legacy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(leader);
                         None
                     }

@@ -3,7 +3,9 @@
 //! answers `Result<Response, RaftError>` so Raft-level errors travel intact.
 
 use crate::peers::PeerPool;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -14,6 +16,26 @@ use router_raft::{BASE_FORMAT, FORMAT_VERSION, NodeAddr, NodeId, TypeConfig};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
+
+/// Encoded entries in one AppendEntries call at most (unless a single entry
+/// is larger). openraft gives each call one heartbeat interval (30 ms by
+/// default) and on a timeout sends the same range again: a follower catching
+/// up with `max_payload_entries` (64) entries of a few hundred KiB each would
+/// time out every time and never catch up.
+const APPEND_PAYLOAD_BYTES: u64 = 1 << 20;
+
+/// `None` when `entries` fit in one AppendEntries call; otherwise how many
+/// of them would (at least one), for openraft to send fewer for a while.
+fn entries_that_fit(entries: &[router_raft::Entry]) -> Option<u64> {
+    if entries.len() < 2 {
+        return None;
+    }
+    let bytes = bincode::serialized_size(entries).unwrap_or(0);
+    if bytes <= APPEND_PAYLOAD_BYTES {
+        return None;
+    }
+    Some((entries.len() as u64 * APPEND_PAYLOAD_BYTES / bytes).max(1))
+}
 
 /// Wraps bincode bytes for the Peer service, stamped with the base format:
 /// what every build reads (see `router_raft::codec`).
@@ -107,6 +129,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
+        if let Some(fit) = entries_that_fit(&rpc.entries) {
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
+        }
         let format = rpc.entries.iter().map(router_raft::entry_format).max().unwrap_or(BASE_FORMAT);
         self.call(Rpc::Append, format, &rpc, &option).await
     }
@@ -139,6 +164,29 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry_of(index: u64, bytes: usize) -> router_raft::Entry {
+        let command = router_core::Command::RegisterUser {
+            provider: router_core::ProviderId::new("p"),
+            user: router_core::UserId::new("u".repeat(bytes)),
+        };
+        openraft::Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Normal(router_core::Batch { stamp_ms: 0, commands: vec![command] }),
+        }
+    }
+
+    #[test]
+    fn append_entries_calls_are_cut_to_a_size_a_heartbeat_can_carry() {
+        let small: Vec<_> = (1..=64).map(|i| entry_of(i, 1_000)).collect();
+        assert_eq!(entries_that_fit(&small), None, "64 KiB go in one call");
+        let large: Vec<_> = (1..=64).map(|i| entry_of(i, 200_000)).collect();
+        let fit = entries_that_fit(&large).expect("12.8 MB are cut");
+        assert_eq!(fit, 5, "five 200 KB entries fit in 1 MiB");
+        assert_eq!(entries_that_fit(&large[..1]), None, "a single entry always goes");
+        let two_huge = vec![entry_of(1, 3 << 20), entry_of(2, 3 << 20)];
+        assert_eq!(entries_that_fit(&two_huge), Some(1), "at least one entry per call");
+    }
 
     #[test]
     fn payloads_carry_the_format_of_their_content_and_newer_ones_are_refused() {

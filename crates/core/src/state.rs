@@ -67,11 +67,44 @@ pub struct DeviceRecord {
 /// of a node's apply time under load. It is serialized as a serde map like
 /// the B-tree it replaced (so snapshots of either build read in the other),
 /// in `order`'s order rather than the hash map's, so that replicas holding
-/// equal state write identical snapshot bytes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+/// equal state write identical snapshot bytes. Invariant: every answer has
+/// exactly one place in `order` (apply keeps it; decoding restores it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Dedup {
     answers: HashMap<(ProviderId, MessageId), Outcome>,
     order: VecDeque<(u64, ProviderId, MessageId)>,
+}
+
+impl<'de> Deserialize<'de> for Dedup {
+    /// Decodes the two fields, then restores the invariant for input that
+    /// breaks it (only damaged or hand-made data does): an order entry
+    /// without an answer, or repeating one, is dropped; an answer without a
+    /// place in the order goes to its front (the first to be pruned), in key
+    /// order so that every replica does the same.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Fields {
+            answers: HashMap<(ProviderId, MessageId), Outcome>,
+            order: VecDeque<(u64, ProviderId, MessageId)>,
+        }
+        let Fields { answers: mut unplaced, order: listed } = Fields::deserialize(deserializer)?;
+        let mut dedup = Dedup { answers: HashMap::with_capacity(unplaced.len()), order: VecDeque::new() };
+        dedup.order.reserve(listed.len());
+        for (stamp, provider, message_id) in listed {
+            let key = (provider, message_id);
+            if let Some(answer) = unplaced.remove(&key) {
+                dedup.order.push_back((stamp, key.0.clone(), key.1.clone()));
+                dedup.answers.insert(key, answer);
+            }
+        }
+        let mut rest: Vec<_> = unplaced.into_iter().collect();
+        rest.sort_by(|a, b| b.0.cmp(&a.0));
+        for (key, answer) in rest {
+            dedup.order.push_front((0, key.0.clone(), key.1.clone()));
+            dedup.answers.insert(key, answer);
+        }
+        Ok(dedup)
+    }
 }
 
 impl Serialize for Dedup {

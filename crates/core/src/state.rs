@@ -69,10 +69,31 @@ pub struct DeviceRecord {
 /// in `order`'s order rather than the hash map's, so that replicas holding
 /// equal state write identical snapshot bytes. Invariant: every answer has
 /// exactly one place in `order` (apply keeps it; decoding restores it).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 struct Dedup {
     answers: HashMap<(ProviderId, MessageId), Outcome>,
     order: VecDeque<(u64, ProviderId, MessageId)>,
+}
+
+/// In `order`'s order, like the encoding: a `Debug` rendering of the state is
+/// part of the simulation's replay check, and a hash map's order is random.
+impl std::fmt::Debug for Dedup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let answers = self.order.iter().map(|(_, p, m)| {
+            let key = (p.clone(), m.clone());
+            let answer = self.answers.get(&key);
+            (key, answer)
+        });
+        f.debug_struct("Dedup").field("answers", &DebugMap(answers.collect())).field("order", &self.order).finish()
+    }
+}
+
+struct DebugMap<K, V>(Vec<(K, V)>);
+
+impl<K: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for DebugMap<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.iter().map(|(k, v)| (k, v))).finish()
+    }
 }
 
 impl<'de> Deserialize<'de> for Dedup {

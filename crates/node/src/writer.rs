@@ -66,8 +66,16 @@ struct Forwarded {
     reply: Reply,
 }
 
-/// Commands in one `ForwardBatch` call at most (also checked by the leader).
+/// Commands a follower puts in one `ForwardBatch` call at most.
 pub const FORWARD_BATCH_COMMANDS: usize = 256;
+/// Commands a leader takes in one `ForwardBatch` call at most: far above what
+/// this build sends, so that a later build may send more without being
+/// refused mid-upgrade (the peer message limit bounds the bytes anyway).
+pub const FORWARD_BATCH_ACCEPTED: usize = 65_536;
+/// Encoded commands in one Raft entry at most (a single larger command still
+/// goes, alone): openraft gives each AppendEntries call one heartbeat
+/// interval, so an entry must cross the network well within it.
+const ENTRY_BYTES: u64 = 1 << 20;
 /// Encoded commands in one `ForwardBatch` call at most, well under the peer
 /// message limit (`PEER_MAX_MESSAGE_BYTES`, 64 MiB); a single larger command
 /// still goes, alone.
@@ -141,8 +149,10 @@ impl Writer {
 /// (bounded by count and size) goes to the current leader in one call, made
 /// on its own task so the next batch need not wait for this one's answer.
 async fn run_forwarder(node_id: NodeId, raft: Raft, peers: PeerPool, mut rx: mpsc::Receiver<Forwarded>) {
-    // Leaders that answered UNIMPLEMENTED (older builds): one call per command.
-    let legacy: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<NodeId>>> = Default::default();
+    // Leaders (node, term) that answered UNIMPLEMENTED (older builds): one call
+    // per command for the rest of that term; a new term asks again, since a
+    // rolling upgrade restarts the old leader with the new build.
+    let legacy: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(NodeId, u64)>>> = Default::default();
     while let Some(first) = rx.recv().await {
         let mut bytes = bincode::serialized_size(&first.item).unwrap_or(0);
         let mut batch = vec![first];
@@ -155,7 +165,11 @@ async fn run_forwarder(node_id: NodeId, raft: Raft, peers: PeerPool, mut rx: mps
                 Err(_) => break,
             }
         }
-        let leader = raft.metrics().borrow().current_leader;
+        let (leader, term) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            (m.current_leader, m.current_term)
+        };
         let Some(leader) = leader.filter(|l| *l != node_id) else {
             // Leadership moved here or is being decided: the caller retries.
             for p in batch {
@@ -167,7 +181,7 @@ async fn run_forwarder(node_id: NodeId, raft: Raft, peers: PeerPool, mut rx: mps
         tokio::spawn(async move {
             let (commands, replies): (Vec<ForwardedCommand>, Vec<Reply>) =
                 batch.into_iter().map(|p| (p.item, p.reply)).unzip();
-            let is_legacy = legacy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&leader);
+            let is_legacy = legacy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&(leader, term));
             let answers = match is_legacy {
                 false => match forward_batch(&raft, &peers, leader, &commands).await {
                     Err(ForwardFailure::Unimplemented) => {
@@ -175,7 +189,7 @@ async fn run_forwarder(node_id: NodeId, raft: Raft, peers: PeerPool, mut rx: mps
                             leader,
                             "leader has no ForwardBatch (an older build, mid-upgrade?): forwarding one by one"
                         );
-                        legacy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(leader);
+                        legacy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert((leader, term));
                         None
                     }
                     Err(ForwardFailure::Write(e)) => Some(vec![Err(e); commands.len()]),
@@ -266,6 +280,11 @@ async fn forward_batch(
             Ok(answers)
         }
         Err(status) if status.code() == tonic::Code::Unimplemented => Err(ForwardFailure::Unimplemented),
+        // The leader refused the call itself (a format it cannot read, a
+        // malformed batch): retrying cannot help.
+        Err(status) if matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition) => {
+            Err(ForwardFailure::Write(WriteError::Raft(format!("leader refused the forward: {}", status.message()))))
+        }
         // The leader is unreachable or just died: wait for the next one.
         Err(status) => {
             tracing::debug!(leader, %status, "forward failed; retrying");
@@ -344,11 +363,16 @@ async fn run_batcher(
                 let Some(first) = first else { open = false; continue };
                 let mut commands = Vec::with_capacity(max_commands.min(64));
                 let mut replies = Vec::with_capacity(max_commands.min(64));
+                let mut bytes = bincode::serialized_size(&first.command).unwrap_or(0);
                 commands.push(first.command);
                 replies.push(first.reply);
-                while commands.len() < max_commands {
+                while commands.len() < max_commands && bytes < ENTRY_BYTES {
                     match rx.try_recv() {
-                        Ok(p) => { commands.push(p.command); replies.push(p.reply); }
+                        Ok(p) => {
+                            bytes += bincode::serialized_size(&p.command).unwrap_or(0);
+                            commands.push(p.command);
+                            replies.push(p.reply);
+                        }
                         Err(_) => break,
                     }
                 }

@@ -180,7 +180,10 @@ impl Backend for SledBackend {
 
     async fn flush(&self) -> Result<(), BackendError> {
         // Listed before sled's flush: see `FileSync` for why that is enough.
-        let listing = self.files.before_flush()?;
+        let files = Arc::clone(&self.files);
+        let listing = tokio::task::spawn_blocking(move || files.before_flush())
+            .await
+            .map_err(|e| std::io::Error::other(format!("list blobs task: {e}")))??;
         self.db.flush_async().await?;
         let files = Arc::clone(&self.files);
         tokio::task::spawn_blocking(move || files.after_flush(listing))

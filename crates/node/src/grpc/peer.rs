@@ -116,11 +116,11 @@ impl Peer for PeerService {
     async fn forward_batch(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         require_node(&req)?;
         let commands: Vec<crate::writer::ForwardedCommand> = decode(&req)?;
-        if commands.len() > crate::writer::FORWARD_BATCH_COMMANDS {
+        if commands.len() > crate::writer::FORWARD_BATCH_ACCEPTED {
             return Err(Status::invalid_argument(format!(
                 "{} commands in one forward batch, at most {}",
                 commands.len(),
-                crate::writer::FORWARD_BATCH_COMMANDS
+                crate::writer::FORWARD_BATCH_ACCEPTED
             )));
         }
         let writer = &self.ctx.writer;

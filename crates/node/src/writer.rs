@@ -149,22 +149,12 @@ impl Writer {
 /// (bounded by count and size) goes to the current leader in one call, made
 /// on its own task so the next batch need not wait for this one's answer.
 async fn run_forwarder(node_id: NodeId, raft: Raft, peers: PeerPool, mut rx: mpsc::Receiver<Forwarded>) {
-    // Leaders (node, term) that answered UNIMPLEMENTED (older builds): one call
-    // per command for the rest of that term; a new term asks again, since a
-    // rolling upgrade restarts the old leader with the new build.
-    let legacy: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(NodeId, u64)>>> = Default::default();
+    // The leader (node, term) that answered UNIMPLEMENTED (an older build):
+    // one call per command for the rest of that term; a new term asks again,
+    // since a rolling upgrade restarts the old leader with the new build.
+    let legacy: std::sync::Arc<std::sync::Mutex<Option<(NodeId, u64)>>> = Default::default();
     while let Some(first) = rx.recv().await {
-        let mut bytes = bincode::serialized_size(&first.item).unwrap_or(0);
-        let mut batch = vec![first];
-        while batch.len() < FORWARD_BATCH_COMMANDS && bytes < FORWARD_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(p) => {
-                    bytes += bincode::serialized_size(&p.item).unwrap_or(0);
-                    batch.push(p);
-                }
-                Err(_) => break,
-            }
-        }
+        let batch = take_queued(&mut rx, first, FORWARD_BATCH_COMMANDS, FORWARD_BATCH_BYTES, |p| &p.item);
         let (leader, term) = {
             let m = raft.metrics();
             let m = m.borrow();
@@ -181,34 +171,52 @@ async fn run_forwarder(node_id: NodeId, raft: Raft, peers: PeerPool, mut rx: mps
         tokio::spawn(async move {
             let (commands, replies): (Vec<ForwardedCommand>, Vec<Reply>) =
                 batch.into_iter().map(|p| (p.item, p.reply)).unzip();
-            let is_legacy = legacy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&(leader, term));
-            let answers = match is_legacy {
-                false => match forward_batch(&raft, &peers, leader, &commands).await {
+            let lock = || legacy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let batched = if *lock() == Some((leader, term)) {
+                None
+            } else {
+                match forward_batch(&raft, &peers, leader, &commands).await {
+                    Ok(answers) => Some(answers),
+                    Err(ForwardFailure::Write(e)) => Some(vec![Err(e); commands.len()]),
                     Err(ForwardFailure::Unimplemented) => {
                         tracing::warn!(
                             leader,
                             "leader has no ForwardBatch (an older build, mid-upgrade?): forwarding one by one"
                         );
-                        legacy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert((leader, term));
+                        *lock() = Some((leader, term));
                         None
                     }
-                    Err(ForwardFailure::Write(e)) => Some(vec![Err(e); commands.len()]),
-                    Ok(answers) => Some(answers),
-                },
-                true => None,
-            };
-            let answers = match answers {
-                Some(a) => a,
-                None => {
-                    let calls = commands.iter().map(|c| forward_one(&raft, &peers, leader, c));
-                    futures::future::join_all(calls).await
                 }
+            };
+            let answers = match batched {
+                Some(answers) => answers,
+                None => futures::future::join_all(commands.iter().map(|c| forward_one(&raft, &peers, leader, c))).await,
             };
             for (reply, answer) in replies.into_iter().zip(answers) {
                 let _ = reply.send(answer);
             }
         });
     }
+}
+
+/// `first` and whatever else is already queued, up to `max_items` items and
+/// (checked before each addition) `max_bytes` of encoded `payload`: one
+/// group commit on the leader, one forward call on a follower.
+fn take_queued<T, P: Serialize>(
+    rx: &mut mpsc::Receiver<T>,
+    first: T,
+    max_items: usize,
+    max_bytes: u64,
+    payload: impl Fn(&T) -> &P,
+) -> Vec<T> {
+    let mut bytes = bincode::serialized_size(payload(&first)).unwrap_or(0);
+    let mut taken = vec![first];
+    while taken.len() < max_items && bytes < max_bytes {
+        let Ok(next) = rx.try_recv() else { break };
+        bytes += bincode::serialized_size(payload(&next)).unwrap_or(0);
+        taken.push(next);
+    }
+    taken
 }
 
 enum ForwardFailure {
@@ -361,21 +369,9 @@ async fn run_batcher(
             _ = paused.changed(), if is_paused => {}
             first = rx.recv(), if open && !is_paused && in_flight.len() < max_in_flight => {
                 let Some(first) = first else { open = false; continue };
-                let mut commands = Vec::with_capacity(max_commands.min(64));
-                let mut replies = Vec::with_capacity(max_commands.min(64));
-                let mut bytes = bincode::serialized_size(&first.command).unwrap_or(0);
-                commands.push(first.command);
-                replies.push(first.reply);
-                while commands.len() < max_commands && bytes < ENTRY_BYTES {
-                    match rx.try_recv() {
-                        Ok(p) => {
-                            bytes += bincode::serialized_size(&p.command).unwrap_or(0);
-                            commands.push(p.command);
-                            replies.push(p.reply);
-                        }
-                        Err(_) => break,
-                    }
-                }
+                let queued = take_queued(&mut rx, first, max_commands, ENTRY_BYTES, |p| &p.command);
+                let (commands, replies): (Vec<Command>, Vec<Reply>) =
+                    queued.into_iter().map(|p| (p.command, p.reply)).unzip();
                 let raft = raft.clone();
                 let batch = Batch { stamp_ms: now_ms(), commands };
                 in_flight.push(Box::pin(async move {

@@ -1723,22 +1723,28 @@ fn claim_token_bucket_saturates_instead_of_overflowing() {
 
 // ---------------------------------------------------------------- federation
 
+/// Registers federation peer `peer` serving `providers` (queue quota
+/// `max_queue`, 0 = none); endpoints and CA do not matter to the state.
+fn register_peer_with_quota(peer: &str, providers: &[&str], max_queue: u64) -> Command {
+    Command::RegisterPeer {
+        peer: crate::federation::ClusterId::new(peer),
+        endpoints: vec!["127.0.0.1:1".into()],
+        ca_pem: "CA".into(),
+        providers: providers.iter().map(|p| pid(p)).collect(),
+        max_queue,
+    }
+}
+
+fn register_peer(peer: &str, providers: &[&str]) -> Command {
+    register_peer_with_quota(peer, providers, 0)
+}
+
 mod federation {
     use super::*;
     use crate::federation::{ClusterId, PeerStatus, RelayedItem, RelayedKind, UndeliverableReason, outbound_queue};
 
     fn cid(s: &str) -> ClusterId {
         ClusterId::new(s)
-    }
-
-    fn register_peer(peer: &str, providers: &[&str]) -> Command {
-        Command::RegisterPeer {
-            peer: cid(peer),
-            endpoints: vec!["127.0.0.1:1".into()],
-            ca_pem: "CA".into(),
-            providers: providers.iter().map(|p| pid(p)).collect(),
-            max_queue: 0,
-        }
     }
 
     fn relay_send(peer: &str, recipient_provider: &str, env: SendEnvelope) -> Command {
@@ -1939,13 +1945,7 @@ mod federated_claims {
             h.apply(claim("alpha@a", "bob", None)),
             Outcome::Rejected(Rejection::UnknownPeer { peer: ClusterId::new("a") })
         );
-        h.apply(Command::RegisterPeer {
-            peer: ClusterId::new("a"),
-            endpoints: vec![],
-            ca_pem: String::new(),
-            providers: vec![pid("alpha")],
-            max_queue: 0,
-        });
+        h.apply(register_peer("a", &["alpha"]));
         assert_eq!(
             h.apply(claim("mallory@a", "bob", None)),
             Outcome::Rejected(Rejection::NotServedByPeer { provider: pid("mallory"), peer: ClusterId::new("a") })
@@ -1968,13 +1968,7 @@ fn federation_once_used_stays_marked_after_the_last_peer_goes() {
     use crate::federation::ClusterId;
     let mut h = Harness::new();
     assert!(h.state.federation.is_empty());
-    h.apply(Command::RegisterPeer {
-        peer: ClusterId::new("b"),
-        endpoints: vec![],
-        ca_pem: String::new(),
-        providers: vec![pid("beta")],
-        max_queue: 0,
-    });
+    h.apply(register_peer("b", &["beta"]));
     assert_eq!(h.apply(Command::RemovePeer { peer: ClusterId::new("b") }), Outcome::Done);
     assert!(!h.state.federation.is_empty(), "reports may still be queued: keep the newer format");
 }
@@ -1985,13 +1979,7 @@ mod federated_groups {
     use crate::group::{GroupId, GroupSend, Role};
 
     fn peer(h: &mut Harness, id: &str, providers: &[&str]) {
-        h.apply(Command::RegisterPeer {
-            peer: ClusterId::new(id),
-            endpoints: vec![],
-            ca_pem: String::new(),
-            providers: providers.iter().map(|p| pid(p)).collect(),
-            max_queue: 0,
-        });
+        h.apply(register_peer(id, providers));
     }
 
     fn gsend(sender: &str, user: &str, id: &str) -> GroupSend {
@@ -2098,13 +2086,7 @@ mod federated_groups {
 fn a_peer_queue_quota_refuses_sends_beyond_it() {
     use crate::federation::{ClusterId, outbound_queue};
     let mut h = Harness::new();
-    h.apply(Command::RegisterPeer {
-        peer: ClusterId::new("b"),
-        endpoints: vec![],
-        ca_pem: String::new(),
-        providers: vec![pid("beta")],
-        max_queue: 1,
-    });
+    h.apply(register_peer_with_quota("b", &["beta"], 1));
     let send = |id: &str| Command::RelaySend {
         peer: ClusterId::new("b"),
         recipient_provider: pid("beta"),
@@ -2119,15 +2101,9 @@ fn a_peer_queue_quota_refuses_sends_beyond_it() {
 
 #[test]
 fn a_restore_brings_the_federation_section_back_in_its_own_command() {
-    use crate::federation::{ClusterId, Federation};
+    use crate::federation::Federation;
     let mut source = Harness::new();
-    source.apply(Command::RegisterPeer {
-        peer: ClusterId::new("b"),
-        endpoints: vec![],
-        ca_pem: String::new(),
-        providers: vec![pid("beta")],
-        max_queue: 0,
-    });
+    source.apply(register_peer("b", &["beta"]));
     let backup = source.state.clone();
     let mut target = Harness::new();
     // The Restore command's encoding leaves the section out; an in-memory

@@ -15,3 +15,4 @@ mod permissions;
 mod prekeys;
 mod restart;
 mod sdk;
+mod send_batch;

@@ -34,9 +34,15 @@ fn check(cfg: &Config) {
     assert!((1..=16 * 1024 * 1024).contains(&l.max_envelope_bytes));
     assert!(l.default_receive_window >= 1 && l.default_receive_window <= l.max_receive_window);
     assert!(l.default_ttl_seconds >= 1 && l.default_ttl_seconds <= l.max_ttl_seconds);
-    for v in
-        [l.max_parts_per_send, l.max_prekeys_per_upload, l.max_ack_batch, l.max_user_id_bytes, l.max_message_id_bytes]
-    {
+    assert!(l.max_send_batch_bytes >= l.max_envelope_bytes + 64 * 1024 && l.max_send_batch_bytes <= 64 * 1024 * 1024);
+    for v in [
+        l.max_parts_per_send,
+        l.max_prekeys_per_upload,
+        l.max_ack_batch,
+        l.max_send_batch,
+        l.max_user_id_bytes,
+        l.max_message_id_bytes,
+    ] {
         assert!(v >= 1);
     }
     let r = &cfg.replicated_limits;

@@ -208,6 +208,8 @@ pub struct RawLimits {
     pub max_parts_per_send: Option<usize>,
     pub max_prekeys_per_upload: Option<usize>,
     pub max_ack_batch: Option<usize>,
+    pub max_send_batch: Option<usize>,
+    pub max_send_batch_bytes: Option<usize>,
     pub max_receive_window: Option<u32>,
     pub default_receive_window: Option<u32>,
     pub default_ttl_seconds: Option<u32>,
@@ -355,6 +357,11 @@ pub struct EdgeLimits {
     /// Keys of each kind in one upload.
     pub max_prekeys_per_upload: usize,
     pub max_ack_batch: usize,
+    /// Sends in one `SendBatch` call.
+    pub max_send_batch: usize,
+    /// Largest encoded request the Messaging service decodes (a `SendBatch`
+    /// is the only large one); at least one largest send plus 64 KiB.
+    pub max_send_batch_bytes: usize,
     pub max_receive_window: u32,
     pub default_receive_window: u32,
     pub default_ttl_seconds: u32,
@@ -370,6 +377,8 @@ impl Default for EdgeLimits {
             max_parts_per_send: 16,
             max_prekeys_per_upload: 100,
             max_ack_batch: 1024,
+            max_send_batch: 256,
+            max_send_batch_bytes: 4 * 1024 * 1024,
             max_receive_window: 4096,
             default_receive_window: 256,
             default_ttl_seconds: 30 * 24 * 3600,
@@ -466,6 +475,8 @@ impl Config {
             max_parts_per_send,
             max_prekeys_per_upload,
             max_ack_batch,
+            max_send_batch,
+            max_send_batch_bytes,
             max_receive_window,
             default_receive_window,
             default_ttl_seconds,
@@ -487,6 +498,8 @@ impl Config {
             max_parts_per_send: max_parts_per_send.unwrap_or(d.max_parts_per_send),
             max_prekeys_per_upload: max_prekeys_per_upload.unwrap_or(d.max_prekeys_per_upload),
             max_ack_batch: max_ack_batch.unwrap_or(d.max_ack_batch),
+            max_send_batch: max_send_batch.unwrap_or(d.max_send_batch),
+            max_send_batch_bytes: max_send_batch_bytes.unwrap_or(d.max_send_batch_bytes),
             max_receive_window: max_receive_window.unwrap_or(d.max_receive_window),
             default_receive_window: default_receive_window.unwrap_or(d.default_receive_window),
             default_ttl_seconds: default_ttl_seconds.unwrap_or(d.default_ttl_seconds),
@@ -498,6 +511,14 @@ impl Config {
         if !(1..=16 * 1024 * 1024).contains(&edge.max_envelope_bytes) {
             return Err(invalid("limits.max_envelope_bytes", "must be 1..=16777216"));
         }
+        if edge.max_send_batch_bytes < edge.max_envelope_bytes + 64 * 1024
+            || edge.max_send_batch_bytes > 64 * 1024 * 1024
+        {
+            return Err(invalid(
+                "limits.max_send_batch_bytes",
+                "must be at least max_envelope_bytes + 65536 (one largest send) and at most 67108864",
+            ));
+        }
         if edge.default_receive_window == 0 || edge.default_receive_window > edge.max_receive_window {
             return Err(invalid("limits.default_receive_window", "must be 1..=max_receive_window"));
         }
@@ -508,6 +529,7 @@ impl Config {
             ("limits.max_parts_per_send", edge.max_parts_per_send),
             ("limits.max_prekeys_per_upload", edge.max_prekeys_per_upload),
             ("limits.max_ack_batch", edge.max_ack_batch),
+            ("limits.max_send_batch", edge.max_send_batch),
             ("limits.max_user_id_bytes", edge.max_user_id_bytes),
             ("limits.max_message_id_bytes", edge.max_message_id_bytes),
         ] {

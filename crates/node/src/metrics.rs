@@ -25,6 +25,9 @@ pub struct Metrics {
     registry: Registry,
     pub grpc_requests: IntCounterVec,
     pub grpc_seconds: HistogramVec,
+    /// The sends inside `SendBatch` calls, by their own status code (the
+    /// call's code is in `grpc_requests`).
+    pub send_batch_items: IntCounterVec,
     pub commands: IntCounterVec,
     pub rejections: IntCounterVec,
     pub commit_seconds: HistogramVec,
@@ -135,6 +138,12 @@ impl Metrics {
                 "gRPC request handling time (stream open time for streams).",
                 &["service", "method"],
                 latency_buckets(),
+            ),
+            send_batch_items: counter(
+                &registry,
+                "send_batch_items_total",
+                "Sends inside SendBatch calls, by their own gRPC status code.",
+                &["code"],
             ),
             commands: counter(
                 &registry,

@@ -214,6 +214,8 @@ fn spawn_provider_server(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
     let max_msg = ctx.limits.max_envelope_bytes + 64 * 1024;
+    // A SendBatch carries many envelopes; each is then held to max_envelope_bytes.
+    let max_messaging_msg = ctx.limits.max_send_batch_bytes;
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(router_proto::FILE_DESCRIPTOR_SET)
@@ -233,7 +235,9 @@ fn spawn_provider_server(
                 .max_decoding_message_size(max_msg),
         )
         .add_service(MediaServer::new(MediaService::new(ctx.clone(), media.clone()).context("media proxy")?))
-        .add_service(MessagingServer::new(MessagingService { ctx: ctx.clone() }).max_decoding_message_size(max_msg));
+        .add_service(
+            MessagingServer::new(MessagingService { ctx: ctx.clone() }).max_decoding_message_size(max_messaging_msg),
+        );
     Ok(tokio::spawn(async move {
         health.set_serving::<DirectoryServer<DirectoryService>>().await;
         health.set_serving::<PrekeysServer<PrekeysService>>().await;

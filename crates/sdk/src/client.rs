@@ -1,5 +1,6 @@
 //! Unary calls with failover across nodes.
 
+use crate::batch::Queued;
 use crate::error::{SdkError, is_retryable, rejected};
 use crate::subscription::Subscription;
 use rand::Rng;
@@ -8,9 +9,10 @@ use router_proto::v1::messaging_client::MessagingClient;
 use router_proto::v1::prekeys_client::PrekeysClient;
 use router_proto::v1::*;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Response, Status};
 
@@ -28,8 +30,14 @@ pub struct ClientConfig {
     pub attempt_timeout: Duration,
     /// Total time one call may spend retrying.
     pub call_deadline: Duration,
-    /// Largest message this client sends (envelopes).
+    /// Largest message this client sends (envelopes; a `SendBatch` call).
     pub max_message_bytes: usize,
+    /// Concurrent [`RouterClient::send`]s put in one `SendBatch` call at
+    /// most; 0 or 1 sends each in its own `Send` call.
+    pub max_send_batch: usize,
+    /// `SendBatch` calls in flight at once; sends wait in the client's queue
+    /// (and join the next call) while all are busy.
+    pub max_send_batch_calls: usize,
 }
 
 impl ClientConfig {
@@ -43,15 +51,23 @@ impl ClientConfig {
             attempt_timeout: Duration::from_secs(5),
             call_deadline: Duration::from_secs(20),
             max_message_bytes: 4 * 1024 * 1024,
+            max_send_batch: 64,
+            max_send_batch_calls: 4,
         }
     }
 }
 
-struct Inner {
+pub(crate) struct Inner {
     config: ClientConfig,
     channels: Vec<Channel>,
     /// Index of the node in use; moves on failure.
     current: AtomicUsize,
+    /// The queue of the send batcher (`crate::batch`), started by the first send.
+    send_queue: OnceLock<mpsc::Sender<Queued>>,
+    /// Until when sends go one by one (a router without `SendBatch` answered).
+    batch_unsupported_until: Mutex<Option<tokio::time::Instant>>,
+    /// `batch_unsupported_until` is set (a lock-free check for every send).
+    batch_unsupported: std::sync::atomic::AtomicBool,
 }
 
 /// A provider's handle on a cluster. Cheap to clone.
@@ -86,7 +102,20 @@ impl RouterClient {
             })
             .collect::<Result<Vec<_>, SdkError>>()?;
         let start = rand::thread_rng().gen_range(0..channels.len());
-        Ok(RouterClient { inner: Arc::new(Inner { config, channels, current: AtomicUsize::new(start) }) })
+        Ok(RouterClient {
+            inner: Arc::new(Inner {
+                config,
+                channels,
+                current: AtomicUsize::new(start),
+                send_queue: OnceLock::new(),
+                batch_unsupported_until: Mutex::new(None),
+                batch_unsupported: std::sync::atomic::AtomicBool::new(false),
+            }),
+        })
+    }
+
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Self {
+        RouterClient { inner }
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -117,7 +146,7 @@ impl RouterClient {
 
     /// Runs `call` against the current node, moving on and retrying while
     /// the failure is retryable and the call deadline allows.
-    async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, SdkError>
+    pub(crate) async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, SdkError>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
@@ -234,13 +263,59 @@ impl RouterClient {
     }
 
     /// Sends until the router answers; retries reuse the request's message
-    /// id, so a send is stored once however often it is retried.
+    /// id, so a send is stored once however often it is retried. Sends made
+    /// concurrently on one client share `SendBatch` calls (see
+    /// `ClientConfig::max_send_batch`); each still gets its own answer.
     pub async fn send(&self, req: SendRequest) -> Result<SendResponse, SdkError> {
+        if self.inner.config.max_send_batch <= 1 || self.batch_unsupported() {
+            return self.send_alone(req).await;
+        }
+        let queue = self.inner.send_queue.get_or_init(|| {
+            let c = &self.inner.config;
+            crate::batch::start(
+                Arc::downgrade(&self.inner),
+                c.max_send_batch,
+                c.max_send_batch_calls,
+                c.max_message_bytes,
+            )
+        });
+        let (reply, answer) = oneshot::channel();
+        match queue.send(Queued { req, reply }).await {
+            Ok(()) => answer.await.unwrap_or_else(|_| Err(SdkError::Config("the send batcher stopped".into()))),
+            // The batcher is gone (the runtime is shutting down): send alone.
+            Err(mpsc::error::SendError(q)) => self.send_alone(q.req).await,
+        }
+    }
+
+    /// One send in its own `Send` call, retried across nodes.
+    pub(crate) async fn send_alone(&self, req: SendRequest) -> Result<SendResponse, SdkError> {
         self.retry(|ch| {
             let req = req.clone();
             async move { self.messaging(ch).send(req).await }
         })
         .await
+    }
+
+    fn batch_unsupported(&self) -> bool {
+        if !self.inner.batch_unsupported.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut until = self.inner.batch_unsupported_until.lock().unwrap_or_else(|e| e.into_inner());
+        match *until {
+            Some(t) if tokio::time::Instant::now() < t => true,
+            Some(_) => {
+                *until = None;
+                self.inner.batch_unsupported.store(false, Ordering::Relaxed);
+                false
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn mark_batch_unsupported(&self, for_how_long: Duration) {
+        *self.inner.batch_unsupported_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(tokio::time::Instant::now() + for_how_long);
+        self.inner.batch_unsupported.store(true, Ordering::Relaxed);
     }
 
     pub async fn ack(&self, seqs: Vec<u64>) -> Result<AckResponse, SdkError> {

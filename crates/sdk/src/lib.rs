@@ -17,10 +17,12 @@
 //! # Layout
 //! - `admin`: [`admin::AdminConnector`], operator access to the admin API.
 //! - `client`: [`RouterClient`], unary calls with failover.
+//! - `batch`: concurrent sends of one client share `SendBatch` calls.
 //! - `subscription`: [`Subscription`], the reconnecting receive stream.
 //! - `error`: [`SdkError`].
 
 pub mod admin;
+mod batch;
 pub mod client;
 pub mod error;
 pub mod subscription;

@@ -27,25 +27,43 @@ type EntryStream = Pin<Box<dyn Stream<Item = Result<MailboxEntry, Status>> + Sen
 
 #[tonic::async_trait]
 impl Messaging for MessagingService {
-    #[tracing::instrument(skip_all, fields(provider, msg_id))]
     async fn send(&self, req: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
         let sender = provider_of(&req)?;
-        let r = req.into_inner();
-        let mut env = validate::send_envelope(sender, r, &self.ctx.limits)?;
-        tracing::Span::current().record("provider", env.sender.as_str()).record("msg_id", env.message_id.as_str());
-        env.traceparent = crate::telemetry::current_traceparent();
-        if let Some((fed, route)) = crate::federation::edge::route_if_remote(&self.ctx, &env.recipient).await? {
-            return crate::federation::edge::send(&self.ctx, &fed, route, env).await.map(Response::new);
+        send_one(&self.ctx, sender, req.into_inner()).instrument(send_span()).await.map(Response::new)
+    }
+
+    /// Every send of the batch goes its own way (`send_one`), all at once:
+    /// the stored ones meet in the writer's queue and share Raft entries.
+    #[tracing::instrument(skip_all, fields(provider, sends))]
+    async fn send_batch(&self, req: Request<SendBatchRequest>) -> Result<Response<SendBatchResponse>, Status> {
+        let sender = provider_of(&req)?;
+        let sends = req.into_inner().sends;
+        tracing::Span::current().record("provider", sender.as_str()).record("sends", sends.len());
+        if sends.is_empty() {
+            return Err(status::invalid_field("sends", "EMPTY", "at least one send is required"));
         }
-        if env.content_type.is_ephemeral() {
-            return send_ephemeral(&self.ctx, env).await.map(Response::new);
+        if sends.len() > self.ctx.limits.max_send_batch {
+            return Err(status::over_limit("sends", self.ctx.limits.max_send_batch as u64, sends.len() as u64));
         }
-        match self.ctx.write(Command::Send(env)).await? {
-            Outcome::Sent { seq, accepted_at_ms } => {
-                Ok(Response::new(SendResponse { mailbox_seq: seq, accepted_at_ms, delivered_streams: 0 }))
-            }
-            other => Err(status::unexpected(&other)),
-        }
+        let answers = futures::future::join_all(
+            sends.into_iter().map(|r| send_one(&self.ctx, sender.clone(), r).instrument(send_span())),
+        )
+        .await;
+        let items = &self.ctx.metrics.send_batch_items;
+        let results = answers
+            .into_iter()
+            .map(|answer| {
+                let code = answer.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
+                items.with_label_values(&[&status::code_label(code)]).inc();
+                SendResult {
+                    result: Some(match answer {
+                        Ok(accepted) => send_result::Result::Accepted(accepted),
+                        Err(refused) => send_result::Result::Error(status::send_error(&refused)),
+                    }),
+                }
+            })
+            .collect();
+        Ok(Response::new(SendBatchResponse { results }))
     }
 
     type ReceiveStream = EntryStream;
@@ -82,6 +100,30 @@ impl Messaging for MessagingService {
             Outcome::Acked { removed, unknown } => Ok(Response::new(AckResponse { removed, unknown })),
             other => Err(status::unexpected(&other)),
         }
+    }
+}
+
+/// The span of one send, alone or in a batch; `send_one` fills its fields.
+fn send_span() -> tracing::Span {
+    tracing::info_span!("send", provider = tracing::field::Empty, msg_id = tracing::field::Empty)
+}
+
+/// One send, alone (`Send`) or in a batch (`SendBatch`), inside its `send` span.
+async fn send_one(ctx: &Ctx, sender: ProviderId, r: SendRequest) -> Result<SendResponse, Status> {
+    let mut env = validate::send_envelope(sender, r, &ctx.limits)?;
+    tracing::Span::current().record("provider", env.sender.as_str()).record("msg_id", env.message_id.as_str());
+    env.traceparent = crate::telemetry::current_traceparent();
+    if let Some((fed, route)) = crate::federation::edge::route_if_remote(ctx, &env.recipient).await? {
+        return crate::federation::edge::send(ctx, &fed, route, env).await;
+    }
+    if env.content_type.is_ephemeral() {
+        return send_ephemeral(ctx, env).await;
+    }
+    match ctx.write(Command::Send(env)).await? {
+        Outcome::Sent { seq, accepted_at_ms } => {
+            Ok(SendResponse { mailbox_seq: seq, accepted_at_ms, delivered_streams: 0 })
+        }
+        other => Err(status::unexpected(&other)),
     }
 }
 

@@ -172,3 +172,19 @@ pub fn accepted(outcome: Outcome) -> Result<Outcome, Status> {
 pub fn unexpected(outcome: &Outcome) -> Status {
     Status::internal(format!("unexpected outcome {outcome:?}"))
 }
+
+/// A refused send of a `SendBatch`, as its `SendResult` carries it: what
+/// `Send` would have answered, detail decoded back into a message.
+pub fn send_error(refused: &Status) -> router_proto::v1::SendError {
+    router_proto::v1::SendError {
+        code: refused.code() as i32,
+        message: refused.message().to_string(),
+        detail: ErrorDetail::decode(refused.details()).ok(),
+    }
+}
+
+/// A status code as the metrics label it: "OK", else the code's name
+/// ("InvalidArgument"), as `grpc_requests_total` does.
+pub fn code_label(code: Code) -> String {
+    if code == Code::Ok { "OK".to_string() } else { format!("{code:?}") }
+}

@@ -73,6 +73,17 @@ async fn a_send_batch_answers_each_send_as_send_would() {
         ("TOO_LARGE", "sends", 256, 257)
     );
 
+    // Larger than max_send_batch_bytes (22 x 200 KiB > 4 MiB): cut off by the transport.
+    let big: Vec<_> = (0..22)
+        .map(|i| {
+            let mut m = message(&format!("big-{i}"), "handle:bob", &BOB_DEVICES);
+            m.parts[0].ciphertext = vec![7u8; 200 * 1024].into();
+            m
+        })
+        .collect();
+    let cut = raw.send_batch(SendBatchRequest { sends: big }).await.unwrap_err();
+    assert_eq!(cut.code(), Code::OutOfRange, "{cut:?}");
+
     // Exactly b-1 and b-2 were stored, once each.
     let mut sub = beta.subscribe(16);
     let got: BTreeSet<String> =
@@ -130,5 +141,39 @@ async fn concurrent_sdk_sends_share_batch_calls_and_keep_their_own_answers() {
         assert!(ids.insert(message_id_of(&next_within(&mut sub, Duration::from_secs(10)).await)));
     }
     assert_quiet(&mut sub, Duration::from_millis(500)).await;
+    tc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_keeps_to_a_lower_max_send_batch_of_the_router() {
+    let tc = TestCluster::start_with(3, |c| c.limits.max_send_batch = Some(4)).await.unwrap();
+    tc.cluster.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    // One node only, so its metrics tell the whole story.
+    let alpha = tc.client_on("alpha", &[1]);
+    let beta = tc.client("beta");
+    setup_user(&beta, "handle:bob", &BOB_DEVICES).await;
+
+    for round in 0..2 {
+        let sends = (0..40).map(|i| {
+            let alpha = alpha.clone();
+            async move { alpha.send(message(&format!("r{round}-{i}"), "handle:bob", &BOB_DEVICES)).await }
+        });
+        let answers = futures::future::join_all(sends).await;
+        let seqs: BTreeSet<u64> = answers.into_iter().map(|a| a.expect("stored").mailbox_seq).collect();
+        assert_eq!(seqs.len(), 40, "round {round}: every send stored, each with its own seq");
+    }
+    let text = crate::metrics::scrape(tc.cluster.node(1).admin_addr).await;
+    let series = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .map_or(0.0, |v| v.parse::<f64>().unwrap())
+    };
+    // The first batch over the router's limit was refused whole (its sends then
+    // went alone); later batches kept to 4 and were accepted.
+    let refused =
+        series(r#"router_grpc_requests_total{code="InvalidArgument",method="SendBatch",service="Messaging"}"#);
+    assert!(refused >= 1.0, "a batch above the limit was refused: {refused}");
+    assert!(refused <= 4.0, "the client lowered its batch size after the refusal: {refused} refusals");
+    assert!(series(r#"router_send_batch_items_total{code="OK"}"#) >= 4.0);
     tc.shutdown().await;
 }

@@ -499,7 +499,10 @@ impl Config {
             max_prekeys_per_upload: max_prekeys_per_upload.unwrap_or(d.max_prekeys_per_upload),
             max_ack_batch: max_ack_batch.unwrap_or(d.max_ack_batch),
             max_send_batch: max_send_batch.unwrap_or(d.max_send_batch),
-            max_send_batch_bytes: max_send_batch_bytes.unwrap_or(d.max_send_batch_bytes),
+            // Unset: room for one largest send at least.
+            max_send_batch_bytes: max_send_batch_bytes.unwrap_or_else(|| {
+                d.max_send_batch_bytes.max(max_envelope_bytes.unwrap_or(d.max_envelope_bytes).saturating_add(64 * 1024))
+            }),
             max_receive_window: max_receive_window.unwrap_or(d.max_receive_window),
             default_receive_window: default_receive_window.unwrap_or(d.default_receive_window),
             default_ttl_seconds: default_ttl_seconds.unwrap_or(d.default_ttl_seconds),
@@ -685,6 +688,16 @@ key = "node.key"
         assert_eq!(cfg.limits, EdgeLimits::default());
         assert_eq!(cfg.advertise.provider, "127.0.0.1:1");
         assert_eq!(cfg.replicated_limits, router_core::Limits::default());
+    }
+
+    #[test]
+    fn the_send_batch_byte_limit_makes_room_for_one_largest_send() {
+        let big = Config::validate(raw("[limits]\nmax_envelope_bytes = 8388608").unwrap()).unwrap();
+        assert_eq!(big.limits.max_send_batch_bytes, 8 * 1024 * 1024 + 64 * 1024);
+        let e =
+            Config::validate(raw("[limits]\nmax_envelope_bytes = 8388608\nmax_send_batch_bytes = 4194304").unwrap())
+                .unwrap_err();
+        assert!(e.to_string().starts_with("limits.max_send_batch_bytes"), "{e}");
     }
 
     #[test]

@@ -146,19 +146,32 @@ impl RouterClient {
 
     /// Runs `call` against the current node, moving on and retrying while
     /// the failure is retryable and the call deadline allows.
-    pub(crate) async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, SdkError>
+    async fn retry<T, F, Fut>(&self, call: F) -> Result<T, SdkError>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let deadline = tokio::time::Instant::now() + self.inner.config.call_deadline;
+        self.retry_until(deadline, call).await.map(|(answer, _node)| answer)
+    }
+
+    /// [`Self::retry`] with a given deadline; also says which node answered.
+    pub(crate) async fn retry_until<T, F, Fut>(
+        &self,
+        deadline: tokio::time::Instant,
+        mut call: F,
+    ) -> Result<(T, usize), SdkError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
         let mut attempt = 0u32;
         loop {
             let (index, channel) = self.channel();
             attempt += 1;
             let result = tokio::time::timeout(self.inner.config.attempt_timeout, call(channel)).await;
             let status = match result {
-                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Ok(resp)) => return Ok((resp.into_inner(), index)),
                 Ok(Err(status)) if !is_retryable(&status) => return Err(rejected(status)),
                 Ok(Err(status)) => status,
                 Err(_) => Status::deadline_exceeded("attempt timed out"),
@@ -266,34 +279,45 @@ impl RouterClient {
     /// id, so a send is stored once however often it is retried. Sends made
     /// concurrently on one client share `SendBatch` calls (see
     /// `ClientConfig::max_send_batch`); each still gets its own answer.
+    ///
+    /// Ephemeral content (typing, call signaling) always goes alone: it is
+    /// not deduplicated, so it must not be resent because another send of a
+    /// batch was slow. A send queued for a batch goes out even if the caller
+    /// stops waiting for it (as a unary call already on the wire does).
     pub async fn send(&self, req: SendRequest) -> Result<SendResponse, SdkError> {
-        if self.inner.config.max_send_batch <= 1 || self.batch_unsupported() {
-            return self.send_alone(req).await;
+        let deadline = tokio::time::Instant::now() + self.inner.config.call_deadline;
+        let ephemeral =
+            matches!(ContentType::try_from(req.content_type), Ok(ContentType::Typing | ContentType::CallSignaling));
+        if ephemeral || self.inner.config.max_send_batch <= 1 || self.batch_unsupported() {
+            return self.send_alone(req, deadline).await;
         }
-        let queue = self.inner.send_queue.get_or_init(|| {
-            let c = &self.inner.config;
-            crate::batch::start(
-                Arc::downgrade(&self.inner),
-                c.max_send_batch,
-                c.max_send_batch_calls,
-                c.max_message_bytes,
-            )
-        });
+        let queue =
+            self.inner.send_queue.get_or_init(|| crate::batch::start(Arc::downgrade(&self.inner), &self.inner.config));
         let (reply, answer) = oneshot::channel();
-        match queue.send(Queued { req, reply }).await {
-            Ok(()) => answer.await.unwrap_or_else(|_| Err(SdkError::Config("the send batcher stopped".into()))),
+        match queue.send(Queued { req, deadline, reply }).await {
+            Ok(()) => answer.await.unwrap_or_else(|_| {
+                Err(SdkError::Unavailable {
+                    attempts: 0,
+                    last: "the send batcher stopped (runtime shutting down)".into(),
+                })
+            }),
             // The batcher is gone (the runtime is shutting down): send alone.
-            Err(mpsc::error::SendError(q)) => self.send_alone(q.req).await,
+            Err(mpsc::error::SendError(q)) => self.send_alone(q.req, deadline).await,
         }
     }
 
-    /// One send in its own `Send` call, retried across nodes.
-    pub(crate) async fn send_alone(&self, req: SendRequest) -> Result<SendResponse, SdkError> {
-        self.retry(|ch| {
+    /// One send in its own `Send` call, retried across nodes until `deadline`.
+    pub(crate) async fn send_alone(
+        &self,
+        req: SendRequest,
+        deadline: tokio::time::Instant,
+    ) -> Result<SendResponse, SdkError> {
+        self.retry_until(deadline, |ch| {
             let req = req.clone();
             async move { self.messaging(ch).send(req).await }
         })
         .await
+        .map(|(answer, _node)| answer)
     }
 
     fn batch_unsupported(&self) -> bool {

@@ -177,3 +177,56 @@ async fn the_sdk_keeps_to_a_lower_max_send_batch_of_the_router() {
     assert!(series(r#"router_send_batch_items_total{code="OK"}"#) >= 4.0);
     tc.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_sends_through_a_leader_kill_are_all_stored_once() {
+    const SENDS: usize = 400;
+    let mut tc = TestCluster::start(3).await.unwrap();
+    let leader = tc.cluster.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    let others: Vec<u64> = tc.all_nodes().into_iter().filter(|n| *n != leader).collect();
+    setup_user(&tc.client("beta"), "handle:bob", &BOB_DEVICES).await;
+    // The sender starts on the leader: batch calls are in flight there when it dies.
+    let alpha = tc.client_on("alpha", &[leader, others[0], others[1]]);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let sender = tokio::spawn({
+        use futures::StreamExt;
+        let alpha = alpha.clone();
+        async move {
+            futures::stream::iter(0..SENDS)
+                .map(|i| {
+                    let (alpha, done) = (alpha.clone(), done_tx.clone());
+                    async move {
+                        let id = format!("k-{i}");
+                        let answer = alpha.send(message(&id, "handle:bob", &BOB_DEVICES)).await;
+                        let _ = done.send(());
+                        (id, answer)
+                    }
+                })
+                .buffer_unordered(48)
+                .collect::<Vec<_>>()
+                .await
+        }
+    });
+    for _ in 0..SENDS / 4 {
+        done_rx.recv().await.unwrap();
+    }
+    tc.cluster.crash(leader).await;
+    let answers = sender.await.unwrap();
+    let mut seqs = BTreeSet::new();
+    for (id, answer) in &answers {
+        let seq = answer.as_ref().unwrap_or_else(|e| panic!("{id}: {e}")).mailbox_seq;
+        assert!(seqs.insert(seq), "{id}: mailbox seq {seq} given twice");
+    }
+    assert_eq!(seqs.len(), SENDS);
+
+    // Every acknowledged send is in the mailbox, once.
+    let beta = tc.client_on("beta", &others);
+    let mut sub = beta.subscribe(1024);
+    let mut ids = BTreeSet::new();
+    for _ in 0..SENDS {
+        let id = message_id_of(&next_within(&mut sub, Duration::from_secs(15)).await);
+        assert!(ids.insert(id.clone()), "{id} stored twice");
+    }
+    assert_quiet(&mut sub, Duration::from_millis(500)).await;
+    tc.shutdown().await;
+}

@@ -99,6 +99,13 @@ struct Args {
     /// to measure a tuning without rebuilding.
     #[arg(long, default_value = "")]
     router_config: String,
+    /// Sends the SDK puts in one SendBatch call at most (its `max_send_batch`;
+    /// 1: one Send call per message, as before SendBatch).
+    #[arg(long, default_value_t = router_sdk::client::DEFAULT_MAX_SEND_BATCH)]
+    send_batch: usize,
+    /// SendBatch calls in flight per client connection (the SDK's `max_send_batch_calls`).
+    #[arg(long, default_value_t = router_sdk::client::DEFAULT_MAX_SEND_BATCH_CALLS)]
+    send_batch_calls: usize,
     /// Keep the working directory (configs, data, logs of every process).
     #[arg(long)]
     keep: bool,
@@ -253,6 +260,7 @@ async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Vec<Row>> {
         let mut rc =
             router::RouterCluster::start(&routerd, &nats::dir_for(work, "router")?, args.router_port, 3, &limits)
                 .await?;
+        rc.send_batch = (args.send_batch, args.send_batch_calls);
         if args.wants("delivery") {
             println!(
                 "-- delivery: {} sends in flight over {} clients, {} B, receiver window {}",

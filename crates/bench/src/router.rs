@@ -24,6 +24,8 @@ pub struct RouterCluster {
     base_port: u16,
     pub procs: Group,
     admin: Vec<AdminClient<Channel>>,
+    /// The SDK's `max_send_batch` and `max_send_batch_calls` for every client.
+    pub send_batch: (usize, usize),
 }
 
 impl RouterCluster {
@@ -84,7 +86,8 @@ impl RouterCluster {
             admin.push(AdminClient::new(ch));
         }
         let procs = Group::start(specs)?;
-        let c = RouterCluster { dir: dir.to_path_buf(), base_port, procs, admin };
+        let send_batch = (router_sdk::client::DEFAULT_MAX_SEND_BATCH, router_sdk::client::DEFAULT_MAX_SEND_BATCH_CALLS);
+        let c = RouterCluster { dir: dir.to_path_buf(), base_port, procs, admin, send_batch };
         c.wait_for_leader(Duration::from_secs(30)).await?;
         Ok(c)
     }
@@ -107,6 +110,7 @@ impl RouterCluster {
             read(format!("provider-{provider}.pem"))?,
             read(format!("provider-{provider}.key"))?,
         );
+        (cfg.max_send_batch, cfg.max_send_batch_calls) = self.send_batch;
         if let Some(t) = timeout {
             cfg.attempt_timeout = t;
             cfg.call_deadline = t;

@@ -16,6 +16,11 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Response, Status};
 
+/// Default [`ClientConfig::max_send_batch`].
+pub const DEFAULT_MAX_SEND_BATCH: usize = 64;
+/// Default [`ClientConfig::max_send_batch_calls`].
+pub const DEFAULT_MAX_SEND_BATCH_CALLS: usize = 4;
+
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     /// `host:port` of each node's provider listener.
@@ -51,8 +56,8 @@ impl ClientConfig {
             attempt_timeout: Duration::from_secs(5),
             call_deadline: Duration::from_secs(20),
             max_message_bytes: 4 * 1024 * 1024,
-            max_send_batch: 64,
-            max_send_batch_calls: 4,
+            max_send_batch: DEFAULT_MAX_SEND_BATCH,
+            max_send_batch_calls: DEFAULT_MAX_SEND_BATCH_CALLS,
         }
     }
 }

@@ -396,11 +396,18 @@ where
                     .get("grpc-status")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<i32>().ok())
-                    .map_or("OK".to_string(), |c| format!("{:?}", tonic::Code::from_i32(c)));
+                    .map_or(tonic::Code::Ok, tonic::Code::from_i32);
+                let code = code_label(code);
                 metrics.grpc_requests.with_label_values(&[&service, &method, &code]).inc();
                 metrics.grpc_seconds.with_label_values(&[&service, &method]).observe(started.elapsed().as_secs_f64());
             }
             result
         })
     }
+}
+
+/// A status code as the `code` label of `grpc_requests_total` and
+/// `send_batch_items_total`: "OK", else the code's name ("InvalidArgument").
+pub fn code_label(code: tonic::Code) -> String {
+    if code == tonic::Code::Ok { "OK".to_string() } else { format!("{code:?}") }
 }

@@ -60,6 +60,15 @@ pub(crate) struct Queued {
 pub(crate) struct Limits {
     sends: AtomicUsize,
     bytes: AtomicUsize,
+    /// Until when every send goes alone (a router without `SendBatch` answered).
+    unsupported_until: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Limits {
+    fn batches_unsupported(&self) -> bool {
+        let until = self.unsupported_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        until.is_some_and(|t| Instant::now() < t)
+    }
 }
 
 /// Starts the batcher task of a client; it ends once the client's last handle
@@ -72,6 +81,7 @@ pub(crate) fn start(client: Weak<crate::client::Inner>, config: &ClientConfig) -
     let limits = Arc::new(Limits {
         sends: AtomicUsize::new(max_sends),
         bytes: AtomicUsize::new(config.max_message_bytes.saturating_sub(FRAMING_BYTES).max(1)),
+        unsupported_until: std::sync::Mutex::new(None),
     });
     tokio::spawn(run(client, rx, limits, max_calls));
     tx
@@ -122,9 +132,8 @@ async fn run(
 /// until the earliest deadline of its sends), then every send's answer to its
 /// caller.
 async fn send_batch(client: &RouterClient, limits: &Limits, batch: Vec<Queued>) {
-    if batch.len() == 1 {
-        let q = batch.into_iter().next().expect("one send");
-        let _ = q.reply.send(client.send_alone(q.req, q.deadline).await);
+    if batch.len() == 1 || limits.batches_unsupported() {
+        each_alone(client, batch).await;
         return;
     }
     let deadline = batch.iter().map(|q| q.deadline).min().expect("not empty");
@@ -168,7 +177,8 @@ async fn send_batch(client: &RouterClient, limits: &Limits, batch: Vec<Queued>) 
         }
         Err(SdkError::Rejected { code, detail, .. }) if refuses_batches(code, &detail, limits) => {
             if code == Code::Unimplemented {
-                client.mark_batch_unsupported(UNSUPPORTED_FOR);
+                *limits.unsupported_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(Instant::now() + UNSUPPORTED_FOR);
             }
             each_alone(client, pending.collect()).await;
         }

@@ -10,7 +10,7 @@ use router_proto::v1::prekeys_client::PrekeysClient;
 use router_proto::v1::*;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -69,10 +69,6 @@ pub(crate) struct Inner {
     current: AtomicUsize,
     /// The queue of the send batcher (`crate::batch`), started by the first send.
     send_queue: OnceLock<mpsc::Sender<Queued>>,
-    /// Until when sends go one by one (a router without `SendBatch` answered).
-    batch_unsupported_until: Mutex<Option<tokio::time::Instant>>,
-    /// `batch_unsupported_until` is set (a lock-free check for every send).
-    batch_unsupported: std::sync::atomic::AtomicBool,
 }
 
 /// A provider's handle on a cluster. Cheap to clone.
@@ -108,14 +104,7 @@ impl RouterClient {
             .collect::<Result<Vec<_>, SdkError>>()?;
         let start = rand::thread_rng().gen_range(0..channels.len());
         Ok(RouterClient {
-            inner: Arc::new(Inner {
-                config,
-                channels,
-                current: AtomicUsize::new(start),
-                send_queue: OnceLock::new(),
-                batch_unsupported_until: Mutex::new(None),
-                batch_unsupported: std::sync::atomic::AtomicBool::new(false),
-            }),
+            inner: Arc::new(Inner { config, channels, current: AtomicUsize::new(start), send_queue: OnceLock::new() }),
         })
     }
 
@@ -293,7 +282,7 @@ impl RouterClient {
         let deadline = tokio::time::Instant::now() + self.inner.config.call_deadline;
         let ephemeral =
             matches!(ContentType::try_from(req.content_type), Ok(ContentType::Typing | ContentType::CallSignaling));
-        if ephemeral || self.inner.config.max_send_batch <= 1 || self.batch_unsupported() {
+        if ephemeral || self.inner.config.max_send_batch <= 1 {
             return self.send_alone(req, deadline).await;
         }
         let queue =
@@ -323,28 +312,6 @@ impl RouterClient {
         })
         .await
         .map(|(answer, _node)| answer)
-    }
-
-    fn batch_unsupported(&self) -> bool {
-        if !self.inner.batch_unsupported.load(Ordering::Relaxed) {
-            return false;
-        }
-        let mut until = self.inner.batch_unsupported_until.lock().unwrap_or_else(|e| e.into_inner());
-        match *until {
-            Some(t) if tokio::time::Instant::now() < t => true,
-            Some(_) => {
-                *until = None;
-                self.inner.batch_unsupported.store(false, Ordering::Relaxed);
-                false
-            }
-            None => false,
-        }
-    }
-
-    pub(crate) fn mark_batch_unsupported(&self, for_how_long: Duration) {
-        *self.inner.batch_unsupported_until.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(tokio::time::Instant::now() + for_how_long);
-        self.inner.batch_unsupported.store(true, Ordering::Relaxed);
     }
 
     pub async fn ack(&self, seqs: Vec<u64>) -> Result<AckResponse, SdkError> {

@@ -54,7 +54,7 @@ impl Messaging for MessagingService {
             .into_iter()
             .map(|answer| {
                 let code = answer.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
-                items.with_label_values(&[&status::code_label(code)]).inc();
+                items.with_label_values(&[&crate::metrics::code_label(code)]).inc();
                 SendResult {
                     result: Some(match answer {
                         Ok(accepted) => send_result::Result::Accepted(accepted),

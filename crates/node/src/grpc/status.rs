@@ -182,9 +182,3 @@ pub fn send_error(refused: &Status) -> router_proto::v1::SendError {
         detail: ErrorDetail::decode(refused.details()).ok(),
     }
 }
-
-/// A status code as the metrics label it: "OK", else the code's name
-/// ("InvalidArgument"), as `grpc_requests_total` does.
-pub fn code_label(code: Code) -> String {
-    if code == Code::Ok { "OK".to_string() } else { format!("{code:?}") }
-}

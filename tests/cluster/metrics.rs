@@ -62,6 +62,20 @@ async fn metrics_describe_traffic_and_pass_promtool() {
     assert_eq!(value(&text, r#"router_raft{field="is_leader"}"#), if still_leads { 1.0 } else { 0.0 });
     assert_eq!(value(&text, r#"router_raft{field="voters"}"#), 3.0);
     assert_eq!(value(&text, r#"router_grpc_requests_total{code="NotFound",method="Send",service="Messaging"}"#), 1.0);
+    let commit = value(&text, r#"router_raft{field="commit_index"}"#);
+    let applied = value(&text, r#"router_raft{field="applied_index"}"#);
+    assert!(commit > 0.0 && commit >= applied, "commit {commit}, applied {applied}");
+    assert_eq!(value(&text, r#"router_raft{field="apply_lag"}"#), commit - applied);
+    for series in [
+        r#"router_snapshots_total{origin="built"}"#,
+        r#"router_snapshots_total{origin="installed"}"#,
+        "router_log_compactions_total",
+        "router_log_entries_purged_total",
+        "router_snapshot_last_size_bytes",
+        "router_snapshot_last_build_seconds",
+    ] {
+        value(&text, series);
+    }
     assert!(text.contains("router_delivery_latency_seconds_bucket"));
     assert!(text.contains("router_commit_duration_seconds_bucket"));
     assert!(text.contains(r#"router_prekey_low_stock_devices{provider="beta"} 1"#), "{text}");
@@ -86,6 +100,8 @@ async fn metrics_describe_traffic_and_pass_promtool() {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        // CI installs it (.ci/run), so there a missing promtool is a failure, not a skip.
+        Err(e) if std::env::var_os("CI").is_some() => panic!("promtool not found in CI: {e}"),
         Err(_) => eprintln!(
             "\n*** SKIPPED promtool check: promtool not installed (deploy/install-deps.sh --with-prometheus) ***\n"
         ),

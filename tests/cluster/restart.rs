@@ -87,6 +87,48 @@ async fn a_node_that_lost_its_disk_catches_up_through_a_snapshot() {
     let snapshot = victim_node.raft().metrics().borrow().snapshot;
     assert!(snapshot.is_some(), "the wiped node was caught up by a snapshot");
     assert_eq!(victim_node.ctx().read(|s| s.mailbox_depth(&router_core::ProviderId::new("beta"))), 120);
+    assert_eq!(victim_node.ctx().storage_stats.snapshot().snapshots_installed, 1, "caught up by one snapshot");
+    tc.shutdown().await;
+}
+
+/// A node down long enough for the leader to compact its log past the
+/// node's last entry: restarted on its own directory, it cannot be caught up
+/// from the log and must install the leader's snapshot over its older state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_past_log_compaction_catches_up_through_a_snapshot() {
+    let mut tc = TestCluster::start_with(3, snapshot_often).await.unwrap();
+    let leader = tc.cluster.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    let victim = tc.all_nodes().into_iter().find(|n| *n != leader).unwrap();
+    let alpha = tc.client_on("alpha", &[leader]);
+    let beta = tc.client_on("beta", &[leader]);
+    setup_user(&beta, "handle:gus", &DEVICES).await;
+    for i in 0..10 {
+        alpha.send(message(&format!("before-{i}"), "handle:gus", &DEVICES)).await.unwrap();
+    }
+    converged(&tc).await;
+    let victim_before = tc.cluster.node(victim).node.as_ref().unwrap().raft().metrics().borrow().last_log_index;
+    tc.cluster.crash(victim).await;
+    for i in 0..120 {
+        alpha.send(message(&format!("during-{i}"), "handle:gus", &DEVICES)).await.unwrap();
+    }
+    let leader_node = tc.cluster.node(leader).node.as_ref().unwrap();
+    let purged = leader_node.raft().metrics().borrow().purged.map(|p| p.index);
+    assert!(
+        purged > victim_before,
+        "the leader compacted past the victim's last entry: purged {purged:?}, victim had {victim_before:?}"
+    );
+    assert!(leader_node.ctx().storage_stats.snapshot().log_compactions > 0);
+
+    tc.cluster.restart(victim).await.unwrap();
+    converged(&tc).await;
+    let victim_node = tc.cluster.node(victim).node.as_ref().unwrap();
+    let stats = victim_node.ctx().storage_stats.snapshot();
+    assert_eq!(stats.snapshots_installed, 1, "caught up by the leader's snapshot: {stats:?}");
+    assert_eq!(victim_node.ctx().read(|s| s.mailbox_depth(&router_core::ProviderId::new("beta"))), 130);
+    // And it serves the mail from its replica, oldest first.
+    let on_victim = tc.client_on("beta", &[victim]);
+    let mut sub = on_victim.subscribe(200);
+    assert_eq!(message_id_of(&next_within(&mut sub, Duration::from_secs(10)).await), "before-0");
     tc.shutdown().await;
 }
 

@@ -12,9 +12,22 @@ use router_testkit::TestCluster;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// (trace id hex, span name) of every exported span.
+/// One exported span: ids in hex, its name, and its `node_id` attribute.
+#[derive(Clone, Debug)]
+struct Exported {
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    name: String,
+    node_id: Option<i64>,
+}
+
 #[derive(Clone, Default)]
-struct Receiver(Arc<Mutex<Vec<(String, String)>>>);
+struct Receiver(Arc<Mutex<Vec<Exported>>>);
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 #[tonic::async_trait]
 impl TraceService for Receiver {
@@ -22,12 +35,26 @@ impl TraceService for Receiver {
         &self,
         req: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
         let mut spans = self.0.lock().unwrap();
         for rs in req.into_inner().resource_spans {
             for ss in rs.scope_spans {
                 for s in ss.spans {
-                    let id: String = s.trace_id.iter().map(|b| format!("{b:02x}")).collect();
-                    spans.push((id, s.name));
+                    let node_id = s.attributes.iter().find(|kv| kv.key == "node_id").and_then(|kv| {
+                        match kv.value.as_ref()?.value.as_ref()? {
+                            Value::IntValue(v) => Some(*v),
+                            // tracing-opentelemetry exports u64 fields as strings.
+                            Value::StringValue(v) => v.parse().ok(),
+                            _ => None,
+                        }
+                    });
+                    spans.push(Exported {
+                        trace_id: hex(&s.trace_id),
+                        span_id: hex(&s.span_id),
+                        parent_span_id: hex(&s.parent_span_id),
+                        name: s.name,
+                        node_id,
+                    });
                 }
             }
         }
@@ -78,19 +105,34 @@ async fn one_trace_shows_send_commit_and_delivery_across_nodes() {
     let mut sub = beta.subscribe(8);
     tokio::time::timeout(Duration::from_secs(10), sub.next()).await.unwrap().unwrap();
 
-    let mut names = Vec::new();
+    let mut spans: Vec<Exported> = Vec::new();
     for _ in 0..50 {
         guard.flush();
-        names = receiver.0.lock().unwrap().iter().filter(|(t, _)| t == trace_id).map(|(_, n)| n.clone()).collect();
-        if names.iter().any(|n| n == "deliver") && names.iter().any(|n| n == "forward") {
+        spans = receiver.0.lock().unwrap().iter().filter(|s| s.trace_id == trace_id).cloned().collect();
+        if spans.iter().any(|s| s.name == "deliver") && spans.iter().any(|s| s.name == "forward") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(names.iter().any(|n| n == "/interop_router.v1.Messaging/Send"), "send span missing: {names:?}");
+    let find = |name: &str| {
+        spans.iter().find(|s| s.name == name).cloned().unwrap_or_else(|| panic!("no {name} span: {spans:#?}"))
+    };
+    // The request on the follower, a child of the provider's own span.
+    let grpc = find("/interop_router.v1.Messaging/Send");
+    assert_eq!(grpc.parent_span_id, "00f067aa0ba902b7", "the server span continues the caller's trace");
+    assert_eq!(grpc.node_id, Some(followers[0] as i64), "{grpc:?}");
+    let send = find("send");
+    assert_eq!(send.parent_span_id, grpc.span_id);
     // The leader's span for the forwarded command (it went in a batch with
     // others, each carrying the trace context of its own request).
-    assert!(names.iter().any(|n| n == "forward"), "forward span missing: {names:?}");
-    assert!(names.iter().any(|n| n == "deliver"), "delivery span missing: {names:?}");
+    let forward = find("forward");
+    assert_eq!(forward.parent_span_id, send.span_id, "the forward continues the send");
+    assert_eq!(forward.node_id, Some(leader as i64), "{forward:?}");
+    // The delivery on the third node, from the context stored with the envelope.
+    let deliver = find("deliver");
+    assert_eq!(deliver.parent_span_id, send.span_id, "the delivery continues the send");
+    assert_eq!(deliver.node_id, Some(followers[1] as i64), "{deliver:?}");
+    // The node span only labels log lines: never exported.
+    assert!(receiver.0.lock().unwrap().iter().all(|s| s.name != "node"));
     tc.shutdown().await;
 }

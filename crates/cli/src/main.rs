@@ -2,7 +2,13 @@
 //! ports with an operator certificate (mTLS).
 //!
 //! Exit codes: 0 success, 1 the cluster refused or failed the operation,
-//! 2 usage error (clap), 3 no node could be reached / bad local files.
+//! 2 usage error (clap), 3 unavailable, worth retrying: no node could be
+//! reached, no leader, or the operation timed out (`UNAVAILABLE` /
+//! `DEADLINE_EXCEEDED`); also a local file that cannot be read.
+//!
+//! Commands other than `status` and `snapshot` (which ask every endpoint)
+//! go to the leader, found by asking the endpoints in turn, so one node
+//! being down does not stop them.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -46,7 +52,7 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Every reachable node's view: role, term, leader, log, applied, lag.
+    /// Every reachable node's view: role, term, leader, log, commit, applied, health, lag.
     Status,
     /// Cluster membership.
     #[command(subcommand)]
@@ -291,14 +297,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Provider(ProviderCmd::Add { provider_id }) => {
             admin
-                .client(&cli.endpoints[0])?
+                .client(&leader().await?)?
                 .add_provider(AddProviderRequest { provider_id: provider_id.clone() })
                 .await?;
             done(out, json!({"provider": provider_id}), &format!("provider {provider_id} onboarded"));
         }
         Cmd::Provider(ProviderCmd::Request { provider_id, name, contact, media_hosts }) => {
             let req = RequestProviderRequest { provider_id: provider_id.clone(), name, contact, media_hosts };
-            admin.client(&cli.endpoints[0])?.request_provider(req).await?;
+            admin.client(&leader().await?)?.request_provider(req).await?;
             done(
                 out,
                 json!({"provider": provider_id, "status": "requested"}),
@@ -320,7 +326,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 _ => ProviderAction::Revoke,
             };
             let req = SetProviderStatusRequest { provider_id: provider_id.clone(), action: action as i32 };
-            let r = admin.client(&cli.endpoints[0])?.set_provider_status(req).await?.into_inner();
+            let r = admin.client(&leader().await?)?.set_provider_status(req).await?.into_inner();
             done(
                 out,
                 json!({"provider": provider_id, "status": r.status}),
@@ -328,7 +334,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             );
         }
         Cmd::Provider(ProviderCmd::List) => {
-            let r = admin.client(&cli.endpoints[0])?.list_providers(ListProvidersRequest {}).await?.into_inner();
+            let r = admin.client(&leader().await?)?.list_providers(ListProvidersRequest {}).await?.into_inner();
             match out {
                 Output::Json => println!(
                     "{}",
@@ -358,7 +364,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Cmd::User { user_id } => {
-            let r = admin.client(&cli.endpoints[0])?.lookup_user(LookupUserRequest { user_id }).await?.into_inner();
+            let r = admin.client(&leader().await?)?.lookup_user(LookupUserRequest { user_id }).await?.into_inner();
             match out {
                 Output::Json => println!(
                     "{}",
@@ -389,7 +395,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Mailbox { provider } => {
             let r = admin
-                .client(&cli.endpoints[0])?
+                .client(&leader().await?)?
                 .mailbox_depth(MailboxDepthRequest { provider_id: provider.unwrap_or_default() })
                 .await?
                 .into_inner();
@@ -427,7 +433,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let bytes = std::fs::read(&input).with_context(|| format!("read {}", input.display()))?;
             let chunks: Vec<BackupChunk> =
                 bytes.chunks(1024 * 1024).map(|c| BackupChunk { applied_index: 0, data: c.to_vec().into() }).collect();
-            let r = admin.client(&cli.endpoints[0])?.restore(futures::stream::iter(chunks)).await?.into_inner();
+            let r = admin.client(&leader().await?)?.restore(futures::stream::iter(chunks)).await?.into_inner();
             done(
                 out,
                 json!({"users": r.users, "mailbox_entries": r.mailbox_entries}),
@@ -443,18 +449,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 provider_ids: providers,
                 max_queued_entries: max_queued,
             };
-            admin.client(&cli.endpoints[0])?.register_peer(req).await?;
+            admin.client(&leader().await?)?.register_peer(req).await?;
             done(out, json!({"peer": cluster_id, "registered": true}), &format!("peer {cluster_id} registered"));
         }
         Cmd::Peer(ref cmd @ (PeerCmd::Suspend { ref cluster_id } | PeerCmd::Resume { ref cluster_id })) => {
             let suspended = matches!(cmd, PeerCmd::Suspend { .. });
             let req = SetPeerStatusRequest { cluster_id: cluster_id.clone(), suspended };
-            admin.client(&cli.endpoints[0])?.set_peer_status(req).await?;
+            admin.client(&leader().await?)?.set_peer_status(req).await?;
             let status = if suspended { "suspended" } else { "active" };
             done(out, json!({"peer": cluster_id, "status": status}), &format!("peer {cluster_id} is {status}"));
         }
         Cmd::Peer(PeerCmd::Remove { cluster_id }) => {
-            admin.client(&cli.endpoints[0])?.remove_peer(RemovePeerRequest { cluster_id: cluster_id.clone() }).await?;
+            admin.client(&leader().await?)?.remove_peer(RemovePeerRequest { cluster_id: cluster_id.clone() }).await?;
             done(out, json!({"peer": cluster_id, "removed": true}), &format!("peer {cluster_id} removed"));
         }
         Cmd::Peer(PeerCmd::List) => {
@@ -517,7 +523,8 @@ fn print_status(out: Output, rows: &[(String, Option<StatusResponse>)]) {
                 None => json!({"endpoint": e, "reachable": false}),
                 Some(s) => json!({
                     "endpoint": e, "reachable": true, "node_id": s.node_id, "role": s.role, "term": s.current_term,
-                    "leader_id": s.leader_id, "last_log_index": s.last_log_index, "applied_index": s.last_applied_index,
+                    "leader_id": s.leader_id, "health": s.health, "last_log_index": s.last_log_index,
+                    "commit_index": s.committed_index, "applied_index": s.last_applied_index,
                     "snapshot_index": s.snapshot_index,
                     "voters": s.voters.iter().map(|v| v.node_id).collect::<Vec<_>>(),
                     "learners": s.learners.iter().map(|v| v.node_id).collect::<Vec<_>>(),
@@ -530,8 +537,8 @@ fn print_status(out: Output, rows: &[(String, Option<StatusResponse>)]) {
         return;
     }
     println!(
-        "{:<22} {:>4} {:<10} {:>6} {:>7} {:>9} {:>9} {:>9} {:<16}  MEMBERS",
-        "ENDPOINT", "NODE", "ROLE", "TERM", "LEADER", "LAST_LOG", "APPLIED", "SNAPSHOT", "VERSION"
+        "{:<22} {:>4} {:<10} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9} {:<16} {:<12}  MEMBERS",
+        "ENDPOINT", "NODE", "ROLE", "TERM", "LEADER", "LAST_LOG", "COMMIT", "APPLIED", "SNAPSHOT", "VERSION", "HEALTH"
     );
     for (e, s) in rows {
         match s {
@@ -540,15 +547,17 @@ fn print_status(out: Output, rows: &[(String, Option<StatusResponse>)]) {
                 let voters: Vec<String> = s.voters.iter().map(|v| v.node_id.to_string()).collect();
                 let learners: Vec<String> = s.learners.iter().map(|v| v.node_id.to_string()).collect();
                 println!(
-                    "{e:<22} {:>4} {:<10} {:>6} {:>7} {:>9} {:>9} {:>9} {:<16}  voters [{}] learners [{}]",
+                    "{e:<22} {:>4} {:<10} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9} {:<16} {:<12}  voters [{}] learners [{}]",
                     s.node_id,
                     s.role,
                     s.current_term,
                     s.leader_id,
                     s.last_log_index,
+                    s.committed_index,
                     s.last_applied_index,
                     s.snapshot_index,
                     if s.build_version.is_empty() { "(older)" } else { s.build_version.as_str() },
+                    if s.health.is_empty() { "?" } else { s.health.as_str() },
                     voters.join(","),
                     learners.join(",")
                 );

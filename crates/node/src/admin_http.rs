@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 
-/// A replica this many entries behind its own log is not ready.
+/// A replica this many entries behind the commit index is not ready.
 const READY_MAX_APPLY_LAG: u64 = 1_000;
 
 pub fn router(ctx: Ctx) -> Router {
@@ -22,12 +22,24 @@ pub fn router(ctx: Ctx) -> Router {
 
 async fn readyz(State(ctx): State<Ctx>) -> (StatusCode, String) {
     let m = ctx.raft.metrics().borrow().clone();
-    let member = ctx.is_member();
-    let lag = m.last_log_index.unwrap_or(0).saturating_sub(m.last_applied.map_or(0, |l| l.index));
-    let shutting_down = *ctx.shutdown.borrow();
-    let problem = if shutting_down {
+    match not_ready_because(&ctx) {
+        None => (StatusCode::OK, format!("ready: {} of term {}\n", role_name(m.state), m.current_term)),
+        Some(p) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {p}\n")),
+    }
+}
+
+/// What keeps this node from serving, or `None` when it is ready: the one
+/// health check behind `/readyz` and the admin `Status` (`routerctl status`).
+pub fn not_ready_because(ctx: &crate::ctx::NodeCtx) -> Option<String> {
+    let m = ctx.raft.metrics().borrow().clone();
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    // Behind what is known committed, not the log's uncommitted tail.
+    let lag = ctx.storage_stats.snapshot().committed_index.saturating_sub(applied);
+    if *ctx.shutdown.borrow() {
         Some("shutting down".to_string())
-    } else if !member {
+    } else if ctx.removed.load(std::sync::atomic::Ordering::SeqCst) {
+        Some("removed from the cluster".to_string())
+    } else if !ctx.is_member() {
         Some("not a member of a cluster".to_string())
     } else if m.current_leader.is_none() {
         Some("no leader".to_string())
@@ -35,10 +47,6 @@ async fn readyz(State(ctx): State<Ctx>) -> (StatusCode, String) {
         Some(format!("applying: {lag} entries behind"))
     } else {
         None
-    };
-    match problem {
-        None => (StatusCode::OK, format!("ready: {} of term {}\n", role_name(m.state), m.current_term)),
-        Some(p) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {p}\n")),
     }
 }
 

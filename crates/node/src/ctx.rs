@@ -18,8 +18,11 @@ pub struct NodeCtx {
     pub writer: Writer,
     pub peers: crate::peers::PeerPool,
     pub state: Arc<RwLock<State>>,
-    /// Last applied log index; changes after every apply.
+    /// Last applied log index; changes after every apply, before the state
+    /// lock is released (so a reader holding it sees the matching index).
     pub applied: watch::Receiver<u64>,
+    /// Commit index, snapshot and compaction counts from the Raft stores.
+    pub storage_stats: Arc<router_raft::StorageStats>,
     pub limits: EdgeLimits,
     /// Becomes true when the node starts shutting down.
     pub shutdown: watch::Receiver<bool>,

@@ -79,7 +79,7 @@ pub(crate) async fn survey(ctx: &Ctx, peers: Vec<String>) -> (Vec<StatusResponse
         match answer {
             Ok(s) => answers.push(s),
             Err(status) => {
-                tracing::debug!(peer, "did not answer: {}", status.message());
+                tracing::debug!(seed = %peer, "did not answer: {}", status.message());
                 all_answered = false;
             }
         }
@@ -128,7 +128,7 @@ async fn join(ctx: &Ctx, cfg: &Config, leader: &str, seen: &StatusResponse) -> R
         if listed {
             // This id is a member but this node has no state: its disk was lost.
             // Rejoin as a fresh member; the old incarnation's votes must not count.
-            tracing::warn!(node = me, "joining with an empty disk under an id the cluster lists: replacing it");
+            tracing::warn!("joining with an empty disk under an id the cluster lists: replacing it");
             admin.remove_member(RemoveMemberRequest { node_id: me }).await.map_err(|e| e.message().to_string())?;
         }
         let node = NodeInfo {
@@ -153,7 +153,7 @@ async fn join(ctx: &Ctx, cfg: &Config, leader: &str, seen: &StatusResponse) -> R
     .await;
     ctx.joining.store(false, Ordering::SeqCst);
     result?;
-    tracing::info!(node = me, leader, "joined the cluster as a voter");
+    tracing::info!(leader_id = leader, "joined the cluster as a voter");
     Ok(())
 }
 
@@ -181,9 +181,9 @@ pub async fn reconcile(ctx: Ctx, cfg: Config) {
             .map(|(id, _)| *id)
             .collect();
         for id in stale {
-            tracing::info!(node = id, "its peer endpoint is no longer a seed: removing it");
+            tracing::info!(peer_node_id = id, "its peer endpoint is no longer a seed: removing it");
             if let Err(e) = crate::grpc::admin::remove_member(&ctx, id).await {
-                tracing::warn!(node = id, "failed to remove: {}", e.message());
+                tracing::warn!(peer_node_id = id, "failed to remove: {}", e.message());
             }
         }
     }

@@ -67,3 +67,14 @@ pub use node::{Listeners, Node};
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// `tokio::spawn` that keeps the current span: the node's `node{node_id}`
+/// span (see `Node::start`) or a request's span, so every log line a task
+/// writes says which node wrote it (`node_id`), whatever the process runs.
+pub(crate) fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(tracing::Instrument::in_current_span(future))
+}

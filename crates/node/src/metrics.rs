@@ -40,6 +40,12 @@ pub struct Metrics {
     /// Media bytes streamed through by completed fetches.
     pub media_bytes: prometheus::IntCounter,
     raft: IntGaugeVec,
+    /// Snapshots built here or installed from a leader (`origin`).
+    snapshots: IntCounterVec,
+    snapshot_last_bytes: IntGauge,
+    snapshot_last_build_seconds: prometheus::Gauge,
+    log_compactions: prometheus::IntCounter,
+    log_entries_purged: prometheus::IntCounter,
     open_streams: IntGauge,
     mailbox_depth: IntGaugeVec,
     mailbox_oldest: GaugeVec,
@@ -99,7 +105,38 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(federation_queue_oldest.clone())).expect("unique metric");
+        let snapshot_last_bytes = IntGauge::new(
+            "snapshot_last_size_bytes",
+            "Size of the last snapshot this node built or installed (encoded state).",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(snapshot_last_bytes.clone())).expect("unique metric");
+        let snapshot_last_build_seconds = prometheus::Gauge::new(
+            "snapshot_last_build_seconds",
+            "How long building this node's last snapshot took (encode and fsync).",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(snapshot_last_build_seconds.clone())).expect("unique metric");
+        let plain_counter = |name: &str, help: &str| {
+            let c = prometheus::IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let log_compactions =
+            plain_counter("log_compactions_total", "Raft log purges after a snapshot (log compaction) on this node.");
+        let log_entries_purged =
+            plain_counter("log_entries_purged_total", "Raft log entries removed by log compaction on this node.");
         Metrics {
+            snapshots: counter(
+                &registry,
+                "snapshots_total",
+                "Snapshots of the state machine on this node, by origin: built here, or installed from the leader.",
+                &["origin"],
+            ),
+            snapshot_last_bytes,
+            snapshot_last_build_seconds,
+            log_compactions,
+            log_entries_purged,
             relay_seconds: histogram(
                 &registry,
                 "federation_relay_duration_seconds",
@@ -202,7 +239,7 @@ impl Metrics {
             raft: gauge(
                 &registry,
                 "raft",
-                "Raft state of this node: term, is_leader, leader_id, last_log_index, applied_index, apply_lag, snapshot_index, purged_index, voters, learners, is_member.",
+                "Raft state of this node: term, is_leader, leader_id, last_log_index, commit_index, applied_index, apply_lag (commit_index - applied_index), snapshot_index, purged_index, voters, learners, is_member.",
                 &["field"],
             ),
             open_streams,
@@ -255,13 +292,15 @@ impl Metrics {
         let applied = m.last_applied.map_or(0, |l| l.index);
         let last_log = m.last_log_index.unwrap_or(0);
         let is_member = ctx.is_member();
+        let storage = ctx.storage_stats.snapshot();
         for (field, value) in [
             ("term", m.current_term),
             ("is_leader", u64::from(m.current_leader == Some(ctx.node_id))),
             ("leader_id", m.current_leader.unwrap_or(0)),
             ("last_log_index", last_log),
+            ("commit_index", storage.committed_index),
             ("applied_index", applied),
-            ("apply_lag", last_log.saturating_sub(applied)),
+            ("apply_lag", storage.committed_index.saturating_sub(applied)),
             ("snapshot_index", m.snapshot.map_or(0, |l| l.index)),
             ("purged_index", m.purged.map_or(0, |l| l.index)),
             ("voters", membership.voter_ids().count() as u64),
@@ -270,6 +309,14 @@ impl Metrics {
         ] {
             self.raft.with_label_values(&[field]).set(value as i64);
         }
+        // The stores count; these counters follow them (both only grow).
+        let catch_up = |c: &prometheus::IntCounter, total: u64| c.inc_by(total.saturating_sub(c.get()));
+        catch_up(&self.snapshots.with_label_values(&["built"]), storage.snapshots_built);
+        catch_up(&self.snapshots.with_label_values(&["installed"]), storage.snapshots_installed);
+        catch_up(&self.log_compactions, storage.log_compactions);
+        catch_up(&self.log_entries_purged, storage.log_entries_purged);
+        self.snapshot_last_bytes.set(storage.last_snapshot_bytes as i64);
+        self.snapshot_last_build_seconds.set(storage.last_snapshot_build_micros as f64 / 1e6);
         self.open_streams.set(ctx.open_streams.load(Ordering::Relaxed));
         ctx.read(|s| {
             for peer in s.peers() {

@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tracing::Instrument;
 
 /// Sockets bound by the caller.
 pub struct Listeners {
@@ -62,13 +63,22 @@ pub struct Node {
 }
 
 impl Node {
+    /// Starts the node. Everything it runs is inside a `node{node_id}` span
+    /// (tasks keep it through `crate::spawn`), so its log lines carry
+    /// `node_id` even when several nodes share a process (tests, `routerd dev`).
     pub async fn start(cfg: Config, listeners: Listeners) -> anyhow::Result<Node> {
+        let span = tracing::info_span!("node", node_id = cfg.node_id);
+        Self::start_in_span(cfg, listeners).instrument(span).await
+    }
+
+    async fn start_in_span(cfg: Config, listeners: Listeners) -> anyhow::Result<Node> {
         let tls = Arc::new(TlsMaterials::load(&cfg.tls).context("load TLS material")?);
         std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("create {}", cfg.data_dir.display()))?;
         let backend = SledBackend::open(&cfg.data_dir.join("raft")).context("open raft storage")?;
         let (log_store, sm_store) = router_raft::open(backend).context("load raft state")?;
         let state = sm_store.state();
         let applied = sm_store.applied();
+        let storage_stats = sm_store.stats();
 
         let raft_config = openraft::Config {
             cluster_name: "interop-router".into(),
@@ -107,6 +117,7 @@ impl Node {
             peers,
             state,
             applied,
+            storage_stats,
             limits: cfg.limits.clone(),
             shutdown: shutdown_rx.clone(),
             open_streams: Default::default(),
@@ -132,11 +143,11 @@ impl Node {
             let listener =
                 listeners.federation.context("[federation] is configured but no listener was bound for it")?;
             tasks.push(crate::federation::server::spawn(&ctx, fed.clone(), listener, shutdown_rx.clone())?);
-            tasks.push(tokio::spawn(crate::federation::relay::run(ctx.clone(), fed.clone())));
+            tasks.push(crate::spawn(crate::federation::relay::run(ctx.clone(), fed.clone())));
         }
         let admin = admin_http::router(ctx.clone());
         let mut admin_shutdown = shutdown_rx.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(crate::spawn(async move {
             let stop = async move {
                 let _ = admin_shutdown.wait_for(|s| *s).await;
             };
@@ -146,12 +157,13 @@ impl Node {
         }));
 
         if !cfg.seeds.is_empty() {
-            tasks.push(tokio::spawn(crate::join::run(ctx.clone(), cfg.clone())));
-            tasks.push(tokio::spawn(crate::join::reconcile(ctx.clone(), cfg.clone())));
+            tasks.push(crate::spawn(crate::join::run(ctx.clone(), cfg.clone())));
+            tasks.push(crate::spawn(crate::join::reconcile(ctx.clone(), cfg.clone())));
         } else if cfg.bootstrap {
-            tasks.push(tokio::spawn(bootstrap(ctx.clone(), cfg.clone())));
+            tasks.push(crate::spawn(bootstrap(ctx.clone(), cfg.clone())));
         }
-        tracing::info!(node_id = cfg.node_id, provider = %cfg.advertise.provider, peer = %cfg.advertise.peer, "node started");
+        tasks.push(crate::spawn(log_raft_changes(ctx.clone())));
+        tracing::info!(provider_addr = %cfg.advertise.provider, peer_addr = %cfg.advertise.peer, "node started");
         Ok(Node { ctx, shutdown: shutdown_tx, tasks })
     }
 
@@ -181,7 +193,7 @@ impl Node {
         let is_leader = self.ctx.raft.metrics().borrow().current_leader == Some(self.ctx.node_id);
         if is_leader {
             match crate::grpc::admin::transfer_leadership(&self.ctx, None).await {
-                Ok(to) => tracing::info!(to, "handed leadership over before shutdown"),
+                Ok(to) => tracing::info!(leader_id = to, "handed leadership over before shutdown"),
                 Err(e) => tracing::warn!("failed to hand leadership over: {}", e.message()),
             }
         }
@@ -224,7 +236,7 @@ fn spawn_provider_server(
     let router = Server::builder()
         .tls_config(tls.server())
         .context("provider TLS config")?
-        .trace_fn(crate::telemetry::server_span)
+        .trace_fn(crate::telemetry::server_span(ctx.node_id))
         .layer(crate::metrics::GrpcMetricsLayer(ctx.metrics.clone()))
         .add_service(health_service)
         .add_service(reflection)
@@ -238,7 +250,7 @@ fn spawn_provider_server(
         .add_service(
             MessagingServer::new(MessagingService { ctx: ctx.clone() }).max_decoding_message_size(max_messaging_msg),
         );
-    Ok(tokio::spawn(async move {
+    Ok(crate::spawn(async move {
         health.set_serving::<DirectoryServer<DirectoryService>>().await;
         health.set_serving::<PrekeysServer<PrekeysService>>().await;
         health.set_serving::<MediaServer<MediaService>>().await;
@@ -262,7 +274,7 @@ fn spawn_peer_server(
     let router = Server::builder()
         .tls_config(tls.server())
         .context("peer TLS config")?
-        .trace_fn(crate::telemetry::server_span)
+        .trace_fn(crate::telemetry::server_span(ctx.node_id))
         .add_service(health_service)
         .add_service(
             PeerServer::new(PeerService { ctx: ctx.clone() })
@@ -270,7 +282,7 @@ fn spawn_peer_server(
                 .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES),
         )
         .add_service(AdminServer::new(AdminService { ctx: ctx.clone() }));
-    Ok(tokio::spawn(async move {
+    Ok(crate::spawn(async move {
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;
         };
@@ -278,6 +290,33 @@ fn spawn_peer_server(
             tracing::error!("failed to serve peer API: {e:#}");
         }
     }))
+}
+
+/// Logs each change of this node's Raft role, term or known leader (with
+/// `term` and `leader_id`), the lines an operator reads after an incident.
+async fn log_raft_changes(ctx: Ctx) {
+    let mut metrics = ctx.raft.metrics();
+    let mut shutdown = ctx.shutdown.clone();
+    let mut last = None;
+    loop {
+        let now = {
+            let m = metrics.borrow_and_update();
+            (m.state, m.current_term, m.current_leader)
+        };
+        if last != Some(now) {
+            let (state, term, leader) = now;
+            let role = crate::grpc::admin::role_name(state);
+            match leader {
+                Some(leader_id) => tracing::info!(term, leader_id, role, "raft: role, term or leader changed"),
+                None => tracing::info!(term, role, "raft: role or term changed; no leader known"),
+            }
+            last = Some(now);
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// Initializes a new cluster (only when this node has no Raft state), then

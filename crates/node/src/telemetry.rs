@@ -1,5 +1,8 @@
 //! Logs and traces. Structured logs (text or JSON) with the same field
-//! names everywhere (`node_id`, `term`, `provider`, `msg_id`); OpenTelemetry
+//! names everywhere: `node_id` (the node writing; from the `node` span or the
+//! request's `grpc` span), `term`, `leader_id`, `peer_node_id` (another node
+//! of this cluster), `peer_cluster` (a federation peer), `provider`, `msg_id`,
+//! `seq`. OpenTelemetry
 //! spans exported over OTLP/gRPC when an endpoint is configured (nothing is
 //! exported, and no exporter runs, when it is not). W3C trace context
 //! (`traceparent`) is read from incoming gRPC metadata, written into
@@ -7,12 +10,13 @@
 //! whichever node serves the recipient joins the sender's trace:
 //! `Send (node A) -> Forward + commit (leader) -> deliver (node C)`.
 
-use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -79,7 +83,14 @@ pub fn init(cfg: &TelemetryConfig, default_filter: &str) -> anyhow::Result<Telem
         }
         None => None,
     };
-    let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("routerd")));
+    // `node` spans live as long as the node and only label its log lines:
+    // not exported, and never a parent in a trace (children skip to the
+    // closest exported ancestor).
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("routerd"))
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| !(meta.is_span() && meta.name() == "node")))
+    });
     let (text, json) = match cfg.log_format {
         // No colour codes when the output is not a terminal (docker logs, collectors).
         LogFormat::Text => {
@@ -103,32 +114,17 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
-
-impl Injector for MetadataInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(k), Ok(v)) = (
-            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
-            tonic::metadata::MetadataValue::try_from(value.as_str()),
-        ) {
-            self.0.insert(k, v);
-        }
+/// Makes the server span of each gRPC request on node `node_id`: a child of
+/// the caller's trace context, carrying `node_id` (tonic runs requests on its
+/// own tasks, outside the node's span, so the field is set here).
+pub fn server_span(node_id: u64) -> impl Fn(&http::Request<()>) -> tracing::Span + Clone {
+    move |req| {
+        let path = req.uri().path();
+        let span = tracing::info_span!("grpc", node_id, otel.name = %path, rpc.method = %path, otel.kind = "server");
+        let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
+        let _ = span.set_parent(parent);
+        span
     }
-}
-
-/// The server span of one gRPC request, child of the caller's trace context.
-pub fn server_span(req: &http::Request<()>) -> tracing::Span {
-    let path = req.uri().path();
-    let span = tracing::info_span!("grpc", otel.name = %path, rpc.method = %path, otel.kind = "server");
-    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
-    let _ = span.set_parent(parent);
-    span
-}
-
-/// Writes the current span's context into outgoing gRPC metadata.
-pub fn inject(metadata: &mut tonic::metadata::MetadataMap) {
-    let cx = tracing::Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut MetadataInjector(metadata)));
 }
 
 /// The current span's context as a `traceparent` value, to store with an envelope.

@@ -98,9 +98,9 @@ impl Writer {
     pub fn start(node_id: NodeId, raft: Raft, peers: PeerPool, max_commands: usize, max_in_flight: usize) -> Self {
         let (tx, rx) = mpsc::channel(max_commands * max_in_flight * 4);
         let (paused, paused_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(run_batcher(raft.clone(), rx, paused_rx, max_commands, max_in_flight));
+        crate::spawn(run_batcher(raft.clone(), rx, paused_rx, max_commands, max_in_flight));
         let (forward_tx, forward_rx) = mpsc::channel(FORWARD_BATCH_COMMANDS * 16);
-        tokio::spawn(run_forwarder(node_id, raft.clone(), peers, forward_rx));
+        crate::spawn(run_forwarder(node_id, raft.clone(), peers, forward_rx));
         Writer { node_id, raft, queue: tx, forward_queue: forward_tx, paused: std::sync::Arc::new(paused) }
     }
 
@@ -168,7 +168,7 @@ async fn run_forwarder(node_id: NodeId, raft: Raft, peers: PeerPool, mut rx: mps
             continue;
         };
         let (raft, peers, legacy) = (raft.clone(), peers.clone(), legacy.clone());
-        tokio::spawn(async move {
+        crate::spawn(async move {
             let (commands, replies): (Vec<ForwardedCommand>, Vec<Reply>) =
                 batch.into_iter().map(|p| (p.item, p.reply)).unzip();
             let lock = || legacy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -180,7 +180,7 @@ async fn run_forwarder(node_id: NodeId, raft: Raft, peers: PeerPool, mut rx: mps
                     Err(ForwardFailure::Write(e)) => Some(vec![Err(e); commands.len()]),
                     Err(ForwardFailure::Unimplemented) => {
                         tracing::warn!(
-                            leader,
+                            leader_id = leader,
                             "leader has no ForwardBatch (an older build, mid-upgrade?): forwarding one by one"
                         );
                         *lock() = Some((leader, term));
@@ -295,7 +295,7 @@ async fn forward_batch(
         }
         // The leader is unreachable or just died: wait for the next one.
         Err(status) => {
-            tracing::debug!(leader, %status, "forward failed; retrying");
+            tracing::debug!(leader_id = leader, %status, "forward failed; retrying");
             Err(ForwardFailure::Write(WriteError::NotLeader { leader: None }))
         }
     }
@@ -329,7 +329,7 @@ async fn forward_one(
                 .map_err(|e| WriteError::Raft(format!("decode forward answer: {e}")))?
         }
         Err(status) => {
-            tracing::debug!(leader, %status, "forward failed; retrying");
+            tracing::debug!(leader_id = leader, %status, "forward failed; retrying");
             Err(WriteError::NotLeader { leader: None })
         }
     }

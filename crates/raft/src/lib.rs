@@ -22,6 +22,7 @@
 //! - `codec`: versioned value encoding shared by both stores.
 //! - `log_store`: [`LogStore`] (log, vote, committed; group-commit append).
 //! - `state_machine`: [`StateMachineStore`] (apply, snapshots, restore on open).
+//! - `stats`: [`StorageStats`], what both stores did (commit index, snapshots, compactions).
 //!
 //! ```text
 //!  openraft ──append/vote──> LogStore ─────┐
@@ -40,12 +41,14 @@ pub mod backend;
 pub mod codec;
 pub mod log_store;
 pub mod state_machine;
+pub mod stats;
 pub mod types;
 
 pub use backend::{Backend, BackendError, MemBackend, SledBackend, Tree};
 pub use codec::{BASE_FORMAT, FORMAT_VERSION, FormatError, entry_format};
 pub use log_store::LogStore;
 pub use state_machine::StateMachineStore;
+pub use stats::{StorageStats, StorageStatsSnapshot};
 pub use types::{
     Entry, LogId, Membership, NodeAddr, NodeId, Raft, Snapshot, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig, Vote,
@@ -54,9 +57,11 @@ pub use types::{
 /// Opens the log and the state machine of one node on `backend`. The state
 /// machine comes back as of its latest stored snapshot; openraft re-applies
 /// the committed log after it when the `Raft` starts.
+/// Both share one [`StorageStats`] (`StateMachineStore::stats`).
 pub fn open<B: Backend>(backend: B) -> Result<(LogStore<B>, StateMachineStore<B>), StorageError> {
-    let log = LogStore::open(backend.clone())?;
-    let sm = StateMachineStore::open(backend)?;
+    let stats = std::sync::Arc::new(StorageStats::default());
+    let log = LogStore::open(backend.clone(), stats.clone())?;
+    let sm = StateMachineStore::open(backend, stats)?;
     Ok((log, sm))
 }
 

@@ -26,8 +26,11 @@ use openraft::{ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogId, RaftL
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use std::sync::Arc;
+
 use crate::backend::{Backend, KeyRange, Tree};
 use crate::codec::{self, io_error};
+use crate::stats::StorageStats;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const KEY_VOTE: &[u8] = b"vote";
@@ -52,15 +55,19 @@ fn key_range(range: &impl RangeBounds<u64>) -> KeyRange {
 #[derive(Clone, Debug)]
 pub struct LogStore<B: Backend> {
     backend: B,
+    stats: Arc<StorageStats>,
 }
 
 impl<B: Backend> LogStore<B> {
     /// Wraps `backend`, checking that what is stored there is readable by
     /// this build (so a too-new format fails at startup, not mid-election).
-    pub fn open(backend: B) -> Result<Self, StorageError> {
-        let store = LogStore { backend };
+    /// `stats` is shared with the node's state machine (see [`crate::open`]).
+    pub fn open(backend: B, stats: Arc<StorageStats>) -> Result<Self, StorageError> {
+        let store = LogStore { backend, stats };
         store.load_meta::<Vote>(KEY_VOTE, ErrorSubject::Vote)?;
-        store.load_meta::<Option<LogId>>(KEY_COMMITTED, ErrorSubject::Store)?;
+        if let Some(Some(committed)) = store.load_meta::<Option<LogId>>(KEY_COMMITTED, ErrorSubject::Store)? {
+            store.stats.committed(committed.index);
+        }
         store.load_meta::<LogId>(KEY_LAST_PURGED, ErrorSubject::Logs)?;
         store.last_entry_id()?;
         Ok(store)
@@ -145,7 +152,11 @@ impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.store_meta(KEY_COMMITTED, &committed, ErrorSubject::Store)
+        self.store_meta(KEY_COMMITTED, &committed, ErrorSubject::Store)?;
+        if let Some(c) = committed {
+            self.stats.committed(c.index);
+        }
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -186,11 +197,19 @@ impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "purge log");
+        let previous = self.load_meta::<LogId>(KEY_LAST_PURGED, ErrorSubject::Logs)?.map(|l| l.index);
         // Record the purge point first: if the deletion is lost, the entries
         // are merely still there; never the other way round (a hole).
         self.store_meta(KEY_LAST_PURGED, &log_id, ErrorSubject::Logs)?;
         self.backend
             .remove_range(Tree::Log, key_range(&(..=log_id.index)))
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &e, format!("purge log up to {log_id}")))
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &e, format!("purge log up to {log_id}")))?;
+        // Index 0 is a real entry (openraft's first log id), so "nothing purged yet" is None.
+        let entries = match previous {
+            Some(prev) => log_id.index.saturating_sub(prev),
+            None => log_id.index + 1,
+        };
+        self.stats.purged(entries);
+        Ok(())
     }
 }

@@ -92,6 +92,7 @@ pub struct StateMachineStore<B: Backend> {
     snapshot_write: Arc<tokio::sync::Mutex<()>>,
     /// Distinguishes snapshots built at the same log id (ids must be unique).
     snapshot_seq: Arc<AtomicU64>,
+    stats: Arc<crate::stats::StorageStats>,
 }
 
 impl<B: Backend> std::fmt::Debug for StateMachineStore<B> {
@@ -112,7 +113,8 @@ fn decode_payload(data: &[u8]) -> Result<SnapshotPayload, codec::FormatError> {
 impl<B: Backend> StateMachineStore<B> {
     /// Opens the state machine on `backend`, restoring state, last applied id
     /// and membership from the latest stored snapshot (empty state if none).
-    pub fn open(backend: B) -> Result<Self, StorageError> {
+    /// `stats` is shared with the node's log store (see [`crate::open`]).
+    pub fn open(backend: B, stats: Arc<crate::stats::StorageStats>) -> Result<Self, StorageError> {
         let (state, applied) = match load_snapshot(&backend)? {
             Some((stored, legacy)) => {
                 let meta_stale = !legacy && stored_meta(&backend)?.as_ref() != Some(&stored.meta);
@@ -152,7 +154,13 @@ impl<B: Backend> StateMachineStore<B> {
             applied_tx: Arc::new(watch::Sender::new(index)),
             snapshot_write: Arc::new(tokio::sync::Mutex::new(())),
             snapshot_seq: Arc::new(AtomicU64::new(0)),
+            stats,
         })
+    }
+
+    /// What this node's log and state-machine stores did since it started.
+    pub fn stats(&self) -> Arc<crate::stats::StorageStats> {
+        self.stats.clone()
     }
 
     /// Read handle on the applied state. Hold the read lock only briefly: the
@@ -256,6 +264,7 @@ fn stored_meta<B: Backend>(backend: &B) -> Result<Option<SnapshotMeta>, StorageE
 
 impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<B> {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let started = std::time::Instant::now();
         let (meta, data) = {
             let state = self.read_state();
             let applied = self.lock_applied().clone();
@@ -281,6 +290,7 @@ impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<B> {
             (meta, data)
         };
         self.persist_snapshot(&meta, &data).await?;
+        self.stats.snapshot_built(data.len(), started.elapsed());
         tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), "built snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
@@ -300,7 +310,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
         I::IntoIter: OptionalSend,
     {
         let mut replies = Vec::new();
-        let index = {
+        {
             let mut state = self.write_state();
             let mut applied = self.lock_applied();
             for entry in entries {
@@ -315,9 +325,10 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
                 };
                 replies.push(reply);
             }
-            applied.last_applied.map_or(0, |l| l.index)
-        };
-        self.applied_tx.send_replace(index);
+            // Published before the state lock is released, so whoever holds
+            // the read lock sees the index that matches the state (backups).
+            self.applied_tx.send_replace(applied.last_applied.map_or(0, |l| l.index));
+        }
         Ok(replies)
     }
 
@@ -346,15 +357,16 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
             return Err(io_error(subject(), ErrorVerb::Read, &e, "check received snapshot"));
         }
         self.persist_snapshot(meta, &data).await?;
-        let index = {
+        let index = payload.last_applied.map_or(0, |l| l.index);
+        {
             let mut state = self.write_state();
             let mut applied = self.lock_applied();
             *state = payload.state;
             *applied = Applied { last_applied: payload.last_applied, membership: payload.membership };
-            applied.last_applied.map_or(0, |l| l.index)
-        };
-        self.applied_tx.send_replace(index);
-        tracing::info!(snapshot_id = %meta.snapshot_id, "installed snapshot");
+            self.applied_tx.send_replace(index);
+        }
+        self.stats.snapshot_installed(data.len(), index);
+        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), "installed snapshot");
         Ok(())
     }
 

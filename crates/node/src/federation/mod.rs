@@ -223,7 +223,7 @@ impl Federation {
             // arrival and reports a refusal back to the sender.
             Err(e) => match cached {
                 Some((_, route)) => {
-                    tracing::debug!(%user, peer = %route.peer, "peers unreachable; using a stale resolution");
+                    tracing::debug!(%user, peer_cluster = %route.peer, "peers unreachable; using a stale resolution");
                     Ok(Some(route))
                 }
                 None => Err(e),
@@ -250,7 +250,7 @@ impl Federation {
                     let provider = ProviderId::new(r.provider_id);
                     // A peer answers only for providers it is registered as serving.
                     if !peer.providers.contains(&provider) {
-                        tracing::warn!(peer = %peer.id, %provider, "peer resolved a user of a provider it is not registered for");
+                        tracing::warn!(peer_cluster = %peer.id, %provider, "peer resolved a user of a provider it is not registered for");
                         continue;
                     }
                     let mut devices: Vec<(u32, u32)> =

@@ -39,7 +39,7 @@ pub async fn run(ctx: Ctx, fed: Arc<Federation>) {
             keep
         });
         for id in peers {
-            tasks.entry(id.clone()).or_insert_with(|| tokio::spawn(peer_loop(ctx.clone(), fed.clone(), id)));
+            tasks.entry(id.clone()).or_insert_with(|| crate::spawn(peer_loop(ctx.clone(), fed.clone(), id)));
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -85,7 +85,7 @@ async fn peer_loop(ctx: Ctx, fed: Arc<Federation>, peer_id: ClusterId) {
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                tracing::info!(peer = %peer_id, failures, "relay failed: {e}");
+                tracing::info!(peer_cluster = %peer_id, failures, "relay failed: {e}");
                 fed.record_link(&peer_id, Err(e));
                 backoff(failures - 1, fed.cfg.backoff_max)
             }

@@ -156,14 +156,14 @@ pub fn spawn(
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
 
     let service = FederationService { ctx: ctx.clone(), fed, verifier };
-    let server = tonic::transport::Server::builder().trace_fn(crate::telemetry::server_span).add_service(
+    let server = tonic::transport::Server::builder().trace_fn(crate::telemetry::server_span(ctx.node_id)).add_service(
         FederationServer::new(service)
             .max_decoding_message_size(super::RELAY_MESSAGE_BYTES)
             .max_encoding_message_size(super::RELAY_MESSAGE_BYTES),
     );
     let (tx, rx) = mpsc::channel::<std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>(64);
     let mut accept_shutdown = shutdown.clone();
-    let accept = tokio::spawn(async move {
+    let accept = crate::spawn(async move {
         loop {
             let (tcp, addr) = tokio::select! {
                 r = listener.accept() => match r {
@@ -179,7 +179,7 @@ pub fn spawn(
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             // Handshakes run concurrently: a slow or hostile client does not hold up the others.
-            tokio::spawn(async move {
+            crate::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
@@ -190,7 +190,7 @@ pub fn spawn(
             });
         }
     });
-    Ok(tokio::spawn(async move {
+    Ok(crate::spawn(async move {
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;
         };

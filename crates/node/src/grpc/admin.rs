@@ -87,13 +87,14 @@ impl Admin for AdminService {
             has_leader: m.current_leader.is_some(),
             last_log_index: last_log,
             last_applied_index: m.last_applied.map_or(0, |l| l.index),
-            committed_index: m.last_applied.map_or(0, |l| l.index),
+            committed_index: self.ctx.storage_stats.snapshot().committed_index,
             voters,
             learners,
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             replication_lag,
             build_version: crate::build_version(),
             format_version: router_raft::FORMAT_VERSION.into(),
+            health: crate::admin_http::not_ready_because(&self.ctx).unwrap_or_else(|| "ok".into()),
         }))
     }
 
@@ -503,7 +504,7 @@ pub async fn remove_member(ctx: &crate::ctx::NodeCtx, id: u64) -> Result<(), Sta
             Err(e) => Err(Status::unavailable(e.to_string())),
         };
         if let Err(e) = notified {
-            tracing::warn!(node = id, "removed node not notified: {}", e.message());
+            tracing::warn!(peer_node_id = id, "removed node not notified: {}", e.message());
         }
     }
     Ok(())

@@ -350,7 +350,7 @@ impl MediaService {
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
         let idle = self.cfg.idle_timeout;
         let ctx = self.ctx.clone();
-        tokio::spawn(async move {
+        crate::spawn(async move {
             let _conn = conn;
             let mut shutdown = ctx.shutdown.clone();
             let pumped = tokio::select! {
@@ -389,7 +389,7 @@ impl MediaService {
         let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
             .await
             .map_err(|e| unreachable(format!("HTTP handshake with {}: {e}", target.host)))?;
-        let conn = AbortOnDrop(tokio::spawn(async move {
+        let conn = AbortOnDrop(crate::spawn(async move {
             let _ = conn.await;
         }));
         let request = http::Request::get(target.path_and_query.as_str())

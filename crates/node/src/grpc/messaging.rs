@@ -83,7 +83,7 @@ impl Messaging for MessagingService {
         // Registered before the stream is handed out: from here on, ephemeral
         // content sent to this provider reaches this stream.
         let ephemeral = self.ctx.ephemeral.register(&provider);
-        tokio::spawn(deliver(self.ctx.clone(), provider, window as usize, tx, ephemeral));
+        crate::spawn(deliver(self.ctx.clone(), provider, window as usize, tx, ephemeral));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -100,6 +100,16 @@ impl Messaging for MessagingService {
             Outcome::Acked { removed, unknown } => Ok(Response::new(AckResponse { removed, unknown })),
             other => Err(status::unexpected(&other)),
         }
+    }
+}
+
+/// The message id a delivered entry carries (`msg_id` in logs and spans);
+/// empty for reports, which answer no message of their own.
+fn entry_message_id(entry: &MailboxEntry) -> &str {
+    match &entry.kind {
+        Some(mailbox_entry::Kind::Envelope(env)) => &env.message_id,
+        Some(mailbox_entry::Kind::Group(g)) => &g.message_id,
+        _ => "",
     }
 }
 
@@ -183,7 +193,14 @@ async fn deliver(
         };
         for (entry, traceparent) in batch {
             cursor = entry.seq + 1;
-            let span = tracing::info_span!("deliver", provider = %provider, seq = entry.seq, otel.kind = "producer");
+            let span = tracing::info_span!(
+                "deliver",
+                node_id = ctx.node_id,
+                provider = %provider,
+                seq = entry.seq,
+                msg_id = entry_message_id(&entry),
+                otel.kind = "producer"
+            );
             if let Some(tp) = &traceparent {
                 crate::telemetry::set_parent_from(&span, tp);
             }
@@ -264,7 +281,7 @@ async fn send_ephemeral(ctx: &Ctx, env: SendEnvelope) -> Result<SendResponse, St
                 let mut client = match ctx.peers.client(id, &addr) {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::debug!(peer = id, "ephemeral delivery: no channel: {e}");
+                        tracing::debug!(peer_node_id = id, "ephemeral delivery: no channel: {e}");
                         return 0;
                     }
                 };
@@ -273,15 +290,15 @@ async fn send_ephemeral(ctx: &Ctx, env: SendEnvelope) -> Result<SendResponse, St
                 let answer = tokio::time::timeout(EPHEMERAL_PEER_TIMEOUT, client.deliver_ephemeral(request)).await;
                 match answer {
                     Ok(Ok(resp)) => bincode::deserialize::<u32>(&resp.into_inner().data).unwrap_or_else(|e| {
-                        tracing::warn!(peer = id, "ephemeral delivery: bad answer: {e}");
+                        tracing::warn!(peer_node_id = id, "ephemeral delivery: bad answer: {e}");
                         0
                     }),
                     Ok(Err(status)) => {
-                        tracing::debug!(peer = id, "ephemeral delivery failed: {}", status.message());
+                        tracing::debug!(peer_node_id = id, "ephemeral delivery failed: {}", status.message());
                         0
                     }
                     Err(_) => {
-                        tracing::debug!(peer = id, "ephemeral delivery timed out");
+                        tracing::debug!(peer_node_id = id, "ephemeral delivery timed out");
                         0
                     }
                 }

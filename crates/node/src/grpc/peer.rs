@@ -71,22 +71,22 @@ impl Peer for PeerService {
                 // Bounded: elections come back on their own if the leader never resumes them.
                 runtime.elect(false);
                 let raft = self.ctx.raft.clone();
-                tokio::spawn(async move {
+                crate::spawn(async move {
                     tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
                     raft.runtime_config().elect(true);
                 });
             }
             ElectionControl::Resume => runtime.elect(true),
             ElectionControl::Removed if self.ctx.joining.load(std::sync::atomic::Ordering::SeqCst) => {
-                tracing::info!(from, "ignoring the removal of this node id's previous incarnation");
+                tracing::info!(peer_node_id = from, "ignoring the removal of this node id's previous incarnation");
             }
             ElectionControl::Removed => {
-                tracing::warn!(from, "removed from the cluster; refusing traffic from now on");
+                tracing::warn!(peer_node_id = from, "removed from the cluster; refusing traffic from now on");
                 runtime.elect(false);
                 self.ctx.mark_removed();
             }
             ElectionControl::ElectNow => {
-                tracing::info!(from, "leadership transfer: starting an election");
+                tracing::info!(peer_node_id = from, "leadership transfer: starting an election");
                 runtime.elect(true);
                 self.ctx.raft.trigger().elect().await.map_err(|e| Status::unavailable(e.to_string()))?;
             }
@@ -125,7 +125,7 @@ impl Peer for PeerService {
         }
         let writer = &self.ctx.writer;
         let answers = futures::future::join_all(commands.into_iter().map(|c| {
-            let span = tracing::info_span!("forward", otel.kind = "server");
+            let span = tracing::info_span!("forward", node_id = self.ctx.node_id, otel.kind = "server");
             if let Some(tp) = &c.traceparent {
                 crate::telemetry::set_parent_from(&span, tp);
             }

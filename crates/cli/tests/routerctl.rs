@@ -1,6 +1,8 @@
-//! routerctl drives a live cluster: 3 voters → add a 4th and 5th → transfer
-//! leadership → remove one, while a provider sends throughout; nothing is
-//! lost, and the removed node refuses provider traffic.
+//! routerctl drives a live cluster: 3 voters → add a 4th (in one step) and a
+//! 5th (learner, then promoted) → transfer leadership → remove one →
+//! snapshot, while two providers send to each other throughout (each must
+//! keep getting acks after every step); every acknowledged message is
+//! delivered exactly once, and the removed node refuses provider traffic.
 
 use router_sdk::v1::directory_client::DirectoryClient;
 use router_sdk::v1::{ContentType, DeviceCiphertext, ResolveRequest, SendRequest, mailbox_entry};
@@ -8,7 +10,7 @@ use router_testkit::TestCluster;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 struct Ctl<'a> {
@@ -19,6 +21,11 @@ impl Ctl<'_> {
     /// Runs routerctl against `nodes`' peer endpoints; returns (exit code, stdout, stderr).
     async fn run(&self, nodes: &[u64], args: &[&str]) -> (i32, String, String) {
         let endpoints: Vec<String> = nodes.iter().map(|n| self.tc.cluster.node(*n).peer_addr.to_string()).collect();
+        self.run_at(&endpoints, args).await
+    }
+
+    /// Runs routerctl against the given endpoints (which need not be nodes).
+    async fn run_at(&self, endpoints: &[String], args: &[&str]) -> (i32, String, String) {
         let op = &self.tc.cluster.operator_cert;
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_routerctl"))
             .arg("--endpoint")
@@ -56,6 +63,73 @@ fn voters(v: &Value) -> Vec<u64> {
     v["voters"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
 }
 
+/// One provider's sender: one message at a time to `recipient` until
+/// stopped; every send must succeed (the SDK moves between nodes). Returns
+/// the acknowledged message ids; `progress` counts them as they come.
+fn spawn_sender(
+    client: router_sdk::RouterClient,
+    prefix: &'static str,
+    recipient: &'static str,
+    registration_id: u32,
+    stop: Arc<AtomicBool>,
+    progress: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let mut acked = Vec::new();
+        while !stop.load(Ordering::Relaxed) && acked.len() < 5_000 {
+            let id = format!("{prefix}-{}", acked.len());
+            let req = SendRequest {
+                message_id: id.clone(),
+                recipient_user_id: recipient.into(),
+                content_type: ContentType::Message as i32,
+                ttl_seconds: 0,
+                parts: vec![DeviceCiphertext {
+                    device_id: 1,
+                    registration_id,
+                    message_type: 2,
+                    ciphertext: b"x".to_vec().into(),
+                }],
+                sender_user_id: String::new(),
+                sender_device_id: 0,
+            };
+            client.send(req).await.expect("send keeps working through membership changes");
+            acked.push(id);
+            progress.fetch_add(1, Ordering::Relaxed);
+        }
+        acked
+    })
+}
+
+/// Both senders get at least 5 more sends acknowledged (within 20 s): the
+/// cluster kept serving providers through the step just taken.
+async fn both_keep_sending(progress: &[Arc<AtomicUsize>; 2], step: &str) {
+    let start: Vec<usize> = progress.iter().map(|p| p.load(Ordering::Relaxed)).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while progress.iter().zip(&start).any(|(p, s)| p.load(Ordering::Relaxed) < s + 5) {
+        assert!(tokio::time::Instant::now() < deadline, "senders stalled after {step}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads `provider`'s mailbox until every id in `acked` arrived; each
+/// must arrive exactly once (stored once: no duplicates).
+async fn drain_exactly(tc: &TestCluster, provider: &str, nodes: &[u64], acked: Vec<String>) {
+    let mut sub = tc.client_on(provider, nodes).subscribe(1024);
+    let mut seen = BTreeSet::new();
+    let mut to_ack = Vec::new();
+    while seen.len() < acked.len() {
+        let e = tokio::time::timeout(Duration::from_secs(15), sub.next()).await.expect("delivery").unwrap();
+        if let Some(mailbox_entry::Kind::Envelope(env)) = e.kind {
+            assert!(seen.insert(env.message_id.clone()), "{} delivered twice", env.message_id);
+        }
+        to_ack.push(e.seq);
+        if to_ack.len() == 512 {
+            sub.ack(std::mem::take(&mut to_ack)).await.unwrap();
+        }
+    }
+    assert_eq!(seen, acked.into_iter().collect(), "{provider} received exactly what was acknowledged");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_changes_through_routerctl_under_traffic() {
     let tc = TestCluster::start_spec(5, Some(3), |_| {}).await.unwrap();
@@ -63,70 +137,76 @@ async fn membership_changes_through_routerctl_under_traffic() {
     let beta = tc.client("beta");
     beta.register_user("handle:hana").await.unwrap();
     beta.register_device("handle:hana", 1, 5).await.unwrap();
+    let alpha = tc.client("alpha");
+    alpha.register_user("handle:ann").await.unwrap();
+    alpha.register_device("handle:ann", 1, 6).await.unwrap();
 
-    // A provider sends one message at a time for the whole test.
+    // Two providers send to each other, one message at a time each, for the whole test.
     let stop = Arc::new(AtomicBool::new(false));
-    let sender = {
-        let alpha = tc.client_on("alpha", &[2, 3, 1]);
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut acked = Vec::new();
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) && i < 5_000 {
-                let id = format!("m-{i}");
-                let req = SendRequest {
-                    message_id: id.clone(),
-                    recipient_user_id: "handle:hana".into(),
-                    content_type: ContentType::Message as i32,
-                    ttl_seconds: 0,
-                    parts: vec![DeviceCiphertext {
-                        device_id: 1,
-                        registration_id: 5,
-                        message_type: 2,
-                        ciphertext: b"x".to_vec().into(),
-                    }],
-                    sender_user_id: String::new(),
-                    sender_device_id: 0,
-                };
-                alpha.send(req).await.expect("send keeps working through membership changes");
-                acked.push(id);
-                i += 1;
-            }
-            acked
-        })
-    };
+    let progress = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let alpha_sends = spawn_sender(
+        tc.client_on("alpha", &[2, 3, 1]),
+        "a",
+        "handle:hana",
+        5,
+        stop.clone(),
+        progress[0].clone(),
+    );
+    let beta_sends =
+        spawn_sender(tc.client_on("beta", &[3, 1, 2]), "b", "handle:ann", 6, stop.clone(), progress[1].clone());
+    both_keep_sending(&progress, "start").await;
 
     let s = ctl.status_json(1).await;
     assert_eq!(voters(&s), vec![1, 2, 3]);
-    for id in [4u64, 5] {
+    let add = |id: u64, learner: bool| {
         let n = tc.cluster.node(id);
-        ctl.ok(
-            &[1, 2, 3],
-            &[
-                "member",
-                "add",
-                "--id",
-                &id.to_string(),
-                "--peer",
-                &n.peer_addr.to_string(),
-                "--provider",
-                &n.provider_addr.to_string(),
-            ],
-        )
-        .await;
-    }
+        let mut args = vec![
+            "member".to_string(),
+            "add".into(),
+            "--id".into(),
+            id.to_string(),
+            "--peer".into(),
+            n.peer_addr.to_string(),
+            "--provider".into(),
+            n.provider_addr.to_string(),
+        ];
+        if learner {
+            args.push("--learner".into());
+        }
+        args
+    };
+    // Node 4 joins in one step (learner, promoted once caught up) ...
+    let args = add(4, false);
+    ctl.ok(&[1, 2, 3], &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    both_keep_sending(&progress, "adding node 4").await;
+    // ... node 5 as a learner first, promoted by hand.
+    let args = add(5, true);
+    ctl.ok(&[1, 2, 3], &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let s = ctl.status_json(2).await;
+    assert_eq!(voters(&s), vec![1, 2, 3, 4]);
+    assert_eq!(s["learners"], serde_json::json!([5]));
+    ctl.ok(&[1, 2, 3], &["member", "promote", "--id", "5"]).await;
     assert_eq!(voters(&ctl.status_json(2).await), vec![1, 2, 3, 4, 5]);
+    both_keep_sending(&progress, "adding node 5").await;
 
     let out = ctl.ok(&[1, 2, 3], &["--output", "json", "leader", "transfer", "--to", "4"]).await;
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["leader"], 4);
     assert_eq!(ctl.status_json(4).await["role"], "leader");
+    both_keep_sending(&progress, "the leadership transfer").await;
 
     ctl.ok(&[4], &["member", "remove", "--id", "1"]).await;
     let s = ctl.status_json(4).await;
     assert_eq!(voters(&s), vec![2, 3, 4, 5]);
-    // The table output names every node it could reach.
+    both_keep_sending(&progress, "removing node 1").await;
+    // The table output names every node it could reach, and their health.
     let table = ctl.ok(&[2, 3, 4, 5], &["status"]).await;
     assert!(table.contains("leader") && table.contains("voters [2,3,4,5]"), "{table}");
+    assert!(table.lines().next().unwrap().contains("HEALTH"), "{table}");
+    let all: Value = serde_json::from_str(&ctl.ok(&[2, 3, 4, 5], &["--output", "json", "status"]).await).unwrap();
+    for node in all["nodes"].as_array().unwrap() {
+        assert_eq!(node["health"], "ok", "{node}");
+        assert!(node["commit_index"].as_u64().unwrap() >= node["applied_index"].as_u64().unwrap(), "{node}");
+    }
 
     // The removed node refuses provider traffic: UNAVAILABLE / NOT_A_MEMBER, so clients move on.
     let certs = &tc.cluster.provider_certs["beta"];
@@ -134,31 +214,44 @@ async fn membership_changes_through_routerctl_under_traffic() {
     let err = on_removed.resolve(ResolveRequest { user_id: "handle:hana".into() }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
     assert!(router_sdk::error::describe(&err).contains("NOT_A_MEMBER"), "{err:?}");
+    // routerctl says why.
+    assert_eq!(ctl.status_json(1).await["health"], "removed from the cluster");
 
-    // Errors: a precise message and exit code 1 for a refused operation.
+    // A snapshot on demand, on every node asked.
+    ctl.ok(&[2, 3, 4, 5], &["snapshot"]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for node in [2, 3, 4, 5] {
+        while ctl.status_json(node).await["snapshot_index"].as_u64().unwrap() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "node {node} built no snapshot");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // Errors: a precise message and exit code 1 for a refused operation,
+    // 3 (retry) when no node answers, even with one dead endpoint first.
     let (code, _, err) = ctl.run(&[4], &["member", "remove", "--id", "9"]).await;
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("NOT_A_MEMBER"), "{err}");
+    let nothing_listens = "127.0.0.1:1".to_string();
+    let (code, _, err) = ctl.run_at(std::slice::from_ref(&nothing_listens), &["status"]).await;
+    assert_eq!(code, 3, "{err}");
+    let (code, _, err) = ctl.run_at(std::slice::from_ref(&nothing_listens), &["provider", "list"]).await;
+    assert_eq!(code, 3, "{err}");
+    let first_dead = [nothing_listens, tc.cluster.node(2).peer_addr.to_string()];
+    let (code, out, err) = ctl.run_at(&first_dead, &["--output", "json", "provider", "list"]).await;
+    assert_eq!(code, 0, "a dead first endpoint does not stop a command: {err}");
+    assert!(out.contains("alpha") && out.contains("beta"), "{out}");
 
     stop.store(true, Ordering::Relaxed);
-    let acked = sender.await.unwrap();
-    assert!(acked.len() > 10, "the sender made progress: {}", acked.len());
+    let (a, b) = (alpha_sends.await.unwrap(), beta_sends.await.unwrap());
+    // Mailbox depth through routerctl, as the leader sees it.
+    let out = ctl.ok(&[2, 3, 4, 5], &["--output", "json", "mailbox", "--provider", "beta"]).await;
+    let depth = serde_json::from_str::<Value>(&out).unwrap()[0]["depth"].as_u64().unwrap();
+    assert_eq!(depth, a.len() as u64, "beta's mailbox holds every message alpha sent");
 
-    // Every acked message is delivered.
-    let mut sub = tc.client_on("beta", &[2, 3, 4, 5]).subscribe(1024);
-    let mut seen = BTreeSet::new();
-    let mut to_ack = Vec::new();
-    while seen.len() < acked.len() {
-        let e = tokio::time::timeout(Duration::from_secs(15), sub.next()).await.expect("delivery").unwrap();
-        if let Some(mailbox_entry::Kind::Envelope(env)) = e.kind {
-            seen.insert(env.message_id);
-        }
-        to_ack.push(e.seq);
-        if to_ack.len() == 512 {
-            sub.ack(std::mem::take(&mut to_ack)).await.unwrap();
-        }
-    }
-    assert_eq!(seen, acked.into_iter().collect());
+    // Every acked message is delivered, once, to each side.
+    drain_exactly(&tc, "beta", &[2, 3, 4, 5], a).await;
+    drain_exactly(&tc, "alpha", &[5, 4, 3, 2], b).await;
     tc.shutdown().await;
 }
 

@@ -9,6 +9,7 @@ mod failover;
 mod federation;
 mod formation;
 mod groups;
+mod logs;
 mod media;
 mod metrics;
 mod permissions;

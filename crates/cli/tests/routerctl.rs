@@ -144,14 +144,8 @@ async fn membership_changes_through_routerctl_under_traffic() {
     // Two providers send to each other, one message at a time each, for the whole test.
     let stop = Arc::new(AtomicBool::new(false));
     let progress = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
-    let alpha_sends = spawn_sender(
-        tc.client_on("alpha", &[2, 3, 1]),
-        "a",
-        "handle:hana",
-        5,
-        stop.clone(),
-        progress[0].clone(),
-    );
+    let alpha_sends =
+        spawn_sender(tc.client_on("alpha", &[2, 3, 1]), "a", "handle:hana", 5, stop.clone(), progress[0].clone());
     let beta_sends =
         spawn_sender(tc.client_on("beta", &[3, 1, 2]), "b", "handle:ann", 6, stop.clone(), progress[1].clone());
     both_keep_sending(&progress, "start").await;

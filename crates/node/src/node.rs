@@ -60,6 +60,8 @@ pub struct Node {
     ctx: Ctx,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// `node{node_id}`: what the node logs runs inside it, shutdown too.
+    span: tracing::Span,
 }
 
 impl Node {
@@ -68,7 +70,9 @@ impl Node {
     /// `node_id` even when several nodes share a process (tests, `routerd dev`).
     pub async fn start(cfg: Config, listeners: Listeners) -> anyhow::Result<Node> {
         let span = tracing::info_span!("node", node_id = cfg.node_id);
-        Self::start_in_span(cfg, listeners).instrument(span).await
+        let mut node = Self::start_in_span(cfg, listeners).instrument(span.clone()).await?;
+        node.span = span;
+        Ok(node)
     }
 
     async fn start_in_span(cfg: Config, listeners: Listeners) -> anyhow::Result<Node> {
@@ -164,7 +168,7 @@ impl Node {
         }
         tasks.push(crate::spawn(log_raft_changes(ctx.clone())));
         tracing::info!(provider_addr = %cfg.advertise.provider, peer_addr = %cfg.advertise.peer, "node started");
-        Ok(Node { ctx, shutdown: shutdown_tx, tasks })
+        Ok(Node { ctx, shutdown: shutdown_tx, tasks, span: tracing::Span::none() })
     }
 
     pub fn id(&self) -> NodeId {
@@ -187,6 +191,11 @@ impl Node {
     /// Graceful stop: receive streams end with UNAVAILABLE (providers
     /// reconnect elsewhere), listeners drain, Raft stops.
     pub async fn shutdown(self, grace: Duration) {
+        let span = self.span.clone();
+        self.shutdown_in_span(grace).instrument(span).await
+    }
+
+    async fn shutdown_in_span(self, grace: Duration) {
         // A leader hands over first, so the cluster does not wait out an
         // election timeout (openraft 0.9 has no transfer API; see
         // grpc::admin::transfer_leadership).
@@ -210,6 +219,11 @@ impl Node {
     /// Stops at once, without draining: the in-process stand-in for kill -9
     /// used by tests. Durable state is whatever was fsynced.
     pub async fn crash(self) {
+        let span = self.span.clone();
+        self.crash_in_span().instrument(span).await
+    }
+
+    async fn crash_in_span(self) {
         let _ = self.shutdown.send(true);
         for t in &self.tasks {
             t.abort();

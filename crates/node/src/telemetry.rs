@@ -97,10 +97,21 @@ pub fn init(cfg: &TelemetryConfig, default_filter: &str) -> anyhow::Result<Telem
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
             (Some(tracing_subscriber::fmt::layer().with_ansi(ansi)), None)
         }
-        LogFormat::Json => (None, Some(tracing_subscriber::fmt::layer().json().flatten_event(true))),
+        LogFormat::Json => (None, Some(json_log_layer(std::io::stdout))),
     };
     tracing_subscriber::registry().with(filter).with(text).with(json).with(otel).try_init()?;
     Ok(TelemetryGuard { provider })
+}
+
+/// The layer behind `log_format = "json"`: one JSON object per line, the
+/// event's fields at the top level, the spans it runs in with their fields
+/// (`node_id` from the `node` or `grpc` span) under `span` and `spans`.
+pub fn json_log_layer<S, W>(writer: W) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(writer)
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);

@@ -415,24 +415,38 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Backup { out: path } => {
             // The leader serves the latest state (it applies everything committed first).
             let mut stream = admin.client(&leader().await?)?.backup(BackupRequest {}).await?.into_inner();
-            let (mut bytes, mut applied) = (Vec::new(), 0);
+            let (mut bytes, mut applied, mut max_restore) = (Vec::new(), 0, 0);
             while let Some(chunk) = stream.message().await? {
                 if chunk.applied_index != 0 {
                     applied = chunk.applied_index;
                 }
+                if chunk.max_restore_bytes != 0 {
+                    max_restore = chunk.max_restore_bytes;
+                }
                 bytes.extend_from_slice(&chunk.data);
             }
             std::fs::write(&path, &bytes).with_context(|| format!("write {}", path.display()))?;
+            // Still written: a later build may restore it, and it is the only copy.
+            let restorable = max_restore == 0 || bytes.len() as u64 <= max_restore;
+            if !restorable {
+                eprintln!(
+                    "routerctl: WARNING: this backup is {} bytes, more than the {max_restore} bytes restore accepts \
+                     (one Raft entry); it cannot be restored by this build",
+                    bytes.len()
+                );
+            }
             done(
                 out,
-                json!({"file": path, "bytes": bytes.len(), "applied_index": applied}),
+                json!({"file": path, "bytes": bytes.len(), "applied_index": applied, "restorable": restorable}),
                 &format!("backup of log index {applied} written to {} ({} bytes)", path.display(), bytes.len()),
             );
         }
         Cmd::Restore { input } => {
             let bytes = std::fs::read(&input).with_context(|| format!("read {}", input.display()))?;
-            let chunks: Vec<BackupChunk> =
-                bytes.chunks(1024 * 1024).map(|c| BackupChunk { applied_index: 0, data: c.to_vec().into() }).collect();
+            let chunks: Vec<BackupChunk> = bytes
+                .chunks(1024 * 1024)
+                .map(|c| BackupChunk { data: c.to_vec().into(), ..Default::default() })
+                .collect();
             let r = admin.client(&leader().await?)?.restore(futures::stream::iter(chunks)).await?.into_inner();
             done(
                 out,

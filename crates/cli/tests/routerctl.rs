@@ -278,6 +278,7 @@ async fn backup_and_restore_into_a_new_cluster() {
     let out = Ctl { tc: &source }.ok(&[2], &["--output", "json", "backup", "--out", file.to_str().unwrap()]).await;
     let report: Value = serde_json::from_str(&out).unwrap();
     assert!(report["applied_index"].as_u64().unwrap() > 0);
+    assert_eq!(report["restorable"], true, "{report}");
     source.shutdown().await;
 
     // Disaster: a brand-new cluster is restored from the file.

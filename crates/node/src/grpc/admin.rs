@@ -308,7 +308,14 @@ impl Admin for AdminService {
         let chunks: Vec<Result<BackupChunk, Status>> = bytes
             .chunks(1024 * 1024)
             .enumerate()
-            .map(|(i, c)| Ok(BackupChunk { applied_index: if i == 0 { applied } else { 0 }, data: c.to_vec().into() }))
+            .map(|(i, c)| {
+                let first = i == 0;
+                Ok(BackupChunk {
+                    applied_index: if first { applied } else { 0 },
+                    data: c.to_vec().into(),
+                    max_restore_bytes: if first { crate::backup::MAX_RESTORE_BYTES as u64 } else { 0 },
+                })
+            })
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }

@@ -78,9 +78,17 @@ pub fn check(h: &History) -> (Stats, Vec<Violation>) {
         .ops
         .iter()
         .filter_map(|op| match &op.kind {
-            OpKind::Send { message_id, sender_device, n, mailbox_seq } => {
+            OpKind::Send { message_id, sender_device, n, mailbox_seq, .. } => {
                 Some((op, message_id.as_str(), *sender_device, *n, *mailbox_seq))
             }
+            _ => None,
+        })
+        .collect();
+    let round_of: BTreeMap<&str, u64> = h
+        .ops
+        .iter()
+        .filter_map(|op| match &op.kind {
+            OpKind::Send { message_id, round, .. } => Some((message_id.as_str(), *round)),
             _ => None,
         })
         .collect();
@@ -134,28 +142,42 @@ pub fn check(h: &History) -> (Stats, Vec<Violation>) {
     cap(&mut v, "delivered but not sent (or rejected)", phantom);
     cap(&mut v, "ciphertext altered", altered);
 
-    // 4. Order per (sender device, recipient device) among ok sends issued one
-    //    after another: mailbox seqs increase with n. Every envelope carries a
-    //    part for each recipient device in one mailbox entry, so one seq order
-    //    serves both recipient devices; the part contents were checked above.
-    let mut per_device: BTreeMap<u32, Vec<(u64, u64, &str)>> = BTreeMap::new();
+    // 4. Order per (sender device, recipient device) among ok sends: a send
+    //    issued after another was answered (a later round; one at a time,
+    //    the next n) gets a higher mailbox seq. Sends of one round were in
+    //    flight together, so their order among themselves is free. Every
+    //    envelope carries a part for each recipient device in one mailbox
+    //    entry, so one seq order serves both recipient devices; the part
+    //    contents were checked above.
+    let mut per_device: BTreeMap<u32, Vec<(u64, u64, u64)>> = BTreeMap::new();
     for (op, id, d, n, _) in &sends {
         if op.outcome == Outcome::Ok
             && let Some(ds) = by_id.get(id)
         {
-            per_device.entry(*d).or_default().push((*n, ds[0].seq, id));
+            per_device.entry(*d).or_default().push((round_of[id], *n, ds[0].seq));
         }
     }
     let mut reordered = Vec::new();
     for (d, mut list) in per_device {
         list.sort();
-        for w in list.windows(2) {
-            if w[0].1 >= w[1].1 {
-                for &(r, _) in &crate::workload::RECIPIENT_DEVICES {
-                    reordered
-                        .push(format!("s{d}->r{r}: n{} (seq {}) before n{} (seq {})", w[0].0, w[0].1, w[1].0, w[1].1));
+        // The highest seq of any earlier round, and the send that had it.
+        let mut earlier: Option<(u64, u64)> = None;
+        let mut i = 0;
+        while i < list.len() {
+            let round = list[i].0;
+            let this_round: Vec<_> = list[i..].iter().take_while(|x| x.0 == round).copied().collect();
+            if let Some((n0, seq0)) = earlier {
+                for &(_, n, seq) in this_round.iter().filter(|x| x.2 <= seq0) {
+                    for &(r, _) in &crate::workload::RECIPIENT_DEVICES {
+                        reordered.push(format!("s{d}->r{r}: n{n0} (seq {seq0}) before n{n} (seq {seq})"));
+                    }
                 }
             }
+            let top = this_round.iter().max_by_key(|x| x.2).expect("a round has a send");
+            if earlier.is_none_or(|(_, s)| top.2 > s) {
+                earlier = Some((top.1, top.2));
+            }
+            i += this_round.len();
         }
     }
     cap(&mut v, "per-device order broken", reordered);
@@ -200,7 +222,7 @@ mod tests {
     fn send(id: &str, d: u32, n: u64, outcome: Outcome, start: u64) -> Op {
         Op {
             client: "t".into(),
-            kind: OpKind::Send { message_id: id.into(), sender_device: d, n, mailbox_seq: None },
+            kind: OpKind::Send { message_id: id.into(), sender_device: d, n, round: n, mailbox_seq: None },
             start_ms: start,
             end_ms: start + 5,
             outcome,
@@ -254,6 +276,27 @@ mod tests {
         ] {
             assert!(names.contains(want), "{want} missing from {v:?}");
         }
+    }
+
+    #[test]
+    fn sends_of_one_round_may_land_in_any_order_but_not_before_an_earlier_round() {
+        let in_round = |id: &str, n: u64, round: u64| {
+            let mut op = send(id, 1, n, Outcome::Ok, round * 10);
+            op.kind = OpKind::Send { message_id: id.into(), sender_device: 1, n, round, mailbox_seq: None };
+            op
+        };
+        let mut h = History { workload_end_ms: 100, ..History::default() };
+        // Round 0: n0..n2 in flight together, stored as n2, n0, n1; round 3 after them.
+        h.ops = vec![in_round("b0", 0, 0), in_round("b1", 1, 0), in_round("b2", 2, 0), in_round("b3", 3, 3)];
+        h.deliveries =
+            vec![delivery("b2", 1, 1, 2), delivery("b0", 2, 1, 0), delivery("b1", 3, 1, 1), delivery("b3", 4, 1, 3)];
+        let (_, v) = check(&h);
+        assert!(v.is_empty(), "{v:?}");
+        // A send of a later round stored before one of an earlier round is a violation.
+        h.deliveries =
+            vec![delivery("b2", 1, 1, 2), delivery("b0", 2, 1, 0), delivery("b1", 5, 1, 1), delivery("b3", 4, 1, 3)];
+        let (_, v) = check(&h);
+        assert!(v.iter().any(|x| x.invariant == "per-device order broken" && x.detail.contains("n3 (seq 4)")), "{v:?}");
     }
 
     #[test]

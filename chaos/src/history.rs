@@ -37,8 +37,11 @@ pub fn classify(e: &SdkError) -> Outcome {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum OpKind {
     /// A 1:1 send from `sender_device` carrying sequence number `n` of that
-    /// device (the same `n` in the part for every recipient device).
-    Send { message_id: String, sender_device: u32, n: u64, mailbox_seq: Option<u64> },
+    /// device (the same `n` in the part for every recipient device). Sends of
+    /// one device with the same `round` were in flight together (the SDK
+    /// batches them into `SendBatch` calls); every send of an earlier round
+    /// had been answered before the round began. One at a time: `round == n`.
+    Send { message_id: String, sender_device: u32, n: u64, round: u64, mailbox_seq: Option<u64> },
     /// A prekey claim for every device of the stocked user: the one-time
     /// keys (device, key id) handed out, `exhausted` devices got none.
     Claim { keys: Vec<(u32, u32)>, exhausted: u32 },

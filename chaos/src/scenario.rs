@@ -87,6 +87,9 @@ pub struct Spec {
     /// Workload after the cluster healed.
     pub after: Duration,
     pub senders: u32,
+    /// Sender 1 keeps this many sends in flight (rounds through the SDK's
+    /// `SendBatch`); the others send one at a time.
+    pub send_window: u32,
     pub send_interval: Duration,
     pub claim_interval: Duration,
     pub prekeys_per_device: u32,
@@ -252,6 +255,7 @@ async fn run_inner(
             tag.clone(),
             d,
             0,
+            if d == 1 { spec.send_window } else { 1 },
             stop_rx.clone(),
             b,
         )));
@@ -312,7 +316,8 @@ async fn run_inner(
     let probe = workload::client(endpoints.clone(), ca.clone(), alpha_id, Duration::from_secs(10))?;
     let mut ok = 0;
     for i in 0..5 {
-        if workload::send_one(&probe, &rec, &users, &tag, 1, next_n + i, "probe").await == Outcome::Ok {
+        let n = next_n + i;
+        if workload::send_one(&probe, &rec, &users, &tag, 1, n, n, "probe").await == Outcome::Ok {
             ok += 1;
         }
     }

@@ -141,7 +141,10 @@ fn stopped(stop: &watch::Receiver<bool>, b: &Bounds, done: u64) -> bool {
     *stop.borrow() || done >= b.max_ops || Instant::now() >= b.deadline
 }
 
-/// One sender device's loop. `first_n` lets a later phase continue the sequence.
+/// One sender device's loop: rounds of `window` concurrent sends (the SDK
+/// puts concurrent sends into `SendBatch` calls; 1 = one at a time), each
+/// round once the previous one was answered. `first_n` lets a later phase
+/// continue the sequence.
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 pub async fn sender(
     client: RouterClient,
@@ -150,19 +153,25 @@ pub async fn sender(
     tag: String,
     device: u32,
     first_n: u64,
+    window: u32,
     stop: watch::Receiver<bool>,
     b: Bounds,
 ) -> u64 {
     let mut n = first_n;
+    let who = format!("sender-{device}");
     while !stopped(&stop, &b, n - first_n) {
-        send_one(&client, &rec, &users, &tag, device, n, &format!("sender-{device}")).await;
-        n += 1;
+        let round = n;
+        let sends =
+            (n..n + u64::from(window.max(1))).map(|n| send_one(&client, &rec, &users, &tag, device, n, round, &who));
+        futures::future::join_all(sends).await;
+        n += u64::from(window.max(1));
         tokio::time::sleep(b.interval).await;
     }
     n
 }
 
-/// One recorded send; returns its outcome.
+/// One recorded send (of `round`, see `OpKind::Send`); returns its outcome.
+#[allow(clippy::too_many_arguments)]
 pub async fn send_one(
     client: &RouterClient,
     rec: &Recorder,
@@ -170,6 +179,7 @@ pub async fn send_one(
     tag: &str,
     device: u32,
     n: u64,
+    round: u64,
     who: &str,
 ) -> Outcome {
     let message_id = format!("{tag}-d{device}-{n:06}");
@@ -199,7 +209,7 @@ pub async fn send_one(
     };
     rec.op(Op {
         client: who.into(),
-        kind: OpKind::Send { message_id, sender_device: device, n, mailbox_seq },
+        kind: OpKind::Send { message_id, sender_device: device, n, round, mailbox_seq },
         start_ms,
         end_ms,
         outcome,

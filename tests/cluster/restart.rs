@@ -87,7 +87,8 @@ async fn a_node_that_lost_its_disk_catches_up_through_a_snapshot() {
     let snapshot = victim_node.raft().metrics().borrow().snapshot;
     assert!(snapshot.is_some(), "the wiped node was caught up by a snapshot");
     assert_eq!(victim_node.ctx().read(|s| s.mailbox_depth(&router_core::ProviderId::new("beta"))), 120);
-    assert_eq!(victim_node.ctx().storage_stats.snapshot().snapshots_installed, 1, "caught up by one snapshot");
+    // At least one: the leader may compact again while the node catches up.
+    assert!(victim_node.ctx().storage_stats.snapshot().snapshots_installed >= 1, "caught up by a snapshot");
     tc.shutdown().await;
 }
 
@@ -123,7 +124,7 @@ async fn a_node_down_past_log_compaction_catches_up_through_a_snapshot() {
     converged(&tc).await;
     let victim_node = tc.cluster.node(victim).node.as_ref().unwrap();
     let stats = victim_node.ctx().storage_stats.snapshot();
-    assert_eq!(stats.snapshots_installed, 1, "caught up by the leader's snapshot: {stats:?}");
+    assert!(stats.snapshots_installed >= 1, "caught up by the leader's snapshot: {stats:?}");
     assert_eq!(victim_node.ctx().read(|s| s.mailbox_depth(&router_core::ProviderId::new("beta"))), 130);
     // And it serves the mail from its replica, oldest first.
     let on_victim = tc.client_on("beta", &[victim]);

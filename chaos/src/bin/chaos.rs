@@ -70,6 +70,7 @@ fn specs(profile: Profile) -> Vec<Spec> {
         down: Duration::from_secs(2),
         after: Duration::from_secs(3),
         senders: 2,
+        send_window: 4,
         send_interval: Duration::from_millis(15),
         claim_interval: Duration::from_millis(60),
         prekeys_per_device: 1000,

@@ -4,7 +4,7 @@
 //! Exit codes: 0 success, 1 the cluster refused or failed the operation,
 //! 2 usage error (clap), 3 unavailable, worth retrying: no node could be
 //! reached, no leader, or the operation timed out (`UNAVAILABLE` /
-//! `DEADLINE_EXCEEDED`); also a local file that cannot be read.
+//! `DEADLINE_EXCEEDED`); also a local file that cannot be read or written.
 //!
 //! Commands other than `status` and `snapshot` (which ask every endpoint)
 //! go to the leader, found by asking the endpoints in turn, so one node
@@ -290,10 +290,22 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             done(out, json!({"leader": r.new_leader_id}), &format!("node {} now leads", r.new_leader_id));
         }
         Cmd::Snapshot => {
+            // Every endpoint is asked, even after one fails; the first failure sets the exit code.
+            let mut first_failure = None;
+            let mut triggered = Vec::new();
             for e in &cli.endpoints {
-                admin.client(e)?.trigger_snapshot(TriggerSnapshotRequest {}).await?;
+                match admin.client(e)?.trigger_snapshot(TriggerSnapshotRequest {}).await {
+                    Ok(_) => triggered.push(e.clone()),
+                    Err(status) => {
+                        eprintln!("routerctl: {e}: {}", router_sdk::error::describe(&status));
+                        first_failure.get_or_insert(status);
+                    }
+                }
             }
-            done(out, json!({"snapshot": cli.endpoints}), "snapshot triggered");
+            done(out, json!({"snapshot": triggered}), &format!("snapshot triggered on {}", triggered.join(", ")));
+            if let Some(status) = first_failure {
+                return Err(status.into());
+            }
         }
         Cmd::Provider(ProviderCmd::Add { provider_id }) => {
             admin
@@ -550,8 +562,11 @@ fn print_status(out: Output, rows: &[(String, Option<StatusResponse>)]) {
         println!("{}", json!({"nodes": nodes}));
         return;
     }
+    let health = |s: &StatusResponse| if s.health.is_empty() { "?".to_string() } else { s.health.clone() };
+    // Wide enough for the longest reason ("applying: N entries behind", ...).
+    let hw = rows.iter().filter_map(|(_, s)| s.as_ref()).map(|s| health(s).len()).max().unwrap_or(0).max(6);
     println!(
-        "{:<22} {:>4} {:<10} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9} {:<16} {:<12}  MEMBERS",
+        "{:<22} {:>4} {:<10} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9} {:<16} {:<hw$}  MEMBERS",
         "ENDPOINT", "NODE", "ROLE", "TERM", "LEADER", "LAST_LOG", "COMMIT", "APPLIED", "SNAPSHOT", "VERSION", "HEALTH"
     );
     for (e, s) in rows {
@@ -561,7 +576,7 @@ fn print_status(out: Output, rows: &[(String, Option<StatusResponse>)]) {
                 let voters: Vec<String> = s.voters.iter().map(|v| v.node_id.to_string()).collect();
                 let learners: Vec<String> = s.learners.iter().map(|v| v.node_id.to_string()).collect();
                 println!(
-                    "{e:<22} {:>4} {:<10} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9} {:<16} {:<12}  voters [{}] learners [{}]",
+                    "{e:<22} {:>4} {:<10} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9} {:<16} {:<hw$}  voters [{}] learners [{}]",
                     s.node_id,
                     s.role,
                     s.current_term,
@@ -571,7 +586,7 @@ fn print_status(out: Output, rows: &[(String, Option<StatusResponse>)]) {
                     s.last_applied_index,
                     s.snapshot_index,
                     if s.build_version.is_empty() { "(older)" } else { s.build_version.as_str() },
-                    if s.health.is_empty() { "?" } else { s.health.as_str() },
+                    health(s),
                     voters.join(","),
                     learners.join(",")
                 );

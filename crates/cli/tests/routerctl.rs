@@ -76,7 +76,8 @@ fn spawn_sender(
 ) -> tokio::task::JoinHandle<Vec<String>> {
     tokio::spawn(async move {
         let mut acked = Vec::new();
-        while !stop.load(Ordering::Relaxed) && acked.len() < 5_000 {
+        // Bounded in count and time; paced so a fast machine stays far from the cap.
+        while !stop.load(Ordering::Relaxed) && acked.len() < 50_000 {
             let id = format!("{prefix}-{}", acked.len());
             let req = SendRequest {
                 message_id: id.clone(),
@@ -95,6 +96,7 @@ fn spawn_sender(
             client.send(req).await.expect("send keeps working through membership changes");
             acked.push(id);
             progress.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         acked
     })

@@ -170,6 +170,14 @@ impl Dedup {
             let (_, p, m) = self.order.pop_front().expect("front exists");
             self.answers.remove(&(p, m));
         }
+        // After a burst the window empties again, but the map keeps its peak
+        // capacity (up to max_dedup_entries slots) forever: give most of it
+        // back once three quarters are unused. Amortized: the map must lose
+        // three quarters of its entries between two shrinks.
+        if self.answers.capacity() > 4096 && self.answers.len() < self.answers.capacity() / 4 {
+            self.answers.shrink_to(self.answers.len() * 2);
+            self.order.shrink_to(self.order.len() * 2);
+        }
     }
 }
 

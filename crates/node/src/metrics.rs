@@ -46,6 +46,9 @@ pub struct Metrics {
     snapshot_last_build_seconds: prometheus::Gauge,
     log_compactions: prometheus::IntCounter,
     log_entries_purged: prometheus::IntCounter,
+    /// Serializes the catch-up of the counters above in `render`: two
+    /// concurrent scrapes would otherwise both add the same difference.
+    storage_catch_up: std::sync::Mutex<()>,
     open_streams: IntGauge,
     mailbox_depth: IntGaugeVec,
     mailbox_oldest: GaugeVec,
@@ -137,6 +140,7 @@ impl Metrics {
             snapshot_last_build_seconds,
             log_compactions,
             log_entries_purged,
+            storage_catch_up: std::sync::Mutex::new(()),
             relay_seconds: histogram(
                 &registry,
                 "federation_relay_duration_seconds",
@@ -310,6 +314,7 @@ impl Metrics {
             self.raft.with_label_values(&[field]).set(value as i64);
         }
         // The stores count; these counters follow them (both only grow).
+        let _one_scrape_at_a_time = self.storage_catch_up.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let catch_up = |c: &prometheus::IntCounter, total: u64| c.inc_by(total.saturating_sub(c.get()));
         catch_up(&self.snapshots.with_label_values(&["built"]), storage.snapshots_built);
         catch_up(&self.snapshots.with_label_values(&["installed"]), storage.snapshots_installed);

@@ -87,9 +87,11 @@ pub fn init(cfg: &TelemetryConfig, default_filter: &str) -> anyhow::Result<Telem
     // not exported, and never a parent in a trace (children skip to the
     // closest exported ancestor).
     let otel = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("routerd"))
-            .with_filter(tracing_subscriber::filter::filter_fn(|meta| !(meta.is_span() && meta.name() == "node")))
+        tracing_opentelemetry::layer().with_tracer(p.tracer("routerd")).with_filter(
+            tracing_subscriber::filter::filter_fn(|meta| {
+                !(meta.is_span() && meta.name() == "node" && meta.target() == "router_node::node")
+            }),
+        )
     });
     let (text, json) = match cfg.log_format {
         // No colour codes when the output is not a terminal (docker logs, collectors).

@@ -56,6 +56,9 @@ fn key_range(range: &impl RangeBounds<u64>) -> KeyRange {
 pub struct LogStore<B: Backend> {
     backend: B,
     stats: Arc<StorageStats>,
+    /// The span current at `open` (the node's): openraft calls the store from
+    /// tasks of its own, and our log lines should still say which node.
+    span: tracing::Span,
 }
 
 impl<B: Backend> LogStore<B> {
@@ -63,7 +66,7 @@ impl<B: Backend> LogStore<B> {
     /// this build (so a too-new format fails at startup, not mid-election).
     /// `stats` is shared with the node's state machine (see [`crate::open`]).
     pub fn open(backend: B, stats: Arc<StorageStats>) -> Result<Self, StorageError> {
-        let store = LogStore { backend, stats };
+        let store = LogStore { backend, stats, span: tracing::Span::current() };
         store.load_meta::<Vote>(KEY_VOTE, ErrorSubject::Vote)?;
         if let Some(Some(committed)) = store.load_meta::<Option<LogId>>(KEY_COMMITTED, ErrorSubject::Store)? {
             store.stats.committed(committed.index);
@@ -189,15 +192,18 @@ impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        tracing::debug!(%log_id, "truncate log");
+        self.span.in_scope(|| tracing::debug!(%log_id, "truncate log"));
         self.backend
             .remove_range(Tree::Log, key_range(&(log_id.index..)))
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &e, format!("truncate log from {log_id}")))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        tracing::debug!(%log_id, "purge log");
+        self.span.in_scope(|| tracing::debug!(%log_id, "purge log"));
         let previous = self.load_meta::<LogId>(KEY_LAST_PURGED, ErrorSubject::Logs)?.map(|l| l.index);
+        // After a snapshot install the purge point may lie past the log's end:
+        // count only entries this node held.
+        let last_held = self.last_entry_id()?.map(|l| l.index);
         // Record the purge point first: if the deletion is lost, the entries
         // are merely still there; never the other way round (a hole).
         self.store_meta(KEY_LAST_PURGED, &log_id, ErrorSubject::Logs)?;
@@ -205,9 +211,10 @@ impl<B: Backend> RaftLogStorage<TypeConfig> for LogStore<B> {
             .remove_range(Tree::Log, key_range(&(..=log_id.index)))
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &e, format!("purge log up to {log_id}")))?;
         // Index 0 is a real entry (openraft's first log id), so "nothing purged yet" is None.
-        let entries = match previous {
-            Some(prev) => log_id.index.saturating_sub(prev),
-            None => log_id.index + 1,
+        let entries = match (last_held, previous) {
+            (None, _) => 0,
+            (Some(last), Some(prev)) => log_id.index.min(last).saturating_sub(prev),
+            (Some(last), None) => log_id.index.min(last) + 1,
         };
         self.stats.purged(entries);
         Ok(())

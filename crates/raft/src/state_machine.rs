@@ -93,6 +93,10 @@ pub struct StateMachineStore<B: Backend> {
     /// Distinguishes snapshots built at the same log id (ids must be unique).
     snapshot_seq: Arc<AtomicU64>,
     stats: Arc<crate::stats::StorageStats>,
+    /// The span current at `open` (the node's): openraft runs apply and
+    /// snapshot builds on tasks of its own, and our log lines should still
+    /// say which node.
+    span: tracing::Span,
 }
 
 impl<B: Backend> std::fmt::Debug for StateMachineStore<B> {
@@ -155,6 +159,7 @@ impl<B: Backend> StateMachineStore<B> {
             snapshot_write: Arc::new(tokio::sync::Mutex::new(())),
             snapshot_seq: Arc::new(AtomicU64::new(0)),
             stats,
+            span: tracing::Span::current(),
         })
     }
 
@@ -197,11 +202,13 @@ impl<B: Backend> StateMachineStore<B> {
         if let Some(stored) = stored_meta(&self.backend)?
             && stored.last_log_id > meta.last_log_id
         {
-            tracing::debug!(
-                stored = ?stored.last_log_id,
-                new = ?meta.last_log_id,
-                "keeping the newer stored snapshot"
-            );
+            self.span.in_scope(|| {
+                tracing::debug!(
+                    stored = ?stored.last_log_id,
+                    new = ?meta.last_log_id,
+                    "keeping the newer stored snapshot"
+                )
+            });
             return Ok(());
         }
         let bytes = codec::encode(&StoredSnapshot { meta: meta.clone(), data: data.to_vec() })
@@ -291,7 +298,7 @@ impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<B> {
         };
         self.persist_snapshot(&meta, &data).await?;
         self.stats.snapshot_built(data.len(), started.elapsed());
-        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), "built snapshot");
+        self.span.in_scope(|| tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), "built snapshot"));
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -366,7 +373,8 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
             self.applied_tx.send_replace(index);
         }
         self.stats.snapshot_installed(data.len(), index);
-        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), "installed snapshot");
+        self.span
+            .in_scope(|| tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), "installed snapshot"));
         Ok(())
     }
 

@@ -35,9 +35,10 @@ pub struct StorageStatsSnapshot {
     pub last_snapshot_bytes: u64,
     /// How long building the last snapshot took (encode + fsync), microseconds.
     pub last_snapshot_build_micros: u64,
-    /// Log purges (compaction after a snapshot) since the process started.
+    /// Log purges since the process started: compaction after a snapshot
+    /// built here, or the log dropped up to a snapshot installed from the leader.
     pub log_compactions: u64,
-    /// Log entries removed by those purges.
+    /// Log entries removed by those purges (only entries this node held).
     pub log_entries_purged: u64,
 }
 

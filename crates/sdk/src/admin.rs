@@ -36,9 +36,14 @@ impl AdminConnector {
         Ok(AdminClient::new(ch).max_decoding_message_size(64 * 1024 * 1024))
     }
 
-    /// The peer endpoint of the current leader, asking `endpoints` in turn.
+    /// Where to reach the current leader, asking `endpoints` in turn: the
+    /// given endpoint of the leader when it is among them (the caller's own
+    /// address for it; behind NAT or port mapping, as with the compose file,
+    /// the address the leader advertises may not resolve where the caller
+    /// runs), otherwise the leader's advertised peer endpoint.
     pub async fn leader_endpoint(&self, endpoints: &[String]) -> Result<String, SdkError> {
         let mut last = String::from("no endpoint given");
+        let mut advertised = None;
         for e in endpoints {
             let mut c = self.client(e)?;
             match c.status(StatusRequest {}).await {
@@ -48,14 +53,22 @@ impl AdminConnector {
                         last = format!("{e}: no leader");
                         continue;
                     }
-                    if let Some(v) = s.voters.iter().chain(&s.learners).find(|v| v.node_id == s.leader_id) {
-                        return Ok(v.peer_endpoint.clone());
+                    if s.node_id == s.leader_id {
+                        return Ok(e.clone());
+                    }
+                    if advertised.is_none() {
+                        advertised = s
+                            .voters
+                            .iter()
+                            .chain(&s.learners)
+                            .find(|v| v.node_id == s.leader_id)
+                            .map(|v| v.peer_endpoint.clone());
                     }
                 }
                 Err(status) if status.code() == tonic::Code::PermissionDenied => return Err(rejected(status)),
                 Err(status) => last = format!("{e}: {}", status.message()),
             }
         }
-        Err(SdkError::Unavailable { attempts: endpoints.len() as u32, last })
+        advertised.ok_or(SdkError::Unavailable { attempts: endpoints.len() as u32, last })
     }
 }

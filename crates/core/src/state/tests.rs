@@ -919,6 +919,30 @@ fn dedup_keeps_at_most_max_entries_oldest_first() {
     assert_eq!(outs, vec![sent(2, s), sent(3, s + 1)]);
 }
 
+#[test]
+fn dedup_gives_memory_back_after_a_burst() {
+    let limits = Limits { dedup_window_ms: 1_000, ..Limits::default() };
+    let mut h = Harness::with_limits(limits);
+    h.user(PB, "bob", &[(1, 11)]);
+    let s = T0 + 10;
+    let burst: Vec<_> = (0..20_000).map(|i| send(PA, &format!("b{i}"), "bob", &[(1, 11)], 1_000_000)).collect();
+    for chunk in burst.chunks(1_000) {
+        h.batch_at(s, chunk.to_vec());
+    }
+    let peak = h.state.dedup.answers.capacity();
+    assert!(peak >= 20_000, "{peak}");
+    // The window passes; a few new sends keep the table in use.
+    h.batch_at(s + 2_000, vec![send(PA, "after", "bob", &[(1, 11)], 1_000_000)]);
+    assert_eq!(h.state.dedup.answers.len(), 1);
+    assert!(
+        h.state.dedup.answers.capacity() < peak / 4,
+        "capacity {} after peak {peak}",
+        h.state.dedup.answers.capacity()
+    );
+    assert!(h.state.dedup.order.capacity() < peak / 4);
+    assert!(h.state.dedup_answer(&pid(PA), &mid("after")).is_some());
+}
+
 // -------------------------------------------------------------- limits
 
 #[test]

@@ -193,7 +193,10 @@ async fn deliver(
         };
         for (entry, traceparent) in batch {
             cursor = entry.seq + 1;
+            // Not a child of the Receive call's span, which lasts as long as
+            // the stream: its parent is the send's context stored with the entry.
             let span = tracing::info_span!(
+                parent: None,
                 "deliver",
                 node_id = ctx.node_id,
                 provider = %provider,

@@ -105,6 +105,11 @@ impl ProcCluster {
         self.base_port + 10 * id as u16 + 2
     }
 
+    /// The admin HTTP listener (`/metrics`, `/readyz`).
+    pub fn admin_endpoint(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.base_port + 10 * id as u16 + 3)
+    }
+
     pub fn peer_endpoint(&self, id: u64) -> String {
         format!("127.0.0.1:{}", self.base_port + 10 * id as u16 + 2)
     }

@@ -114,3 +114,44 @@ async fn a_leader_shutting_down_gracefully_hands_leadership_over() {
     setup_user(&beta, "handle:max", &DEVICES).await;
     tc.shutdown().await;
 }
+
+/// A node cut off from its quorum (here: the other two are down) does not
+/// hold writes for the whole leader wait (8 s) once a run of elections has
+/// failed: it answers UNAVAILABLE / NO_LEADER at once, so a client moves
+/// on; with the quorum back, the same node takes writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_quorum_refuses_writes_at_once_and_serves_again_after() {
+    let mut tc = TestCluster::start(3).await.unwrap();
+    let leader = tc.cluster.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    let survivor = tc.all_nodes().into_iter().find(|n| *n != leader).unwrap();
+    let beta = tc.client("beta");
+    setup_user(&beta, "handle:quin", &DEVICES).await;
+    let down: Vec<u64> = tc.all_nodes().into_iter().filter(|n| *n != survivor).collect();
+    for &n in &down {
+        tc.cluster.crash(n).await;
+    }
+    // Elections on the survivor keep failing: no leader, for longer than the grace (1 s here).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tc.cluster.node(survivor).node.as_ref().unwrap().raft().metrics().borrow().current_leader.is_some() {
+        assert!(Instant::now() < deadline, "the survivor still believes in a leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let certs = &tc.cluster.provider_certs["alpha"];
+    let mut raw =
+        router_proto::v1::messaging_client::MessagingClient::new(tc.raw_channel(survivor, &certs.cert, &certs.key));
+    let started = Instant::now();
+    let err = raw.send(message("no-quorum-1", "handle:quin", &DEVICES)).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(router_sdk::error::describe(&err).contains("NO_LEADER"), "{err:?}");
+    // The leader wait is 8 s; the answer must come well before it.
+    assert!(took < Duration::from_secs(4), "held for {took:?}");
+
+    // Quorum back: the survivor takes the same message (nothing was stored before).
+    tc.cluster.restart(down[0]).await.unwrap();
+    let alpha = tc.client_on("alpha", &[survivor]);
+    alpha.send(message("no-quorum-1", "handle:quin", &DEVICES)).await.unwrap();
+    tc.shutdown().await;
+}

@@ -33,6 +33,17 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How long a write may wait for a leader before the caller hears UNAVAILABLE.
 const LEADER_WAIT: Duration = Duration::from_secs(8);
+/// A node that lost its leader and has found none for this many election
+/// timeouts (failed elections one after another: it is cut off in a
+/// minority, or the cluster has lost its quorum) stops holding writes for
+/// `LEADER_WAIT` and answers UNAVAILABLE at once, so clients move to a node
+/// that can serve them instead of waiting out their own timeout here. A node
+/// that has not seen a leader since it started (cluster formation, a restart)
+/// keeps waiting: its writes (bootstrap's among them) are for the leader to come.
+const LEADERLESS_ELECTIONS: u32 = 5;
+/// ... but never less than this (normal elections, with a few split votes,
+/// end well within it).
+const MIN_LEADERLESS_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum WriteError {
@@ -91,6 +102,11 @@ pub struct Writer {
     /// While true the batcher proposes nothing new (leadership transfer:
     /// appends would keep the followers' leader lease alive).
     paused: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    /// Since when this node has known no leader after knowing one (None
+    /// while it knows one), kept by `track_leaderless`.
+    leaderless_since: std::sync::Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+    /// See `LEADERLESS_ELECTIONS`.
+    leaderless_grace: Duration,
 }
 
 impl Writer {
@@ -101,7 +117,25 @@ impl Writer {
         crate::spawn(run_batcher(raft.clone(), rx, paused_rx, max_commands, max_in_flight));
         let (forward_tx, forward_rx) = mpsc::channel(FORWARD_BATCH_COMMANDS * 16);
         crate::spawn(run_forwarder(node_id, raft.clone(), peers, forward_rx));
-        Writer { node_id, raft, queue: tx, forward_queue: forward_tx, paused: std::sync::Arc::new(paused) }
+        let leaderless_since = std::sync::Arc::new(std::sync::Mutex::new(None));
+        crate::spawn(track_leaderless(raft.metrics(), leaderless_since.clone()));
+        let election_timeout = Duration::from_millis(raft.config().election_timeout_max);
+        Writer {
+            node_id,
+            raft,
+            queue: tx,
+            forward_queue: forward_tx,
+            paused: std::sync::Arc::new(paused),
+            leaderless_since,
+            leaderless_grace: (election_timeout * LEADERLESS_ELECTIONS).max(MIN_LEADERLESS_GRACE),
+        }
+    }
+
+    /// This node lost its leader longer ago than a run of elections takes:
+    /// waiting for one here is likely to outlast the caller.
+    fn leaderless_too_long(&self) -> bool {
+        let since = *self.leaderless_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        since.is_some_and(|t| t.elapsed() >= self.leaderless_grace)
     }
 
     /// Holds (or releases) new proposals; queued commands wait.
@@ -120,6 +154,7 @@ impl Writer {
                 None => Err(WriteError::NoLeader),
             };
             match attempt {
+                Err(WriteError::NoLeader) if self.leaderless_too_long() => return Err(WriteError::NoLeader),
                 Err(WriteError::NoLeader | WriteError::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -142,6 +177,31 @@ impl Writer {
         let item = ForwardedCommand { traceparent: crate::telemetry::current_traceparent(), command };
         self.forward_queue.send(Forwarded { item, reply }).await.map_err(|_| WriteError::ShuttingDown)?;
         rx.await.map_err(|_| WriteError::ShuttingDown)?
+    }
+}
+
+/// Keeps `since` = when this node last went from knowing a leader to knowing
+/// none (None while it knows one, and before it first knew one). Ends with
+/// Raft (its metrics sender).
+async fn track_leaderless(
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, NodeAddr>>,
+    since: std::sync::Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+) {
+    let mut seen_a_leader = false;
+    loop {
+        let has_leader = metrics.borrow_and_update().current_leader.is_some();
+        seen_a_leader |= has_leader;
+        {
+            let mut since = since.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match (has_leader, *since) {
+                (true, _) => *since = None,
+                (false, None) if seen_a_leader => *since = Some(tokio::time::Instant::now()),
+                (false, _) => {}
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -512,3 +512,56 @@ async fn a_cluster_refuses_callers_it_has_not_registered() {
     pair.a.shutdown().await;
     pair.b.shutdown().await;
 }
+
+/// Cluster b's nodes together: Resolve calls their federation listeners answered.
+async fn resolves_answered(b: &TestCluster) -> f64 {
+    let mut total = 0.0;
+    for id in b.all_nodes() {
+        let text = crate::metrics::scrape(b.cluster.node(id).admin_addr).await;
+        total += text
+            .lines()
+            .filter(|l| {
+                l.starts_with("router_grpc_requests_total{") && l.contains(r#"method="Resolve",service="Federation""#)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    total
+}
+
+/// Many sends at once to a remote user no node has resolved yet (one
+/// `SendBatch`) ask the peer about that user once, not once per send; each
+/// send is accepted and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sends_to_an_unresolved_remote_user_ask_the_peer_once() {
+    let pair = Pair::start().await;
+    let beta = pair.b.client("beta");
+    setup_user(&beta, BOB, &BOB_DEVICES).await;
+    let before = resolves_answered(&pair.b).await;
+
+    const SENDS: usize = 32;
+    let alpha = &pair.a.cluster.provider_certs["alpha"];
+    let node = pair.a.all_nodes()[0];
+    let mut raw =
+        router_proto::v1::messaging_client::MessagingClient::new(pair.a.raw_channel(node, &alpha.cert, &alpha.key));
+    let sends = (0..SENDS).map(|i| message(&format!("burst-{i:02}"), BOB, &BOB_DEVICES)).collect();
+    let results = raw
+        .send_batch(router_proto::v1::SendBatchRequest { sends })
+        .await
+        .expect("batch answered")
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), SENDS);
+    for r in &results {
+        assert!(
+            matches!(r.result, Some(router_proto::v1::send_result::Result::Accepted(_))),
+            "every send accepted: {r:?}"
+        );
+    }
+    let asked = resolves_answered(&pair.b).await - before;
+    assert_eq!(asked, 1.0, "the peer was asked about the user once for {SENDS} concurrent sends");
+
+    let mut sub = beta.subscribe(64);
+    let got = collect(&mut sub, SENDS, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), SENDS);
+}

@@ -43,6 +43,22 @@ use tonic::{Code, Status};
 /// Resolutions remembered at most (oldest dropped first beyond this).
 const MAX_CACHED_ROUTES: usize = 100_000;
 
+/// What asking the peers about a user gave: where it lives, `None` when no
+/// peer serves it, or why not every peer could be asked.
+type Resolution = Result<Option<RemoteRoute>, Status>;
+
+/// Held by the one caller asking the peers about `user`; ends its turn.
+struct Asking<'a> {
+    fed: &'a Federation,
+    user: &'a UserId,
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        self.fed.resolving.lock().expect("resolving lock").remove(self.user);
+    }
+}
+
 /// A user served by a peer, as the peer resolved it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RemoteRoute {
@@ -76,6 +92,10 @@ pub struct Federation {
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
     routes: Mutex<HashMap<UserId, (Instant, RemoteRoute)>>,
+    /// Resolutions being asked of the peers right now, by user: a caller
+    /// that finds one waits for that answer instead of asking again (a
+    /// `SendBatch` or a burst of sends to one user not yet cached).
+    resolving: Mutex<HashMap<UserId, tokio::sync::watch::Receiver<Option<Resolution>>>>,
     clients: Mutex<HashMap<ClusterId, PeerClient>>,
     links: Mutex<BTreeMap<ClusterId, LinkState>>,
     /// Per peer: woken when the peer calls us, so a relay task in backoff
@@ -92,6 +112,7 @@ impl Federation {
             key_pem: read(&cfg.key)?,
             cfg,
             routes: Mutex::new(HashMap::new()),
+            resolving: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
             links: Mutex::new(BTreeMap::new()),
             wakeups: Mutex::new(HashMap::new()),
@@ -217,7 +238,7 @@ impl Federation {
         {
             return Ok(Some(route.clone()));
         }
-        match self.ask_peers(ctx, user).await {
+        match self.ask_peers_once(ctx, user).await {
             // Stale if unreachable: a link outage must not stop sends to users
             // already known. The owning cluster checks the devices again on
             // arrival and reports a refusal back to the sender.
@@ -232,7 +253,41 @@ impl Federation {
         }
     }
 
-    async fn ask_peers(&self, ctx: &Ctx, user: &UserId) -> Result<Option<RemoteRoute>, Status> {
+    /// `ask_peers`, but one question per user at a time: concurrent callers
+    /// share the answer of the one that asks.
+    async fn ask_peers_once(&self, ctx: &Ctx, user: &UserId) -> Resolution {
+        let role = {
+            let mut resolving = self.resolving.lock().expect("resolving lock");
+            match resolving.get(user) {
+                // Still being asked (the asker has not gone away).
+                Some(answer) if answer.has_changed().is_ok() => Err(answer.clone()),
+                _ => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    resolving.insert(user.clone(), rx);
+                    Ok(tx)
+                }
+            }
+        };
+        match role {
+            Ok(tx) => {
+                // Removes the entry however this ends (the caller may be cancelled).
+                let _asking = Asking { fed: self, user };
+                let answer = self.ask_peers(ctx, user).await;
+                tx.send_replace(Some(answer.clone()));
+                answer
+            }
+            Err(mut rx) => {
+                let shared = rx.wait_for(Option::is_some).await.ok().and_then(|answer| answer.clone());
+                match shared {
+                    Some(answer) => answer,
+                    // The asker's call was cancelled before it had an answer: ask ourselves.
+                    None => self.ask_peers(ctx, user).await,
+                }
+            }
+        }
+    }
+
+    async fn ask_peers(&self, ctx: &Ctx, user: &UserId) -> Resolution {
         let peers: Vec<PeerRecord> =
             ctx.read(|s| s.peers().filter(|p| p.status == PeerStatus::Active).cloned().collect());
         let asks = peers.iter().map(|peer| async move {

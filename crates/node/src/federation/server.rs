@@ -156,11 +156,14 @@ pub fn spawn(
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
 
     let service = FederationService { ctx: ctx.clone(), fed, verifier };
-    let server = tonic::transport::Server::builder().trace_fn(crate::telemetry::server_span(ctx.node_id)).add_service(
-        FederationServer::new(service)
-            .max_decoding_message_size(super::RELAY_MESSAGE_BYTES)
-            .max_encoding_message_size(super::RELAY_MESSAGE_BYTES),
-    );
+    let server = tonic::transport::Server::builder()
+        .trace_fn(crate::telemetry::server_span(ctx.node_id))
+        .layer(crate::metrics::GrpcMetricsLayer(ctx.metrics.clone()))
+        .add_service(
+            FederationServer::new(service)
+                .max_decoding_message_size(super::RELAY_MESSAGE_BYTES)
+                .max_encoding_message_size(super::RELAY_MESSAGE_BYTES),
+        );
     let (tx, rx) = mpsc::channel::<std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>(64);
     let mut accept_shutdown = shutdown.clone();
     let accept = crate::spawn(async move {

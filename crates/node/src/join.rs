@@ -105,7 +105,8 @@ async fn attempt(ctx: &Ctx, cfg: &Config) -> Result<bool, String> {
         let members = BTreeMap::from([(cfg.node_id, cfg.advertise.clone())]);
         ctx.raft.initialize(members).await.map_err(|e| e.to_string())?;
         tracing::info!("no seed knew a cluster: initialized a new one; the other nodes join it");
-        if let Err(e) = ctx.writer.submit(Command::SetLimits { limits: cfg.replicated_limits.clone() }).await {
+        if let Err(e) = ctx.writer.submit_patiently(Command::SetLimits { limits: cfg.replicated_limits.clone() }).await
+        {
             tracing::error!("failed to set replicated limits: {e}");
         }
         crate::node::onboard_initial_providers(ctx, cfg).await;

@@ -358,7 +358,8 @@ pub(crate) async fn bootstrap(ctx: Ctx, cfg: Config) {
             return;
         }
         tracing::info!(members = ?cfg.initial_members.keys().collect::<Vec<_>>(), "cluster initialized");
-        if let Err(e) = ctx.writer.submit(Command::SetLimits { limits: cfg.replicated_limits.clone() }).await {
+        if let Err(e) = ctx.writer.submit_patiently(Command::SetLimits { limits: cfg.replicated_limits.clone() }).await
+        {
             tracing::error!("failed to set replicated limits: {e}");
         }
     }
@@ -394,7 +395,7 @@ pub(crate) async fn onboard_initial_providers(ctx: &Ctx, cfg: &Config) {
         if ctx.read(|s| s.is_onboarded(&provider)) {
             continue;
         }
-        if let Err(e) = ctx.writer.submit(Command::AddProvider { provider }).await {
+        if let Err(e) = ctx.writer.submit_patiently(Command::AddProvider { provider }).await {
             tracing::error!("failed to onboard initial provider {p}: {e}");
         }
     }

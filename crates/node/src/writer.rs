@@ -34,12 +34,15 @@ use tokio::sync::{mpsc, oneshot};
 /// How long a write may wait for a leader before the caller hears UNAVAILABLE.
 const LEADER_WAIT: Duration = Duration::from_secs(8);
 /// A node that lost its leader and has found none for this many election
-/// timeouts (failed elections one after another: it is cut off in a
-/// minority, or the cluster has lost its quorum) stops holding writes for
-/// `LEADER_WAIT` and answers UNAVAILABLE at once, so clients move to a node
-/// that can serve them instead of waiting out their own timeout here. A node
-/// that has not seen a leader since it started (cluster formation, a restart)
-/// keeps waiting: its writes (bootstrap's among them) are for the leader to come.
+/// timeouts (failed elections one after another: a follower cut off in a
+/// minority, or the cluster has lost its quorum) stops holding clients'
+/// writes for `LEADER_WAIT` and answers UNAVAILABLE at once, so they move to
+/// a node that can serve them instead of waiting out their own timeout here.
+/// Not covered: a leader cut off in a minority (openraft 0.9 leaders do not
+/// step down on losing their quorum, so it never becomes leaderless). The
+/// clock starts at the first leader this process saw (a restarted node
+/// restores its last vote, and with it that leader); the node's own startup
+/// writes use `submit_patiently` and always wait.
 const LEADERLESS_ELECTIONS: u32 = 5;
 /// ... but never less than this (normal elections, with a few split votes,
 /// end well within it).
@@ -143,8 +146,22 @@ impl Writer {
         self.paused.send_replace(paused);
     }
 
-    /// Commits `command` through the leader and returns its outcome.
+    /// Commits `command` through the leader and returns its outcome: a
+    /// client's write, answered NO_LEADER at once when this node has been
+    /// leaderless too long (see `LEADERLESS_ELECTIONS`).
     pub async fn submit(&self, command: Command) -> Result<Outcome, WriteError> {
+        self.submit_within(command, true).await
+    }
+
+    /// As `submit`, but always waits up to `LEADER_WAIT` for a leader: the
+    /// node's own writes at startup (bootstrap, joining, onboarding the
+    /// configured providers), which are not retried by a client and are
+    /// meant for the leader that is about to be elected.
+    pub async fn submit_patiently(&self, command: Command) -> Result<Outcome, WriteError> {
+        self.submit_within(command, false).await
+    }
+
+    async fn submit_within(&self, command: Command, answer_fast_when_leaderless: bool) -> Result<Outcome, WriteError> {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         loop {
             let leader = self.raft.metrics().borrow().current_leader;
@@ -154,7 +171,9 @@ impl Writer {
                 None => Err(WriteError::NoLeader),
             };
             match attempt {
-                Err(WriteError::NoLeader) if self.leaderless_too_long() => return Err(WriteError::NoLeader),
+                Err(WriteError::NoLeader) if answer_fast_when_leaderless && self.leaderless_too_long() => {
+                    return Err(WriteError::NoLeader);
+                }
                 Err(WriteError::NoLeader | WriteError::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }

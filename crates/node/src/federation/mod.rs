@@ -51,11 +51,16 @@ type Resolution = Result<Option<RemoteRoute>, Status>;
 struct Asking<'a> {
     fed: &'a Federation,
     user: &'a UserId,
+    /// Its own entry: only that one is removed, never a later asker's.
+    answer: tokio::sync::watch::Receiver<Option<Resolution>>,
 }
 
 impl Drop for Asking<'_> {
     fn drop(&mut self) {
-        self.fed.resolving.lock().expect("resolving lock").remove(self.user);
+        let mut resolving = self.fed.resolving.lock().expect("resolving lock");
+        if resolving.get(self.user).is_some_and(|entry| entry.same_channel(&self.answer)) {
+            resolving.remove(self.user);
+        }
     }
 }
 
@@ -263,15 +268,15 @@ impl Federation {
                 Some(answer) if answer.has_changed().is_ok() => Err(answer.clone()),
                 _ => {
                     let (tx, rx) = tokio::sync::watch::channel(None);
-                    resolving.insert(user.clone(), rx);
-                    Ok(tx)
+                    resolving.insert(user.clone(), rx.clone());
+                    Ok((tx, rx))
                 }
             }
         };
         match role {
-            Ok(tx) => {
+            Ok((tx, answer)) => {
                 // Removes the entry however this ends (the caller may be cancelled).
-                let _asking = Asking { fed: self, user };
+                let _asking = Asking { fed: self, user, answer };
                 let answer = self.ask_peers(ctx, user).await;
                 tx.send_replace(Some(answer.clone()));
                 answer

@@ -70,12 +70,10 @@ impl Node {
     /// `node_id` even when several nodes share a process (tests, `routerd dev`).
     pub async fn start(cfg: Config, listeners: Listeners) -> anyhow::Result<Node> {
         let span = tracing::info_span!("node", node_id = cfg.node_id);
-        let mut node = Self::start_in_span(cfg, listeners).instrument(span.clone()).await?;
-        node.span = span;
-        Ok(node)
+        Self::start_in_span(cfg, listeners, span.clone()).instrument(span).await
     }
 
-    async fn start_in_span(cfg: Config, listeners: Listeners) -> anyhow::Result<Node> {
+    async fn start_in_span(cfg: Config, listeners: Listeners, span: tracing::Span) -> anyhow::Result<Node> {
         let tls = Arc::new(TlsMaterials::load(&cfg.tls).context("load TLS material")?);
         std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("create {}", cfg.data_dir.display()))?;
         let backend = SledBackend::open(&cfg.data_dir.join("raft")).context("open raft storage")?;
@@ -166,9 +164,9 @@ impl Node {
         } else if cfg.bootstrap {
             tasks.push(crate::spawn(bootstrap(ctx.clone(), cfg.clone())));
         }
-        tasks.push(crate::spawn(log_raft_changes(ctx.clone())));
+        tasks.push(crate::spawn(watch_raft_role(ctx.clone())));
         tracing::info!(provider_addr = %cfg.advertise.provider, peer_addr = %cfg.advertise.peer, "node started");
-        Ok(Node { ctx, shutdown: shutdown_tx, tasks, span: tracing::Span::none() })
+        Ok(Node { ctx, shutdown: shutdown_tx, tasks, span })
     }
 
     pub fn id(&self) -> NodeId {
@@ -306,9 +304,11 @@ fn spawn_peer_server(
     }))
 }
 
-/// Logs each change of this node's Raft role, term or known leader (with
-/// `term` and `leader_id`), the lines an operator reads after an incident.
-async fn log_raft_changes(ctx: Ctx) {
+/// The node's one watcher of its Raft role, term and known leader (openraft's
+/// metrics change on every apply; only these three matter here). On each
+/// change it logs them (with `term` and `leader_id`, the lines an operator
+/// reads after an incident) and tells the writer whether a leader is known.
+async fn watch_raft_role(ctx: Ctx) {
     let mut metrics = ctx.raft.metrics();
     let mut shutdown = ctx.shutdown.clone();
     let mut last = None;
@@ -319,6 +319,7 @@ async fn log_raft_changes(ctx: Ctx) {
         };
         if last != Some(now) {
             let (state, term, leader) = now;
+            ctx.writer.observe_leader(leader.is_some());
             let role = crate::grpc::admin::role_name(state);
             match leader {
                 Some(leader_id) => tracing::info!(term, leader_id, role, "raft: role, term or leader changed"),

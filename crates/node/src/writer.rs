@@ -106,8 +106,8 @@ pub struct Writer {
     /// appends would keep the followers' leader lease alive).
     paused: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
     /// Since when this node has known no leader after knowing one (None
-    /// while it knows one), kept by `track_leaderless`.
-    leaderless_since: std::sync::Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+    /// while it knows one), kept by `observe_leader`.
+    leaderless: std::sync::Arc<std::sync::Mutex<Leaderless>>,
     /// See `LEADERLESS_ELECTIONS`.
     leaderless_grace: Duration,
 }
@@ -120,8 +120,6 @@ impl Writer {
         crate::spawn(run_batcher(raft.clone(), rx, paused_rx, max_commands, max_in_flight));
         let (forward_tx, forward_rx) = mpsc::channel(FORWARD_BATCH_COMMANDS * 16);
         crate::spawn(run_forwarder(node_id, raft.clone(), peers, forward_rx));
-        let leaderless_since = std::sync::Arc::new(std::sync::Mutex::new(None));
-        crate::spawn(track_leaderless(raft.metrics(), leaderless_since.clone()));
         let election_timeout = Duration::from_millis(raft.config().election_timeout_max);
         Writer {
             node_id,
@@ -129,15 +127,27 @@ impl Writer {
             queue: tx,
             forward_queue: forward_tx,
             paused: std::sync::Arc::new(paused),
-            leaderless_since,
+            leaderless: Default::default(),
             leaderless_grace: (election_timeout * LEADERLESS_ELECTIONS).max(MIN_LEADERLESS_GRACE),
+        }
+    }
+
+    /// Told by the node's one Raft watcher (`node::watch_raft_role`) on each
+    /// change of role, term or leader.
+    pub(crate) fn observe_leader(&self, has_leader: bool) {
+        let mut l = self.leaderless.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        l.seen_a_leader |= has_leader;
+        match (has_leader, l.since) {
+            (true, _) => l.since = None,
+            (false, None) if l.seen_a_leader => l.since = Some(tokio::time::Instant::now()),
+            (false, _) => {}
         }
     }
 
     /// This node lost its leader longer ago than a run of elections takes:
     /// waiting for one here is likely to outlast the caller.
     fn leaderless_too_long(&self) -> bool {
-        let since = *self.leaderless_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let since = self.leaderless.lock().unwrap_or_else(std::sync::PoisonError::into_inner).since;
         since.is_some_and(|t| t.elapsed() >= self.leaderless_grace)
     }
 
@@ -199,29 +209,12 @@ impl Writer {
     }
 }
 
-/// Keeps `since` = when this node last went from knowing a leader to knowing
-/// none (None while it knows one, and before it first knew one). Ends with
-/// Raft (its metrics sender).
-async fn track_leaderless(
-    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, NodeAddr>>,
-    since: std::sync::Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
-) {
-    let mut seen_a_leader = false;
-    loop {
-        let has_leader = metrics.borrow_and_update().current_leader.is_some();
-        seen_a_leader |= has_leader;
-        {
-            let mut since = since.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            match (has_leader, *since) {
-                (true, _) => *since = None,
-                (false, None) if seen_a_leader => *since = Some(tokio::time::Instant::now()),
-                (false, _) => {}
-            }
-        }
-        if metrics.changed().await.is_err() {
-            return;
-        }
-    }
+/// When this node last went from knowing a leader to knowing none (None
+/// while it knows one, and before it first knew one).
+#[derive(Default)]
+struct Leaderless {
+    since: Option<tokio::time::Instant>,
+    seen_a_leader: bool,
 }
 
 /// One task takes forwarded commands off the queue: whatever queued up

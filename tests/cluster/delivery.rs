@@ -110,7 +110,7 @@ async fn device_list_mismatch_lists_missing_extra_and_stale_devices() {
         0
     );
     let ok = alpha.send(message("mm-1", "handle:bob", &[(1, 100), (2, 200), (4, 400)])).await.unwrap();
-    assert_eq!(ok.mailbox_seq, 0);
+    assert_eq!(ok.mailbox_seq, 1, "the first stored entry of a mailbox");
     // An unknown recipient is NOT_FOUND.
     let err = alpha.send(message("mm-2", "handle:nobody", &[(1, 1)])).await.unwrap_err();
     assert_eq!((err.code(), err.reason()), (Some(Code::NotFound), Some("USER_NOT_FOUND")));

@@ -15,5 +15,6 @@ mod metrics;
 mod permissions;
 mod prekeys;
 mod restart;
+mod safety;
 mod sdk;
 mod send_batch;

@@ -156,6 +156,8 @@ pub fn setup_commands(senders: u32, keys: u32) -> Vec<Command> {
     let mut limits = router_core::Limits { claim_burst: 1_000_000, claim_refill_ms: 1, ..Default::default() };
     limits.max_one_time_prekeys_per_device = limits.max_one_time_prekeys_per_device.max(keys);
     let mut cmds = vec![
+        // The rules this build applies (what a new cluster of it starts with).
+        Command::SetClusterVersion { version: router_core::CLUSTER_VERSION },
         Command::SetLimits { limits },
         Command::AddProvider { provider: pid(ALPHA) },
         Command::AddProvider { provider: pid(BETA) },
@@ -256,13 +258,28 @@ pub async fn sender(w: World, mut rng: StdRng, device: u32, max: u64) -> u64 {
 }
 
 /// Claims carol's prekeys as `requester` until stopped. A claim is not
-/// idempotent, so an unknown outcome is not retried.
+/// idempotent, so it goes as `Command::Once`, as the node's writer sends it:
+/// an unknown outcome is retried with the same request id (a few times), and
+/// must then come back with the first attempt's key, never consume another.
 pub async fn claimer(w: World, mut rng: StdRng, requester: &'static str, max: u32) {
+    let origin = requester.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
     let mut claims = 0;
     while claims < max && !w.stopped() {
         let start_ms = w.now_ms();
-        let cmd = Command::ClaimPrekeys { requester: pid(requester), user: uid(KEY_OWNER), device: Some(1) };
-        let (res, one_time, detail) = match w.submit(&mut rng, cmd).await {
+        let claim = Command::ClaimPrekeys { requester: pid(requester), user: uid(KEY_OWNER), device: Some(1) };
+        let request = router_core::RequestId { origin, seq: u64::from(claims) };
+        let cmd = Command::Once { request, command: Box::new(claim) };
+        let mut retries = 0;
+        let attempt = loop {
+            match w.submit(&mut rng, cmd.clone()).await {
+                Attempt::Unknown if retries < 4 && !w.stopped() => {
+                    retries += 1;
+                    tokio::time::sleep(Duration::from_millis(rng.gen_range(20..80))).await;
+                }
+                other => break other,
+            }
+        };
+        let (res, one_time, detail) = match attempt {
             Attempt::Done(Outcome::Bundles { bundles, .. }) => {
                 let key = bundles.first().and_then(|b| b.one_time.as_ref()).map(|k| k.key_id);
                 (Res::Ok, key, String::new())

@@ -164,6 +164,30 @@ pub enum Command {
     RestoreFederation {
         federation: Box<crate::federation::Federation>,
     },
+    /// Leader: every member now runs a build that applies the log by the
+    /// rules of `version` ([`crate::version`]); raises the state's cluster
+    /// version (never lowers it).
+    SetClusterVersion {
+        version: u32,
+    },
+    /// `command`, applied at most once: a retry carrying the same `request`
+    /// (a write whose first attempt's outcome was lost with the connection)
+    /// gets the first attempt's outcome back instead of applying again.
+    /// Used for commands that are not idempotent (prekey claims and uploads),
+    /// from cluster version 2 on.
+    Once {
+        request: RequestId,
+        command: Box<Command>,
+    },
+}
+
+/// Names one client write on the node that accepted it: `origin` is random
+/// per process start, `seq` counts that process's writes, so ids never
+/// repeat across restarts (in practice: 64 random bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId {
+    pub origin: u64,
+    pub seq: u64,
 }
 
 impl Command {
@@ -192,9 +216,24 @@ impl Command {
             | Command::AcceptRelayed { .. }
             | Command::RelayAcked { .. }
             | Command::SendGroupFromPeer { .. }
-            | Command::RestoreFederation { .. } => None,
+            | Command::RestoreFederation { .. }
+            | Command::SetClusterVersion { .. } => None,
             Command::FederatedGroup { provider, .. } => Some(provider),
+            Command::Once { command, .. } => command.actor(),
         }
+    }
+
+    /// Commands whose second application differs from the first (a claim
+    /// hands out another key; an upload answers differently once the keys
+    /// are there): the writer wraps them in [`Command::Once`].
+    pub fn is_not_idempotent(&self) -> bool {
+        matches!(self, Command::ClaimPrekeys { .. } | Command::UploadPrekeys { .. })
+    }
+
+    /// Commands that builds before cluster versions cannot decode: a log
+    /// entry holding one is written in format version 3 (`router-raft`).
+    pub fn needs_cluster_version_format(&self) -> bool {
+        matches!(self, Command::SetClusterVersion { .. } | Command::Once { .. })
     }
 
     /// Commands only builds that know federation can decode: a log entry
@@ -211,7 +250,7 @@ impl Command {
                 | Command::FederatedGroup { .. }
                 | Command::SendGroupFromPeer { .. }
                 | Command::RestoreFederation { .. }
-        )
+        ) || matches!(self, Command::Once { command, .. } if command.is_federation())
     }
 }
 
@@ -219,6 +258,12 @@ impl Batch {
     /// True if any command needs a federation-aware build ([`Command::is_federation`]).
     pub fn has_federation(&self) -> bool {
         self.commands.iter().any(Command::is_federation)
+    }
+
+    /// True if any command needs a build that knows cluster versions
+    /// ([`Command::needs_cluster_version_format`]).
+    pub fn needs_cluster_version_format(&self) -> bool {
+        self.commands.iter().any(Command::needs_cluster_version_format)
     }
 }
 

@@ -27,7 +27,10 @@
 //! - `mailbox`: one provider's ordered mailbox.
 //! - `keys`: a device's stored prekeys and the claim rule.
 //! - `provider`: [`ProviderRecord`] and the onboarding lifecycle.
+//! - `once`: the answers of `Command::Once` requests (retried writes).
 //! - `state`: [`State`] and `apply`.
+//! - `version`: cluster versions, the rules `apply` reads the log by, and the
+//!   time bounds those rules use.
 
 pub mod command;
 pub mod federation;
@@ -36,17 +39,21 @@ pub mod ids;
 pub mod keys;
 pub mod limits;
 pub mod mailbox;
+pub mod once;
 pub mod outcome;
 pub mod provider;
 pub mod state;
+pub mod version;
 
-pub use command::{Batch, Command, DevicePart, PrekeyUpload, SendEnvelope};
+pub use command::{Batch, Command, DevicePart, PrekeyUpload, RequestId, SendEnvelope};
 pub use federation::{ClusterId, Federation, PeerRecord, PeerStatus, RelayedItem, RelayedKind, UndeliverableReason};
 pub use group::{GroupDelivery, GroupId, GroupRecord, GroupSend, Role};
 pub use ids::{ContentType, DeviceId, MessageId, ProviderId, RegistrationId, Seq, UserId};
 pub use keys::{Bundle, DeviceKeys, OneTimePrekey, SignedPrekey};
 pub use limits::Limits;
 pub use mailbox::{Mailbox, MailboxEntry, MailboxItem};
+pub use once::OnceAnswers;
 pub use outcome::{Outcome, Rejection};
 pub use provider::{ProviderAction, ProviderRecord, ProviderStatus};
-pub use state::{DeviceRecord, State, UserRecord};
+pub use state::{DeviceRecord, State, StateExtras, StateExtrasRef, UserRecord};
+pub use version::CLUSTER_VERSION;

@@ -45,6 +45,31 @@ pub struct State {
     /// federated is the one older builds read.
     #[serde(skip)]
     pub federation: crate::federation::Federation,
+    /// The rules this state applies the log by (`version`); 0 reads as
+    /// `BASE_CLUSTER_VERSION`. Skipped by serde like `federation`: carried in
+    /// the trailing section of snapshots ([`StateExtras`]) once raised.
+    #[serde(skip)]
+    cluster_version: u32,
+    /// Answers of `Command::Once` requests. Skipped by serde, like `cluster_version`.
+    #[serde(skip)]
+    once: crate::once::OnceAnswers,
+}
+
+/// What a snapshot carries after the state's serde encoding (format 3): the
+/// fields older layouts do not have.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct StateExtras {
+    pub federation: crate::federation::Federation,
+    pub cluster_version: u32,
+    pub once: crate::once::OnceAnswers,
+}
+
+/// The borrowed twin of [`StateExtras`]; bincode lays both out the same.
+#[derive(Serialize)]
+pub struct StateExtrasRef<'a> {
+    pub federation: &'a crate::federation::Federation,
+    pub cluster_version: u32,
+    pub once: &'a crate::once::OnceAnswers,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,11 +211,87 @@ impl State {
         State { limits, ..State::default() }
     }
 
+    /// The rules this state applies the log by (`version`).
+    pub fn cluster_version(&self) -> u32 {
+        self.cluster_version.max(crate::version::BASE_CLUSTER_VERSION)
+    }
+
+    /// The section a snapshot needs after the serde encoding of the state,
+    /// if any: none for a state older builds can hold as a whole.
+    pub fn extras(&self) -> Option<StateExtrasRef<'_>> {
+        (self.cluster_version > crate::version::BASE_CLUSTER_VERSION || !self.once.is_empty()).then_some(
+            StateExtrasRef { federation: &self.federation, cluster_version: self.cluster_version, once: &self.once },
+        )
+    }
+
+    /// Puts back what [`State::extras`] gave a snapshot.
+    pub fn set_extras(&mut self, extras: StateExtras) {
+        self.federation = extras.federation;
+        self.cluster_version = extras.cluster_version;
+        self.once = extras.once;
+    }
+
+    /// Where one entry stamped `stamp_ms` moves the replicated clock: never
+    /// back, and (version 2) at most `MAX_CLOCK_STEP_MS` forward, except for
+    /// the very first entry of a state.
+    fn next_clock(&self, stamp_ms: u64) -> u64 {
+        if self.cluster_version() >= 2 && self.clock_ms > 0 {
+            self.clock_ms.max(stamp_ms.min(self.clock_ms.saturating_add(crate::version::MAX_CLOCK_STEP_MS)))
+        } else {
+            self.clock_ms.max(stamp_ms)
+        }
+    }
+
+    /// The earliest leader time at which `expire` has something to do.
+    pub fn next_expiry_ms(&self) -> Option<u64> {
+        self.expiry.first().map(|(at, _, _)| at.saturating_add(self.expiry_grace_ms()))
+    }
+
+    fn expiry_grace_ms(&self) -> u64 {
+        if self.cluster_version() >= 2 { crate::version::DELIVERY_ACK_GRACE_MS } else { 0 }
+    }
+
+    /// `owner`'s mailbox, created empty if it has none; a new one starts at
+    /// sequence 1 from cluster version 2 on.
+    fn mailbox_mut(&mut self, owner: &ProviderId) -> &mut Mailbox {
+        let first_seq = if self.cluster_version() >= 2 { 1 } else { 0 };
+        self.mailboxes.entry(owner.clone()).or_insert_with(|| Mailbox { next_seq: first_seq, ..Mailbox::default() })
+    }
+
+    fn set_cluster_version(&mut self, version: u32) -> Result<Outcome, Rejection> {
+        if version > self.cluster_version {
+            self.cluster_version = version;
+        }
+        if self.cluster_version() >= 2 {
+            // Sequence 0 marks ephemeral entries: no mailbox hands it out from now on.
+            for mailbox in self.mailboxes.values_mut() {
+                mailbox.next_seq = mailbox.next_seq.max(1);
+            }
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// Applies `command` unless `request` was applied before; then answers
+    /// what it answered then. A rejection is not remembered: it changed
+    /// nothing (a rejected request leaves the state as it was), so a retry
+    /// may simply be applied.
+    fn apply_once(&mut self, request: &crate::command::RequestId, command: &Command) -> Result<Outcome, Rejection> {
+        if let Some(answer) = self.once.get(request) {
+            return Ok(answer.clone());
+        }
+        let outcome = self.apply(command);
+        if !matches!(outcome, Outcome::Rejected(_)) {
+            self.once.insert(self.clock_ms, *request, outcome.clone());
+        }
+        Ok(outcome)
+    }
+
     /// Applies one log entry. Deterministic: depends only on `self` and `batch`.
     pub fn apply_batch(&mut self, batch: &Batch) -> Vec<Outcome> {
-        self.clock_ms = self.clock_ms.max(batch.stamp_ms);
+        self.clock_ms = self.next_clock(batch.stamp_ms);
         self.expire();
         self.dedup.prune(self.clock_ms, &self.limits);
+        self.once.prune(self.clock_ms);
         if self.clock_ms >= self.buckets_pruned_at_ms.saturating_add(60_000) {
             self.prune_claim_buckets();
             self.buckets_pruned_at_ms = self.clock_ms;
@@ -270,6 +371,8 @@ impl State {
                 self.federation = (**federation).clone();
                 Ok(Outcome::Done)
             }
+            Command::SetClusterVersion { version } => self.set_cluster_version(*version),
+            Command::Once { request, command } => self.apply_once(request, command),
         };
         result.unwrap_or_else(Outcome::Rejected)
     }
@@ -556,7 +659,7 @@ impl State {
                 one_time_remaining,
                 kyber_one_time_remaining,
             };
-            let seq = self.mailboxes.entry(owner.clone()).or_default().push(now, expires, item);
+            let seq = self.mailbox_mut(&owner).push(now, expires, item);
             self.expiry.insert((expires, owner.clone(), seq));
         }
         Ok(Outcome::Bundles { provider: owner, bundles })
@@ -576,10 +679,9 @@ impl State {
                 limit: self.limits.max_mailbox_entries,
             });
         }
-        let mailbox = self.mailboxes.entry(recipient_provider.clone()).or_default();
         let now = self.clock_ms;
         let expires = now.saturating_add(env.ttl_ms);
-        let seq = mailbox.push(now, expires, MailboxItem::Envelope(env.clone()));
+        let seq = self.mailbox_mut(&recipient_provider).push(now, expires, MailboxItem::Envelope(env.clone()));
         self.expiry.insert((expires, recipient_provider, seq));
         let answer = Outcome::Sent { seq, accepted_at_ms: now };
         self.dedup.answers.insert(key.clone(), answer.clone());
@@ -767,8 +869,7 @@ impl State {
                 per_device,
                 traceparent: g.traceparent.clone(),
             };
-            let seq =
-                self.mailboxes.entry(mailbox.clone()).or_default().push(now, expires, MailboxItem::Group(delivery));
+            let seq = self.mailbox_mut(&mailbox).push(now, expires, MailboxItem::Group(delivery));
             self.expiry.insert((expires, mailbox, seq));
         }
         let answer = Outcome::GroupSent { group_seq, epoch, accepted_at_ms: now };
@@ -816,10 +917,15 @@ impl State {
         // The federation section is not part of the command's encoding (it
         // is skipped by serde): whatever the in-memory command holds, every
         // replica keeps its own peers; a backup's peers come as RegisterPeer.
+        // The cluster version and the Once answers are this cluster's too.
         let federation = std::mem::take(&mut self.federation);
+        let (cluster_version, once) = (self.cluster_version, std::mem::take(&mut self.once));
         *self = backup.clone();
         self.clock_ms = clock_ms;
         self.federation = federation;
+        self.once = once;
+        self.cluster_version = cluster_version;
+        self.set_cluster_version(cluster_version).expect("setting the cluster version is never refused");
         Ok(Outcome::Done)
     }
 
@@ -829,8 +935,9 @@ impl State {
     /// back through that cluster's outbound queue.
     fn expire(&mut self) {
         let now = self.clock_ms;
+        let grace = self.expiry_grace_ms();
         while let Some((at, _, _)) = self.expiry.first() {
-            if *at > now {
+            if at.saturating_add(grace) > now {
                 break;
             }
             let (_, owner, seq) = self.expiry.pop_first().expect("first exists");
@@ -859,7 +966,7 @@ impl State {
                 ),
                 None => (sender, MailboxItem::Expired { message_id, recipient, recipient_provider }),
             };
-            let seq = self.mailboxes.entry(report_to.clone()).or_default().push(now, expires, report);
+            let seq = self.mailbox_mut(&report_to).push(now, expires, report);
             self.expiry.insert((expires, report_to, seq));
         }
     }

@@ -14,10 +14,19 @@ const READY_MAX_APPLY_LAG: u64 = 1_000;
 
 pub fn router(ctx: Ctx) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(ctx)
+}
+
+/// Liveness: the process answers and has not failed closed (a node whose
+/// Raft core stopped is to be restarted, not waited for).
+async fn healthz(State(ctx): State<Ctx>) -> (StatusCode, String) {
+    match ctx.fault.borrow().as_ref() {
+        Some(fault) => (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {fault}\n")),
+        None => (StatusCode::OK, "ok\n".to_string()),
+    }
 }
 
 async fn readyz(State(ctx): State<Ctx>) -> (StatusCode, String) {
@@ -35,7 +44,11 @@ pub fn not_ready_because(ctx: &crate::ctx::NodeCtx) -> Option<String> {
     let applied = m.last_applied.map_or(0, |l| l.index);
     // Behind what is known committed, not the log's uncommitted tail.
     let lag = ctx.storage_stats.snapshot().committed_index.saturating_sub(applied);
-    if *ctx.shutdown.borrow() {
+    if let Some(fault) = ctx.fault.borrow().as_ref() {
+        Some(format!("failed: {fault}"))
+    } else if let Err(fatal) = &m.running_state {
+        Some(format!("failed: raft stopped: {fatal}"))
+    } else if *ctx.shutdown.borrow() {
         Some("shutting down".to_string())
     } else if ctx.removed.load(std::sync::atomic::Ordering::SeqCst) {
         Some("removed from the cluster".to_string())

@@ -47,6 +47,8 @@ pub struct RawConfig {
     pub telemetry: crate::telemetry::TelemetryConfig,
     #[serde(default)]
     pub media: RawMedia,
+    #[serde(default)]
+    pub connections: RawConnections,
     /// Absent: this node takes no part in federation.
     #[serde(default)]
     pub federation: Option<RawFederation>,
@@ -226,6 +228,64 @@ pub struct RawLimits {
     pub max_group_members: Option<u32>,
 }
 
+/// `[connections]`: what each listening port (provider, peer, federation)
+/// accepts before a caller is authenticated, and per connection after.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConnections {
+    /// Open connections per port at most (default 10000).
+    pub max_connections: Option<usize>,
+    /// Open connections per port from one source address (default 1000).
+    pub max_connections_per_source: Option<usize>,
+    /// Connections per port still in their TLS handshake (default 1024).
+    pub max_handshakes: Option<usize>,
+    /// A TLS handshake not finished by then is dropped (default 10000 ms).
+    pub handshake_timeout_ms: Option<u64>,
+    /// Concurrent HTTP/2 streams (calls) per connection (default 1024).
+    pub max_concurrent_streams: Option<u32>,
+}
+
+/// Validated `[connections]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionsConfig {
+    pub limits: crate::accept::ConnectionLimits,
+    pub max_concurrent_streams: u32,
+}
+
+impl ConnectionsConfig {
+    fn validate(raw: RawConnections) -> Result<Self, ConfigError> {
+        let RawConnections {
+            max_connections,
+            max_connections_per_source,
+            max_handshakes,
+            handshake_timeout_ms,
+            max_concurrent_streams,
+        } = raw;
+        let d = crate::accept::ConnectionLimits::default();
+        let limits = crate::accept::ConnectionLimits {
+            max_connections: max_connections.unwrap_or(d.max_connections),
+            max_connections_per_source: max_connections_per_source.unwrap_or(d.max_connections_per_source),
+            max_handshakes: max_handshakes.unwrap_or(d.max_handshakes),
+            handshake_timeout: handshake_timeout_ms.map_or(d.handshake_timeout, Duration::from_millis),
+        };
+        for (field, v) in [
+            ("connections.max_connections", limits.max_connections),
+            ("connections.max_connections_per_source", limits.max_connections_per_source),
+            ("connections.max_handshakes", limits.max_handshakes),
+            ("connections.handshake_timeout_ms", limits.handshake_timeout.as_millis() as usize),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be >= 1"));
+            }
+        }
+        let max_concurrent_streams = max_concurrent_streams.unwrap_or(1_024);
+        if max_concurrent_streams == 0 {
+            return Err(invalid("connections.max_concurrent_streams", "must be >= 1"));
+        }
+        Ok(ConnectionsConfig { limits, max_concurrent_streams })
+    }
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBatching {
@@ -332,6 +392,7 @@ pub struct Config {
     pub batching: Batching,
     pub telemetry: crate::telemetry::TelemetryConfig,
     pub media: MediaConfig,
+    pub connections: ConnectionsConfig,
     pub federation: Option<FederationConfig>,
 }
 
@@ -418,6 +479,7 @@ impl Config {
             batching,
             telemetry,
             media,
+            connections,
             federation,
         } = raw;
         if node_id == 0 {
@@ -572,6 +634,7 @@ impl Config {
         }
 
         let media = MediaConfig::validate(media)?;
+        let connections = ConnectionsConfig::validate(connections)?;
         let federation = federation.map(FederationConfig::validate).transpose()?;
 
         Ok(Config {
@@ -590,6 +653,7 @@ impl Config {
             batching,
             telemetry,
             media,
+            connections,
             federation,
         })
     }

@@ -42,6 +42,8 @@ pub struct NodeCtx {
     pub ephemeral: Arc<crate::ephemeral::Registry>,
     /// `[federation]` configured: this cluster talks to peer clusters.
     pub federation: Option<Arc<crate::federation::Federation>>,
+    /// Why this node failed closed (its Raft core stopped), once it did.
+    pub fault: watch::Sender<Option<String>>,
 }
 
 impl NodeCtx {
@@ -76,6 +78,26 @@ impl NodeCtx {
     pub fn is_member(&self) -> bool {
         !self.removed.load(std::sync::atomic::Ordering::SeqCst)
             && self.raft.metrics().borrow().membership_config.membership().get_node(&self.node_id).is_some()
+    }
+
+    /// A peer RPC's caller (`node`, from its certificate) is a member of the
+    /// cluster as this node knows it: a removed node keeps a valid
+    /// certificate, but none of its Raft, forwarding or ephemeral calls is
+    /// taken. A node that knows no membership yet (an empty one being added)
+    /// cannot tell, and accepts the leader that is adding it.
+    pub fn require_peer_member(&self, node: NodeId) -> Result<(), Status> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let membership = m.membership();
+        let knows_none = membership.nodes().next().is_none();
+        if knows_none || membership.get_node(&node).is_some() {
+            Ok(())
+        } else {
+            Err(status::with_detail(
+                tonic::Code::PermissionDenied,
+                format!("node {node} is not a member of this cluster"),
+                router_proto::v1::ErrorDetail { reason: "NOT_A_MEMBER".into(), ..Default::default() },
+            ))
+        }
     }
 
     pub fn require_member(&self) -> Result<(), Status> {

@@ -142,6 +142,7 @@ pub fn write_layout_federated(
             batching: Default::default(),
             telemetry: Default::default(),
             media: Default::default(),
+            connections: Default::default(),
             federation: match (&spec.federation, &cluster_cert, federation_addrs.get(i)) {
                 (Some(id), Some(cert), Some(listen)) => Some(crate::config::RawFederation {
                     cluster_id: id.clone(),

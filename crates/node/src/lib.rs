@@ -13,6 +13,7 @@
 //! binds sockets or handles signals: `main.rs` (or a test) does.
 //!
 //! # Layout
+//! - `accept`: accepting TLS connections, bounded before authentication.
 //! - `config`: `routerd.toml`, two-step validation.
 //! - `node`: [`node::Node`]: start, shutdown, crash.
 //! - `writer`: group commit and forwarding to the leader.
@@ -30,6 +31,7 @@
 //!                                   └──── receive stream <── local replica <──┘ apply (router-core)
 //! ```
 
+pub mod accept;
 pub mod admin_http;
 pub mod backup;
 pub mod config;

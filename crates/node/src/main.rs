@@ -2,7 +2,8 @@
 //! three-node cluster with generated certificates.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use router_node::dev::{LocalCluster, LocalClusterSpec, fixed_addrs, write_layout_federated};
 use router_node::{Config, Listeners, Node, install_crypto_provider, telemetry};
 use std::path::PathBuf;
@@ -10,6 +11,8 @@ use std::time::Duration;
 
 /// EX_USAGE: the configuration is invalid.
 const EXIT_CONFIG: i32 = 64;
+/// The node failed closed (its Raft core stopped on a storage error): sysexits' EX_IOERR.
+const EXIT_FAILED: i32 = 74;
 
 #[derive(Parser)]
 #[command(name = "routerd", version, about = "Interop Router node")]
@@ -83,6 +86,44 @@ enum Cmd {
     },
 }
 
+/// The flags (ids as clap derives them) that configure a node run from
+/// `--config`; no subcommand reads them.
+const NODE_FLAGS: [&str; 10] = [
+    "config",
+    "node_id",
+    "data_dir",
+    "pod_index",
+    "advertise_peer",
+    "advertise_provider",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+    "grace_seconds",
+];
+
+/// A node flag given on the command line with a subcommand would be silently
+/// ignored (`routerd --data-dir X dev` would write `./.dev-cluster`): refused
+/// instead. Values from the environment (`ROUTERD_*`, set in containers) are
+/// not refused: `routerd probe` runs as a health check beside them.
+fn refuse_node_flags_for_subcommands(matches: &clap::ArgMatches) {
+    let Some(sub) = matches.subcommand_name() else { return };
+    let given: Vec<String> = NODE_FLAGS
+        .iter()
+        .filter(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect();
+    if !given.is_empty() {
+        eprintln!(
+            "routerd: {} configure{} a node run from --config, and `routerd {sub}` does not use {}; \
+             see `routerd {sub} --help` for its own flags",
+            given.join(", "),
+            if given.len() == 1 { "s" } else { "" },
+            if given.len() == 1 { "it" } else { "them" },
+        );
+        std::process::exit(EXIT_CONFIG);
+    }
+}
+
 /// Default log filter when RUST_LOG is unset.
 const LOG_FILTER: &str = "info,openraft=error";
 
@@ -96,7 +137,9 @@ async fn main() -> anyhow::Result<()> {
         default_hook(info);
         std::process::abort();
     }));
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    refuse_node_flags_for_subcommands(&matches);
     match cli.command {
         Some(Cmd::Dev { dir, base_port }) => {
             let _telemetry = telemetry::init(&Default::default(), LOG_FILTER)?;
@@ -143,7 +186,15 @@ async fn main() -> anyhow::Result<()> {
     let telemetry = telemetry::init(&cfg.telemetry, LOG_FILTER)?;
     let listeners = Listeners::bind(&cfg).await?;
     let node = Node::start(cfg, listeners).await.context("start node")?;
-    wait_for_signal().await;
+    tokio::select! {
+        () = wait_for_signal() => {}
+        reason = node.failed() => {
+            tracing::error!("exiting: this node failed closed ({reason})");
+            node.crash().await;
+            telemetry.flush();
+            std::process::exit(EXIT_FAILED);
+        }
+    }
     tracing::info!("shutting down");
     node.shutdown(Duration::from_secs(cli.grace_seconds)).await;
     telemetry.flush();

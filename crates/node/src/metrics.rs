@@ -50,6 +50,10 @@ pub struct Metrics {
     /// concurrent scrapes would otherwise both add the same difference.
     storage_catch_up: std::sync::Mutex<()>,
     open_streams: IntGauge,
+    /// Connections closed before they were served, by listener and reason.
+    connections_refused: IntCounterVec,
+    /// Open connections (handshaking or served), by listener.
+    open_connections: IntGaugeVec,
     mailbox_depth: IntGaugeVec,
     mailbox_oldest: GaugeVec,
     prekey_stock: IntGaugeVec,
@@ -141,6 +145,18 @@ impl Metrics {
             log_compactions,
             log_entries_purged,
             storage_catch_up: std::sync::Mutex::new(()),
+            connections_refused: counter(
+                &registry,
+                "connections_refused_total",
+                "Connections closed before they were served, by listener (provider, peer, federation) and reason: max_connections, max_connections_per_source, max_handshakes, handshake_timeout, handshake_failed.",
+                &["port", "reason"],
+            ),
+            open_connections: gauge(
+                &registry,
+                "open_connections",
+                "Open connections (in their TLS handshake or served), by listener.",
+                &["port"],
+            ),
             relay_seconds: histogram(
                 &registry,
                 "federation_relay_duration_seconds",
@@ -243,7 +259,7 @@ impl Metrics {
             raft: gauge(
                 &registry,
                 "raft",
-                "Raft state of this node: term, is_leader, leader_id, last_log_index, commit_index, applied_index, apply_lag (commit_index - applied_index), snapshot_index, purged_index, voters, learners, is_member.",
+                "Raft state of this node: term, is_leader, leader_id, last_log_index, commit_index, applied_index, apply_lag (commit_index - applied_index), snapshot_index, purged_index, voters, learners, is_member, cluster_version (the rules the replica applies the log by), clock_offset_ms (this node's wall clock minus the last applied leader stamp; includes up to one idle tick).",
                 &["field"],
             ),
             open_streams,
@@ -297,7 +313,12 @@ impl Metrics {
         let last_log = m.last_log_index.unwrap_or(0);
         let is_member = ctx.is_member();
         let storage = ctx.storage_stats.snapshot();
+        let (cluster_version, replicated_ms) = ctx.read(|s| (s.cluster_version(), s.clock_ms));
+        let wall_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let clock_offset_ms = i64::try_from(wall_ms).unwrap_or(i64::MAX).saturating_sub(replicated_ms as i64);
+        self.raft.with_label_values(&["clock_offset_ms"]).set(if replicated_ms == 0 { 0 } else { clock_offset_ms });
         for (field, value) in [
+            ("cluster_version", u64::from(cluster_version)),
             ("term", m.current_term),
             ("is_leader", u64::from(m.current_leader == Some(ctx.node_id))),
             ("leader_id", m.current_leader.unwrap_or(0)),
@@ -369,6 +390,16 @@ impl Metrics {
     }
 }
 
+impl crate::accept::AcceptObserver for Metrics {
+    fn refused(&self, port: &'static str, why: crate::accept::Refusal) {
+        self.connections_refused.with_label_values(&[port, why.as_str()]).inc();
+    }
+
+    fn open(&self, port: &'static str, connections: usize) {
+        self.open_connections.with_label_values(&[port]).set(connections as i64);
+    }
+}
+
 pub fn command_kind(c: &Command) -> &'static str {
     match c {
         Command::AddProvider { .. } => "add_provider",
@@ -397,6 +428,8 @@ pub fn command_kind(c: &Command) -> &'static str {
         Command::FederatedGroup { .. } => "federated_group",
         Command::SendGroupFromPeer { .. } => "send_group_from_peer",
         Command::RestoreFederation { .. } => "restore_federation",
+        Command::SetClusterVersion { .. } => "set_cluster_version",
+        Command::Once { command, .. } => command_kind(command),
     }
 }
 

@@ -29,7 +29,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tracing::Instrument;
 
 /// Sockets bound by the caller.
@@ -76,6 +75,7 @@ impl Node {
     async fn start_in_span(cfg: Config, listeners: Listeners, span: tracing::Span) -> anyhow::Result<Node> {
         let tls = Arc::new(TlsMaterials::load(&cfg.tls).context("load TLS material")?);
         std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("create {}", cfg.data_dir.display()))?;
+        check_room(&cfg.data_dir)?;
         let backend = SledBackend::open(&cfg.data_dir.join("raft")).context("open raft storage")?;
         let (log_store, sm_store) = router_raft::open(backend).context("load raft state")?;
         let state = sm_store.state();
@@ -103,6 +103,7 @@ impl Node {
             cfg.node_id,
             raft.clone(),
             peers.clone(),
+            state.clone(),
             cfg.batching.max_commands_per_entry,
             cfg.batching.max_entries_in_flight,
         );
@@ -130,6 +131,7 @@ impl Node {
             metrics: Arc::new(crate::metrics::Metrics::new(cfg.node_id)),
             ephemeral: Default::default(),
             federation: federation.clone(),
+            fault: watch::Sender::new(None),
         });
         if ctx.removed.load(std::sync::atomic::Ordering::SeqCst) {
             tracing::warn!(
@@ -139,12 +141,18 @@ impl Node {
         }
 
         let mut tasks = Vec::new();
-        tasks.push(spawn_provider_server(&ctx, &tls, &cfg.media, listeners.provider, shutdown_rx.clone())?);
-        tasks.push(spawn_peer_server(&ctx, &tls, listeners.peer, shutdown_rx.clone())?);
+        tasks.push(spawn_provider_server(&ctx, &tls, &cfg, listeners.provider, shutdown_rx.clone())?);
+        tasks.push(spawn_peer_server(&ctx, &tls, &cfg.connections, listeners.peer, shutdown_rx.clone())?);
         if let Some(fed) = &federation {
             let listener =
                 listeners.federation.context("[federation] is configured but no listener was bound for it")?;
-            tasks.push(crate::federation::server::spawn(&ctx, fed.clone(), listener, shutdown_rx.clone())?);
+            tasks.push(crate::federation::server::spawn(
+                &ctx,
+                fed.clone(),
+                listener,
+                cfg.connections.clone(),
+                shutdown_rx.clone(),
+            )?);
             tasks.push(crate::spawn(crate::federation::relay::run(ctx.clone(), fed.clone())));
         }
         let admin = admin_http::router(ctx.clone());
@@ -164,7 +172,8 @@ impl Node {
         } else if cfg.bootstrap {
             tasks.push(crate::spawn(bootstrap(ctx.clone(), cfg.clone())));
         }
-        tasks.push(crate::spawn(watch_raft_role(ctx.clone())));
+        tasks.push(crate::spawn(watch_raft_role(ctx.clone(), shutdown_tx.clone())));
+        tasks.push(crate::spawn(raise_cluster_version(ctx.clone())));
         tracing::info!(provider_addr = %cfg.advertise.provider, peer_addr = %cfg.advertise.peer, "node started");
         Ok(Node { ctx, shutdown: shutdown_tx, tasks, span })
     }
@@ -179,6 +188,17 @@ impl Node {
 
     pub fn ctx(&self) -> &Ctx {
         &self.ctx
+    }
+
+    /// Resolves with the reason once this node failed closed (its Raft core
+    /// stopped on a storage error: see `watch_raft_role`). It no longer
+    /// serves anything; the process should exit so a supervisor restarts it.
+    pub async fn failed(&self) -> String {
+        let mut fault = self.ctx.fault.subscribe();
+        match fault.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// This node is in the cluster's membership (as this node sees it).
@@ -233,10 +253,11 @@ impl Node {
 fn spawn_provider_server(
     ctx: &Ctx,
     tls: &TlsMaterials,
-    media: &crate::config::MediaConfig,
+    cfg: &Config,
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
+    let (media, connections) = (&cfg.media, &cfg.connections);
     let max_msg = ctx.limits.max_envelope_bytes + 64 * 1024;
     // A SendBatch carries many envelopes; each is then held to max_envelope_bytes.
     let max_messaging_msg = ctx.limits.max_send_batch_bytes;
@@ -245,9 +266,16 @@ fn spawn_provider_server(
         .register_encoded_file_descriptor_set(router_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("build reflection service")?;
+    let incoming = crate::accept::tls_incoming(
+        listener,
+        tls.acceptor().context("provider TLS config")?,
+        connections.limits.clone(),
+        "provider",
+        ctx.metrics.clone(),
+        shutdown.clone(),
+    );
     let router = Server::builder()
-        .tls_config(tls.server())
-        .context("provider TLS config")?
+        .max_concurrent_streams(connections.max_concurrent_streams)
         .trace_fn(crate::telemetry::server_span(ctx.node_id))
         .layer(crate::metrics::GrpcMetricsLayer(ctx.metrics.clone()))
         .add_service(health_service)
@@ -270,7 +298,7 @@ fn spawn_provider_server(
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;
         };
-        if let Err(e) = router.serve_with_incoming_shutdown(incoming(listener), stop).await {
+        if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
             tracing::error!("failed to serve provider API: {e:#}");
         }
     }))
@@ -279,13 +307,21 @@ fn spawn_provider_server(
 fn spawn_peer_server(
     ctx: &Ctx,
     tls: &TlsMaterials,
+    connections: &crate::config::ConnectionsConfig,
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
     let (_health, health_service) = tonic_health::server::health_reporter();
+    let incoming = crate::accept::tls_incoming(
+        listener,
+        tls.acceptor().context("peer TLS config")?,
+        connections.limits.clone(),
+        "peer",
+        ctx.metrics.clone(),
+        shutdown.clone(),
+    );
     let router = Server::builder()
-        .tls_config(tls.server())
-        .context("peer TLS config")?
+        .max_concurrent_streams(connections.max_concurrent_streams)
         .trace_fn(crate::telemetry::server_span(ctx.node_id))
         .add_service(health_service)
         .add_service(
@@ -298,7 +334,7 @@ fn spawn_peer_server(
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;
         };
-        if let Err(e) = router.serve_with_incoming_shutdown(incoming(listener), stop).await {
+        if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
             tracing::error!("failed to serve peer API: {e:#}");
         }
     }))
@@ -308,15 +344,32 @@ fn spawn_peer_server(
 /// metrics change on every apply; only these three matter here). On each
 /// change it logs them (with `term` and `leader_id`, the lines an operator
 /// reads after an incident) and tells the writer whether a leader is known.
-async fn watch_raft_role(ctx: Ctx) {
+///
+/// It also fails the node closed: when openraft's core stops on its own (a
+/// storage error: disk full, EIO, a record that does not decode), the replica
+/// can no longer advance, so the node must not keep answering from it. It
+/// records the fault (readiness fails at once, `Node::failed` resolves) and
+/// starts the shutdown (receive streams end with UNAVAILABLE, listeners close).
+async fn watch_raft_role(ctx: Ctx, stop: watch::Sender<bool>) {
     let mut metrics = ctx.raft.metrics();
     let mut shutdown = ctx.shutdown.clone();
     let mut last = None;
     loop {
-        let now = {
+        let (now, fatal) = {
             let m = metrics.borrow_and_update();
-            (m.state, m.current_term, m.current_leader)
+            ((m.state, m.current_term, m.current_leader), m.running_state.as_ref().err().map(|e| e.to_string()))
         };
+        if let Some(fatal) = fatal {
+            if !*shutdown.borrow() {
+                tracing::error!(
+                    "raft stopped: {fatal}; this node stops serving (a storage fault: check the data directory's \
+                     disk, then restart it)"
+                );
+                ctx.fault.send_replace(Some(format!("raft stopped: {fatal}")));
+                let _ = stop.send(true);
+            }
+            return;
+        }
         if last != Some(now) {
             let (state, term, leader) = now;
             ctx.writer.observe_leader(leader.is_some());
@@ -359,6 +412,14 @@ pub(crate) async fn bootstrap(ctx: Ctx, cfg: Config) {
             return;
         }
         tracing::info!(members = ?cfg.initial_members.keys().collect::<Vec<_>>(), "cluster initialized");
+        // Every initial member answered above: a cluster of this build starts
+        // at its cluster version (otherwise `raise_cluster_version` waits).
+        if crate::grpc::admin_peers::every_member_reads(&ctx, router_raft::CLUSTER_VERSION_FORMAT).await.is_ok() {
+            let raise = Command::SetClusterVersion { version: router_core::CLUSTER_VERSION };
+            if let Err(e) = ctx.writer.submit_patiently(raise).await {
+                tracing::error!("failed to set the cluster version: {e}");
+            }
+        }
         if let Err(e) = ctx.writer.submit_patiently(Command::SetLimits { limits: cfg.replicated_limits.clone() }).await
         {
             tracing::error!("failed to set replicated limits: {e}");
@@ -389,6 +450,55 @@ async fn no_member_knows_a_cluster(ctx: &Ctx, cfg: &Config) -> bool {
     }
 }
 
+/// Raises the replicated cluster version to this build's once every member
+/// runs a build that reads the format it is written in (the leader proposes
+/// it; a rolling upgrade raises it when its last node is upgraded). Ends
+/// when the local replica is at this build's version.
+async fn raise_cluster_version(ctx: Ctx) {
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        if ctx.read(|s| s.cluster_version()) >= router_core::CLUSTER_VERSION {
+            return;
+        }
+        let is_leader = ctx.raft.metrics().borrow().current_leader == Some(ctx.node_id);
+        if is_leader {
+            match crate::grpc::admin_peers::every_member_reads(&ctx, router_raft::CLUSTER_VERSION_FORMAT).await {
+                Ok(()) => {
+                    let raise = Command::SetClusterVersion { version: router_core::CLUSTER_VERSION };
+                    match ctx.writer.submit(raise).await {
+                        Ok(_) => tracing::info!(version = router_core::CLUSTER_VERSION, "raised the cluster version"),
+                        Err(e) => tracing::warn!("failed to raise the cluster version: {e}"),
+                    }
+                }
+                Err(e) => tracing::debug!("cluster version stays: {}", e.message()),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Refuses to start on a data directory whose disk has no room: a node that
+/// starts anyway would stop at its first append (`watch_raft_role`).
+fn check_room(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    const PROBE_BYTES: usize = 1 << 20;
+    let probe = data_dir.join(".room-check");
+    let written = std::fs::File::create(&probe).and_then(|mut f| {
+        f.write_all(&vec![0u8; PROBE_BYTES])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&probe);
+    written.with_context(|| {
+        format!(
+            "the data directory {} cannot take a 1 MiB write (is its disk full?): free space there, then start again",
+            data_dir.display()
+        )
+    })
+}
+
 /// Idempotent: providers already onboarded are skipped.
 pub(crate) async fn onboard_initial_providers(ctx: &Ctx, cfg: &Config) {
     for p in &cfg.initial_providers {
@@ -400,11 +510,4 @@ pub(crate) async fn onboard_initial_providers(ctx: &Ctx, cfg: &Config) {
             tracing::error!("failed to onboard initial provider {p}: {e}");
         }
     }
-}
-
-/// Accepted connections with Nagle off. `Server::tcp_nodelay` only applies to
-/// listeners tonic binds itself; ours are bound by the caller, so without this
-/// every small response waited for the peer's delayed ACK (a ~40 ms tail).
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
 }

@@ -4,7 +4,7 @@
 
 use crate::config::RawTls;
 use anyhow::Context;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity};
 
 /// PEM material loaded once at start.
 #[derive(Clone, Debug)]
@@ -27,12 +27,31 @@ impl TlsMaterials {
     }
 
     /// Server side: our certificate, and client certificates required and
-    /// verified against the CA.
-    pub fn server(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(TlsIdentity::from_pem(&self.cert_pem, &self.key_pem))
-            .client_ca_root(Certificate::from_pem(&self.ca_pem))
-            .client_auth_optional(false)
+    /// verified against the CA; HTTP/2 only. The handshake runs in
+    /// `accept::tls_incoming`, bounded in time and number.
+    pub fn acceptor(&self) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(&self.ca_pem) {
+            roots.add(ca.context("CA certificate PEM")?).context("CA certificate")?;
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(std::sync::Arc::new(roots), provider.clone())
+                .build()
+                .context("client certificate verifier")?;
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(&self.cert_pem).collect::<Result<_, _>>().context("certificate PEM")?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem).context("private key PEM")?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS versions")?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .context("certificate and key")?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
     }
 
     /// Client side, for dialing peers with our node certificate.

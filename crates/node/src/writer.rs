@@ -16,10 +16,19 @@
 //! and then gets the commands one `Forward` call each.
 //!
 //! Every command is safe to retry: sends are deduplicated by message id,
-//! registrations and uploads are idempotent or rejected the same way, acks
-//! remove what is there, and a retried prekey claim can at worst consume a
-//! second key (never hand one out twice). So a write whose outcome is unknown
+//! registrations are idempotent or rejected the same way, acks remove what
+//! is there, and the commands that are not idempotent (prekey claims and
+//! uploads) travel as `Command::Once` with a request id, so a retry is
+//! answered from the replicated window instead of applied again (from
+//! cluster version 2 on; before that a retried claim could consume a second
+//! key, never hand one out twice). So a write whose outcome is unknown
 //! (leader lost mid-flight) is retried on the next leader.
+//!
+//! Time: the batcher stamps each entry with the leader's clock, bounded so
+//! that a clock that jumps cannot drag the replicated clock with it (see
+//! [`LeaderClock`]); an idle leader still writes an empty entry every
+//! [`IDLE_TICK`], which runs due expiries and keeps the replicated clock
+//! close to real time.
 
 use crate::peers::PeerPool;
 use futures::StreamExt;
@@ -30,6 +39,11 @@ use router_raft::{NodeAddr, NodeId, Raft};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
+
+/// An idle leader proposes an empty entry this often (well under
+/// `router_core::version::MAX_CLOCK_STEP_MS`, so a new leader's first stamp
+/// is never held back by the step bound).
+pub const IDLE_TICK: Duration = Duration::from_secs(2);
 
 /// How long a write may wait for a leader before the caller hears UNAVAILABLE.
 const LEADER_WAIT: Duration = Duration::from_secs(8);
@@ -110,14 +124,28 @@ pub struct Writer {
     leaderless: std::sync::Arc<std::sync::Mutex<Leaderless>>,
     /// See `LEADERLESS_ELECTIONS`.
     leaderless_grace: Duration,
+    /// The local replica: its cluster version decides whether
+    /// non-idempotent commands go as `Command::Once`.
+    state: std::sync::Arc<std::sync::RwLock<router_core::State>>,
+    /// Random per process: with `request_seq`, ids no other write shares.
+    request_origin: u64,
+    request_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Writer {
     /// Starts the batcher task; it ends when every `Writer` clone is dropped.
-    pub fn start(node_id: NodeId, raft: Raft, peers: PeerPool, max_commands: usize, max_in_flight: usize) -> Self {
+    pub fn start(
+        node_id: NodeId,
+        raft: Raft,
+        peers: PeerPool,
+        state: std::sync::Arc<std::sync::RwLock<router_core::State>>,
+        max_commands: usize,
+        max_in_flight: usize,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(max_commands * max_in_flight * 4);
         let (paused, paused_rx) = tokio::sync::watch::channel(false);
-        crate::spawn(run_batcher(raft.clone(), rx, paused_rx, max_commands, max_in_flight));
+        let batcher = Batcher { node_id, raft: raft.clone(), state: state.clone(), max_commands, max_in_flight };
+        crate::spawn(batcher.run(rx, paused_rx));
         let (forward_tx, forward_rx) = mpsc::channel(FORWARD_BATCH_COMMANDS * 16);
         crate::spawn(run_forwarder(node_id, raft.clone(), peers, forward_rx));
         let election_timeout = Duration::from_millis(raft.config().election_timeout_max);
@@ -129,7 +157,23 @@ impl Writer {
             paused: std::sync::Arc::new(paused),
             leaderless: Default::default(),
             leaderless_grace: (election_timeout * LEADERLESS_ELECTIONS).max(MIN_LEADERLESS_GRACE),
+            state,
+            request_origin: rand::random(),
+            request_seq: Default::default(),
         }
+    }
+
+    /// `command` as it goes into the log: wrapped in `Command::Once` when
+    /// applying it twice would differ from applying it once and the cluster
+    /// applies `Once` (version 2), so every retry of this write shares one id.
+    fn once(&self, command: Command) -> Command {
+        let cluster_version = self.state.read().map_or(0, |s| s.cluster_version());
+        if !command.is_not_idempotent() || cluster_version < 2 {
+            return command;
+        }
+        let seq = self.request_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let request = router_core::RequestId { origin: self.request_origin, seq };
+        Command::Once { request, command: Box::new(command) }
     }
 
     /// Told by the node's one Raft watcher (`node::watch_raft_role`) on each
@@ -173,6 +217,7 @@ impl Writer {
 
     async fn submit_within(&self, command: Command, answer_fast_when_leaderless: bool) -> Result<Outcome, WriteError> {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let command = self.once(command);
         loop {
             let leader = self.raft.metrics().borrow().current_leader;
             let attempt = match leader {
@@ -323,11 +368,7 @@ fn leader_client(
 }
 
 fn format_of<'a>(commands: impl IntoIterator<Item = &'a Command>) -> u8 {
-    if commands.into_iter().any(Command::is_federation) {
-        router_raft::FORMAT_VERSION
-    } else {
-        router_raft::BASE_FORMAT
-    }
+    router_raft::commands_format(commands)
 }
 
 /// Sends `commands` to `leader` in one `ForwardBatch` call; one answer per
@@ -419,39 +460,102 @@ type InFlight = std::pin::Pin<
     >,
 >;
 
-/// One task owns the queue. `biased` polling of the in-flight set before
-/// taking new work means each proposal is handed to openraft (on its first
-/// poll) before the next batch is formed, so log order is queue order.
-async fn run_batcher(
+/// The batcher: one task owns the queue.
+struct Batcher {
+    node_id: NodeId,
     raft: Raft,
-    mut rx: mpsc::Receiver<Pending>,
-    mut paused: tokio::sync::watch::Receiver<bool>,
+    state: std::sync::Arc<std::sync::RwLock<router_core::State>>,
     max_commands: usize,
     max_in_flight: usize,
-) {
-    let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
-    let mut open = true;
-    while open || !in_flight.is_empty() {
-        let is_paused = *paused.borrow();
-        tokio::select! {
-            biased;
-            Some((result, replies)) = in_flight.next(), if !in_flight.is_empty() => {
-                deliver(result, replies);
-            }
-            _ = paused.changed(), if is_paused => {}
-            first = rx.recv(), if open && !is_paused && in_flight.len() < max_in_flight => {
-                let Some(first) = first else { open = false; continue };
-                let queued = take_queued(&mut rx, first, max_commands, ENTRY_BYTES, |p| &p.command);
-                let (commands, replies): (Vec<Command>, Vec<Reply>) =
-                    queued.into_iter().map(|p| (p.command, p.reply)).unzip();
-                let raft = raft.clone();
-                let batch = Batch { stamp_ms: now_ms(), commands };
-                in_flight.push(Box::pin(async move {
-                    let result = raft.client_write(batch).await.map(|r| r.data).map_err(map_client_write_error);
-                    (result, replies)
-                }));
+}
+
+impl Batcher {
+    /// `biased` polling of the in-flight set before taking new work means
+    /// each proposal is handed to openraft (on its first poll) before the
+    /// next batch is formed, so log order is queue order.
+    async fn run(self, mut rx: mpsc::Receiver<Pending>, mut paused: tokio::sync::watch::Receiver<bool>) {
+        let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
+        let mut clock = LeaderClock::default();
+        let mut open = true;
+        let mut last_proposal = tokio::time::Instant::now();
+        while open || !in_flight.is_empty() {
+            let is_paused = *paused.borrow();
+            let room = in_flight.len() < self.max_in_flight;
+            tokio::select! {
+                biased;
+                Some((result, replies)) = in_flight.next(), if !in_flight.is_empty() => {
+                    deliver(result, replies);
+                }
+                _ = paused.changed(), if is_paused => {}
+                first = rx.recv(), if open && !is_paused && room => {
+                    let Some(first) = first else { open = false; continue };
+                    let queued = take_queued(&mut rx, first, self.max_commands, ENTRY_BYTES, |p| &p.command);
+                    let (commands, replies): (Vec<Command>, Vec<Reply>) =
+                        queued.into_iter().map(|p| (p.command, p.reply)).unzip();
+                    in_flight.push(self.propose(&mut clock, commands, replies));
+                    last_proposal = tokio::time::Instant::now();
+                }
+                () = tokio::time::sleep_until(last_proposal + IDLE_TICK), if open && !is_paused && room => {
+                    last_proposal = tokio::time::Instant::now();
+                    if self.is_leader() {
+                        in_flight.push(self.propose(&mut clock, Vec::new(), Vec::new()));
+                    }
+                }
             }
         }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.node_id)
+    }
+
+    fn propose(&self, clock: &mut LeaderClock, commands: Vec<Command>, replies: Vec<Reply>) -> InFlight {
+        let term = self.raft.metrics().borrow().current_term;
+        let replicated_ms = self.state.read().map_or(0, |s| s.clock_ms);
+        let batch = Batch { stamp_ms: clock.stamp(term, replicated_ms, now_ms(), std::time::Instant::now()), commands };
+        let raft = self.raft.clone();
+        Box::pin(async move {
+            let result = raft.client_write(batch).await.map(|r| r.data).map_err(map_client_write_error);
+            (result, replies)
+        })
+    }
+}
+
+/// The stamps one leader writes. The replicated clock is the leader's wall
+/// clock, but bounded by what a monotonic clock saw elapse: while a node
+/// leads, its stamps advance at least half and at most twice as fast as real
+/// time, whatever its wall clock does (a jump of a month forward or back
+/// moves the replicated clock by neither); the first stamp of a term lies
+/// between the replicated clock and one `MAX_CLOCK_STEP_MS` ahead of it; no
+/// stamp is below the replicated clock. A wall clock that is merely off by a
+/// little is followed, and one that was set right again is caught up with.
+#[derive(Default)]
+struct LeaderClock {
+    /// (term, last stamp in microseconds, when it was taken).
+    last: Option<(u64, u64, std::time::Instant)>,
+}
+
+impl LeaderClock {
+    fn stamp(&mut self, term: u64, replicated_ms: u64, wall_ms: u64, mono: std::time::Instant) -> u64 {
+        let wall_us = wall_ms.saturating_mul(1_000);
+        let replicated_us = replicated_ms.saturating_mul(1_000);
+        let stamp_us = match self.last {
+            Some((t, last_us, at)) if t == term => {
+                let elapsed_us = mono.saturating_duration_since(at).as_micros() as u64;
+                let low = last_us.saturating_add(elapsed_us / 2);
+                let high = last_us.saturating_add(elapsed_us.saturating_mul(2));
+                wall_us.clamp(low, high)
+            }
+            // A new term (or this node's first proposal): from the replicated clock.
+            _ if replicated_ms == 0 => wall_us,
+            _ => wall_us.clamp(
+                replicated_us,
+                replicated_us.saturating_add(router_core::version::MAX_CLOCK_STEP_MS.saturating_mul(1_000)),
+            ),
+        }
+        .max(replicated_us);
+        self.last = Some((term, stamp_us, mono));
+        stamp_us / 1_000
     }
 }
 
@@ -478,5 +582,58 @@ fn map_client_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr
         }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => WriteError::Raft(e.to_string()),
         RaftError::Fatal(f) => WriteError::Raft(f.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LeaderClock;
+    use router_core::version::MAX_CLOCK_STEP_MS;
+    use std::time::{Duration, Instant};
+
+    const DAY_MS: u64 = 24 * 3_600_000;
+    const T: u64 = 1_800_000_000_000;
+
+    #[test]
+    fn a_correct_clock_is_followed() {
+        let mut clock = LeaderClock::default();
+        let t0 = Instant::now();
+        assert_eq!(clock.stamp(1, T - 500, T, t0), T);
+        assert_eq!(clock.stamp(1, T, T + 1_000, t0 + Duration::from_secs(1)), T + 1_000);
+        assert_eq!(clock.stamp(1, T, T + 1_250, t0 + Duration::from_millis(1_200)), T + 1_250, "a little drift");
+    }
+
+    #[test]
+    fn a_jump_forward_or_back_while_leading_is_not_followed() {
+        let mut clock = LeaderClock::default();
+        let t0 = Instant::now();
+        clock.stamp(1, T, T, t0);
+        let month_ahead = clock.stamp(1, T, T + 30 * DAY_MS, t0 + Duration::from_secs(1));
+        assert_eq!(month_ahead, T + 2_000, "at most twice the elapsed second");
+        let back = clock.stamp(1, T, T - DAY_MS, t0 + Duration::from_secs(3));
+        assert_eq!(back, T + 2_000 + 1_000, "at least half the elapsed two seconds: time does not stop");
+    }
+
+    #[test]
+    fn a_new_term_starts_within_one_step_of_the_replicated_clock() {
+        let mut clock = LeaderClock::default();
+        let t0 = Instant::now();
+        assert_eq!(clock.stamp(2, T, T + 30 * DAY_MS, t0), T + MAX_CLOCK_STEP_MS);
+        assert_eq!(clock.stamp(3, T + DAY_MS, T, t0), T + DAY_MS, "never below the replicated clock");
+        assert_eq!(clock.stamp(4, 0, T, t0), T, "a fresh cluster takes the leader's clock");
+    }
+
+    #[test]
+    fn frequent_stamps_do_not_lose_time_to_rounding() {
+        let mut clock = LeaderClock::default();
+        let t0 = Instant::now();
+        clock.stamp(1, T, T, t0);
+        // A wall clock one second behind, sampled every 300 µs for a second:
+        // the stamps still advance by at least half the elapsed time.
+        let mut last = 0;
+        for i in 1..=3_334u64 {
+            last = clock.stamp(1, T, T - 1_000, t0 + Duration::from_micros(300 * i));
+        }
+        assert!(last >= T + 499, "{}", last - T);
     }
 }

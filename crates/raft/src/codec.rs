@@ -4,6 +4,9 @@
 //!  version 1 (BASE_FORMAT)   [1][bincode(value)]
 //!  version 2 (federation)    [2][bincode(value)]                       log entries holding a federation command
 //!                            [2][bincode(value)][bincode(section)]     snapshots of a state with federation peers
+//!  version 3 (cluster        [3][bincode(value)]                       log entries holding SetClusterVersion or Once
+//!   versions)                [3][bincode(value)][bincode(extras)]      snapshots of a state past the base cluster
+//!                                                                      version (extras: peers, version, Once answers)
 //! ```
 //!
 //! Every stored value (log entries, vote, committed, purged id, snapshots)
@@ -16,7 +19,9 @@
 //! never federated writes only version 1, which builds from before
 //! federation read, so they can run next to this one during a rolling
 //! upgrade. Registering a federation peer (the first version-2 write) is
-//! refused until every member reports `FORMAT_VERSION` (admin `Status`).
+//! refused until every member reports `FEDERATION_FORMAT` (admin `Status`);
+//! the cluster version is raised (the first version-3 write) only once every
+//! member reports `CLUSTER_VERSION_FORMAT`.
 
 use std::fmt::Display;
 
@@ -29,8 +34,13 @@ use crate::types::{NodeId, StorageError};
 /// The layout of values holding nothing federation added; what builds from
 /// before federation read and write.
 pub const BASE_FORMAT: u8 = 1;
+/// Log entries with federation commands, snapshots with federation peers.
+pub const FEDERATION_FORMAT: u8 = 2;
+/// Log entries with `SetClusterVersion` / `Once`, snapshots of a state past
+/// the base cluster version.
+pub const CLUSTER_VERSION_FORMAT: u8 = 3;
 /// The newest layout this build reads and writes.
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = CLUSTER_VERSION_FORMAT;
 
 /// A stored value could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -61,11 +71,16 @@ pub fn encode_at<T: Serialize + ?Sized>(version: u8, value: &T) -> Result<Vec<u8
     Ok(buf)
 }
 
-/// Encodes `value` followed by `section` when there is one (version 2);
-/// without one, exactly what [`encode`] writes.
-pub fn encode_with_section<T: Serialize, S: Serialize>(value: &T, section: Option<&S>) -> Result<Vec<u8>, FormatError> {
+/// Encodes `value` followed by `section` when there is one (behind
+/// `version`, which says how to read the section); without one, exactly
+/// what [`encode`] writes.
+pub fn encode_with_section<T: Serialize, S: Serialize>(
+    version: u8,
+    value: &T,
+    section: Option<&S>,
+) -> Result<Vec<u8>, FormatError> {
     let Some(section) = section else { return encode(value) };
-    let mut buf = encode_at(FORMAT_VERSION, value)?;
+    let mut buf = encode_at(version, value)?;
     bincode::serialize_into(&mut buf, section)?;
     Ok(buf)
 }
@@ -86,8 +101,15 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FormatError> {
     Ok(bincode::deserialize(body)?)
 }
 
+/// The format version byte of an encoded value.
+pub fn version_of(bytes: &[u8]) -> Result<u8, FormatError> {
+    let &version = bytes.first().ok_or(FormatError::Empty)?;
+    check_version(version)?;
+    Ok(version)
+}
+
 /// Decodes what [`encode_with_section`] wrote: the value, and the section
-/// if the writer had one.
+/// if the writer had one (the caller picks `S` by [`version_of`]).
 pub fn decode_with_section<T: DeserializeOwned, S: DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<(T, Option<S>), FormatError> {
@@ -107,12 +129,27 @@ pub fn decode_with_section<T: DeserializeOwned, S: DeserializeOwned>(
     Ok((value, Some(S::deserialize(&mut de)?)))
 }
 
-/// The format a log entry is written in: federation commands need version 2.
+/// The format a log entry is written in: federation commands need version
+/// 2, cluster-version commands version 3.
 pub fn entry_format(entry: &openraft::Entry<crate::types::TypeConfig>) -> u8 {
     match &entry.payload {
-        openraft::EntryPayload::Normal(batch) if batch.has_federation() => FORMAT_VERSION,
+        openraft::EntryPayload::Normal(batch) => commands_format(&batch.commands),
         _ => BASE_FORMAT,
     }
+}
+
+/// The oldest format that holds all of `commands`.
+pub fn commands_format<'a>(commands: impl IntoIterator<Item = &'a router_core::Command>) -> u8 {
+    commands.into_iter().fold(BASE_FORMAT, |format, c| {
+        let needed = if c.needs_cluster_version_format() {
+            CLUSTER_VERSION_FORMAT
+        } else if c.is_federation() {
+            FEDERATION_FORMAT
+        } else {
+            BASE_FORMAT
+        };
+        format.max(needed)
+    })
 }
 
 /// Builds an openraft storage error that keeps `source` and says what we were doing.

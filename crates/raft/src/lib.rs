@@ -45,7 +45,9 @@ pub mod stats;
 pub mod types;
 
 pub use backend::{Backend, BackendError, MemBackend, SledBackend, Tree};
-pub use codec::{BASE_FORMAT, FORMAT_VERSION, FormatError, entry_format};
+pub use codec::{
+    BASE_FORMAT, CLUSTER_VERSION_FORMAT, FEDERATION_FORMAT, FORMAT_VERSION, FormatError, commands_format, entry_format,
+};
 pub use log_store::LogStore;
 pub use state_machine::StateMachineStore;
 pub use stats::{StorageStats, StorageStatsSnapshot};

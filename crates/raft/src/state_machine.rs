@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
-use router_core::{Federation, Outcome, State};
+use router_core::{Federation, Outcome, State, StateExtras};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -105,13 +105,31 @@ impl<B: Backend> std::fmt::Debug for StateMachineStore<B> {
     }
 }
 
-/// The state, and the federation section after it when the writer had peers.
+/// The state, and the section after it: federation peers (format 2), or
+/// everything the serde encoding of the state leaves out (format 3).
 fn decode_payload(data: &[u8]) -> Result<SnapshotPayload, codec::FormatError> {
+    if codec::version_of(data)? >= codec::CLUSTER_VERSION_FORMAT {
+        let (mut payload, extras) = codec::decode_with_section::<SnapshotPayload, StateExtras>(data)?;
+        if let Some(extras) = extras {
+            payload.state.set_extras(extras);
+        }
+        return Ok(payload);
+    }
     let (mut payload, federation) = codec::decode_with_section::<SnapshotPayload, Federation>(data)?;
     if let Some(federation) = federation {
         payload.state.federation = federation;
     }
     Ok(payload)
+}
+
+/// A snapshot in the oldest format that holds `state`.
+fn encode_payload(payload: &SnapshotPayloadRef<'_>) -> Result<Vec<u8>, codec::FormatError> {
+    let state = payload.state;
+    if let Some(extras) = state.extras() {
+        return codec::encode_with_section(codec::CLUSTER_VERSION_FORMAT, payload, Some(&extras));
+    }
+    let federation = (!state.federation.is_empty()).then_some(&state.federation);
+    codec::encode_with_section(codec::FEDERATION_FORMAT, payload, federation)
 }
 
 impl<B: Backend> StateMachineStore<B> {
@@ -290,8 +308,7 @@ impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<B> {
                 membership: &applied.membership,
                 state: &state,
             };
-            let federation = (!state.federation.is_empty()).then_some(&state.federation);
-            let data = codec::encode_with_section(&payload, federation).map_err(|e| {
+            let data = encode_payload(&payload).map_err(|e| {
                 io_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, &e, "encode snapshot")
             })?;
             (meta, data)

@@ -277,17 +277,17 @@ fn newer_format_version_is_refused() {
 fn codec_sections_and_formats() {
     use crate::codec::{decode, decode_with_section, encode_at, encode_with_section};
     // No section: exactly the base-format bytes older builds read.
-    let plain = encode_with_section::<u64, String>(&7, None).unwrap();
+    let plain = encode_with_section::<u64, String>(crate::FEDERATION_FORMAT, &7, None).unwrap();
     assert_eq!(plain, crate::codec::encode(&7u64).unwrap());
     assert_eq!(plain[0], crate::BASE_FORMAT);
     assert_eq!(decode_with_section::<u64, String>(&plain).unwrap(), (7, None));
     // With a section: version 2, the value first, then the section.
-    let with = encode_with_section(&7u64, Some(&"peers".to_string())).unwrap();
-    assert_eq!(with[0], crate::FORMAT_VERSION);
+    let with = encode_with_section(crate::FEDERATION_FORMAT, &7u64, Some(&"peers".to_string())).unwrap();
+    assert_eq!(with[0], crate::FEDERATION_FORMAT);
     assert_eq!(decode_with_section::<u64, String>(&with).unwrap(), (7, Some("peers".to_string())));
     assert_eq!(decode::<u64>(&with).unwrap(), 7, "the value alone still decodes");
     // Version 2 whose section is missing (cut off) is an error, not "none".
-    let cut = encode_at(crate::FORMAT_VERSION, &7u64).unwrap();
+    let cut = encode_at(crate::FEDERATION_FORMAT, &7u64).unwrap();
     assert!(decode_with_section::<u64, String>(&cut).is_err());
 }
 
@@ -300,7 +300,7 @@ fn a_federation_entry_is_written_in_the_newer_format_and_others_in_the_base_one(
     let plain = entry(vec![router_core::Command::AddProvider { provider: router_core::ProviderId::new("p") }]);
     assert_eq!(crate::entry_format(&plain), crate::BASE_FORMAT);
     let federated = entry(vec![router_core::Command::RemovePeer { peer: router_core::ClusterId::new("b") }]);
-    assert_eq!(crate::entry_format(&federated), crate::FORMAT_VERSION);
+    assert_eq!(crate::entry_format(&federated), crate::FEDERATION_FORMAT);
 }
 
 #[test]
@@ -367,5 +367,35 @@ fn federation_peers_survive_a_snapshot_and_plain_snapshots_keep_the_base_format(
 
         let (_log, restarted) = open(backend).unwrap();
         assert_eq!(snapshot_of(&restarted), want, "the federation section came back with the state");
+    });
+}
+
+#[test]
+fn a_raised_cluster_version_and_once_answers_survive_a_snapshot_in_format_3() {
+    rt().block_on(async {
+        let backend = MemBackend::new();
+        let (_log, mut sm) = open(backend.clone()).unwrap();
+        apply_and_snapshot(&mut sm).await;
+        let raise = Command::SetClusterVersion { version: router_core::CLUSTER_VERSION };
+        let once = Command::Once {
+            request: router_core::RequestId { origin: 9, seq: 1 },
+            command: Box::new(Command::AddProvider { provider: ProviderId::new("gamma") }),
+        };
+        let entry = Entry {
+            log_id: log_id(2, 5),
+            payload: EntryPayload::Normal(Batch { stamp_ms: 5_000, commands: vec![raise, once] }),
+        };
+        assert_eq!(crate::entry_format(&entry), crate::CLUSTER_VERSION_FORMAT);
+        sm.apply(vec![entry]).await.unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let stored = backend.get(Tree::Snapshot, b"current").unwrap().unwrap();
+        let stored: (crate::types::SnapshotMeta, Vec<u8>) = crate::codec::decode(&stored).unwrap();
+        assert_eq!(stored.1[0], crate::CLUSTER_VERSION_FORMAT);
+        let want = snapshot_of(&sm);
+        assert_eq!(want.cluster_version(), router_core::CLUSTER_VERSION);
+
+        let (_log, restarted) = open(backend).unwrap();
+        let got = snapshot_of(&restarted);
+        assert_eq!(got, want, "version and Once answers came back with the state");
     });
 }

@@ -97,7 +97,7 @@ impl State {
         let now = self.clock_ms;
         let expires = now.saturating_add(env.ttl_ms);
         let item = MailboxItem::Outbound { recipient_provider: recipient_provider.clone(), envelope: env.clone() };
-        let seq = self.mailboxes.entry(queue.clone()).or_default().push(now, expires, item);
+        let seq = self.mailbox_mut(&queue).push(now, expires, item);
         self.expiry.insert((expires, queue, seq));
         let answer = Outcome::Sent { seq, accepted_at_ms: now };
         self.dedup.answers.insert(key.clone(), answer.clone());
@@ -157,11 +157,7 @@ impl State {
         }
         let now = self.clock_ms;
         let expires = now.saturating_add(ttl_left_ms);
-        let seq = self.mailboxes.entry(recipient_provider.clone()).or_default().push(
-            now,
-            expires,
-            MailboxItem::Envelope(local),
-        );
+        let seq = self.mailbox_mut(&recipient_provider).push(now, expires, MailboxItem::Envelope(local));
         self.expiry.insert((expires, recipient_provider, seq));
         let answer = Outcome::Sent { seq, accepted_at_ms: now };
         self.dedup.answers.insert(key.clone(), answer.clone());
@@ -201,7 +197,7 @@ impl State {
         };
         let now = self.clock_ms;
         let expires = now.saturating_add(self.limits.report_ttl_ms);
-        let seq = self.mailboxes.entry(to.clone()).or_default().push(now, expires, report);
+        let seq = self.mailbox_mut(&to).push(now, expires, report);
         self.expiry.insert((expires, to.clone(), seq));
         self.dedup.answers.insert(key.clone(), Outcome::Done);
         self.dedup.order.push_back((now, key.0, key.1));
@@ -256,7 +252,7 @@ impl State {
         for (provider, recipients) in by_provider {
             let per_device = delivery.per_device.iter().filter(|(u, _)| recipients.contains(u)).cloned().collect();
             let local = crate::group::GroupDelivery { recipients, per_device, ..delivery.clone() };
-            let seq = self.mailboxes.entry(provider.clone()).or_default().push(now, expires, MailboxItem::Group(local));
+            let seq = self.mailbox_mut(&provider).push(now, expires, MailboxItem::Group(local));
             self.expiry.insert((expires, provider, seq));
         }
         self.dedup.answers.insert(key.clone(), Outcome::Done);
@@ -348,7 +344,7 @@ impl State {
                 reason: UndeliverableReason::Refused { reason: reason.clone(), detail: detail.clone() },
             };
             let expires = now.saturating_add(self.limits.report_ttl_ms);
-            let seq = self.mailboxes.entry(envelope.sender.clone()).or_default().push(now, expires, report);
+            let seq = self.mailbox_mut(&envelope.sender).push(now, expires, report);
             self.expiry.insert((expires, envelope.sender, seq));
         }
         Ok(Outcome::Acked { removed, unknown })

@@ -2176,3 +2176,192 @@ fn dedup_decodes_damaged_input_into_a_consistent_table() {
     let other: super::Dedup = bincode::deserialize(&bytes).unwrap();
     assert_eq!(bincode::serialize(&other).unwrap(), encoded, "same bytes on every replica");
 }
+
+// ------------------------------------------------------ cluster version 2
+
+mod cluster_version_2 {
+    use super::*;
+    use crate::command::RequestId;
+    use crate::version::{DELIVERY_ACK_GRACE_MS, MAX_CLOCK_STEP_MS};
+
+    /// `cmd` at `to`, after entries that walk the clock there in steps it accepts.
+    fn walk_to(h: &mut Harness, to: u64, cmd: Command) -> Outcome {
+        while h.stamp + MAX_CLOCK_STEP_MS < to {
+            let next = h.stamp + MAX_CLOCK_STEP_MS;
+            h.at(next, ack(PC, &[]));
+        }
+        let out = h.at(to, cmd);
+        assert_eq!(h.state.clock_ms, to);
+        out
+    }
+
+    fn raised() -> Harness {
+        let mut h = Harness::new();
+        assert_eq!(h.state.cluster_version(), crate::version::BASE_CLUSTER_VERSION);
+        h.ok(Command::SetClusterVersion { version: 2 });
+        assert_eq!(h.state.cluster_version(), 2);
+        h
+    }
+
+    #[test]
+    fn stored_sequences_start_at_one_and_an_ack_of_zero_is_unknown() {
+        let mut h = raised();
+        h.user(PB, "bob", &[(1, 11)]);
+        assert!(matches!(h.apply(send(PA, "m1", "bob", &[(1, 11)], 10_000)), Outcome::Sent { seq: 1, .. }));
+        assert_eq!(h.apply(ack(PB, &[0])), Outcome::Acked { removed: 0, unknown: 1 });
+        assert_eq!(h.seqs(PB), vec![1]);
+        assert_eq!(h.apply(ack(PB, &[1])), Outcome::Acked { removed: 1, unknown: 0 });
+    }
+
+    #[test]
+    fn a_mailbox_from_before_keeps_its_entries_and_never_hands_out_zero_again() {
+        let mut h = Harness::new();
+        h.user(PB, "bob", &[(1, 11)]);
+        assert!(matches!(h.apply(send(PA, "m0", "bob", &[(1, 11)], 10_000)), Outcome::Sent { seq: 0, .. }));
+        h.user(PC, "carol", &[(1, 12)]);
+        assert_eq!(h.apply(ack(PC, &[])), Outcome::Acked { removed: 0, unknown: 0 });
+        assert_eq!(h.state.mailboxes.get(&pid(PC)).map(|m| m.next_seq), None, "an empty ack creates nothing");
+        // An empty mailbox at 0 (all acked): moves to 1 when the version is raised.
+        h.state.mailboxes.entry(pid(PC)).or_default();
+        h.ok(Command::SetClusterVersion { version: 2 });
+        assert_eq!(h.state.mailboxes[&pid(PC)].next_seq, 1);
+        assert!(matches!(h.apply(send(PA, "m1", "bob", &[(1, 11)], 10_000)), Outcome::Sent { seq: 1, .. }));
+        // The entry stored at 0 before the upgrade is still there and still acked as 0.
+        assert_eq!(h.seqs(PB), vec![0, 1]);
+        assert_eq!(h.apply(ack(PB, &[0])), Outcome::Acked { removed: 1, unknown: 0 });
+    }
+
+    #[test]
+    fn the_version_only_goes_up() {
+        let mut h = raised();
+        h.ok(Command::SetClusterVersion { version: 1 });
+        assert_eq!(h.state.cluster_version(), 2);
+    }
+
+    #[test]
+    fn an_entry_acked_within_the_grace_after_its_expiry_is_not_reported() {
+        let mut h = raised();
+        h.user(PB, "bob", &[(1, 11)]);
+        let s = h.stamp + 1;
+        assert_eq!(h.at(s, send(PA, "m1", "bob", &[(1, 11)], 1_000)), sent(1, s));
+        assert_eq!(h.state.next_expiry_ms(), Some(s + 1_000 + DELIVERY_ACK_GRACE_MS));
+        // Past expires_at (streams no longer hand it out), inside the grace: the ack wins.
+        let late = s + 1_000 + DELIVERY_ACK_GRACE_MS - 1;
+        assert_eq!(walk_to(&mut h, late, ack(PB, &[1])), Outcome::Acked { removed: 1, unknown: 0 });
+        walk_to(&mut h, late + 5_000, ack(PB, &[]));
+        assert!(h.entries(PA).is_empty(), "no expiry report for a delivered and acked entry");
+    }
+
+    #[test]
+    fn an_unacked_entry_is_reported_once_the_grace_is_over() {
+        let mut h = raised();
+        h.user(PB, "bob", &[(1, 11)]);
+        let s = h.stamp + 1;
+        h.at(s, send(PA, "m1", "bob", &[(1, 11)], 1_000));
+        walk_to(&mut h, s + 1_000 + DELIVERY_ACK_GRACE_MS - 1, ack(PB, &[]));
+        assert_eq!(h.seqs(PB), vec![1]);
+        walk_to(&mut h, s + 1_000 + DELIVERY_ACK_GRACE_MS, ack(PB, &[]));
+        assert!(h.entries(PB).is_empty());
+        assert!(matches!(&h.entries(PA)[..], [MailboxEntry { seq: 1, item: MailboxItem::Expired { .. }, .. }]));
+    }
+
+    #[test]
+    fn a_leader_clock_a_month_ahead_moves_time_by_one_step() {
+        let mut h = raised();
+        h.user(PB, "bob", &[(1, 11)]);
+        let s = h.stamp + 1;
+        h.at(s, send(PA, "m1", "bob", &[(1, 11)], 3_600_000));
+        let month = 30 * 24 * 3_600_000;
+        h.at(s + month, ack(PB, &[]));
+        assert_eq!(h.state.clock_ms, s + MAX_CLOCK_STEP_MS);
+        assert_eq!(h.seqs(PB), vec![1], "the queued envelope did not expire");
+        // And never backwards.
+        h.at(s, ack(PB, &[]));
+        assert_eq!(h.state.clock_ms, s + MAX_CLOCK_STEP_MS);
+    }
+
+    #[test]
+    fn before_the_version_is_raised_the_clock_follows_the_leader() {
+        let mut h = Harness::new();
+        let month = 30 * 24 * 3_600_000;
+        h.at(T0 + month, ack(PB, &[]));
+        assert_eq!(h.state.clock_ms, T0 + month);
+    }
+
+    #[test]
+    fn a_retried_once_request_gets_the_first_answer_and_consumes_one_key() {
+        let mut h = raised();
+        h.user(PB, "bob", &[(1, 11)]);
+        h.apply(upload_cmd(PB, "bob", 1, upload(1, Some(1), &[10, 11, 12], &[], None)));
+        let request = RequestId { origin: 42, seq: 7 };
+        let once = || Command::Once { request, command: Box::new(claim(PA, "bob", None)) };
+        let first = h.apply(once());
+        assert!(matches!(&first, Outcome::Bundles { bundles, .. } if bundles[0].one_time.is_some()), "{first:?}");
+        let again = h.apply(once());
+        assert_eq!(again, first, "the retry is answered from the window");
+        let keys = h.state.user(&uid("bob")).and_then(|u| u.devices[&1].keys.clone()).expect("keys");
+        assert_eq!(keys.one_time.len(), 2, "one key consumed, not two");
+        // A different request id is a new claim.
+        let other = h.apply(Command::Once {
+            request: RequestId { origin: 42, seq: 8 },
+            command: Box::new(claim(PA, "bob", None)),
+        });
+        assert_ne!(other, first);
+    }
+
+    #[test]
+    fn a_rejected_once_request_leaves_no_answer_behind() {
+        let mut h = raised();
+        let request = RequestId { origin: 3, seq: 1 };
+        let cmd = Command::Once { request, command: Box::new(claim(PA, "nobody", None)) };
+        let before = h.state.clone();
+        let out = h.at(h.stamp, cmd);
+        assert!(matches!(out, Outcome::Rejected(Rejection::UserNotFound { .. })), "{out:?}");
+        assert_eq!(h.state, before, "a rejection changes nothing, the Once window included");
+    }
+
+    #[test]
+    fn once_answers_are_forgotten_after_the_window() {
+        let mut h = raised();
+        let request = RequestId { origin: 1, seq: 1 };
+        let cmd = Command::Once { request, command: Box::new(ack(PB, &[])) };
+        let s = h.stamp + 1;
+        h.at(s, cmd.clone());
+        assert_eq!(h.state.once.len(), 1);
+        // The clock moves one step per entry at most: walk it past the window.
+        let mut stamp = s;
+        while stamp <= s + crate::version::ONCE_WINDOW_MS {
+            stamp += MAX_CLOCK_STEP_MS / 2;
+            h.at(stamp, ack(PB, &[]));
+            if stamp <= s + crate::version::ONCE_WINDOW_MS {
+                assert_eq!(h.state.once.len(), 1, "kept inside the window");
+            }
+        }
+        assert!(h.state.once.is_empty());
+    }
+
+    #[test]
+    fn extras_round_trip_and_are_absent_before_the_raise() {
+        let h = Harness::new();
+        assert!(h.state.extras().is_none(), "a state older builds can hold writes no extras");
+        let h = raised();
+        let extras = h.state.extras().expect("raised");
+        let bytes = bincode::serialize(&extras).expect("encode");
+        let back: crate::state::StateExtras = bincode::deserialize(&bytes).expect("decode");
+        let mut copy: State = bincode::deserialize(&bincode::serialize(&h.state).expect("encode")).expect("decode");
+        assert_eq!(copy.cluster_version(), crate::version::BASE_CLUSTER_VERSION, "not in the serde encoding");
+        copy.set_extras(back);
+        assert_eq!(copy, h.state);
+    }
+
+    #[test]
+    fn a_restore_keeps_the_target_clusters_version() {
+        let mut source = Harness::new();
+        source.user(PB, "bob", &[(1, 11)]);
+        let backup = source.state.clone();
+        let mut h = raised();
+        assert_eq!(h.apply(Command::Restore { state: Box::new(backup) }), Outcome::Done);
+        assert_eq!(h.state.cluster_version(), 2);
+        assert!(matches!(h.apply(send(PA, "m1", "bob", &[(1, 11)], 10_000)), Outcome::Sent { seq: 1, .. }));
+    }
+}

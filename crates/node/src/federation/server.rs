@@ -26,14 +26,11 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 
-/// A TLS handshake that has not finished by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest `Refusal.detail` passed on (a peer's text is not trusted to be short).
 pub const MAX_DETAIL_BYTES: usize = 1024;
 /// Recipients of one relayed group message (the home cluster's group size
@@ -137,6 +134,7 @@ pub fn spawn(
     ctx: &Ctx,
     fed: Arc<Federation>,
     listener: TcpListener,
+    connections: crate::config::ConnectionsConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
     use anyhow::Context;
@@ -157,6 +155,7 @@ pub fn spawn(
 
     let service = FederationService { ctx: ctx.clone(), fed, verifier };
     let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(connections.max_concurrent_streams)
         .trace_fn(crate::telemetry::server_span(ctx.node_id))
         .layer(crate::metrics::GrpcMetricsLayer(ctx.metrics.clone()))
         .add_service(
@@ -164,44 +163,21 @@ pub fn spawn(
                 .max_decoding_message_size(super::RELAY_MESSAGE_BYTES)
                 .max_encoding_message_size(super::RELAY_MESSAGE_BYTES),
         );
-    let (tx, rx) = mpsc::channel::<std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>(64);
-    let mut accept_shutdown = shutdown.clone();
-    let accept = crate::spawn(async move {
-        loop {
-            let (tcp, addr) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!("federation listener accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-                _ = super::stopped(&mut accept_shutdown) => return,
-            };
-            let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            // Handshakes run concurrently: a slow or hostile client does not hold up the others.
-            crate::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => tracing::info!(%addr, "federation TLS handshake refused: {e}"),
-                    Err(_) => tracing::info!(%addr, "federation TLS handshake timed out"),
-                }
-            });
-        }
-    });
+    let incoming = crate::accept::tls_incoming(
+        listener,
+        acceptor,
+        connections.limits.clone(),
+        "federation",
+        ctx.metrics.clone(),
+        shutdown.clone(),
+    );
     Ok(crate::spawn(async move {
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;
         };
-        if let Err(e) = server.serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(rx), stop).await
-        {
+        if let Err(e) = server.serve_with_incoming_shutdown(incoming, stop).await {
             tracing::error!("failed to serve federation API: {e:#}");
         }
-        accept.abort();
     }))
 }
 

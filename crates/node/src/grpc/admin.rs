@@ -1,10 +1,11 @@
 //! Admin service: status, cluster formation and membership, provider
-//! onboarding. Operators and nodes only.
+//! onboarding. Operators only, except `Status` (nodes survey each other) and
+//! the membership calls a joining node makes about itself.
 
 use super::status;
 use crate::ctx::Ctx;
 use crate::grpc::peer::ElectionControl;
-use crate::identity::{check_provider_id, require_admin};
+use crate::identity::{Identity, check_provider_id, require_admin, require_operator};
 use openraft::ServerState;
 use router_core::{Command, ProviderId};
 use router_proto::v1::admin_server::Admin;
@@ -42,6 +43,29 @@ pub fn role_name(state: ServerState) -> &'static str {
         ServerState::Candidate => "candidate",
         ServerState::Learner => "learner",
         ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// Membership calls a node may make about itself (joining, or replacing its
+/// own lost incarnation); anything else needs an operator. Logs who called.
+fn only_on_itself(caller: &Identity, method: &str, on_itself: impl FnOnce(u64) -> bool) -> Result<(), Status> {
+    match caller {
+        Identity::Operator(name) => {
+            tracing::info!(operator = %name, method, "admin call");
+            Ok(())
+        }
+        Identity::Node(me) if on_itself(*me) => {
+            tracing::info!(peer_node_id = me, method, "admin call by a node about itself");
+            Ok(())
+        }
+        other => Err(status::reason(
+            Code::PermissionDenied,
+            "OPERATOR_REQUIRED",
+            format!(
+                "{} may call Admin.{method} only about itself; anything else needs an operator certificate",
+                other.uri()
+            ),
+        )),
     }
 }
 
@@ -99,7 +123,7 @@ impl Admin for AdminService {
     }
 
     async fn initialize(&self, req: Request<InitializeRequest>) -> Result<Response<InitializeResponse>, Status> {
-        require_admin(&req)?;
+        require_operator(&req, "Initialize")?;
         let mut members = BTreeMap::new();
         for (i, n) in req.get_ref().members.iter().enumerate() {
             let (id, addr) = node_addr(n, i)?;
@@ -113,10 +137,11 @@ impl Admin for AdminService {
     }
 
     async fn add_learner(&self, req: Request<AddLearnerRequest>) -> Result<Response<AddLearnerResponse>, Status> {
-        require_admin(&req)?;
+        let caller = require_admin(&req)?;
         let node =
             req.get_ref().node.clone().ok_or_else(|| status::invalid_field("node", "EMPTY", "node is required"))?;
         let (id, addr) = node_addr(&node, 0)?;
+        only_on_itself(&caller, "AddLearner", |me| me == id)?;
         self.ctx.raft.add_learner(id, addr, true).await.map_err(raft_status)?;
         Ok(Response::new(AddLearnerResponse {}))
     }
@@ -125,18 +150,24 @@ impl Admin for AdminService {
         &self,
         req: Request<ChangeMembershipRequest>,
     ) -> Result<Response<ChangeMembershipResponse>, Status> {
-        require_admin(&req)?;
+        let caller = require_admin(&req)?;
         let r = req.get_ref();
         let voters: BTreeSet<u64> = r.voter_ids.iter().copied().collect();
         if voters.is_empty() {
             return Err(status::invalid_field("voter_ids", "EMPTY", "at least one voter is required"));
         }
+        // A node may only promote itself: today's voters plus itself, nobody removed.
+        let current: BTreeSet<u64> =
+            self.ctx.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        only_on_itself(&caller, "ChangeMembership", |me| {
+            !r.remove_unlisted && current.iter().copied().chain([me]).collect::<BTreeSet<u64>>() == voters
+        })?;
         self.ctx.raft.change_membership(voters, !r.remove_unlisted).await.map_err(raft_status)?;
         Ok(Response::new(ChangeMembershipResponse {}))
     }
 
     async fn add_provider(&self, req: Request<AddProviderRequest>) -> Result<Response<AddProviderResponse>, Status> {
-        require_admin(&req)?;
+        require_operator(&req, "AddProvider")?;
         let id = &req.get_ref().provider_id;
         check_provider_id(id).map_err(|e| status::invalid_field("provider_id", "BAD_CHARACTERS", e))?;
         self.ctx.write(Command::AddProvider { provider: ProviderId::new(id) }).await?;
@@ -147,7 +178,7 @@ impl Admin for AdminService {
         &self,
         req: Request<TransferLeaderRequest>,
     ) -> Result<Response<TransferLeaderResponse>, Status> {
-        require_admin(&req)?;
+        require_operator(&req, "TransferLeader")?;
         let to = match req.get_ref().to_node_id {
             0 => None,
             n => Some(n),
@@ -157,7 +188,8 @@ impl Admin for AdminService {
     }
 
     async fn remove_member(&self, req: Request<RemoveMemberRequest>) -> Result<Response<RemoveMemberResponse>, Status> {
-        require_admin(&req)?;
+        let caller = require_admin(&req)?;
+        only_on_itself(&caller, "RemoveMember", |me| me == req.get_ref().node_id)?;
         remove_member(&self.ctx, req.get_ref().node_id).await?;
         Ok(Response::new(RemoveMemberResponse {}))
     }
@@ -166,7 +198,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ListProvidersRequest>,
     ) -> Result<Response<ListProvidersResponse>, Status> {
-        require_admin(&req)?;
+        require_operator(&req, "ListProviders")?;
         let resp = self.ctx.read(|s| {
             let providers: Vec<ProviderInfo> = s
                 .providers
@@ -199,7 +231,7 @@ impl Admin for AdminService {
         &self,
         req: Request<RequestProviderRequest>,
     ) -> Result<Response<RequestProviderResponse>, Status> {
-        require_admin(&req)?;
+        require_operator(&req, "RequestProvider")?;
         let r = req.into_inner();
         check_provider_id(&r.provider_id).map_err(|e| status::invalid_field("provider_id", "BAD_CHARACTERS", e))?;
         for (field, v, max) in [("name", &r.name, 200usize), ("contact", &r.contact, 200)] {
@@ -226,7 +258,7 @@ impl Admin for AdminService {
         &self,
         req: Request<SetProviderStatusRequest>,
     ) -> Result<Response<SetProviderStatusResponse>, Status> {
-        require_admin(&req)?;
+        require_operator(&req, "SetProviderStatus")?;
         let r = req.into_inner();
         use router_core::ProviderAction as A;
         let action = match ProviderAction::try_from(r.action) {
@@ -244,7 +276,7 @@ impl Admin for AdminService {
     }
 
     async fn lookup_user(&self, req: Request<LookupUserRequest>) -> Result<Response<LookupUserResponse>, Status> {
-        require_admin(&req)?;
+        require_operator(&req, "LookupUser")?;
         let user = router_core::UserId::new(req.get_ref().user_id.clone());
         let found = self.ctx.read(|s| {
             s.user(&user).map(|rec| LookupUserResponse {
@@ -268,7 +300,7 @@ impl Admin for AdminService {
     }
 
     async fn mailbox_depth(&self, req: Request<MailboxDepthRequest>) -> Result<Response<MailboxDepthResponse>, Status> {
-        require_admin(&req)?;
+        require_operator(&req, "MailboxDepth")?;
         let only = req.get_ref().provider_id.clone();
         let mailboxes = self.ctx.read(|s| {
             s.mailboxes
@@ -288,7 +320,7 @@ impl Admin for AdminService {
     type BackupStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<BackupChunk, Status>> + Send>>;
 
     async fn backup(&self, req: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
-        require_admin(&req)?;
+        require_operator(&req, "Backup")?;
         // On the leader, first make sure everything committed before this call
         // is applied here (a linearizable read), so the backup is the latest
         // state; on a follower the backup is consistent but may trail.
@@ -321,7 +353,7 @@ impl Admin for AdminService {
     }
 
     async fn restore(&self, req: Request<tonic::Streaming<BackupChunk>>) -> Result<Response<RestoreResponse>, Status> {
-        require_admin(&req)?;
+        require_operator(&req, "Restore")?;
         let mut stream = req.into_inner();
         let mut bytes = Vec::new();
         while let Some(chunk) = stream.message().await? {
@@ -350,7 +382,7 @@ impl Admin for AdminService {
     }
 
     async fn register_peer(&self, req: Request<RegisterPeerRequest>) -> Result<Response<RegisterPeerResponse>, Status> {
-        require_admin(&req)?;
+        require_operator(&req, "RegisterPeer")?;
         let command = super::admin_peers::register_command(&self.ctx, req.into_inner())?;
         super::admin_peers::require_federation_format(&self.ctx).await?;
         self.ctx.write(command).await?;
@@ -361,21 +393,21 @@ impl Admin for AdminService {
         &self,
         req: Request<SetPeerStatusRequest>,
     ) -> Result<Response<SetPeerStatusResponse>, Status> {
-        require_admin(&req)?;
+        require_operator(&req, "SetPeerStatus")?;
         let command = super::admin_peers::set_status_command(&self.ctx, req.get_ref()).await?;
         self.ctx.write(command).await?;
         Ok(Response::new(SetPeerStatusResponse {}))
     }
 
     async fn remove_peer(&self, req: Request<RemovePeerRequest>) -> Result<Response<RemovePeerResponse>, Status> {
-        require_admin(&req)?;
+        require_operator(&req, "RemovePeer")?;
         let command = super::admin_peers::remove_command(&self.ctx, req.get_ref()).await?;
         self.ctx.write(command).await?;
         Ok(Response::new(RemovePeerResponse {}))
     }
 
     async fn list_peers(&self, req: Request<ListPeersRequest>) -> Result<Response<ListPeersResponse>, Status> {
-        require_admin(&req)?;
+        require_operator(&req, "ListPeers")?;
         Ok(Response::new(super::admin_peers::list(&self.ctx)))
     }
 
@@ -383,7 +415,7 @@ impl Admin for AdminService {
         &self,
         req: Request<TriggerSnapshotRequest>,
     ) -> Result<Response<TriggerSnapshotResponse>, Status> {
-        require_admin(&req)?;
+        require_operator(&req, "TriggerSnapshot")?;
         self.ctx.raft.trigger().snapshot().await.map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(TriggerSnapshotResponse {}))
     }

@@ -92,11 +92,18 @@ pub fn register_command(ctx: &Ctx, r: RegisterPeerRequest) -> Result<Command, St
 /// Federation commands are written in a format older builds cannot read:
 /// refused until every member runs a build that reads it.
 pub async fn require_federation_format(ctx: &Ctx) -> Result<(), Status> {
+    every_member_reads(ctx, router_raft::FEDERATION_FORMAT).await
+}
+
+/// Every other member runs a build that reads data format `needed` (asked
+/// through its admin `Status`): `FAILED_PRECONDITION` / `CLUSTER_NOT_UPGRADED`
+/// if one does not, `UNAVAILABLE` / `MEMBER_UNREACHABLE` if one cannot be asked.
+pub async fn every_member_reads(ctx: &Ctx, needed: u8) -> Result<(), Status> {
     let members: Vec<(u64, String)> = {
         let m = ctx.raft.metrics().borrow().clone();
         m.membership_config.membership().nodes().map(|(id, a)| (*id, a.peer.clone())).collect()
     };
-    let needed = u32::from(router_raft::FORMAT_VERSION);
+    let needed = u32::from(needed);
     for (id, addr) in members {
         if id == ctx.node_id {
             continue;
@@ -112,7 +119,7 @@ pub async fn require_federation_format(ctx: &Ctx) -> Result<(), Status> {
                     Code::FailedPrecondition,
                     "CLUSTER_NOT_UPGRADED",
                     format!(
-                        "node {id} runs a build that reads data format {v}; federation needs {needed} on every \
+                        "node {id} runs a build that reads data format {v}; this needs {needed} on every \
                          member: finish the rolling upgrade first"
                     ),
                 ));
@@ -121,7 +128,7 @@ pub async fn require_federation_format(ctx: &Ctx) -> Result<(), Status> {
                 return Err(status::reason(
                     Code::Unavailable,
                     "MEMBER_UNREACHABLE",
-                    format!("cannot check node {id}'s build before enabling federation: {}", e.message()),
+                    format!("cannot check node {id}'s build: {}", e.message()),
                 ));
             }
         }

@@ -7,7 +7,7 @@
 use super::{status, validate};
 use crate::ctx::Ctx;
 use crate::identity::provider_of;
-use router_core::{Command, Outcome, ProviderId, Rejection, SendEnvelope};
+use router_core::{Command, Outcome, ProviderId, Rejection, SendEnvelope, Seq};
 use router_proto::v1::messaging_server::Messaging;
 use router_proto::v1::*;
 use std::pin::Pin;
@@ -164,35 +164,45 @@ async fn deliver(
     let delivery_seconds = ctx.metrics.delivery_seconds.with_label_values(&[provider.as_str()]);
     loop {
         // One read per wakeup: the provider's standing and the next entries.
-        let next: Result<Vec<(MailboxEntry, Option<String>)>, Rejection> = ctx.read(|s| {
+        // Entries past their expiry are passed over, never handed out: the
+        // state removes and reports them a grace period later (cluster
+        // version 2), so a report means the entry was not delivered.
+        let next: Result<(Vec<(MailboxEntry, Option<String>)>, Seq), Rejection> = ctx.read(|s| {
             if let Some(refusal) = s.provider_refusal(&provider) {
                 return Err(refusal);
             }
-            let Some(mb) = s.mailboxes.get(&provider) else { return Ok(Vec::new()) };
+            let Some(mb) = s.mailboxes.get(&provider) else { return Ok((Vec::new(), cursor)) };
             let in_flight = mb.entries.range(..cursor).count();
             let room = window.saturating_sub(in_flight);
-            Ok(mb
-                .range_from(cursor, room)
-                .map(|e| {
-                    let tp = match &e.item {
-                        router_core::MailboxItem::Envelope(env) => env.traceparent.clone(),
-                        router_core::MailboxItem::Group(g) => g.traceparent.clone(),
-                        _ => None,
-                    };
-                    (MailboxEntry::from(e), tp)
-                })
-                .collect())
+            let now = replica_now_ms(s);
+            let mut passed = cursor;
+            let mut batch = Vec::new();
+            for e in mb.range_from(cursor, room) {
+                passed = e.seq + 1;
+                if e.expires_at_ms <= now {
+                    continue;
+                }
+                let tp = match &e.item {
+                    router_core::MailboxItem::Envelope(env) => env.traceparent.clone(),
+                    router_core::MailboxItem::Group(g) => g.traceparent.clone(),
+                    _ => None,
+                };
+                batch.push((MailboxEntry::from(e), tp));
+            }
+            Ok((batch, passed))
         });
         // A suspended (or revoked) provider's stream is closed; its mail stays queued.
         let batch = match next {
-            Ok(batch) => batch,
+            Ok((batch, passed)) => {
+                cursor = passed;
+                batch
+            }
             Err(refusal) => {
                 let _ = tx.send(Err(status::rejection(&refusal))).await;
                 return;
             }
         };
         for (entry, traceparent) in batch {
-            cursor = entry.seq + 1;
             // Not a child of the Receive call's span, which lasts as long as
             // the stream: its parent is the send's context stored with the entry.
             let span = tracing::info_span!(
@@ -229,6 +239,13 @@ async fn deliver(
             }
         }
     }
+}
+
+/// This node's idea of the replicated clock now: its own clock, but never
+/// below the last applied stamp nor further ahead of it than one entry may
+/// move it (an idle leader stamps an entry every `writer::IDLE_TICK`).
+fn replica_now_ms(s: &router_core::State) -> u64 {
+    s.clock_ms.max(now_ms().min(s.clock_ms.saturating_add(router_core::version::MAX_CLOCK_STEP_MS)))
 }
 
 /// Hands one ephemeral entry to the stream unless it expired while waiting

@@ -45,25 +45,26 @@ fn encode<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        require_node(&req)?;
+        self.ctx.require_peer_member(require_node(&req)?)?;
         let rpc = decode(&req)?;
         encode(&self.ctx.raft.append_entries(rpc).await)
     }
 
     async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        require_node(&req)?;
+        self.ctx.require_peer_member(require_node(&req)?)?;
         let rpc = decode(&req)?;
         encode(&self.ctx.raft.install_snapshot(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        require_node(&req)?;
+        self.ctx.require_peer_member(require_node(&req)?)?;
         let rpc = decode(&req)?;
         encode(&self.ctx.raft.vote(rpc).await)
     }
 
     async fn elect(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let from = require_node(&req)?;
+        self.ctx.require_peer_member(from)?;
         let control: ElectionControl = decode(&req)?;
         let runtime = self.ctx.raft.runtime_config();
         match control {
@@ -97,14 +98,14 @@ impl Peer for PeerService {
     /// Pushes an ephemeral entry to this node's connected receive streams of
     /// the named provider; answers how many took it (bincode `u32`).
     async fn deliver_ephemeral(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        require_node(&req)?;
+        self.ctx.require_peer_member(require_node(&req)?)?;
         let delivery: crate::ephemeral::EphemeralDelivery = decode(&req)?;
         let taken: u32 = self.ctx.ephemeral.push(&delivery.provider, &delivery.entry());
         encode(&taken)
     }
 
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        require_node(&req)?;
+        self.ctx.require_peer_member(require_node(&req)?)?;
         let command: Command = decode(&req)?;
         encode(&self.ctx.writer.submit_local(command).await)
     }
@@ -114,7 +115,7 @@ impl Peer for PeerService {
     /// order); the answers come back in the same order. Each command gets a
     /// `forward` span in the trace of the request that made it.
     async fn forward_batch(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        require_node(&req)?;
+        self.ctx.require_peer_member(require_node(&req)?)?;
         let commands: Vec<crate::writer::ForwardedCommand> = decode(&req)?;
         if commands.len() > crate::writer::FORWARD_BATCH_ACCEPTED {
             return Err(Status::invalid_argument(format!(

@@ -1,0 +1,311 @@
+//! Accepting TLS connections on a listening port, bounded before anyone is
+//! authenticated.
+//!
+//! ```text
+//!  listener.accept ─> caps (total, per source, handshakes in progress) ─> refused: closed at once
+//!                  └─> TLS handshake (own task, at most handshake_timeout) ─> tonic serves it
+//! ```
+//!
+//! A connection counts against the caps from accept until it closes: a
+//! flood of idle TCP connections costs one small task each for at most
+//! `handshake_timeout`, and never more than `max_handshakes` of them at once,
+//! while connections that finished their handshake (mutual TLS: the caller
+//! holds a certificate of the cluster CA) keep being served. The provider,
+//! peer and federation listeners all accept through here.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// The bounds of one listener (`[connections]` in the config).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Open connections at most, handshaking or established.
+    pub max_connections: usize,
+    /// Open connections from one source address at most.
+    pub max_connections_per_source: usize,
+    /// Connections still in their TLS handshake at most.
+    pub max_handshakes: usize,
+    /// A handshake not finished by then is dropped.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 10_000,
+            max_connections_per_source: 1_000,
+            max_handshakes: 1_024,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a connection was closed before it was served (the `reason` label of
+/// `router_connections_refused_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    MaxConnections,
+    MaxPerSource,
+    MaxHandshakes,
+    HandshakeTimeout,
+    HandshakeFailed,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "max_connections",
+            Refusal::MaxPerSource => "max_connections_per_source",
+            Refusal::MaxHandshakes => "max_handshakes",
+            Refusal::HandshakeTimeout => "handshake_timeout",
+            Refusal::HandshakeFailed => "handshake_failed",
+        }
+    }
+}
+
+/// What the accept loop tells the metrics.
+pub trait AcceptObserver: Send + Sync + 'static {
+    fn refused(&self, port: &'static str, why: Refusal);
+    fn open(&self, port: &'static str, connections: usize);
+}
+
+#[derive(Default)]
+struct Counts {
+    open: usize,
+    handshaking: usize,
+    by_source: HashMap<IpAddr, usize>,
+}
+
+/// The open connections of one listener.
+struct Tally {
+    limits: ConnectionLimits,
+    counts: Mutex<Counts>,
+    port: &'static str,
+    observer: Arc<dyn AcceptObserver>,
+}
+
+impl Tally {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes a place for a new connection from `source`, in its handshake.
+    fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Slot, Refusal> {
+        let mut c = self.lock();
+        let from_source = c.by_source.get(&source).copied().unwrap_or(0);
+        if c.open >= self.limits.max_connections {
+            return Err(Refusal::MaxConnections);
+        }
+        if from_source >= self.limits.max_connections_per_source {
+            return Err(Refusal::MaxPerSource);
+        }
+        if c.handshaking >= self.limits.max_handshakes {
+            return Err(Refusal::MaxHandshakes);
+        }
+        c.open += 1;
+        c.handshaking += 1;
+        *c.by_source.entry(source).or_default() += 1;
+        self.observer.open(self.port, c.open);
+        Ok(Slot { tally: self.clone(), source, handshaking: true })
+    }
+}
+
+/// A connection's place in the tally, given back when it closes.
+struct Slot {
+    tally: Arc<Tally>,
+    source: IpAddr,
+    handshaking: bool,
+}
+
+impl Slot {
+    fn handshake_done(&mut self) {
+        if std::mem::replace(&mut self.handshaking, false) {
+            self.tally.lock().handshaking -= 1;
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.tally.lock();
+        c.open -= 1;
+        if self.handshaking {
+            c.handshaking -= 1;
+        }
+        if let Some(n) = c.by_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                c.by_source.remove(&self.source);
+            }
+        }
+        self.tally.observer.open(self.tally.port, c.open);
+    }
+}
+
+/// A TCP connection holding its place in the tally. To tonic it is the TCP
+/// stream it wraps (same connect info), so `Request::peer_certs` works on
+/// the TLS stream around it.
+pub struct Counted {
+    tcp: TcpStream,
+    slot: Slot,
+}
+
+impl Connected for Counted {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.tcp.connect_info()
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+}
+
+pub type Incoming = tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<Counted>>>;
+
+/// Accepts on `listener` until `shutdown`, and yields the connections whose
+/// TLS handshake finished in time; `port` names the listener in metrics and
+/// logs. Nagle is off on every accepted socket (small gRPC frames would
+/// otherwise wait for the peer's delayed ACK).
+pub fn tls_incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    limits: ConnectionLimits,
+    port: &'static str,
+    observer: Arc<dyn AcceptObserver>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Incoming {
+    let (tx, rx) = mpsc::channel(64);
+    let tally = Arc::new(Tally { limits, counts: Mutex::default(), port, observer });
+    crate::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => Some(r),
+                _ = shutdown.wait_for(|s| *s) => None,
+            };
+            let (tcp, addr) = match accepted {
+                None => return,
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
+                    // Out of file descriptors, most likely: wait, do not spin.
+                    tracing::warn!(port, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let slot = match tally.admit(addr.ip()) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    tally.observer.refused(port, why);
+                    tracing::debug!(port, %addr, reason = why.as_str(), "connection refused");
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx, timeout, observer) =
+                (acceptor.clone(), tx.clone(), tally.limits.handshake_timeout, tally.observer.clone());
+            crate::spawn(async move {
+                match tokio::time::timeout(timeout, acceptor.accept(Counted { tcp, slot })).await {
+                    Ok(Ok(mut stream)) => {
+                        stream.get_mut().0.slot.handshake_done();
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => {
+                        observer.refused(port, Refusal::HandshakeFailed);
+                        tracing::debug!(port, %addr, "TLS handshake refused: {e}");
+                    }
+                    Err(_) => {
+                        observer.refused(port, Refusal::HandshakeTimeout);
+                        tracing::debug!(port, %addr, "TLS handshake timed out");
+                    }
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<Refusal>>);
+
+    impl AcceptObserver for Seen {
+        fn refused(&self, _: &'static str, why: Refusal) {
+            self.0.lock().unwrap().push(why);
+        }
+        fn open(&self, _: &'static str, _: usize) {}
+    }
+
+    fn tally(limits: ConnectionLimits) -> Arc<Tally> {
+        Arc::new(Tally { limits, counts: Mutex::default(), port: "test", observer: Arc::new(Seen::default()) })
+    }
+
+    #[test]
+    fn caps_apply_in_order_and_places_come_back() {
+        let limits = ConnectionLimits {
+            max_connections: 3,
+            max_connections_per_source: 2,
+            max_handshakes: 2,
+            handshake_timeout: Duration::from_secs(1),
+        };
+        let t = tally(limits);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let mut first = t.admit(a).unwrap();
+        let _second = t.admit(a).unwrap();
+        assert_eq!(t.admit(a).err(), Some(Refusal::MaxPerSource));
+        assert_eq!(t.admit(b).err(), Some(Refusal::MaxHandshakes), "two handshakes in progress");
+        first.handshake_done();
+        let third = t.admit(b).unwrap();
+        assert_eq!(t.admit(b).err(), Some(Refusal::MaxConnections));
+        drop(third);
+        drop(first);
+        assert_eq!(t.lock().open, 1);
+        assert_eq!(t.lock().handshaking, 1);
+        assert_eq!(t.lock().by_source.get(&b), None, "a source with no connection is forgotten");
+        t.admit(b).unwrap();
+    }
+}

@@ -466,7 +466,7 @@ impl Checker {
                 for b in bundles {
                     assert!(!b.kyber_is_last_resort || b.kyber.is_some());
                     // The wire form round-trips.
-                    let wire = v1::PrekeyBundle::from(b);
+                    let wire = router_node::grpc::wire::bundle(b);
                     assert_eq!(v1::PrekeyBundle::decode(wire.encode_to_vec().as_slice()).as_ref(), Ok(&wire));
                     assert_eq!(wire.one_time_exhausted, b.one_time.is_none());
                     if !self.tokens {
@@ -754,7 +754,7 @@ impl Checker {
         }
         for mb in state.mailboxes.values() {
             for e in mb.entries.values() {
-                let wire = v1::MailboxEntry::from(e);
+                let wire = router_node::grpc::wire::mailbox_entry(e);
                 assert_eq!(
                     (wire.seq, wire.accepted_at_ms, wire.expires_at_ms),
                     (e.seq, e.accepted_at_ms, e.expires_at_ms)

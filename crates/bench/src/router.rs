@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 pub const PROVIDERS: [&str; 5] = ["a", "b", "c", "d", "e"];
 
@@ -72,18 +72,17 @@ impl RouterCluster {
         }
         let certs = dir.join("certs");
         let read = |f: &str| std::fs::read(certs.join(f)).with_context(|| format!("read {f}"));
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read("ca.pem")?))
-            .identity(Identity::from_pem(read("operator-admin.pem")?, read("operator-admin.key")?))
-            .domain_name("localhost");
+        let mut connector = router_sdk::admin::AdminConnector::new(
+            &read("ca.pem")?,
+            &read("operator-admin.pem")?,
+            &read("operator-admin.key")?,
+            "localhost",
+        );
+        connector.timeout = Duration::from_secs(2);
+        connector.connect_timeout = Duration::from_millis(500);
         let mut admin = Vec::new();
         for id in 1..=nodes {
-            let ch = Endpoint::from_shared(format!("https://127.0.0.1:{}", base_port + 10 * id as u16 + 2))?
-                .tls_config(tls.clone())?
-                .connect_timeout(Duration::from_millis(500))
-                .timeout(Duration::from_secs(2))
-                .connect_lazy();
-            admin.push(AdminClient::new(ch));
+            admin.push(connector.client(&format!("127.0.0.1:{}", base_port + 10 * id as u16 + 2))?);
         }
         let procs = Group::start(specs)?;
         let send_batch = (router_sdk::client::DEFAULT_MAX_SEND_BATCH, router_sdk::client::DEFAULT_MAX_SEND_BATCH_CALLS);

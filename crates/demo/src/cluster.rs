@@ -7,7 +7,7 @@ use router_proto::v1::admin_client::AdminClient;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 pub struct ProcessCluster {
     pub dir: PathBuf,
@@ -44,18 +44,17 @@ impl ProcessCluster {
         }
         let certs = dir.join("certs");
         let read = |f: &str| std::fs::read(certs.join(f)).with_context(|| format!("read {f}"));
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read("ca.pem")?))
-            .identity(Identity::from_pem(read("operator-admin.pem")?, read("operator-admin.key")?))
-            .domain_name("localhost");
+        let mut connector = router_sdk::admin::AdminConnector::new(
+            &read("ca.pem")?,
+            &read("operator-admin.pem")?,
+            &read("operator-admin.key")?,
+            "localhost",
+        );
+        connector.timeout = Duration::from_secs(2);
+        connector.connect_timeout = Duration::from_millis(500);
         let mut admin = Vec::new();
         for id in 1..=nodes {
-            let ch = Endpoint::from_shared(format!("https://{}", Self::peer_endpoint(base_port, id)))?
-                .tls_config(tls.clone())?
-                .connect_timeout(Duration::from_millis(500))
-                .timeout(Duration::from_secs(2))
-                .connect_lazy();
-            admin.push(AdminClient::new(ch));
+            admin.push(connector.client(&Self::peer_endpoint(base_port, id))?);
         }
         let mut cluster = ProcessCluster {
             dir: dir.to_path_buf(),

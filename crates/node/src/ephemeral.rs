@@ -48,7 +48,7 @@ impl EphemeralDelivery {
             expires_at_ms: self.expires_at_ms,
             item: router_core::MailboxItem::Envelope(self.envelope.clone()),
         };
-        let mut entry = MailboxEntry::from(&core_entry);
+        let mut entry = crate::grpc::wire::mailbox_entry(&core_entry);
         entry.ephemeral = true;
         entry
     }

@@ -10,7 +10,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 #[derive(Clone)]
 pub struct AdminConnector {
     tls: ClientTlsConfig,
+    /// Deadline of one admin call.
     pub timeout: Duration,
+    /// Deadline of dialing a node.
+    pub connect_timeout: Duration,
 }
 
 impl AdminConnector {
@@ -21,6 +24,7 @@ impl AdminConnector {
                 .identity(Identity::from_pem(cert_pem, key_pem))
                 .domain_name(server_name.to_string()),
             timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(3),
         }
     }
 
@@ -30,7 +34,7 @@ impl AdminConnector {
             .map_err(|e| SdkError::Config(format!("endpoint {endpoint}: {e}")))?
             .tls_config(self.tls.clone())
             .map_err(|e| SdkError::Config(format!("TLS: {e}")))?
-            .connect_timeout(Duration::from_secs(3))
+            .connect_timeout(self.connect_timeout)
             .timeout(self.timeout)
             .connect_lazy();
         Ok(AdminClient::new(ch).max_decoding_message_size(64 * 1024 * 1024))

@@ -29,12 +29,12 @@
 //! the batch's sends go one by one and later batches keep to the limit (the
 //! byte budget halves on each cut).
 
-use crate::client::{ClientConfig, RouterClient};
 use crate::error::{SdkError, is_retryable, rejected};
+use crate::failover::Nodes;
 use prost::Message;
 use router_proto::v1::{SendBatchRequest, SendRequest, SendResponse, send_result};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
@@ -72,9 +72,9 @@ impl Limits {
 }
 
 /// Starts the batcher task of a client; it ends once the client's last handle
-/// is dropped (the task holds only a weak reference, and the queue's sender
-/// lives in the client).
-pub(crate) fn start(client: Weak<crate::client::Inner>, config: &ClientConfig) -> mpsc::Sender<Queued> {
+/// is dropped (the queue's sender lives in the client).
+pub(crate) fn start(nodes: Arc<Nodes>) -> mpsc::Sender<Queued> {
+    let config = nodes.config();
     let max_sends = config.max_send_batch.max(1);
     let max_calls = config.max_send_batch_calls.max(1);
     let (tx, rx) = mpsc::channel(max_sends.saturating_mul(max_calls).saturating_mul(4).min(MAX_QUEUED));
@@ -83,16 +83,11 @@ pub(crate) fn start(client: Weak<crate::client::Inner>, config: &ClientConfig) -
         bytes: AtomicUsize::new(config.max_message_bytes.saturating_sub(FRAMING_BYTES).max(1)),
         unsupported_until: std::sync::Mutex::new(None),
     });
-    tokio::spawn(run(client, rx, limits, max_calls));
+    tokio::spawn(run(nodes, rx, limits, max_calls));
     tx
 }
 
-async fn run(
-    client: Weak<crate::client::Inner>,
-    mut queue: mpsc::Receiver<Queued>,
-    limits: Arc<Limits>,
-    max_calls: usize,
-) {
+async fn run(nodes: Arc<Nodes>, mut queue: mpsc::Receiver<Queued>, limits: Arc<Limits>, max_calls: usize) {
     let calls = Arc::new(Semaphore::new(max_calls));
     // A send that did not fit the previous batch's byte budget starts the next.
     let mut carried: Option<Queued> = None;
@@ -119,10 +114,9 @@ async fn run(
             bytes += len;
             batch.push(next);
         }
-        let Some(inner) = client.upgrade() else { return };
-        let (client, limits) = (RouterClient::from_inner(inner), limits.clone());
+        let (nodes, limits) = (nodes.clone(), limits.clone());
         tokio::spawn(async move {
-            send_batch(&client, &limits, batch).await;
+            send_batch(&nodes, &limits, batch).await;
             drop(permit);
         });
     }
@@ -131,7 +125,7 @@ async fn run(
 /// One `SendBatch` call (retried as a whole across nodes, like any call,
 /// until the earliest deadline of its sends), then every send's answer to its
 /// caller.
-async fn send_batch(client: &RouterClient, limits: &Limits, batch: Vec<Queued>) {
+async fn send_batch(client: &Nodes, limits: &Limits, batch: Vec<Queued>) {
     if batch.len() == 1 || limits.batches_unsupported() {
         each_alone(client, batch).await;
         return;
@@ -224,7 +218,7 @@ fn refuses_batches(code: Code, detail: &router_proto::v1::ErrorDetail, limits: &
 
 /// Sends each by itself (unary `Send`, retried until its own deadline), all
 /// at once, and hands each answer to its caller.
-async fn each_alone(client: &RouterClient, sends: Vec<Queued>) {
+async fn each_alone(client: &Nodes, sends: Vec<Queued>) {
     futures::future::join_all(sends.into_iter().map(|q| async move {
         let _ = q.reply.send(client.send_alone(q.req, q.deadline).await);
     }))

@@ -16,15 +16,25 @@
 //!
 //! # Layout
 //! - `admin`: [`admin::AdminConnector`], operator access to the admin API.
-//! - `client`: [`RouterClient`], unary calls with failover.
+//! - `config`: [`ClientConfig`].
+//! - `failover`: the nodes of a client, rotation, backoff and the retry loop
+//!   (a leaf: `client`, `batch` and `subscription` use it, it uses none of them).
+//! - `client`: [`RouterClient`], the provider API's calls.
 //! - `batch`: concurrent sends of one client share `SendBatch` calls.
 //! - `subscription`: [`Subscription`], the reconnecting receive stream.
 //! - `error`: [`SdkError`].
+//!
+//! ```text
+//!  client ──> batch ──> failover <── subscription
+//!     └──────────────────┘  └──> config, error
+//! ```
 
 pub mod admin;
 mod batch;
 pub mod client;
+pub mod config;
 pub mod error;
+mod failover;
 pub mod subscription;
 
 pub use client::{ClientConfig, RouterClient};

@@ -15,14 +15,15 @@
 //! is what typing indicators and call signaling expect; check
 //! `expires_at_ms` if a late one matters.
 
-use crate::client::RouterClient;
 use crate::error::{SdkError, is_retryable, rejected};
+use crate::failover::Nodes;
 use router_proto::v1::{AckResponse, MailboxEntry, ReceiveRequest};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use tonic::Streaming;
 
 pub struct Subscription {
-    client: RouterClient,
+    client: Arc<Nodes>,
     window: u32,
     stream: Option<(usize, Streaming<MailboxEntry>)>,
     /// Handed to the application, not yet acked by it.
@@ -31,7 +32,7 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub(crate) fn new(client: RouterClient, window: u32) -> Self {
+    pub(crate) fn new(client: Arc<Nodes>, window: u32) -> Self {
         Subscription { client, window, stream: None, outstanding: BTreeSet::new(), reconnects: 0 }
     }
 
@@ -58,7 +59,7 @@ impl Subscription {
                         if tokio::time::Instant::now() >= deadline {
                             return Err(SdkError::Unavailable { attempts: attempt, last: status.message().into() });
                         }
-                        tokio::time::sleep(RouterClient::backoff(attempt)).await;
+                        tokio::time::sleep(Nodes::backoff(attempt)).await;
                         continue;
                     }
                 }
@@ -83,7 +84,7 @@ impl Subscription {
                     self.reconnects += 1;
                     self.client.rotate(index);
                     attempt += 1;
-                    tokio::time::sleep(RouterClient::backoff(attempt)).await;
+                    tokio::time::sleep(Nodes::backoff(attempt)).await;
                 }
             }
         }

@@ -180,7 +180,7 @@ fn to_proto(e: &MailboxEntry, clock_ms: u64) -> Option<v1::RelayedItem> {
     let (kind, traceparent) = match RelayedKind::from_queue(&e.item)? {
         RelayedKind::Envelope(env) => {
             let traceparent = env.traceparent.clone().unwrap_or_default();
-            (v1::relayed_item::Kind::Envelope((&env).into()), traceparent)
+            (v1::relayed_item::Kind::Envelope(crate::grpc::wire::envelope(&env)), traceparent)
         }
         RelayedKind::Undeliverable { to, message_id, recipient, reason } => {
             use v1::relayed_report::Reason;
@@ -200,7 +200,7 @@ fn to_proto(e: &MailboxEntry, clock_ms: u64) -> Option<v1::RelayedItem> {
         }
         RelayedKind::Group(g) => {
             let traceparent = g.traceparent.clone().unwrap_or_default();
-            (v1::relayed_item::Kind::Group((&g).into()), traceparent)
+            (v1::relayed_item::Kind::Group(crate::grpc::wire::group_message(&g)), traceparent)
         }
     };
     Some(v1::RelayedItem { queue_seq: e.seq, ttl_left_ms, kind: Some(kind), traceparent })

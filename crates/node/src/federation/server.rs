@@ -308,7 +308,7 @@ impl FederationApi for FederationService {
             Outcome::Bundles { provider, bundles } => Ok(Response::new(v1::FetchBundlesResponse {
                 user_id: user.0,
                 provider_id: provider.0,
-                bundles: bundles.iter().map(Into::into).collect(),
+                bundles: bundles.iter().map(crate::grpc::wire::bundle).collect(),
             })),
             other => Err(status::unexpected(&other)),
         }

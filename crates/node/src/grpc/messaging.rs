@@ -187,7 +187,7 @@ async fn deliver(
                     router_core::MailboxItem::Group(g) => g.traceparent.clone(),
                     _ => None,
                 };
-                batch.push((MailboxEntry::from(e), tp));
+                batch.push((super::wire::mailbox_entry(e), tp));
             }
             Ok((batch, passed))
         });

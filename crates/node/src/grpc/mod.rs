@@ -12,3 +12,4 @@ pub mod peer;
 pub mod prekeys;
 pub mod status;
 pub mod validate;
+pub mod wire;

@@ -53,7 +53,7 @@ impl Prekeys for PrekeysService {
             Outcome::Bundles { provider, bundles } => Ok(Response::new(FetchBundlesResponse {
                 user_id: user.0,
                 provider_id: provider.0,
-                bundles: bundles.iter().map(Into::into).collect(),
+                bundles: bundles.iter().map(super::wire::bundle).collect(),
             })),
             other => Err(status::unexpected(&other)),
         }

@@ -259,7 +259,11 @@ impl State {
     }
 
     fn set_cluster_version(&mut self, version: u32) -> Result<Outcome, Rejection> {
-        if version > self.cluster_version {
+        // A version this build does not know is left alone here; the storage
+        // layer stops the node before applying such an entry
+        // (`router_raft`'s apply), since this replica would go on by rules it
+        // does not know. The leader raises it only once every member applies it.
+        if version > self.cluster_version && version <= crate::version::CLUSTER_VERSION {
             self.cluster_version = version;
         }
         if self.cluster_version() >= 2 {

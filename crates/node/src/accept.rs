@@ -27,6 +27,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+/// How often a server pings an idle HTTP/2 connection; one that does not
+/// answer within tonic's keepalive timeout (20 s) is closed, so a client
+/// that vanished (a NAT dropping state, a dead host) does not hold its place
+/// in the caps for ever.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
 /// The bounds of one listener (`[connections]` in the config).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectionLimits {
@@ -36,6 +42,10 @@ pub struct ConnectionLimits {
     pub max_connections_per_source: usize,
     /// Connections still in their TLS handshake at most.
     pub max_handshakes: usize,
+    /// Connections from one source address still in their handshake at most
+    /// (well under `max_handshakes`, so that a few sources cannot take every
+    /// handshake slot).
+    pub max_handshakes_per_source: usize,
     /// A handshake not finished by then is dropped.
     pub handshake_timeout: Duration,
 }
@@ -46,6 +56,7 @@ impl Default for ConnectionLimits {
             max_connections: 10_000,
             max_connections_per_source: 1_000,
             max_handshakes: 1_024,
+            max_handshakes_per_source: 32,
             handshake_timeout: Duration::from_secs(10),
         }
     }
@@ -58,6 +69,7 @@ pub enum Refusal {
     MaxConnections,
     MaxPerSource,
     MaxHandshakes,
+    MaxHandshakesPerSource,
     HandshakeTimeout,
     HandshakeFailed,
 }
@@ -68,6 +80,7 @@ impl Refusal {
             Refusal::MaxConnections => "max_connections",
             Refusal::MaxPerSource => "max_connections_per_source",
             Refusal::MaxHandshakes => "max_handshakes",
+            Refusal::MaxHandshakesPerSource => "max_handshakes_per_source",
             Refusal::HandshakeTimeout => "handshake_timeout",
             Refusal::HandshakeFailed => "handshake_failed",
         }
@@ -80,11 +93,30 @@ pub trait AcceptObserver: Send + Sync + 'static {
     fn open(&self, port: &'static str, connections: usize);
 }
 
+/// Where a connection comes from, for the per-source caps: an IPv4
+/// address, or an IPv6 /64 (one subscriber's prefix; a single host can use
+/// many addresses of it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Source(u128);
+
+impl Source {
+    pub fn of(ip: IpAddr) -> Source {
+        match ip {
+            IpAddr::V4(v4) => Source(u128::from(u32::from(v4))),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Source(u128::from(u32::from(v4))),
+                None => Source((u128::from(v6) >> 64 << 64) | (1 << 32)),
+            },
+        }
+    }
+}
+
 #[derive(Default)]
 struct Counts {
     open: usize,
     handshaking: usize,
-    by_source: HashMap<IpAddr, usize>,
+    /// Per source: (open, handshaking).
+    by_source: HashMap<Source, (usize, usize)>,
 }
 
 /// The open connections of one listener.
@@ -100,22 +132,28 @@ impl Tally {
         self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Takes a place for a new connection from `source`, in its handshake.
-    fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Slot, Refusal> {
+    /// Takes a place for a new connection from `ip`, in its handshake.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
+        let source = Source::of(ip);
         let mut c = self.lock();
-        let from_source = c.by_source.get(&source).copied().unwrap_or(0);
+        let (open_from, handshaking_from) = c.by_source.get(&source).copied().unwrap_or((0, 0));
         if c.open >= self.limits.max_connections {
             return Err(Refusal::MaxConnections);
         }
-        if from_source >= self.limits.max_connections_per_source {
+        if open_from >= self.limits.max_connections_per_source {
             return Err(Refusal::MaxPerSource);
+        }
+        if handshaking_from >= self.limits.max_handshakes_per_source {
+            return Err(Refusal::MaxHandshakesPerSource);
         }
         if c.handshaking >= self.limits.max_handshakes {
             return Err(Refusal::MaxHandshakes);
         }
         c.open += 1;
         c.handshaking += 1;
-        *c.by_source.entry(source).or_default() += 1;
+        let from = c.by_source.entry(source).or_default();
+        from.0 += 1;
+        from.1 += 1;
         self.observer.open(self.port, c.open);
         Ok(Slot { tally: self.clone(), source, handshaking: true })
     }
@@ -124,14 +162,18 @@ impl Tally {
 /// A connection's place in the tally, given back when it closes.
 struct Slot {
     tally: Arc<Tally>,
-    source: IpAddr,
+    source: Source,
     handshaking: bool,
 }
 
 impl Slot {
     fn handshake_done(&mut self) {
         if std::mem::replace(&mut self.handshaking, false) {
-            self.tally.lock().handshaking -= 1;
+            let mut c = self.tally.lock();
+            c.handshaking -= 1;
+            if let Some(from) = c.by_source.get_mut(&self.source) {
+                from.1 -= 1;
+            }
         }
     }
 }
@@ -143,9 +185,12 @@ impl Drop for Slot {
         if self.handshaking {
             c.handshaking -= 1;
         }
-        if let Some(n) = c.by_source.get_mut(&self.source) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(from) = c.by_source.get_mut(&self.source) {
+            from.0 -= 1;
+            if self.handshaking {
+                from.1 -= 1;
+            }
+            if from.0 == 0 {
                 c.by_source.remove(&self.source);
             }
         }
@@ -283,29 +328,68 @@ mod tests {
         Arc::new(Tally { limits, counts: Mutex::default(), port: "test", observer: Arc::new(Seen::default()) })
     }
 
+    const A: [u8; 4] = [10, 0, 0, 1];
+    const B: [u8; 4] = [10, 0, 0, 2];
+    const C: [u8; 4] = [10, 0, 0, 3];
+
     #[test]
-    fn caps_apply_in_order_and_places_come_back() {
-        let limits = ConnectionLimits {
+    fn handshakes_are_capped_per_source_and_in_all() {
+        let t = tally(ConnectionLimits {
+            max_connections: 10,
+            max_connections_per_source: 5,
+            max_handshakes: 3,
+            max_handshakes_per_source: 2,
+            handshake_timeout: Duration::from_secs(1),
+        });
+        let mut a1 = t.admit(A.into()).unwrap();
+        let _a2 = t.admit(A.into()).unwrap();
+        assert_eq!(t.admit(A.into()).err(), Some(Refusal::MaxHandshakesPerSource));
+        let _b1 = t.admit(B.into()).unwrap();
+        assert_eq!(t.admit(C.into()).err(), Some(Refusal::MaxHandshakes));
+        a1.handshake_done();
+        let _c1 = t.admit(C.into()).unwrap();
+        assert_eq!(t.admit(A.into()).err(), Some(Refusal::MaxHandshakes), "a may again, but nobody may");
+        assert_eq!(t.lock().by_source.get(&Source::of(A.into())), Some(&(2, 1)));
+        drop(a1);
+        assert_eq!(t.lock().by_source.get(&Source::of(A.into())), Some(&(1, 1)));
+        let c = t.lock();
+        assert_eq!((c.open, c.handshaking), (3, 3));
+    }
+
+    #[test]
+    fn connections_are_capped_per_source_and_in_all_and_come_back() {
+        let t = tally(ConnectionLimits {
             max_connections: 3,
             max_connections_per_source: 2,
-            max_handshakes: 2,
+            max_handshakes: 10,
+            max_handshakes_per_source: 10,
             handshake_timeout: Duration::from_secs(1),
-        };
-        let t = tally(limits);
-        let a: IpAddr = [10, 0, 0, 1].into();
-        let b: IpAddr = [10, 0, 0, 2].into();
-        let mut first = t.admit(a).unwrap();
-        let _second = t.admit(a).unwrap();
-        assert_eq!(t.admit(a).err(), Some(Refusal::MaxPerSource));
-        assert_eq!(t.admit(b).err(), Some(Refusal::MaxHandshakes), "two handshakes in progress");
-        first.handshake_done();
-        let third = t.admit(b).unwrap();
-        assert_eq!(t.admit(b).err(), Some(Refusal::MaxConnections));
-        drop(third);
-        drop(first);
-        assert_eq!(t.lock().open, 1);
-        assert_eq!(t.lock().handshaking, 1);
-        assert_eq!(t.lock().by_source.get(&b), None, "a source with no connection is forgotten");
-        t.admit(b).unwrap();
+        });
+        let a1 = t.admit(A.into()).unwrap();
+        let mut a2 = t.admit(A.into()).unwrap();
+        a2.handshake_done();
+        assert_eq!(t.admit(A.into()).err(), Some(Refusal::MaxPerSource));
+        let b1 = t.admit(B.into()).unwrap();
+        assert_eq!(t.admit(B.into()).err(), Some(Refusal::MaxConnections));
+        drop(b1);
+        drop(a1);
+        drop(a2);
+        {
+            let c = t.lock();
+            assert_eq!((c.open, c.handshaking), (0, 0));
+            assert!(c.by_source.is_empty(), "a source with no connection is forgotten");
+        }
+        t.admit(B.into()).unwrap();
+    }
+
+    #[test]
+    fn an_ipv6_source_is_its_slash_64() {
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let next: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(Source::of(one), Source::of(other));
+        assert_ne!(Source::of(one), Source::of(next));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(Source::of(mapped), Source::of([10, 0, 0, 1].into()));
     }
 }

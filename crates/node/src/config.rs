@@ -239,6 +239,8 @@ pub struct RawConnections {
     pub max_connections_per_source: Option<usize>,
     /// Connections per port still in their TLS handshake (default 1024).
     pub max_handshakes: Option<usize>,
+    /// Of those, from one source address (an IPv6 /64) at most (default 32).
+    pub max_handshakes_per_source: Option<usize>,
     /// A TLS handshake not finished by then is dropped (default 10000 ms).
     pub handshake_timeout_ms: Option<u64>,
     /// Concurrent HTTP/2 streams (calls) per connection (default 1024).
@@ -258,6 +260,7 @@ impl ConnectionsConfig {
             max_connections,
             max_connections_per_source,
             max_handshakes,
+            max_handshakes_per_source,
             handshake_timeout_ms,
             max_concurrent_streams,
         } = raw;
@@ -266,12 +269,14 @@ impl ConnectionsConfig {
             max_connections: max_connections.unwrap_or(d.max_connections),
             max_connections_per_source: max_connections_per_source.unwrap_or(d.max_connections_per_source),
             max_handshakes: max_handshakes.unwrap_or(d.max_handshakes),
+            max_handshakes_per_source: max_handshakes_per_source.unwrap_or(d.max_handshakes_per_source),
             handshake_timeout: handshake_timeout_ms.map_or(d.handshake_timeout, Duration::from_millis),
         };
         for (field, v) in [
             ("connections.max_connections", limits.max_connections),
             ("connections.max_connections_per_source", limits.max_connections_per_source),
             ("connections.max_handshakes", limits.max_handshakes),
+            ("connections.max_handshakes_per_source", limits.max_handshakes_per_source),
             ("connections.handshake_timeout_ms", limits.handshake_timeout.as_millis() as usize),
         ] {
             if v == 0 {

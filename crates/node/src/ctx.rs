@@ -44,6 +44,49 @@ pub struct NodeCtx {
     pub federation: Option<Arc<crate::federation::Federation>>,
     /// Why this node failed closed (its Raft core stopped), once it did.
     pub fault: watch::Sender<Option<String>>,
+    /// Node ids this node saw leave the membership (kept across restarts).
+    pub removed_peers: RemovedPeers,
+}
+
+/// The node ids this node saw removed from the membership and not added
+/// back, persisted in `<data_dir>/REMOVED_PEERS` (one id per line) so a
+/// restart keeps refusing them. Kept up to date by `node::watch_raft_role`.
+pub struct RemovedPeers {
+    path: std::path::PathBuf,
+    ids: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
+}
+
+impl RemovedPeers {
+    pub fn load(data_dir: &std::path::Path) -> Self {
+        let path = data_dir.join(REMOVED_PEERS_FILE);
+        let ids = std::fs::read_to_string(&path)
+            .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default();
+        RemovedPeers { path, ids: std::sync::Mutex::new(ids) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<NodeId>> {
+        self.ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn contains(&self, node: NodeId) -> bool {
+        self.lock().contains(&node)
+    }
+
+    /// A membership went from `before` to `after`: ids that left are
+    /// removed, ids in `after` are members (again).
+    pub fn observe(&self, before: &std::collections::BTreeSet<NodeId>, after: &std::collections::BTreeSet<NodeId>) {
+        let mut ids = self.lock();
+        let was = ids.clone();
+        ids.extend(before.difference(after));
+        ids.retain(|id| !after.contains(id));
+        if *ids != was {
+            let text: String = ids.iter().map(|id| format!("{id}\n")).collect();
+            if let Err(e) = std::fs::write(&self.path, text) {
+                tracing::error!("failed to write {}: {e}", self.path.display());
+            }
+        }
+    }
 }
 
 impl NodeCtx {
@@ -80,24 +123,21 @@ impl NodeCtx {
             && self.raft.metrics().borrow().membership_config.membership().get_node(&self.node_id).is_some()
     }
 
-    /// A peer RPC's caller (`node`, from its certificate) is a member of the
-    /// cluster as this node knows it: a removed node keeps a valid
-    /// certificate, but none of its Raft, forwarding or ephemeral calls is
-    /// taken. A node that knows no membership yet (an empty one being added)
-    /// cannot tell, and accepts the leader that is adding it.
+    /// A peer RPC's caller (`node`, from its certificate) has not been
+    /// removed from the cluster as far as this node saw: a removed node keeps
+    /// a valid certificate, but none of its Raft, forwarding or ephemeral
+    /// calls is taken. An id this node does not know is not refused: a node
+    /// that lagged behind a membership change must still take the calls of a
+    /// member added meanwhile (it may be the leader).
     pub fn require_peer_member(&self, node: NodeId) -> Result<(), Status> {
-        let m = self.raft.metrics().borrow().membership_config.clone();
-        let membership = m.membership();
-        let knows_none = membership.nodes().next().is_none();
-        if knows_none || membership.get_node(&node).is_some() {
-            Ok(())
-        } else {
-            Err(status::with_detail(
-                tonic::Code::PermissionDenied,
-                format!("node {node} is not a member of this cluster"),
-                router_proto::v1::ErrorDetail { reason: "NOT_A_MEMBER".into(), ..Default::default() },
-            ))
+        if !self.removed_peers.contains(node) {
+            return Ok(());
         }
+        Err(status::with_detail(
+            tonic::Code::PermissionDenied,
+            format!("node {node} was removed from this cluster"),
+            router_proto::v1::ErrorDetail { reason: "NOT_A_MEMBER".into(), ..Default::default() },
+        ))
     }
 
     pub fn require_member(&self) -> Result<(), Status> {
@@ -156,3 +196,5 @@ pub const LAGGING_READ_WAIT: std::time::Duration = std::time::Duration::from_mil
 
 /// File in the data directory marking a node that was removed.
 pub const REMOVED_MARKER: &str = "REMOVED";
+/// File in the data directory listing the other nodes this node saw removed.
+pub const REMOVED_PEERS_FILE: &str = "REMOVED_PEERS";

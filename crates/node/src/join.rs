@@ -105,6 +105,11 @@ async fn attempt(ctx: &Ctx, cfg: &Config) -> Result<bool, String> {
         let members = BTreeMap::from([(cfg.node_id, cfg.advertise.clone())]);
         ctx.raft.initialize(members).await.map_err(|e| e.to_string())?;
         tracing::info!("no seed knew a cluster: initialized a new one; the other nodes join it");
+        // Alone in it: the cluster starts at this build's cluster version.
+        let raise = Command::SetClusterVersion { version: router_core::CLUSTER_VERSION };
+        if let Err(e) = ctx.writer.submit_patiently(raise).await {
+            tracing::error!("failed to set the cluster version: {e}");
+        }
         if let Err(e) = ctx.writer.submit_patiently(Command::SetLimits { limits: cfg.replicated_limits.clone() }).await
         {
             tracing::error!("failed to set replicated limits: {e}");

@@ -132,6 +132,7 @@ impl Node {
             ephemeral: Default::default(),
             federation: federation.clone(),
             fault: watch::Sender::new(None),
+            removed_peers: crate::ctx::RemovedPeers::load(&cfg.data_dir),
         });
         if ctx.removed.load(std::sync::atomic::Ordering::SeqCst) {
             tracing::warn!(
@@ -276,6 +277,8 @@ fn spawn_provider_server(
     );
     let router = Server::builder()
         .max_concurrent_streams(connections.max_concurrent_streams)
+        // Pings an idle connection, so a vanished client's frees its place (accept.rs).
+        .http2_keepalive_interval(Some(crate::accept::KEEPALIVE_INTERVAL))
         .trace_fn(crate::telemetry::server_span(ctx.node_id))
         .layer(crate::metrics::GrpcMetricsLayer(ctx.metrics.clone()))
         .add_service(health_service)
@@ -322,6 +325,8 @@ fn spawn_peer_server(
     );
     let router = Server::builder()
         .max_concurrent_streams(connections.max_concurrent_streams)
+        // Pings an idle connection, so a vanished client's frees its place (accept.rs).
+        .http2_keepalive_interval(Some(crate::accept::KEEPALIVE_INTERVAL))
         .trace_fn(crate::telemetry::server_span(ctx.node_id))
         .add_service(health_service)
         .add_service(
@@ -354,11 +359,22 @@ async fn watch_raft_role(ctx: Ctx, stop: watch::Sender<bool>) {
     let mut metrics = ctx.raft.metrics();
     let mut shutdown = ctx.shutdown.clone();
     let mut last = None;
+    let mut members: Option<std::collections::BTreeSet<NodeId>> = None;
     loop {
-        let (now, fatal) = {
+        let (now, fatal, nodes) = {
             let m = metrics.borrow_and_update();
-            ((m.state, m.current_term, m.current_leader), m.running_state.as_ref().err().map(|e| e.to_string()))
+            let nodes: std::collections::BTreeSet<NodeId> =
+                m.membership_config.membership().nodes().map(|(id, _)| *id).collect();
+            ((m.state, m.current_term, m.current_leader), m.running_state.as_ref().err().map(|e| e.to_string()), nodes)
         };
+        if !nodes.is_empty() && members.as_ref() != Some(&nodes) {
+            if let Some(before) = &members {
+                ctx.removed_peers.observe(before, &nodes);
+            } else {
+                ctx.removed_peers.observe(&Default::default(), &nodes);
+            }
+            members = Some(nodes);
+        }
         if let Some(fatal) = fatal {
             if !*shutdown.borrow() {
                 tracing::error!(
@@ -414,7 +430,7 @@ pub(crate) async fn bootstrap(ctx: Ctx, cfg: Config) {
         tracing::info!(members = ?cfg.initial_members.keys().collect::<Vec<_>>(), "cluster initialized");
         // Every initial member answered above: a cluster of this build starts
         // at its cluster version (otherwise `raise_cluster_version` waits).
-        if crate::grpc::admin_peers::every_member_reads(&ctx, router_raft::CLUSTER_VERSION_FORMAT).await.is_ok() {
+        if crate::grpc::admin_peers::every_member_applies(&ctx, router_core::CLUSTER_VERSION).await.is_ok() {
             let raise = Command::SetClusterVersion { version: router_core::CLUSTER_VERSION };
             if let Err(e) = ctx.writer.submit_patiently(raise).await {
                 tracing::error!("failed to set the cluster version: {e}");
@@ -451,7 +467,7 @@ async fn no_member_knows_a_cluster(ctx: &Ctx, cfg: &Config) -> bool {
 }
 
 /// Raises the replicated cluster version to this build's once every member
-/// runs a build that reads the format it is written in (the leader proposes
+/// runs a build that applies it (admin `Status`; the leader proposes
 /// it; a rolling upgrade raises it when its last node is upgraded). Ends
 /// when the local replica is at this build's version.
 async fn raise_cluster_version(ctx: Ctx) {
@@ -462,7 +478,7 @@ async fn raise_cluster_version(ctx: Ctx) {
         }
         let is_leader = ctx.raft.metrics().borrow().current_leader == Some(ctx.node_id);
         if is_leader {
-            match crate::grpc::admin_peers::every_member_reads(&ctx, router_raft::CLUSTER_VERSION_FORMAT).await {
+            match crate::grpc::admin_peers::every_member_applies(&ctx, router_core::CLUSTER_VERSION).await {
                 Ok(()) => {
                     let raise = Command::SetClusterVersion { version: router_core::CLUSTER_VERSION };
                     match ctx.writer.submit(raise).await {

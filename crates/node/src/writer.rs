@@ -477,16 +477,24 @@ impl Batcher {
         let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
         let mut clock = LeaderClock::default();
         let mut open = true;
+        // The pause switch lives in the writer; when every writer is gone
+        // the queue closes too, and this loop ends.
+        let mut pause_switch = true;
         let mut last_proposal = tokio::time::Instant::now();
         while open || !in_flight.is_empty() {
-            let is_paused = *paused.borrow();
+            let is_paused = *paused.borrow_and_update();
             let room = in_flight.len() < self.max_in_flight;
             tokio::select! {
                 biased;
                 Some((result, replies)) = in_flight.next(), if !in_flight.is_empty() => {
                     deliver(result, replies);
                 }
-                _ = paused.changed(), if is_paused => {}
+                // Watched whether paused or not, and before new work: a pause
+                // that comes while this loop waits stops the next proposal
+                // (an idle tick included), which a leadership transfer needs.
+                changed = paused.changed(), if pause_switch => {
+                    pause_switch = changed.is_ok();
+                }
                 first = rx.recv(), if open && !is_paused && room => {
                     let Some(first) = first else { open = false; continue };
                     let queued = take_queued(&mut rx, first, self.max_commands, ENTRY_BYTES, |p| &p.command);
@@ -497,7 +505,7 @@ impl Batcher {
                 }
                 () = tokio::time::sleep_until(last_proposal + IDLE_TICK), if open && !is_paused && room => {
                     last_proposal = tokio::time::Instant::now();
-                    if self.is_leader() {
+                    if self.is_leader() && !*paused.borrow() {
                         in_flight.push(self.propose(&mut clock, Vec::new(), Vec::new()));
                     }
                 }

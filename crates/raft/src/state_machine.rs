@@ -122,6 +122,31 @@ fn decode_payload(data: &[u8]) -> Result<SnapshotPayload, codec::FormatError> {
     Ok(payload)
 }
 
+/// An entry that raises the cluster version beyond what this build applies
+/// cannot be applied correctly here: a storage error, which stops openraft
+/// (the node fails closed) instead of letting this replica diverge. The
+/// leader raises the version only once every member supports it, so this
+/// means a build was rolled back under a cluster that had moved on.
+fn refuse_unknown_rules(batch: &router_core::Batch, log_id: LogId) -> Result<(), StorageError> {
+    let too_new = batch.commands.iter().find_map(|c| match c {
+        router_core::Command::SetClusterVersion { version } if *version > router_core::CLUSTER_VERSION => {
+            Some(*version)
+        }
+        _ => None,
+    });
+    match too_new {
+        None => Ok(()),
+        Some(version) => {
+            let e = std::io::Error::other(format!(
+                "entry {log_id} raises the cluster version to {version}, but this build applies up to {}: \
+                 upgrade this node instead of rolling back",
+                router_core::CLUSTER_VERSION
+            ));
+            Err(io_error(ErrorSubject::Apply(log_id), ErrorVerb::Read, &e, "apply"))
+        }
+    }
+}
+
 /// A snapshot in the oldest format that holds `state`.
 fn encode_payload(payload: &SnapshotPayloadRef<'_>) -> Result<Vec<u8>, codec::FormatError> {
     let state = payload.state;
@@ -338,6 +363,9 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
             let mut state = self.write_state();
             let mut applied = self.lock_applied();
             for entry in entries {
+                if let EntryPayload::Normal(batch) = &entry.payload {
+                    refuse_unknown_rules(batch, entry.log_id)?;
+                }
                 applied.last_applied = Some(entry.log_id);
                 let reply = match entry.payload {
                     EntryPayload::Blank => Vec::new(),

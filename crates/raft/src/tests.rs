@@ -399,3 +399,22 @@ fn a_raised_cluster_version_and_once_answers_survive_a_snapshot_in_format_3() {
         assert_eq!(got, want, "version and Once answers came back with the state");
     });
 }
+
+#[test]
+fn an_entry_raising_the_cluster_version_past_this_build_stops_apply() {
+    rt().block_on(async {
+        let (_log, mut sm) = open(MemBackend::new()).unwrap();
+        let before = snapshot_of(&sm);
+        let entry = Entry {
+            log_id: log_id(1, 1),
+            payload: EntryPayload::Normal(Batch {
+                stamp_ms: 5_000,
+                commands: vec![Command::SetClusterVersion { version: router_core::CLUSTER_VERSION + 1 }],
+            }),
+        };
+        let err = sm.apply(vec![entry]).await.expect_err("a storage error: the node stops");
+        assert!(err.to_string().contains("upgrade this node"), "{err}");
+        assert_eq!(snapshot_of(&sm), before, "nothing applied");
+        assert_eq!(sm.applied_state().await.unwrap().0, None, "not counted as applied");
+    });
+}

@@ -156,6 +156,7 @@ pub fn spawn(
     let service = FederationService { ctx: ctx.clone(), fed, verifier };
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(connections.max_concurrent_streams)
+        .http2_keepalive_interval(Some(crate::accept::KEEPALIVE_INTERVAL))
         .trace_fn(crate::telemetry::server_span(ctx.node_id))
         .layer(crate::metrics::GrpcMetricsLayer(ctx.metrics.clone()))
         .add_service(

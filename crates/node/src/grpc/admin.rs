@@ -119,6 +119,8 @@ impl Admin for AdminService {
             build_version: crate::build_version(),
             format_version: router_raft::FORMAT_VERSION.into(),
             health: crate::admin_http::not_ready_because(&self.ctx).unwrap_or_else(|| "ok".into()),
+            supported_cluster_version: router_core::CLUSTER_VERSION,
+            cluster_version: self.ctx.read(|s| s.cluster_version()),
         }))
     }
 
@@ -142,6 +144,34 @@ impl Admin for AdminService {
             req.get_ref().node.clone().ok_or_else(|| status::invalid_field("node", "EMPTY", "node is required"))?;
         let (id, addr) = node_addr(&node, 0)?;
         only_on_itself(&caller, "AddLearner", |me| me == id)?;
+        // Past the base cluster version the log holds entries only builds that
+        // apply it can read: a node of an older build would stop at the first one.
+        let version = self.ctx.read(|s| s.cluster_version());
+        if version > router_core::version::BASE_CLUSTER_VERSION {
+            let supported = match self.ctx.peers.admin(&addr.peer) {
+                Ok(mut c) => c.status(StatusRequest {}).await.map(|r| r.into_inner().supported_cluster_version),
+                Err(e) => Err(Status::unavailable(e.to_string())),
+            };
+            match supported {
+                Ok(v) if v >= version => {}
+                Ok(v) => {
+                    return Err(status::reason(
+                        Code::FailedPrecondition,
+                        "CLUSTER_NOT_UPGRADED",
+                        format!(
+                            "node {id} supports cluster version {v}; this cluster runs {version}: upgrade it first"
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    return Err(status::reason(
+                        Code::Unavailable,
+                        "MEMBER_UNREACHABLE",
+                        format!("cannot check node {id}'s build before adding it: {}", e.message()),
+                    ));
+                }
+            }
+        }
         self.ctx.raft.add_learner(id, addr, true).await.map_err(raft_status)?;
         Ok(Response::new(AddLearnerResponse {}))
     }

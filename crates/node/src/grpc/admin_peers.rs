@@ -99,17 +99,31 @@ pub async fn require_federation_format(ctx: &Ctx) -> Result<(), Status> {
 /// through its admin `Status`): `FAILED_PRECONDITION` / `CLUSTER_NOT_UPGRADED`
 /// if one does not, `UNAVAILABLE` / `MEMBER_UNREACHABLE` if one cannot be asked.
 pub async fn every_member_reads(ctx: &Ctx, needed: u8) -> Result<(), Status> {
+    every_member_supports(ctx, "data format", u32::from(needed), |s| s.format_version).await
+}
+
+/// Every other member runs a build that applies cluster version `needed`.
+pub async fn every_member_applies(ctx: &Ctx, needed: u32) -> Result<(), Status> {
+    every_member_supports(ctx, "cluster version", needed, |s| s.supported_cluster_version).await
+}
+
+/// Every other member's `Status` shows at least `needed` in the field `of` reads.
+async fn every_member_supports(
+    ctx: &Ctx,
+    what: &str,
+    needed: u32,
+    of: impl Fn(&router_proto::v1::StatusResponse) -> u32,
+) -> Result<(), Status> {
     let members: Vec<(u64, String)> = {
         let m = ctx.raft.metrics().borrow().clone();
         m.membership_config.membership().nodes().map(|(id, a)| (*id, a.peer.clone())).collect()
     };
-    let needed = u32::from(needed);
     for (id, addr) in members {
         if id == ctx.node_id {
             continue;
         }
         let answer = match ctx.peers.admin(&addr) {
-            Ok(mut c) => c.status(StatusRequest {}).await.map(|r| r.into_inner().format_version),
+            Ok(mut c) => c.status(StatusRequest {}).await.map(|r| of(&r.into_inner())),
             Err(e) => Err(Status::unavailable(e.to_string())),
         };
         match answer {
@@ -119,7 +133,7 @@ pub async fn every_member_reads(ctx: &Ctx, needed: u8) -> Result<(), Status> {
                     Code::FailedPrecondition,
                     "CLUSTER_NOT_UPGRADED",
                     format!(
-                        "node {id} runs a build that reads data format {v}; this needs {needed} on every \
+                        "node {id} runs a build that supports {what} {v}; this needs {needed} on every \
                          member: finish the rolling upgrade first"
                     ),
                 ));

@@ -556,6 +556,7 @@ fn print_status(out: Output, rows: &[(String, Option<StatusResponse>)]) {
                     "learners": s.learners.iter().map(|v| v.node_id).collect::<Vec<_>>(),
                     "replication_lag": s.replication_lag,
                     "build_version": s.build_version, "format_version": s.format_version,
+                    "cluster_version": s.cluster_version, "supported_cluster_version": s.supported_cluster_version,
                 }),
             })
             .collect();
@@ -565,9 +566,25 @@ fn print_status(out: Output, rows: &[(String, Option<StatusResponse>)]) {
     let health = |s: &StatusResponse| if s.health.is_empty() { "?".to_string() } else { s.health.clone() };
     // Wide enough for the longest reason ("applying: N entries behind", ...).
     let hw = rows.iter().filter_map(|(_, s)| s.as_ref()).map(|s| health(s).len()).max().unwrap_or(0).max(6);
+    // RULES: the cluster version the replica applies / the highest this build can.
+    let rules = |s: &StatusResponse| match s.supported_cluster_version {
+        0 => "-".to_string(),
+        supported => format!("{}/{supported}", s.cluster_version),
+    };
     println!(
-        "{:<22} {:>4} {:<10} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9} {:<16} {:<hw$}  MEMBERS",
-        "ENDPOINT", "NODE", "ROLE", "TERM", "LEADER", "LAST_LOG", "COMMIT", "APPLIED", "SNAPSHOT", "VERSION", "HEALTH"
+        "{:<22} {:>4} {:<10} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9} {:<16} {:<5} {:<hw$}  MEMBERS",
+        "ENDPOINT",
+        "NODE",
+        "ROLE",
+        "TERM",
+        "LEADER",
+        "LAST_LOG",
+        "COMMIT",
+        "APPLIED",
+        "SNAPSHOT",
+        "VERSION",
+        "RULES",
+        "HEALTH"
     );
     for (e, s) in rows {
         match s {
@@ -576,7 +593,7 @@ fn print_status(out: Output, rows: &[(String, Option<StatusResponse>)]) {
                 let voters: Vec<String> = s.voters.iter().map(|v| v.node_id.to_string()).collect();
                 let learners: Vec<String> = s.learners.iter().map(|v| v.node_id.to_string()).collect();
                 println!(
-                    "{e:<22} {:>4} {:<10} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9} {:<16} {:<hw$}  voters [{}] learners [{}]",
+                    "{e:<22} {:>4} {:<10} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9} {:<16} {:<5} {:<hw$}  voters [{}] learners [{}]",
                     s.node_id,
                     s.role,
                     s.current_term,
@@ -586,6 +603,7 @@ fn print_status(out: Output, rows: &[(String, Option<StatusResponse>)]) {
                     s.last_applied_index,
                     s.snapshot_index,
                     if s.build_version.is_empty() { "(older)" } else { s.build_version.as_str() },
+                    rules(s),
                     health(s),
                     voters.join(","),
                     learners.join(",")

@@ -198,6 +198,10 @@ async fn membership_changes_through_routerctl_under_traffic() {
     let table = ctl.ok(&[2, 3, 4, 5], &["status"]).await;
     assert!(table.contains("leader") && table.contains("voters [2,3,4,5]"), "{table}");
     assert!(table.lines().next().unwrap().contains("HEALTH"), "{table}");
+    let rules = format!("{0}/{0}", router_core::CLUSTER_VERSION);
+    let node_rows: Vec<&str> = table.lines().filter(|l| l.contains("voters [")).collect();
+    assert_eq!(node_rows.len(), 4, "{table}");
+    assert!(node_rows.iter().all(|l| l.contains(&rules)), "every node applies this build's rules: {table}");
     let all: Value = serde_json::from_str(&ctl.ok(&[2, 3, 4, 5], &["--output", "json", "status"]).await).unwrap();
     for node in all["nodes"].as_array().unwrap() {
         assert_eq!(node["health"], "ok", "{node}");

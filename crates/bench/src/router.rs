@@ -71,13 +71,12 @@ impl RouterCluster {
             });
         }
         let certs = dir.join("certs");
-        let read = |f: &str| std::fs::read(certs.join(f)).with_context(|| format!("read {f}"));
-        let mut connector = router_sdk::admin::AdminConnector::new(
-            &read("ca.pem")?,
-            &read("operator-admin.pem")?,
-            &read("operator-admin.key")?,
+        let mut connector = router_sdk::admin::AdminConnector::from_files(
+            &certs.join("ca.pem"),
+            &certs.join("operator-admin.pem"),
+            &certs.join("operator-admin.key"),
             "localhost",
-        );
+        )?;
         connector.timeout = Duration::from_secs(2);
         connector.connect_timeout = Duration::from_millis(500);
         let mut admin = Vec::new();

@@ -231,8 +231,8 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("read {}", p.display()));
-    let admin = AdminConnector::new(&read(&cli.ca)?, &read(&cli.cert)?, &read(&cli.key)?, &cli.server_name);
+    let admin = AdminConnector::from_files(&cli.ca, &cli.cert, &cli.key, &cli.server_name)
+        .context("load the CA and operator certificate")?;
     let out = cli.output;
     let leader = || async { admin.leader_endpoint(&cli.endpoints).await };
     match cli.command {

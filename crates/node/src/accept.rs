@@ -246,6 +246,15 @@ impl AsyncWrite for Counted {
     }
 }
 
+/// A gRPC server with the per-connection bounds of `[connections]`: streams
+/// per connection, and pings of idle connections (the provider, peer and
+/// federation listeners are built from it).
+pub fn bounded_server(max_concurrent_streams: u32) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(max_concurrent_streams)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+}
+
 pub type Incoming = tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<Counted>>>;
 
 /// Accepts on `listener` until `shutdown`, and yields the connections whose

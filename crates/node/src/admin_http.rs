@@ -3,11 +3,11 @@
 //! text format).
 
 use crate::ctx::Ctx;
-use crate::grpc::admin::role_name;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use openraft::ServerState;
 
 /// A replica this many entries behind the commit index is not ready.
 const READY_MAX_APPLY_LAG: u64 = 1_000;
@@ -34,6 +34,17 @@ async fn readyz(State(ctx): State<Ctx>) -> (StatusCode, String) {
     match not_ready_because(&ctx) {
         None => (StatusCode::OK, format!("ready: {} of term {}\n", role_name(m.state), m.current_term)),
         Some(p) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {p}\n")),
+    }
+}
+
+/// The Raft role as `Status`, `/readyz` and the logs name it.
+pub fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
     }
 }
 

@@ -102,23 +102,6 @@ pub fn require_admin<T>(req: &Request<T>) -> Result<Identity, Status> {
     }
 }
 
-/// Every other admin call: operators only (a node certificate is a node's,
-/// not an operator's). Logs the operator's name with the call, so every
-/// change made through the admin API says who made it.
-pub fn require_operator<T>(req: &Request<T>, method: &str) -> Result<String, Status> {
-    match identity_of(req)? {
-        Identity::Operator(name) => {
-            tracing::info!(operator = %name, method, "admin call");
-            Ok(name)
-        }
-        other => Err(crate::grpc::status::reason(
-            tonic::Code::PermissionDenied,
-            "OPERATOR_REQUIRED",
-            format!("{} may not call Admin.{method}: it needs an operator certificate", other.uri()),
-        )),
-    }
-}
-
 /// Raft and forwarding calls: nodes only (the handler also checks that the
 /// node is a member: `NodeCtx::require_peer_member`).
 pub fn require_node<T>(req: &Request<T>) -> Result<NodeId, Status> {

@@ -21,7 +21,7 @@
 
 use crate::config::Config;
 use crate::ctx::Ctx;
-use router_core::Command;
+use router_core::{Command, ProviderId};
 use router_proto::v1::{
     AddLearnerRequest, ChangeMembershipRequest, NodeInfo, RemoveMemberRequest, StatusRequest, StatusResponse,
 };
@@ -35,7 +35,7 @@ pub async fn run(ctx: Ctx, cfg: Config) {
     match ctx.raft.is_initialized().await {
         Ok(true) => {
             if cfg.bootstraps() {
-                crate::node::onboard_initial_providers(&ctx, &cfg).await;
+                onboard_initial_providers(&ctx, &cfg).await;
             }
             // A node that stopped between being added as a learner and its
             // promotion goes on to be promoted; anything else is a restart.
@@ -114,7 +114,7 @@ async fn attempt(ctx: &Ctx, cfg: &Config) -> Result<bool, String> {
         {
             tracing::error!("failed to set replicated limits: {e}");
         }
-        crate::node::onboard_initial_providers(ctx, cfg).await;
+        onboard_initial_providers(ctx, cfg).await;
         return Ok(true);
     }
     Ok(false)
@@ -161,6 +161,19 @@ async fn join(ctx: &Ctx, cfg: &Config, leader: &str, seen: &StatusResponse) -> R
     result?;
     tracing::info!(leader_id = leader, "joined the cluster as a voter");
     Ok(())
+}
+
+/// Idempotent: providers already onboarded are skipped.
+pub(crate) async fn onboard_initial_providers(ctx: &Ctx, cfg: &Config) {
+    for p in &cfg.initial_providers {
+        let provider = ProviderId::new(p);
+        if ctx.read(|s| s.is_onboarded(&provider)) {
+            continue;
+        }
+        if let Err(e) = ctx.writer.submit_patiently(Command::AddProvider { provider }).await {
+            tracing::error!("failed to onboard initial provider {p}: {e}");
+        }
+    }
 }
 
 /// How often the leader compares the membership with the seeds.

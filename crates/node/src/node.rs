@@ -15,7 +15,7 @@ use crate::peers::{PEER_MAX_MESSAGE_BYTES, PeerPool};
 use crate::tls::TlsMaterials;
 use crate::writer::Writer;
 use anyhow::Context;
-use router_core::{Command, ProviderId};
+use router_core::Command;
 use router_proto::v1::admin_server::AdminServer;
 use router_proto::v1::directory_server::DirectoryServer;
 use router_proto::v1::media_server::MediaServer;
@@ -28,7 +28,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::Server;
 use tracing::Instrument;
 
 /// Sockets bound by the caller.
@@ -275,10 +274,7 @@ fn spawn_provider_server(
         ctx.metrics.clone(),
         shutdown.clone(),
     );
-    let router = Server::builder()
-        .max_concurrent_streams(connections.max_concurrent_streams)
-        // Pings an idle connection, so a vanished client's frees its place (accept.rs).
-        .http2_keepalive_interval(Some(crate::accept::KEEPALIVE_INTERVAL))
+    let router = crate::accept::bounded_server(connections.max_concurrent_streams)
         .trace_fn(crate::telemetry::server_span(ctx.node_id))
         .layer(crate::metrics::GrpcMetricsLayer(ctx.metrics.clone()))
         .add_service(health_service)
@@ -323,10 +319,7 @@ fn spawn_peer_server(
         ctx.metrics.clone(),
         shutdown.clone(),
     );
-    let router = Server::builder()
-        .max_concurrent_streams(connections.max_concurrent_streams)
-        // Pings an idle connection, so a vanished client's frees its place (accept.rs).
-        .http2_keepalive_interval(Some(crate::accept::KEEPALIVE_INTERVAL))
+    let router = crate::accept::bounded_server(connections.max_concurrent_streams)
         .trace_fn(crate::telemetry::server_span(ctx.node_id))
         .add_service(health_service)
         .add_service(
@@ -368,12 +361,8 @@ async fn watch_raft_role(ctx: Ctx, stop: watch::Sender<bool>) {
             ((m.state, m.current_term, m.current_leader), m.running_state.as_ref().err().map(|e| e.to_string()), nodes)
         };
         if !nodes.is_empty() && members.as_ref() != Some(&nodes) {
-            if let Some(before) = &members {
-                ctx.removed_peers.observe(before, &nodes);
-            } else {
-                ctx.removed_peers.observe(&Default::default(), &nodes);
-            }
-            members = Some(nodes);
+            let before = members.replace(nodes.clone()).unwrap_or_default();
+            ctx.removed_peers.observe(&before, &nodes);
         }
         if let Some(fatal) = fatal {
             if !*shutdown.borrow() {
@@ -389,7 +378,7 @@ async fn watch_raft_role(ctx: Ctx, stop: watch::Sender<bool>) {
         if last != Some(now) {
             let (state, term, leader) = now;
             ctx.writer.observe_leader(leader.is_some());
-            let role = crate::grpc::admin::role_name(state);
+            let role = crate::admin_http::role_name(state);
             match leader {
                 Some(leader_id) => tracing::info!(term, leader_id, role, "raft: role, term or leader changed"),
                 None => tracing::info!(term, role, "raft: role or term changed; no leader known"),
@@ -419,7 +408,7 @@ pub(crate) async fn bootstrap(ctx: Ctx, cfg: Config) {
     // leader will replicate to us if a cluster exists).
     if fresh && !no_member_knows_a_cluster(&ctx, &cfg).await {
         tracing::info!("another member knows a cluster: not initializing; waiting to be caught up");
-        onboard_initial_providers(&ctx, &cfg).await;
+        crate::join::onboard_initial_providers(&ctx, &cfg).await;
         return;
     }
     if fresh {
@@ -441,7 +430,7 @@ pub(crate) async fn bootstrap(ctx: Ctx, cfg: Config) {
             tracing::error!("failed to set replicated limits: {e}");
         }
     }
-    onboard_initial_providers(&ctx, &cfg).await;
+    crate::join::onboard_initial_providers(&ctx, &cfg).await;
 }
 
 /// Polls the other initial members until all of them answer: true when none
@@ -513,17 +502,4 @@ fn check_room(data_dir: &std::path::Path) -> anyhow::Result<()> {
             data_dir.display()
         )
     })
-}
-
-/// Idempotent: providers already onboarded are skipped.
-pub(crate) async fn onboard_initial_providers(ctx: &Ctx, cfg: &Config) {
-    for p in &cfg.initial_providers {
-        let provider = ProviderId::new(p);
-        if ctx.read(|s| s.is_onboarded(&provider)) {
-            continue;
-        }
-        if let Err(e) = ctx.writer.submit_patiently(Command::AddProvider { provider }).await {
-            tracing::error!("failed to onboard initial provider {p}: {e}");
-        }
-    }
 }

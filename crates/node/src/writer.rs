@@ -167,8 +167,8 @@ impl Writer {
     /// applying it twice would differ from applying it once and the cluster
     /// applies `Once` (version 2), so every retry of this write shares one id.
     fn once(&self, command: Command) -> Command {
-        let cluster_version = self.state.read().map_or(0, |s| s.cluster_version());
-        if !command.is_not_idempotent() || cluster_version < 2 {
+        // Sends (the hot path) are idempotent already: no state lock for them.
+        if !command.is_not_idempotent() || self.state.read().map_or(0, |s| s.cluster_version()) < 2 {
             return command;
         }
         let seq = self.request_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -28,6 +28,18 @@ impl AdminConnector {
         }
     }
 
+    /// [`AdminConnector::new`] from PEM files (CA, operator certificate, its key).
+    pub fn from_files(
+        ca: &std::path::Path,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        server_name: &str,
+    ) -> Result<Self, SdkError> {
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| SdkError::Config(format!("read {}: {e}", p.display())));
+        Ok(Self::new(&read(ca)?, &read(cert)?, &read(key)?, server_name))
+    }
+
     /// A client for one node's peer endpoint (`host:port`); dials lazily.
     pub fn client(&self, endpoint: &str) -> Result<AdminClient<Channel>, SdkError> {
         let ch = Endpoint::from_shared(format!("https://{endpoint}"))

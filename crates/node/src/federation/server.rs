@@ -154,9 +154,7 @@ pub fn spawn(
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
 
     let service = FederationService { ctx: ctx.clone(), fed, verifier };
-    let server = tonic::transport::Server::builder()
-        .max_concurrent_streams(connections.max_concurrent_streams)
-        .http2_keepalive_interval(Some(crate::accept::KEEPALIVE_INTERVAL))
+    let server = crate::accept::bounded_server(connections.max_concurrent_streams)
         .trace_fn(crate::telemetry::server_span(ctx.node_id))
         .layer(crate::metrics::GrpcMetricsLayer(ctx.metrics.clone()))
         .add_service(

@@ -5,8 +5,7 @@
 use super::status;
 use crate::ctx::Ctx;
 use crate::grpc::peer::ElectionControl;
-use crate::identity::{Identity, check_provider_id, require_admin, require_operator};
-use openraft::ServerState;
+use crate::identity::{Identity, check_provider_id, identity_of, require_admin};
 use router_core::{Command, ProviderId};
 use router_proto::v1::admin_server::Admin;
 use router_proto::v1::*;
@@ -36,13 +35,20 @@ fn node_addr(n: &NodeInfo, i: usize) -> Result<(u64, NodeAddr), Status> {
     Ok((n.node_id, NodeAddr { peer: n.peer_endpoint.clone(), provider: n.provider_endpoint.clone() }))
 }
 
-pub fn role_name(state: ServerState) -> &'static str {
-    match state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
+/// Every other admin call: operators only (a node certificate is a node's,
+/// not an operator's). Logs the operator's name with the call, so every
+/// change made through the admin API says who made it.
+fn require_operator<T>(req: &Request<T>, method: &str) -> Result<String, Status> {
+    match identity_of(req)? {
+        Identity::Operator(name) => {
+            tracing::info!(operator = %name, method, "admin call");
+            Ok(name)
+        }
+        other => Err(status::reason(
+            Code::PermissionDenied,
+            "OPERATOR_REQUIRED",
+            format!("{} may not call Admin.{method}: it needs an operator certificate", other.uri()),
+        )),
     }
 }
 
@@ -105,7 +111,7 @@ impl Admin for AdminService {
             .unwrap_or_default();
         Ok(Response::new(StatusResponse {
             node_id: self.ctx.node_id,
-            role: role_name(m.state).into(),
+            role: crate::admin_http::role_name(m.state).into(),
             current_term: m.current_term,
             leader_id: m.current_leader.unwrap_or(0),
             has_leader: m.current_leader.is_some(),
@@ -148,29 +154,8 @@ impl Admin for AdminService {
         // apply it can read: a node of an older build would stop at the first one.
         let version = self.ctx.read(|s| s.cluster_version());
         if version > router_core::version::BASE_CLUSTER_VERSION {
-            let supported = match self.ctx.peers.admin(&addr.peer) {
-                Ok(mut c) => c.status(StatusRequest {}).await.map(|r| r.into_inner().supported_cluster_version),
-                Err(e) => Err(Status::unavailable(e.to_string())),
-            };
-            match supported {
-                Ok(v) if v >= version => {}
-                Ok(v) => {
-                    return Err(status::reason(
-                        Code::FailedPrecondition,
-                        "CLUSTER_NOT_UPGRADED",
-                        format!(
-                            "node {id} supports cluster version {v}; this cluster runs {version}: upgrade it first"
-                        ),
-                    ));
-                }
-                Err(e) => {
-                    return Err(status::reason(
-                        Code::Unavailable,
-                        "MEMBER_UNREACHABLE",
-                        format!("cannot check node {id}'s build before adding it: {}", e.message()),
-                    ));
-                }
-            }
+            let supported = |st: &StatusResponse| st.supported_cluster_version;
+            super::admin_peers::node_supports(&self.ctx, id, &addr.peer, "cluster version", version, supported).await?;
         }
         self.ctx.raft.add_learner(id, addr, true).await.map_err(raft_status)?;
         Ok(Response::new(AddLearnerResponse {}))

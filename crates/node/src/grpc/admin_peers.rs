@@ -119,35 +119,40 @@ async fn every_member_supports(
         m.membership_config.membership().nodes().map(|(id, a)| (*id, a.peer.clone())).collect()
     };
     for (id, addr) in members {
-        if id == ctx.node_id {
-            continue;
-        }
-        let answer = match ctx.peers.admin(&addr) {
-            Ok(mut c) => c.status(StatusRequest {}).await.map(|r| of(&r.into_inner())),
-            Err(e) => Err(Status::unavailable(e.to_string())),
-        };
-        match answer {
-            Ok(v) if v >= needed => {}
-            Ok(v) => {
-                return Err(status::reason(
-                    Code::FailedPrecondition,
-                    "CLUSTER_NOT_UPGRADED",
-                    format!(
-                        "node {id} runs a build that supports {what} {v}; this needs {needed} on every \
-                         member: finish the rolling upgrade first"
-                    ),
-                ));
-            }
-            Err(e) => {
-                return Err(status::reason(
-                    Code::Unavailable,
-                    "MEMBER_UNREACHABLE",
-                    format!("cannot check node {id}'s build: {}", e.message()),
-                ));
-            }
+        if id != ctx.node_id {
+            node_supports(ctx, id, &addr, what, needed, &of).await?;
         }
     }
     Ok(())
+}
+
+/// Node `id` (peer endpoint `addr`) shows at least `needed` in the `Status`
+/// field `of` reads (`what` names it in the refusal).
+pub async fn node_supports(
+    ctx: &Ctx,
+    id: u64,
+    addr: &str,
+    what: &str,
+    needed: u32,
+    of: impl Fn(&router_proto::v1::StatusResponse) -> u32,
+) -> Result<(), Status> {
+    let answer = match ctx.peers.admin(addr) {
+        Ok(mut c) => c.status(StatusRequest {}).await.map(|r| of(&r.into_inner())),
+        Err(e) => Err(Status::unavailable(e.to_string())),
+    };
+    match answer {
+        Ok(v) if v >= needed => Ok(()),
+        Ok(v) => Err(status::reason(
+            Code::FailedPrecondition,
+            "CLUSTER_NOT_UPGRADED",
+            format!("node {id} runs a build that supports {what} {v}; this needs {needed}: upgrade it first"),
+        )),
+        Err(e) => Err(status::reason(
+            Code::Unavailable,
+            "MEMBER_UNREACHABLE",
+            format!("cannot check node {id}'s build: {}", e.message()),
+        )),
+    }
 }
 
 /// A peer command for a registered peer, behind the format gate: an

@@ -103,7 +103,9 @@ if [[ $write_seeds == 1 ]]; then
     for t in $targets; do
         # config: hand-written TOML; state_machine: picked from a fuzzing run (see the README).
         [[ $t == config || $t == state_machine ]] && continue
-        rm -rf "${FUZZ_DIR:?}/corpus/$t"
+        # Regenerated seeds replace the old ones; regression inputs (crashes once found) stay.
+        mkdir -p "${FUZZ_DIR:?}/corpus/$t"
+        find "$FUZZ_DIR/corpus/$t" -maxdepth 1 -type f ! -name 'regression-*' -delete
         ROUTER_FUZZ_WRITE_SEEDS="$FUZZ_DIR/corpus/$t" "$bin_dir/$t" 2>&1 | grep -v '^WARNING: Failed to find function'
     done
     exit 0

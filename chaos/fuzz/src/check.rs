@@ -21,9 +21,10 @@
 use crate::model::{KIND_EC, KIND_KYBER, KIND_LAST_RESORT, KIND_SIGNED};
 use bytes::Bytes;
 use prost::Message;
+use router_core::version::{DELIVERY_ACK_GRACE_MS, MAX_CLOCK_STEP_MS, MAX_ONCE_ANSWERS, ONCE_WINDOW_MS};
 use router_core::{
     Batch, Command, DeviceId, GroupId, Limits, MailboxItem, MessageId, Outcome, ProviderId, ProviderStatus,
-    RegistrationId, Rejection, Role, Seq, State, UserId,
+    RegistrationId, Rejection, RequestId, Role, Seq, State, UserId,
 };
 use router_proto::v1;
 use std::collections::{BTreeMap, BTreeSet};
@@ -266,6 +267,43 @@ impl DedupModel {
     }
 }
 
+/// The answers of `Command::Once` requests, modelled: an accepted request's
+/// answer is kept for `ONCE_WINDOW_MS` (at most `MAX_ONCE_ANSWERS` of them)
+/// and a retry inside it gets that answer and changes nothing; a rejected
+/// one is not kept (`OnceAnswers` in `crates/core/src/once.rs`).
+#[derive(Clone, Debug, Default)]
+struct OnceModel {
+    order: std::collections::VecDeque<(u64, RequestId)>,
+    answers: BTreeMap<RequestId, Outcome>,
+}
+
+impl OnceModel {
+    fn prune(&mut self, now: u64) {
+        while let Some(&(stamp, request)) = self.order.front() {
+            if now.saturating_sub(stamp) <= ONCE_WINDOW_MS && self.order.len() <= MAX_ONCE_ANSWERS {
+                break;
+            }
+            self.order.pop_front();
+            self.answers.remove(&request);
+        }
+    }
+}
+
+/// The rules of a cluster version that the checks below depend on
+/// (`crates/core/src/version.rs`): where a leader stamp moves the clock, and
+/// how long an entry outlives its TTL before it is removed and reported.
+fn expected_clock(before: &State, stamp_ms: u64) -> u64 {
+    if before.cluster_version() >= 2 && before.clock_ms > 0 {
+        before.clock_ms.max(stamp_ms.min(before.clock_ms.saturating_add(MAX_CLOCK_STEP_MS)))
+    } else {
+        before.clock_ms.max(stamp_ms)
+    }
+}
+
+fn expiry_grace_ms(before: &State) -> u64 {
+    if before.cluster_version() >= 2 { DELIVERY_ACK_GRACE_MS } else { 0 }
+}
+
 /// Counters, to see that a run reached the interesting paths.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
@@ -287,6 +325,8 @@ pub struct Checker {
     model: Model,
     /// `None` after a restore of a state this checker never saw.
     dedup: Option<DedupModel>,
+    /// Kept across a restore: the Once answers are the cluster's own.
+    once: OnceModel,
     /// Every (sender, message id) ever answered.
     keys: BTreeSet<Key>,
     /// States a later `Restore` may load, with their dedup.
@@ -325,6 +365,7 @@ impl Checker {
             tokens,
             model: Model::of(initial),
             dedup: initial.mailboxes.is_empty().then(DedupModel::default),
+            once: OnceModel::default(),
             keys: BTreeSet::new(),
             backups: Vec::new(),
             trusted: true,
@@ -360,12 +401,19 @@ impl Checker {
         }
         self.stats.batches += 1;
         assert_eq!(outs.len(), batch.commands.len(), "one outcome per command");
-        assert_eq!(after.clock_ms, before.clock_ms.max(batch.stamp_ms), "clock is max(previous, stamp)");
+        assert_eq!(
+            after.clock_ms,
+            expected_clock(before, batch.stamp_ms),
+            "clock of version {}",
+            before.cluster_version()
+        );
+        assert!(after.cluster_version() >= before.cluster_version(), "the cluster version went down");
         let now = after.clock_ms;
         let mut notes = BatchNotes::default();
         if let Some(d) = &mut self.dedup {
             d.prune(now, &before.limits);
         }
+        self.once.prune(now);
         for (cmd, out) in batch.commands.iter().zip(outs) {
             self.command(before, now, cmd, out, &mut notes);
             if !self.trusted {
@@ -404,6 +452,22 @@ impl Checker {
         // this model; core's unit tests cover it. A refused one changed
         // nothing (the state checks below still hold); after an accepted one
         // nothing more is checked, as after a restore of an unseen backup.
+        if let Command::Once { request, command } = cmd {
+            if let Some(answer) = self.once.answers.get(request) {
+                assert_eq!(out, answer, "a retry of Once {request:?} must get the first answer");
+                return;
+            }
+            self.command(before, now, command, out, notes);
+            if !matches!(out, Outcome::Rejected(_)) {
+                self.once.answers.insert(*request, out.clone());
+                self.once.order.push_back((now, *request));
+            }
+            return;
+        }
+        if let Command::SetClusterVersion { .. } = cmd {
+            assert_eq!(out, &Outcome::Done, "setting the cluster version is never refused");
+            return;
+        }
         if cmd.is_federation() || cmd.actor().is_some_and(|p| p.0.contains('@')) {
             if !matches!(out, Outcome::Rejected(_)) {
                 self.trusted = false;
@@ -649,13 +713,14 @@ impl Checker {
         }
 
         let empty = BTreeSet::new();
+        let grace = expiry_grace_ms(before);
         let mut expected_reports: BTreeMap<ProviderId, Vec<MailboxItem>> = BTreeMap::new();
         for (owner, mb) in &before.mailboxes {
             let now_mb = after.mailboxes.get(owner).expect("mailboxes are never dropped");
             assert!(now_mb.next_seq >= mb.next_seq, "{owner}: next_seq went back");
             let named = notes.acked.get(owner).unwrap_or(&empty);
             for e in mb.entries.values() {
-                let expired = e.expires_at_ms <= now;
+                let expired = e.expires_at_ms.saturating_add(grace) <= now;
                 if named.contains(&e.seq) || expired {
                     assert!(!now_mb.entries.contains_key(&e.seq), "{owner}/{} should be gone", e.seq);
                 } else {
@@ -691,6 +756,8 @@ impl Checker {
             let mut reports: Vec<MailboxItem> = Vec::new();
             for e in mb.entries.range(prev_next..).map(|(_, e)| e) {
                 assert_eq!(e.accepted_at_ms, now, "{owner}/{}: new entry not stamped with this batch", e.seq);
+                // Version 2: seq 0 marks ephemeral entries, no stored entry gets it.
+                assert!(e.seq > 0 || before.cluster_version() < 2, "{owner}: a new entry got seq 0");
                 if matches!(e.item, MailboxItem::Expired { .. }) {
                     reports.push(e.item.clone());
                 }
@@ -764,6 +831,9 @@ impl Checker {
             }
         }
         let mut end = state.clone();
+        // From version 2 one entry moves the clock by a bounded step: start
+        // the end of time just before it.
+        end.clock_ms = end.clock_ms.max(u64::MAX - 1);
         let stamp_ms = u64::MAX;
         let batch = Batch { stamp_ms, commands: Vec::new() };
         end.apply_batch(&batch);

@@ -14,7 +14,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use router_core::{
     Batch, Command, ContentType, DevicePart, GroupId, GroupSend, Limits, MessageId, OneTimePrekey, PrekeyUpload,
-    ProviderAction, ProviderId, Role, SendEnvelope, SignedPrekey, State, UserId,
+    ProviderAction, ProviderId, RequestId, Role, SendEnvelope, SignedPrekey, State, UserId,
 };
 
 /// `pa`, `pb`, `pc` are active from the start; `px` is not onboarded.
@@ -314,6 +314,15 @@ pub enum Op {
     Restore {
         slot: u8,
     },
+    /// `SetClusterVersion`, 0 to 3 (3 is past what this build knows).
+    SetClusterVersion {
+        version: u8,
+    },
+    /// The op as a `Once` request; few request ids, so retries collide.
+    Once {
+        request: u8,
+        op: Box<Op>,
+    },
 }
 
 pub fn pid(i: u8) -> ProviderId {
@@ -566,6 +575,18 @@ impl Builder {
             Op::Restore { slot } => {
                 let backup = self.backups[*slot as usize % self.backups.len()].clone();
                 Command::Restore { state: Box::new(backup) }
+            }
+            Op::SetClusterVersion { version } => Command::SetClusterVersion { version: u32::from(version % 4) },
+            Op::Once { request, op } => {
+                let command = match op.as_ref() {
+                    // Keeping a backup is no command; a no-op stands in.
+                    Op::Snapshot => Command::SetClusterVersion { version: 0 },
+                    op => self.command(before, op),
+                };
+                Command::Once {
+                    request: RequestId { origin: 1, seq: u64::from(request % 4) },
+                    command: Box::new(command),
+                }
             }
             Op::Snapshot => unreachable!("handled in batch()"),
         }

@@ -83,6 +83,25 @@ fn log_entry() -> Vec<(String, Vec<u8>)> {
             Command::DeregisterUser { provider: p(2), user: u(2) },
         ],
     };
+    // Version 2: the raise, then Once requests (one retried), written in
+    // the format that holds them.
+    let once = |seq: u64, command: Command| Command::Once {
+        request: router_core::RequestId { origin: 2, seq },
+        command: Box::new(command),
+    };
+    let version_2 = Batch {
+        stamp_ms: w.clock_ms + 1_000,
+        commands: vec![
+            Command::SetClusterVersion { version: 2 },
+            once(1, Command::ClaimPrekeys { requester: p(1), user: u(0), device: None }),
+            once(1, Command::ClaimPrekeys { requester: p(1), user: u(0), device: None }),
+            once(2, Command::UploadPrekeys { provider: p(1), user: u(1), device: 1, upload: upload(7) }),
+            send(p(1), u(1), u(2), "after-raise", 1),
+        ],
+    };
+    let version_2 = Entry { log_id: log_id(2, 43), payload: EntryPayload::Normal(version_2) };
+    let version_2 =
+        router_raft::codec::encode_at(router_raft::codec::entry_format(&version_2), &version_2).expect("encode entry");
     let later = Batch { stamp_ms: w.clock_ms + 120_000, commands: vec![send(p(0), u(0), u(1), "late", 0)] };
     let payload = StoredSnapshotSeed {
         last_applied: Some(log_id(2, 40)),
@@ -102,6 +121,7 @@ fn log_entry() -> Vec<(String, Vec<u8>)> {
         ),
         ("entry-traffic".into(), entry(41, EntryPayload::Normal(traffic))),
         ("entry-expiry".into(), entry(42, EntryPayload::Normal(later))),
+        ("entry-version-2".into(), version_2),
         ("entry-membership".into(), entry(1, EntryPayload::Membership(membership()))),
         ("entry-blank".into(), entry(2, EntryPayload::Blank)),
         ("vote".into(), encode(&Vote::new_committed(2, 1)).expect("encode vote")),

@@ -7,7 +7,8 @@
 
 use crate::check::{Checker, Stats};
 use crate::model::{Builder, Plan, T0, setup};
-use router_core::{Batch, Command, Limits, Outcome, State};
+use router_core::{Batch, Command, Limits, Outcome, State, StateExtras};
+use router_raft::codec;
 
 pub fn run(data: &[u8]) {
     let stats = run_with_stats(data);
@@ -55,16 +56,22 @@ pub fn run_with_stats(data: &[u8]) -> Option<Stats> {
         assert_eq!(outs, replica_outs, "replicas answered differently");
     }
     assert_eq!(state, replica, "replicas diverged");
-    let bytes = bincode::serialize(&state).expect("serialize state");
-    assert_eq!(bytes, bincode::serialize(&replica).expect("serialize replica"), "snapshots differ");
+    let encode = |s: &State| codec::encode_with_section(codec::CLUSTER_VERSION_FORMAT, s, s.extras().as_ref());
+    assert_eq!(encode(&state).expect("encode state"), encode(&replica).expect("encode replica"), "snapshots differ");
     checker.finish(&state);
     Some(checker.stats)
 }
 
-/// A snapshot install: encode, decode, and it must be the same state.
+/// A snapshot install: encode, decode, and it must be the same state. The
+/// state's extras (cluster version, Once answers) travel in the snapshot's
+/// trailing section, as `router_raft` writes it.
 fn snapshot_round_trip(s: &State) -> State {
-    let bytes = bincode::serialize(s).expect("serialize state");
-    let back: State = bincode::deserialize(&bytes).expect("deserialize state");
+    let bytes =
+        codec::encode_with_section(codec::CLUSTER_VERSION_FORMAT, s, s.extras().as_ref()).expect("encode state");
+    let (mut back, extras) = codec::decode_with_section::<State, StateExtras>(&bytes).expect("decode state");
+    if let Some(extras) = extras {
+        back.set_extras(extras);
+    }
     assert_eq!(&back, s, "snapshot round trip");
     back
 }

@@ -263,7 +263,10 @@ impl State {
         // layer stops the node before applying such an entry
         // (`router_raft`'s apply), since this replica would go on by rules it
         // does not know. The leader raises it only once every member applies it.
-        if version > self.cluster_version && version <= crate::version::CLUSTER_VERSION {
+        // Compared with the effective version, so raising to the base version
+        // stores nothing and every replica's state stays byte-identical
+        // (a snapshot of a base-version state carries no version).
+        if version > self.cluster_version() && version <= crate::version::CLUSTER_VERSION {
             self.cluster_version = version;
         }
         if self.cluster_version() >= 2 {

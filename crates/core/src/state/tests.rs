@@ -2242,6 +2242,18 @@ mod cluster_version_2 {
     }
 
     #[test]
+    fn raising_to_the_base_version_changes_nothing_a_snapshot_would_lose() {
+        let mut state = State::default();
+        let before = state.clone();
+        assert_eq!(
+            state.apply_batch(&Batch { stamp_ms: 1, commands: vec![Command::SetClusterVersion { version: 1 }] }),
+            vec![Outcome::Done]
+        );
+        assert!(state.extras().is_none(), "a base-version state has no snapshot section");
+        assert_eq!(State { clock_ms: 0, ..state }, before, "found by the state_machine fuzz target");
+    }
+
+    #[test]
     fn an_entry_acked_within_the_grace_after_its_expiry_is_not_reported() {
         let mut h = raised();
         h.user(PB, "bob", &[(1, 11)]);

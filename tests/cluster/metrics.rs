@@ -73,6 +73,7 @@ async fn metrics_describe_traffic_and_pass_promtool() {
         "router_log_entries_purged_total",
         "router_snapshot_last_size_bytes",
         "router_snapshot_last_build_seconds",
+        "router_snapshot_last_pause_seconds",
     ] {
         value(&text, series);
     }

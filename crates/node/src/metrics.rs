@@ -44,6 +44,7 @@ pub struct Metrics {
     snapshots: IntCounterVec,
     snapshot_last_bytes: IntGauge,
     snapshot_last_build_seconds: prometheus::Gauge,
+    snapshot_last_pause_seconds: prometheus::Gauge,
     log_compactions: prometheus::IntCounter,
     log_entries_purged: prometheus::IntCounter,
     /// Serializes the catch-up of the counters above in `render`: two
@@ -124,6 +125,12 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(snapshot_last_build_seconds.clone())).expect("unique metric");
+        let snapshot_last_pause_seconds = prometheus::Gauge::new(
+            "snapshot_last_pause_seconds",
+            "How long this node's last snapshot build held apply off (the state copy; the encode runs after).",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(snapshot_last_pause_seconds.clone())).expect("unique metric");
         let plain_counter = |name: &str, help: &str| {
             let c = prometheus::IntCounter::new(name, help).expect("valid metric");
             registry.register(Box::new(c.clone())).expect("unique metric");
@@ -142,6 +149,7 @@ impl Metrics {
             ),
             snapshot_last_bytes,
             snapshot_last_build_seconds,
+            snapshot_last_pause_seconds,
             log_compactions,
             log_entries_purged,
             storage_catch_up: std::sync::Mutex::new(()),
@@ -343,6 +351,7 @@ impl Metrics {
         catch_up(&self.log_entries_purged, storage.log_entries_purged);
         self.snapshot_last_bytes.set(storage.last_snapshot_bytes as i64);
         self.snapshot_last_build_seconds.set(storage.last_snapshot_build_micros as f64 / 1e6);
+        self.snapshot_last_pause_seconds.set(storage.last_snapshot_pause_micros as f64 / 1e6);
         self.open_streams.set(ctx.open_streams.load(Ordering::Relaxed));
         ctx.read(|s| {
             for peer in s.peers() {

@@ -22,7 +22,7 @@ use router_proto::v1::media_server::MediaServer;
 use router_proto::v1::messaging_server::MessagingServer;
 use router_proto::v1::peer_server::PeerServer;
 use router_proto::v1::prekeys_server::PrekeysServer;
-use router_raft::{NodeId, Raft, SledBackend};
+use router_raft::{NodeId, Raft};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -75,8 +75,7 @@ impl Node {
         let tls = Arc::new(TlsMaterials::load(&cfg.tls).context("load TLS material")?);
         std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("create {}", cfg.data_dir.display()))?;
         check_room(&cfg.data_dir)?;
-        let backend = SledBackend::open(&cfg.data_dir.join("raft")).context("open raft storage")?;
-        let (log_store, sm_store) = router_raft::open(backend).context("load raft state")?;
+        let (log_store, sm_store) = router_raft::open_on_disk(&cfg.data_dir).await.context("open raft storage")?;
         let state = sm_store.state();
         let applied = sm_store.applied();
         let storage_stats = sm_store.stats();

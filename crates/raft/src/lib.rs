@@ -4,10 +4,14 @@
 //! - The openraft [`TypeConfig`]: log entries carry a [`router_core::Batch`],
 //!   applying one answers a `Vec<router_core::Outcome>`; members are
 //!   addressed by [`NodeAddr`].
-//! - Log storage ([`LogStore`]) and state-machine storage
-//!   ([`StateMachineStore`]) behind a small [`Backend`] trait, with two
-//!   backends: [`SledBackend`] on disk and [`MemBackend`] in memory (which can
-//!   lose its unsynced writes, for crash simulation).
+//! - Log storage: on disk in segment files ([`WalLogStore`]: one frame and
+//!   one fdatasync per append, CRC per frame, torn tail cut, purge by whole
+//!   segments); over a [`Backend`]'s trees ([`LogStore`]) for the simulation.
+//! - State-machine storage ([`StateMachineStore`]) behind a small [`Backend`]
+//!   trait, with two backends: [`SledBackend`] on disk and [`MemBackend`] in
+//!   memory (which can lose its unsynced writes, for crash simulation).
+//! - A node's layout on disk and the move of an older build's log
+//!   ([`open_on_disk`]).
 //! - Snapshots of the state machine and the on-disk format (a version byte
 //!   plus bincode, see [`codec`]).
 //!
@@ -20,14 +24,16 @@
 //! - `types`: `NodeId`, `NodeAddr`, `TypeConfig`, openraft aliases.
 //! - `backend`: the [`Backend`] trait, [`SledBackend`], [`MemBackend`].
 //! - `codec`: versioned value encoding shared by both stores.
-//! - `log_store`: [`LogStore`] (log, vote, committed; group-commit append).
+//! - `wal`: [`WalLogStore`], the segment-file log a node runs on.
+//! - `log_store`: [`LogStore`] (log, vote, committed in backend trees; group-commit append).
+//! - `disk`: [`open_on_disk`], the data directory's layout and its migration.
 //! - `state_machine`: [`StateMachineStore`] (apply, snapshots, restore on open).
 //! - `stats`: [`StorageStats`], what both stores did (commit index, snapshots, compactions).
 //!
 //! ```text
-//!  openraft ──append/vote──> LogStore ─────┐
-//!      │                                   ├──> Backend (sled | mem): trees "log", "meta"
-//!      └──apply/snapshot──> StateMachineStore ┘
+//!  openraft ──append/vote──> WalLogStore ──> <data_dir>/raft-log/*.wal
+//!      │                  (or LogStore ──> Backend trees "log", "meta": simulation)
+//!      └──apply/snapshot──> StateMachineStore ──> Backend (sled | mem): "snapshot", "meta"
 //!                              │
 //!                              └──> Arc<RwLock<State>> + applied watch ──> readers (router-node)
 //! ```
@@ -39,15 +45,18 @@
 
 pub mod backend;
 pub mod codec;
+pub mod disk;
 pub mod log_store;
 pub mod state_machine;
 pub mod stats;
 pub mod types;
+pub mod wal;
 
 pub use backend::{Backend, BackendError, MemBackend, SledBackend, Tree};
 pub use codec::{
     BASE_FORMAT, CLUSTER_VERSION_FORMAT, FEDERATION_FORMAT, FORMAT_VERSION, FormatError, commands_format, entry_format,
 };
+pub use disk::open_on_disk;
 pub use log_store::LogStore;
 pub use state_machine::StateMachineStore;
 pub use stats::{StorageStats, StorageStatsSnapshot};
@@ -55,8 +64,10 @@ pub use types::{
     Entry, LogId, Membership, NodeAddr, NodeId, Raft, Snapshot, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig, Vote,
 };
+pub use wal::WalLogStore;
 
-/// Opens the log and the state machine of one node on `backend`. The state
+/// Opens the log and the state machine of one node on `backend` (the
+/// simulation's layout; a node on disk uses [`open_on_disk`]). The state
 /// machine comes back as of its latest stored snapshot; openraft re-applies
 /// the committed log after it when the `Raft` starts.
 /// Both share one [`StorageStats`] (`StateMachineStore::stats`).
@@ -69,3 +80,5 @@ pub fn open<B: Backend>(backend: B) -> Result<(LogStore<B>, StateMachineStore<B>
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wal_tests;

@@ -1,4 +1,8 @@
-//! [`LogStore`]: the raft log, vote and committed id, kept in a [`Backend`].
+//! [`LogStore`]: the raft log, vote and committed id, kept in a [`Backend`]'s
+//! trees. The deterministic simulation runs on it (over `MemBackend`, which
+//! can lose unsynced writes); a node on disk keeps its log in segment files
+//! instead ([`crate::wal`]), and this layout is what older builds left there
+//! ([`crate::disk`] moves it).
 //!
 //! Layout:
 //! - tree `log`: key = log index as 8 big-endian bytes (so key order is index
@@ -33,9 +37,9 @@ use crate::codec::{self, io_error};
 use crate::stats::StorageStats;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
-const KEY_VOTE: &[u8] = b"vote";
-const KEY_COMMITTED: &[u8] = b"committed";
-const KEY_LAST_PURGED: &[u8] = b"last_purged";
+pub(crate) const KEY_VOTE: &[u8] = b"vote";
+pub(crate) const KEY_COMMITTED: &[u8] = b"committed";
+pub(crate) const KEY_LAST_PURGED: &[u8] = b"last_purged";
 
 fn index_key(index: u64) -> Vec<u8> {
     index.to_be_bytes().to_vec()

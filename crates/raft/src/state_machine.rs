@@ -315,32 +315,43 @@ fn stored_meta<B: Backend>(backend: &B) -> Result<Option<SnapshotMeta>, StorageE
 impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<B> {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let started = std::time::Instant::now();
-        let (meta, data) = {
+        // Apply waits only while the state is copied: mailbox payloads are
+        // shared `Bytes`, so the copy is the maps, not the mail. The encode
+        // runs on a blocking thread while apply goes on.
+        let (state, applied) = {
             let state = self.read_state();
-            let applied = self.lock_applied().clone();
-            let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
-            let snapshot_id = match applied.last_applied {
-                Some(l) => format!("{}-{}-{seq}", l.leader_id, l.index),
-                None => format!("none-{seq}"),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: applied.last_applied,
-                last_membership: applied.membership.clone(),
-                snapshot_id,
-            };
+            (state.clone(), self.lock_applied().clone())
+        };
+        let paused = started.elapsed();
+        let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let snapshot_id = match applied.last_applied {
+            Some(l) => format!("{}-{}-{seq}", l.leader_id, l.index),
+            None => format!("none-{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership.clone(),
+            snapshot_id,
+        };
+        let encoded = tokio::task::spawn_blocking(move || {
             let payload = SnapshotPayloadRef {
                 last_applied: &applied.last_applied,
                 membership: &applied.membership,
                 state: &state,
             };
-            let data = encode_payload(&payload).map_err(|e| {
-                io_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, &e, "encode snapshot")
-            })?;
-            (meta, data)
-        };
+            encode_payload(&payload).map_err(std::io::Error::other)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(format!("snapshot encode task: {e}")))
+        .and_then(|r| r);
+        let data = encoded.map_err(|e| {
+            io_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, &e, "encode snapshot")
+        })?;
         self.persist_snapshot(&meta, &data).await?;
-        self.stats.snapshot_built(data.len(), started.elapsed());
-        self.span.in_scope(|| tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), "built snapshot"));
+        self.stats.snapshot_built(data.len(), started.elapsed(), paused);
+        self.span.in_scope(|| {
+            tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), paused_us = paused.as_micros() as u64, "built snapshot")
+        });
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }

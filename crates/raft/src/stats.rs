@@ -18,6 +18,7 @@ pub struct StorageStats {
     snapshots_installed: AtomicU64,
     last_snapshot_bytes: AtomicU64,
     last_snapshot_build_micros: AtomicU64,
+    last_snapshot_pause_micros: AtomicU64,
     log_compactions: AtomicU64,
     log_entries_purged: AtomicU64,
 }
@@ -35,6 +36,9 @@ pub struct StorageStatsSnapshot {
     pub last_snapshot_bytes: u64,
     /// How long building the last snapshot took (encode + fsync), microseconds.
     pub last_snapshot_build_micros: u64,
+    /// How long the last build held apply off (copying the state under its
+    /// lock; the encode runs after), microseconds.
+    pub last_snapshot_pause_micros: u64,
     /// Log purges since the process started: compaction after a snapshot
     /// built here, or the log dropped up to a snapshot installed from the leader.
     pub log_compactions: u64,
@@ -51,6 +55,7 @@ impl StorageStats {
             snapshots_installed: get(&self.snapshots_installed),
             last_snapshot_bytes: get(&self.last_snapshot_bytes),
             last_snapshot_build_micros: get(&self.last_snapshot_build_micros),
+            last_snapshot_pause_micros: get(&self.last_snapshot_pause_micros),
             log_compactions: get(&self.log_compactions),
             log_entries_purged: get(&self.log_entries_purged),
         }
@@ -60,9 +65,10 @@ impl StorageStats {
         self.committed_index.fetch_max(index, Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot_built(&self, bytes: usize, took: std::time::Duration) {
+    pub(crate) fn snapshot_built(&self, bytes: usize, took: std::time::Duration, paused: std::time::Duration) {
         self.last_snapshot_bytes.store(bytes as u64, Ordering::Relaxed);
         self.last_snapshot_build_micros.store(took.as_micros() as u64, Ordering::Relaxed);
+        self.last_snapshot_pause_micros.store(paused.as_micros() as u64, Ordering::Relaxed);
         self.snapshots_built.fetch_add(1, Ordering::Relaxed);
     }
 

@@ -12,7 +12,7 @@ use tempfile::TempDir;
 
 use crate::backend::{Backend, MemBackend, SledBackend, Tree};
 use crate::types::{Entry, LogId, Membership, NodeAddr, StorageError, TypeConfig};
-use crate::{LogStore, StateMachineStore, open};
+use crate::{LogStore, StateMachineStore, WalLogStore, open};
 
 struct MemBuilder;
 
@@ -23,12 +23,13 @@ impl StoreBuilder<TypeConfig, LogStore<MemBackend>, StateMachineStore<MemBackend
     }
 }
 
-struct SledBuilder;
+/// What a node runs on: the segment-file log and sled.
+struct DiskBuilder;
 
-impl StoreBuilder<TypeConfig, LogStore<SledBackend>, StateMachineStore<SledBackend>, TempDir> for SledBuilder {
-    async fn build(&self) -> Result<(TempDir, LogStore<SledBackend>, StateMachineStore<SledBackend>), StorageError> {
+impl StoreBuilder<TypeConfig, WalLogStore, StateMachineStore<SledBackend>, TempDir> for DiskBuilder {
+    async fn build(&self) -> Result<(TempDir, WalLogStore, StateMachineStore<SledBackend>), StorageError> {
         let dir = tempfile::tempdir().expect("create temp dir");
-        let (log, sm) = open(SledBackend::open(dir.path())?)?;
+        let (log, sm) = crate::open_on_disk(dir.path()).await?;
         Ok((dir, log, sm))
     }
 }
@@ -39,27 +40,27 @@ fn conformance_mem() {
 }
 
 #[test]
-fn conformance_sled() {
-    Suite::test_all(SledBuilder).expect("openraft storage suite on SledBackend");
+fn conformance_disk() {
+    Suite::test_all(DiskBuilder).expect("openraft storage suite on the segment log and sled");
 }
 
-fn log_id(term: u64, index: u64) -> LogId {
+pub(crate) fn log_id(term: u64, index: u64) -> LogId {
     LogId::new(CommittedLeaderId::new(term, 1), index)
 }
 
-fn membership_entry(index: u64) -> Entry {
+pub(crate) fn membership_entry(index: u64) -> Entry {
     let voters = BTreeSet::from([1u64]);
     let nodes = [(1u64, NodeAddr { peer: "127.0.0.1:1".into(), provider: "127.0.0.1:2".into() })];
     let m = Membership::new(vec![voters], nodes.into_iter().collect::<std::collections::BTreeMap<_, _>>());
     Entry { log_id: log_id(1, index), payload: EntryPayload::Membership(m) }
 }
 
-fn batch_entry(index: u64, commands: Vec<Command>) -> Entry {
+pub(crate) fn batch_entry(index: u64, commands: Vec<Command>) -> Entry {
     Entry { log_id: log_id(1, index), payload: EntryPayload::Normal(Batch { stamp_ms: 1_000 * index, commands }) }
 }
 
 /// A few entries that change the state visibly.
-fn workload() -> Vec<Entry> {
+pub(crate) fn workload() -> Vec<Entry> {
     let acme = ProviderId::new("acme");
     vec![
         membership_entry(1),
@@ -79,7 +80,7 @@ fn snapshot_of(sm: &StateMachineStore<impl Backend>) -> State {
     sm.state().read().unwrap().clone()
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 

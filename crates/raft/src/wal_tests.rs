@@ -124,15 +124,20 @@ fn a_torn_final_write_is_cut_and_the_log_goes_on() {
     });
 }
 
+/// A log of two frames (entries 1-2, 3-4); its segment file.
+async fn two_frames(dir: &Path) -> PathBuf {
+    let mut log = open_log(dir).unwrap();
+    log.blocking_append(entries(1, 2)).await.unwrap();
+    log.blocking_append(entries(3, 4)).await.unwrap();
+    drop(log);
+    last_segment(dir)
+}
+
 #[test]
 fn damage_to_a_synced_frame_stops_the_node() {
     rt().block_on(async {
         let dir = TempDir::new().unwrap();
-        let mut log = open_log(dir.path()).unwrap();
-        log.blocking_append(entries(1, 2)).await.unwrap();
-        log.blocking_append(entries(3, 4)).await.unwrap();
-        drop(log);
-        let seg = last_segment(dir.path());
+        let seg = two_frames(dir.path()).await;
         let mut bytes = std::fs::read(&seg).unwrap();
         // A byte inside the first frame's body: a later frame proves it was synced.
         bytes[8 + 8 + 10] ^= 0x01;
@@ -142,11 +147,7 @@ fn damage_to_a_synced_frame_stops_the_node() {
 
         // A frame length that runs into the next frame.
         let dir = TempDir::new().unwrap();
-        let mut log = open_log(dir.path()).unwrap();
-        log.blocking_append(entries(1, 2)).await.unwrap();
-        log.blocking_append(entries(3, 4)).await.unwrap();
-        drop(log);
-        let seg = last_segment(dir.path());
+        let seg = two_frames(dir.path()).await;
         let mut bytes = std::fs::read(&seg).unwrap();
         bytes[8] = bytes[8].wrapping_add(1);
         std::fs::write(&seg, &bytes).unwrap();

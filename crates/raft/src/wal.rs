@@ -625,10 +625,6 @@ pub struct WalLogStore {
     span: tracing::Span,
 }
 
-fn wal_error(subject: ErrorSubject<u64>, verb: ErrorVerb, e: &io::Error, what: impl std::fmt::Display) -> StorageError {
-    io_error(subject, verb, e, what)
-}
-
 async fn sync(pending: Pending) -> io::Result<()> {
     tokio::task::spawn_blocking(move || pending.sync())
         .await
@@ -644,7 +640,7 @@ impl WalLogStore {
 
     pub(crate) fn open_with(dir: &Path, stats: Arc<StorageStats>, segment_bytes: u64) -> Result<Self, StorageError> {
         let wal = Wal::open(dir, segment_bytes).map_err(|e| {
-            wal_error(ErrorSubject::Logs, ErrorVerb::Read, &e, format!("open Raft log {}", dir.display()))
+            io_error(ErrorSubject::Logs, ErrorVerb::Read, &e, format!("open Raft log {}", dir.display()))
         })?;
         let store = WalLogStore { wal: Arc::new(wal), stats, span: tracing::Span::current() };
         {
@@ -658,7 +654,7 @@ impl WalLogStore {
                     .wal
                     .locate(&index, last.index)
                     .and_then(Located::read)
-                    .map_err(|e| wal_error(ErrorSubject::Log(last), ErrorVerb::Read, &e, "read the last log entry"))?;
+                    .map_err(|e| io_error(ErrorSubject::Log(last), ErrorVerb::Read, &e, "read the last log entry"))?;
             }
         }
         Ok(store)
@@ -674,7 +670,7 @@ impl WalLogStore {
             Ok(p) => sync(p).await,
             Err(e) => Err(e),
         };
-        result.map_err(|e| wal_error(subject, ErrorVerb::Write, &e, what))
+        result.map_err(|e| io_error(subject, ErrorVerb::Write, &e, what))
     }
 
     /// Bytes of the segment files, for tests and metrics.
@@ -708,7 +704,7 @@ impl RaftLogReader<TypeConfig> for WalLogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let fail =
-            |e: io::Error| wal_error(ErrorSubject::Logs, ErrorVerb::Read, &e, format!("read log entries {range:?}"));
+            |e: io::Error| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e, format!("read log entries {range:?}"));
         let located: Vec<Located> = {
             let index = self.wal.lock();
             let (start, end) = bounds(&range, index.first, index.next_index());
@@ -733,7 +729,7 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let mut frame = Frame::default();
-        frame.value(KIND_VOTE, vote).map_err(|e| wal_error(ErrorSubject::Vote, ErrorVerb::Write, &e, "encode vote"))?;
+        frame.value(KIND_VOTE, vote).map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, &e, "encode vote"))?;
         self.wal.lock().vote = Some(*vote);
         self.write_synced(frame, ErrorSubject::Vote, "write and fsync vote").await
     }
@@ -803,7 +799,7 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
             }
             Err(e) => {
                 callback.log_io_completed(Err(io::Error::new(e.kind(), e.to_string())));
-                Err(wal_error(ErrorSubject::Logs, ErrorVerb::Write, &e, "write and fsync appended log entries"))
+                Err(io_error(ErrorSubject::Logs, ErrorVerb::Write, &e, "write and fsync appended log entries"))
             }
         }
     }
@@ -821,7 +817,7 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
         let mut frame = Frame::default();
         frame
             .value(KIND_PURGED, &log_id)
-            .map_err(|e| wal_error(ErrorSubject::Logs, ErrorVerb::Write, &e, "encode purge point"))?;
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e, "encode purge point"))?;
         let dropped = self.wal.lock().purge(log_id);
         self.stats.purged(dropped);
         self.write_synced(frame, ErrorSubject::Logs, "write and fsync a log purge").await?;
@@ -829,6 +825,6 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
         let mut index = self.wal.lock();
         self.wal
             .drop_purged_segments(&mut index)
-            .map_err(|e| wal_error(ErrorSubject::Logs, ErrorVerb::Delete, &e, "remove purged log segments"))
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &e, "remove purged log segments"))
     }
 }

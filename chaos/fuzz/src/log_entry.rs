@@ -145,7 +145,7 @@ pub fn send(sender: ProviderId, from: UserId, to: UserId, message_id: &str, ttl_
             device: 1,
             registration_id: 1,
             message_type: 2,
-            ciphertext: Bytes::from_static(b"ciphertext"),
+            ciphertext: router_core::Blob::from_static(b"ciphertext"),
         }],
         traceparent: None,
     })

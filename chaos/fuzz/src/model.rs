@@ -504,7 +504,7 @@ impl Builder {
                             device,
                             registration_id,
                             message_type: 2,
-                            ciphertext: Bytes::from(format!("{message_id}->{recipient}.{device}")),
+                            ciphertext: router_core::Blob::from(format!("{message_id}->{recipient}.{device}")),
                         })
                         .collect(),
                     message_id,
@@ -555,7 +555,7 @@ impl Builder {
                     message_id: mid(*m),
                     content_type: ContentType::Message,
                     ttl_ms: ttl.ms(),
-                    ciphertext: Bytes::from_static(b"sender-key ciphertext"),
+                    ciphertext: router_core::Blob::from_static(b"sender-key ciphertext"),
                     per_device: capped(per_device)
                         .map(|(u, d, r)| {
                             (
@@ -564,7 +564,7 @@ impl Builder {
                                     device: device(d),
                                     registration_id: reg(r),
                                     message_type: 3,
-                                    ciphertext: Bytes::from_static(b"skdm"),
+                                    ciphertext: router_core::Blob::from_static(b"skdm"),
                                 },
                             )
                         })

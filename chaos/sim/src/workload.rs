@@ -206,7 +206,7 @@ fn envelope(device: u32, index: u64) -> SendEnvelope {
                 device,
                 registration_id,
                 message_type: 1,
-                ciphertext: Bytes::from(format!("ciphertext {index}")),
+                ciphertext: router_core::Blob::from(format!("ciphertext {index}")),
             })
             .collect(),
         traceparent: None,

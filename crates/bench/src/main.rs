@@ -1,5 +1,7 @@
 //! `router-bench`: routerd (three release-build processes) against NATS
-//! JetStream and etcd (three members each), all on loopback.
+//! JetStream and etcd (three members each), all on loopback; and, with
+//! `--only backlog`, this build against the previous one holding mail for an
+//! absent provider (see `backlog`).
 //!
 //! Workloads: durable 1:1 delivery, directory writes (prekey claims vs etcd
 //! puts / compare-and-delete), group fan-out, and leader failover. Every
@@ -7,6 +9,7 @@
 //! after a warm-up. Results: a table on stdout, `results.json`,
 //! `results.md` and `plot.svg` under `--out`.
 
+mod backlog;
 mod etcd;
 mod nats;
 mod procs;
@@ -38,7 +41,8 @@ struct Args {
     /// etcd binary; default: first on PATH.
     #[arg(long)]
     etcd: Option<PathBuf>,
-    /// Workloads to run (comma-separated): delivery, claims, groups, failover.
+    /// Workloads to run (comma-separated): delivery, claims, groups, failover;
+    /// or `backlog` alone (this build against `--baseline-routerd`).
     #[arg(long, value_delimiter = ',', default_value = "delivery,claims,groups,failover")]
     only: Vec<String>,
     /// Skip NATS and etcd (router figures only).
@@ -106,6 +110,18 @@ struct Args {
     /// SendBatch calls in flight per client connection (the SDK's `max_send_batch_calls`).
     #[arg(long, default_value_t = router_sdk::client::DEFAULT_MAX_SEND_BATCH_CALLS)]
     send_batch_calls: usize,
+    /// The previous build's routerd, for the backlog workload's comparison.
+    #[arg(long)]
+    baseline_routerd: Option<PathBuf>,
+    /// Backlog workload: envelopes queued for the absent provider.
+    #[arg(long, default_value_t = 8192)]
+    backlog_envelopes: u64,
+    /// Backlog workload: bytes per envelope (192 KiB: 1.5 GiB in all by default).
+    #[arg(long, default_value_t = 192 * 1024)]
+    backlog_bytes: usize,
+    /// Backlog workload: sends in flight.
+    #[arg(long, default_value_t = 16)]
+    backlog_inflight: usize,
     /// Keep the working directory (configs, data, logs of every process).
     #[arg(long)]
     keep: bool,
@@ -228,7 +244,7 @@ async fn main() -> anyhow::Result<()> {
         println!("working directory (kept): {}", workdir.display());
     }
     let started = Instant::now();
-    let result = run(&args, &workdir).await;
+    let result = if args.only == ["backlog"] { run_backlog(&args, &workdir).await } else { run(&args, &workdir).await };
     if args.keep {
         let _ = work.keep();
     }
@@ -236,6 +252,38 @@ async fn main() -> anyhow::Result<()> {
     report::print(&rows);
     println!("\ntotal time {:.0} s; results in {}", started.elapsed().as_secs_f64(), args.out.display());
     Ok(())
+}
+
+async fn run_backlog(args: &Args, work: &std::path::Path) -> anyhow::Result<Vec<Row>> {
+    let opts = backlog::Opts {
+        envelopes: args.backlog_envelopes,
+        bytes: args.backlog_bytes,
+        inflight: args.backlog_inflight,
+        base_port: args.router_port,
+        extra_toml: args.router_config.clone(),
+    };
+    let binary =
+        |p: &std::path::Path| std::fs::canonicalize(p).with_context(|| format!("routerd binary {}", p.display()));
+    let mut old = None;
+    if let Some(baseline) = &args.baseline_routerd {
+        let baseline = binary(baseline)?;
+        println!("== backlog, previous build ({})", baseline.display());
+        let figures = backlog::run(&baseline, &work.join("baseline"), &opts).await?;
+        println!("{figures:?}");
+        old = Some(figures);
+    }
+    let routerd = binary(&args.routerd)?;
+    println!("== backlog, this build ({})", routerd.display());
+    let new = backlog::run(&routerd, &work.join("this"), &opts).await?;
+    println!("{new:?}");
+    let rows = backlog::rows(&opts, &new, old.as_ref());
+    let header = format!(
+        "Backlog: {} envelopes of {} B for an absent provider, {} sends in flight; 3 nodes on loopback.",
+        opts.envelopes, opts.bytes, opts.inflight
+    );
+    std::fs::write(args.out.join("backlog.md"), report::markdown(&rows, &header))?;
+    std::fs::write(args.out.join("backlog.json"), serde_json::to_string_pretty(&rows)?)?;
+    Ok(rows)
 }
 
 async fn run(args: &Args, work: &std::path::Path) -> anyhow::Result<Vec<Row>> {

@@ -118,6 +118,17 @@ impl RouterCluster {
         Ok(c)
     }
 
+    /// Fails with a log tail if a node died on its own.
+    pub fn procs_alive(&mut self) -> anyhow::Result<()> {
+        self.procs.check_alive()
+    }
+
+    /// Node `i`'s (0-based) `health` field, `None` while it does not answer.
+    pub async fn health(&self, i: usize) -> Option<String> {
+        let mut admin = self.admin[i].clone();
+        admin.status(StatusRequest {}).await.ok().map(|r| r.into_inner().health)
+    }
+
     /// Node id (1-based) of the leader every running node agrees on.
     pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<u64> {
         let deadline = Instant::now() + timeout;
@@ -547,7 +558,7 @@ pub async fn claims(
 
 /// A 1:1 send of `payload` stamped bytes from the sender's device 1 to the
 /// receiver's device 1 (the users every router workload sets up).
-fn to_receiver(message_id: String, payload: usize) -> SendRequest {
+pub fn to_receiver(message_id: String, payload: usize) -> SendRequest {
     SendRequest {
         message_id,
         recipient_user_id: "handle:receiver".into(),
@@ -568,6 +579,12 @@ fn to_receiver(message_id: String, payload: usize) -> SendRequest {
 pub async fn failover_writer(client: RouterClient, task: usize, k: u64) -> bool {
     let req = to_receiver(format!("f-{task}-{k}-{}", now_us()), 1024);
     matches!(tokio::time::timeout(Duration::from_millis(600), client.send(req)).await, Ok(Ok(_)))
+}
+
+/// The sender (provider a) and receiver (provider b) users `to_receiver` addresses.
+pub async fn register_pair(sender: &RouterClient, receiver: &RouterClient) -> anyhow::Result<()> {
+    register(sender, "handle:sender", 1001).await?;
+    register(receiver, "handle:receiver", 2002).await
 }
 
 pub async fn failover_setup(cluster: &RouterCluster) -> anyhow::Result<()> {

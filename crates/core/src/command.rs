@@ -302,5 +302,5 @@ pub struct DevicePart {
     pub device: DeviceId,
     pub registration_id: RegistrationId,
     pub message_type: u32,
-    pub ciphertext: Bytes,
+    pub ciphertext: crate::blob::Blob,
 }

@@ -9,7 +9,6 @@
 
 use crate::command::DevicePart;
 use crate::ids::{ContentType, DeviceId, MessageId, ProviderId, UserId};
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -49,7 +48,7 @@ pub struct GroupSend {
     pub content_type: ContentType,
     pub ttl_ms: u64,
     /// Sender-key ciphertext, the same for every member.
-    pub ciphertext: Bytes,
+    pub ciphertext: crate::blob::Blob,
     /// Optional per-device parts (e.g. sender-key distribution for new
     /// members), addressed by user.
     pub per_device: Vec<(UserId, DevicePart)>,
@@ -70,7 +69,7 @@ pub struct GroupDelivery {
     pub content_type: ContentType,
     /// The members of this provider the message is for.
     pub recipients: Vec<UserId>,
-    pub ciphertext: Bytes,
+    pub ciphertext: crate::blob::Blob,
     /// The per-device parts for `recipients` only.
     pub per_device: Vec<(UserId, DevicePart)>,
     #[serde(default)]

@@ -18,6 +18,7 @@
 //! across replicas.
 //!
 //! # Layout
+//! - `blob`: [`Blob`], a ciphertext held in memory or by the node's storage.
 //! - `federation`: peer clusters, outbound relay queues, relayed items.
 //! - `group`: groups, roles, epochs and hub-ordered group messages.
 //! - `ids`: identifier newtypes and small value types.
@@ -32,6 +33,7 @@
 //! - `version`: cluster versions, the rules `apply` reads the log by, and the
 //!   time bounds those rules use.
 
+pub mod blob;
 pub mod command;
 pub mod federation;
 pub mod group;
@@ -45,6 +47,7 @@ pub mod provider;
 pub mod state;
 pub mod version;
 
+pub use blob::{Blob, BlobSink, BlobSource};
 pub use command::{Batch, Command, DevicePart, PrekeyUpload, RequestId, SendEnvelope};
 pub use federation::{ClusterId, Federation, PeerRecord, PeerStatus, RelayedItem, RelayedKind, UndeliverableReason};
 pub use group::{GroupDelivery, GroupId, GroupRecord, GroupSend, Role};

@@ -57,6 +57,22 @@ pub enum MailboxItem {
     },
 }
 
+impl MailboxItem {
+    /// Every ciphertext this item holds, for the storage layer to place.
+    pub fn blobs_mut<'a>(&'a mut self, out: &mut Vec<&'a mut crate::blob::Blob>) {
+        match self {
+            MailboxItem::Envelope(env) | MailboxItem::Outbound { envelope: env, .. } => {
+                out.extend(env.parts.iter_mut().map(|p| &mut p.ciphertext))
+            }
+            MailboxItem::Group(g) => {
+                out.push(&mut g.ciphertext);
+                out.extend(g.per_device.iter_mut().map(|(_, p)| &mut p.ciphertext));
+            }
+            MailboxItem::Expired { .. } | MailboxItem::PrekeyLowStock { .. } | MailboxItem::Undeliverable { .. } => {}
+        }
+    }
+}
+
 impl Mailbox {
     pub fn push(&mut self, accepted_at_ms: u64, expires_at_ms: u64, item: MailboxItem) -> Seq {
         let seq = self.next_seq;

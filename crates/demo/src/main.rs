@@ -273,7 +273,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     println!("\n== 6. The router's storage holds ciphertext only");
     let (bytes, hits) = cluster.scan_storage(&plaintexts);
     println!(
-        "  scanned {:.1} MiB of sled files on 3 nodes for {} plaintexts: {hits} occurrences",
+        "  scanned {:.1} MiB of storage files (log, snapshots, payloads) on 3 nodes for {} plaintexts: {hits} occurrences",
         bytes as f64 / 1048576.0,
         plaintexts.len()
     );

@@ -48,7 +48,9 @@ impl EphemeralDelivery {
             expires_at_ms: self.expires_at_ms,
             item: router_core::MailboxItem::Envelope(self.envelope.clone()),
         };
-        let mut entry = crate::grpc::wire::mailbox_entry(&core_entry);
+        // An ephemeral envelope never reaches storage: its ciphertext is
+        // the request's, in memory, and reading it cannot fail.
+        let mut entry = crate::grpc::wire::mailbox_entry(&core_entry).expect("ephemeral payloads are in memory");
         entry.ephemeral = true;
         entry
     }

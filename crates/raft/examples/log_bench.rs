@@ -68,7 +68,12 @@ fn entry(index: u64, commands: usize, payload: &Bytes) -> Entry {
                 recipient: UserId::new("bob"),
                 content_type: ContentType::Message,
                 ttl_ms: 86_400_000,
-                parts: vec![DevicePart { device: 1, registration_id: 7, message_type: 2, ciphertext: payload.clone() }],
+                parts: vec![DevicePart {
+                    device: 1,
+                    registration_id: 7,
+                    message_type: 2,
+                    ciphertext: payload.clone().into(),
+                }],
                 traceparent: None,
             })
         })

@@ -85,6 +85,49 @@ pub fn encode_with_section<T: Serialize, S: Serialize>(
     Ok(buf)
 }
 
+/// What [`encode_with_section`] makes, written to `out` as it is encoded
+/// (a snapshot is never a buffer in memory). Does not flush.
+pub fn write_with_section<W: std::io::Write, T: Serialize, S: Serialize>(
+    mut out: W,
+    version: u8,
+    value: &T,
+    section: Option<&S>,
+) -> Result<(), FormatError> {
+    let version = if section.is_some() { version } else { BASE_FORMAT };
+    out.write_all(&[version]).map_err(|e| FormatError::Bincode(Box::new(bincode::ErrorKind::Io(e))))?;
+    bincode::serialize_into(&mut out, value)?;
+    if let Some(section) = section {
+        bincode::serialize_into(&mut out, section)?;
+    }
+    Ok(())
+}
+
+/// Reads the format version byte that starts an encoded value.
+pub fn read_version<R: std::io::Read>(mut input: R) -> Result<u8, FormatError> {
+    let mut version = [0u8];
+    input.read_exact(&mut version).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => FormatError::Empty,
+        _ => FormatError::Bincode(Box::new(bincode::ErrorKind::Io(e))),
+    })?;
+    check_version(version[0])?;
+    Ok(version[0])
+}
+
+/// [`decode_with_section`] from a reader, after [`read_version`] read `version`.
+pub fn read_with_section<R: std::io::Read, T: DeserializeOwned, S: DeserializeOwned>(
+    version: u8,
+    input: R,
+) -> Result<(T, Option<S>), FormatError> {
+    use bincode::Options as _;
+    let options = bincode::DefaultOptions::new().with_fixint_encoding().allow_trailing_bytes();
+    let mut de = bincode::Deserializer::with_reader(input, options);
+    let value = T::deserialize(&mut de)?;
+    if version == BASE_FORMAT {
+        return Ok((value, None));
+    }
+    Ok((value, Some(S::deserialize(&mut de)?)))
+}
+
 fn check_version(version: u8) -> Result<(), FormatError> {
     match version {
         BASE_FORMAT..=FORMAT_VERSION => Ok(()),

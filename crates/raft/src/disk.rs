@@ -1,8 +1,11 @@
-//! A node's storage on disk, and the move of an older data directory's log.
+//! A node's storage on disk, and the move of an older data directory's
+//! log and snapshot.
 //!
 //! ```text
-//! <data_dir>/raft/       sled: the state machine's snapshot (trees "snapshot", "meta")
-//! <data_dir>/raft-log/   the Raft log, vote and committed id in segment files (`wal`)
+//! <data_dir>/raft-log/    the Raft log, vote and committed id in segment files (`wal`)
+//! <data_dir>/snapshots/   the current snapshot, a file (`snapshot_files`)
+//! <data_dir>/payloads/    queued ciphertexts, rebuilt at every start (`payloads`)
+//! <data_dir>/raft/        sled: holds nothing but the markers below, once moved
 //! ```
 //!
 //! Builds before the segment log kept the log, vote and ids in sled's `log`
@@ -12,7 +15,9 @@
 //! rolled-back binary stops ("written by a newer router-raft") instead of
 //! starting from the stale log it would find. A crash anywhere in between
 //! leaves either the old layout untouched or a complete new log; the next
-//! start finishes the move.
+//! start finishes the move. The snapshot moves the same way: written to the
+//! snapshot directory (synced, renamed), then [`SNAPSHOT_MOVED_MARKER`]
+//! replaces it in sled.
 
 use std::io;
 use std::ops::Bound;
@@ -24,7 +29,9 @@ use openraft::{ErrorSubject, ErrorVerb};
 use crate::backend::{Backend, SledBackend, Tree};
 use crate::codec::{self, io_error};
 use crate::log_store::{KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE};
-use crate::state_machine::StateMachineStore;
+use crate::payloads::PayloadStore;
+use crate::snapshot_files::SnapshotFiles;
+use crate::state_machine::{self, StateMachineStore};
 use crate::stats::StorageStats;
 use crate::types::{Entry, LogId, StorageError, Vote};
 use crate::wal::{self, WalLogStore};
@@ -32,6 +39,9 @@ use crate::wal::{self, WalLogStore};
 /// Left under sled's `vote` key once the log moved: format version 255,
 /// which no build reads as a vote.
 pub(crate) const LOG_MOVED_MARKER: &[u8] = &[0xff, b'w', b'a', b'l'];
+/// Left where sled kept the snapshot once it moved to its file; refused by
+/// every build as format version 255, like [`LOG_MOVED_MARKER`].
+pub(crate) const SNAPSHOT_MOVED_MARKER: &[u8] = &[0xff, b'f', b'i', b'l', b'e'];
 
 fn store_error(e: &dyn std::error::Error, what: impl std::fmt::Display) -> StorageError {
     io_error(ErrorSubject::Store, ErrorVerb::Write, &io::Error::other(e.to_string()), what)
@@ -45,10 +55,42 @@ pub async fn open_on_disk(data_dir: &Path) -> Result<(WalLogStore, StateMachineS
     let backend = SledBackend::open(&data_dir.join("raft"))?;
     let log_dir = data_dir.join("raft-log");
     move_log_out_of_sled(&backend, data_dir, &log_dir).await?;
+    let fail = |e: &io::Error, what: &str| io_error(ErrorSubject::Store, ErrorVerb::Write, e, what);
+    let snapshots =
+        SnapshotFiles::open(&data_dir.join("snapshots")).map_err(|e| fail(&e, "open the snapshot directory"))?;
+    move_snapshot_out_of_sled(&backend, &snapshots).await?;
+    let payloads =
+        PayloadStore::open(&data_dir.join("payloads")).map_err(|e| fail(&e, "open the payload directory"))?;
     let stats = Arc::new(StorageStats::default());
     let log = WalLogStore::open(&log_dir, stats.clone())?;
-    let sm = StateMachineStore::open(backend, stats)?;
+    let sm = StateMachineStore::open_on_files(backend, stats, snapshots, payloads)?;
     Ok((log, sm))
+}
+
+async fn move_snapshot_out_of_sled(backend: &SledBackend, snapshots: &SnapshotFiles) -> Result<(), StorageError> {
+    let current = backend
+        .get(Tree::Snapshot, state_machine::KEY_CURRENT)
+        .map_err(|e| store_error(&e, "read the sled snapshot"))?;
+    if current.as_deref() == Some(SNAPSHOT_MOVED_MARKER) {
+        return Ok(());
+    }
+    if let Some((stored, _)) = state_machine::load_snapshot(backend)? {
+        let write = || -> io::Result<()> {
+            let pending = snapshots.begin()?;
+            std::fs::write(&pending.data, &stored.data)?;
+            snapshots.commit(pending, &stored.meta)?;
+            Ok(())
+        };
+        write().map_err(|e| {
+            io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, &e, "move the snapshot out of sled")
+        })?;
+        tracing::info!(snapshot_id = %stored.meta.snapshot_id, bytes = stored.data.len(), "moved the snapshot out of sled");
+    }
+    let fail = |e: &dyn std::error::Error| store_error(e, "retire the sled snapshot");
+    for key in [state_machine::KEY_CURRENT, state_machine::KEY_CURRENT_META] {
+        backend.insert(Tree::Snapshot, key, SNAPSHOT_MOVED_MARKER.to_vec()).map_err(|e| fail(&e))?;
+    }
+    backend.flush().await.map_err(|e| fail(&e))
 }
 
 async fn move_log_out_of_sled(backend: &SledBackend, data_dir: &Path, log_dir: &Path) -> Result<(), StorageError> {

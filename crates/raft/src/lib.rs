@@ -47,6 +47,8 @@ pub mod backend;
 pub mod codec;
 pub mod disk;
 pub mod log_store;
+pub mod payloads;
+pub mod snapshot_files;
 pub mod state_machine;
 pub mod stats;
 pub mod types;
@@ -58,6 +60,8 @@ pub use codec::{
 };
 pub use disk::open_on_disk;
 pub use log_store::LogStore;
+pub use payloads::{PayloadStats, PayloadStore};
+pub use snapshot_files::{SnapshotData, SnapshotFiles};
 pub use state_machine::StateMachineStore;
 pub use stats::{StorageStats, StorageStatsSnapshot};
 pub use types::{
@@ -78,6 +82,8 @@ pub fn open<B: Backend>(backend: B) -> Result<(LogStore<B>, StateMachineStore<B>
     Ok((log, sm))
 }
 
+#[cfg(test)]
+mod files_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

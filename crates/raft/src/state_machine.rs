@@ -1,24 +1,26 @@
-//! [`StateMachineStore`]: the applied [`router_core::State`], held in memory,
-//! and its snapshots, persisted in the [`Backend`].
+//! [`StateMachineStore`]: the applied [`router_core::State`] and its snapshots.
 //!
 //! ```text
 //!  committed entries ──> apply ──> State::apply_batch ──> Vec<Outcome> (the client's answer)
-//!                          │
+//!                          │            └──> new ciphertexts ──> PayloadStore (files; on disk only)
 //!                          └──> applied watch (last applied index)
-//!  build_snapshot: (last_applied, membership, State) ──> bincode ──> tree "snapshot" + fsync
-//!  open():         tree "snapshot" ──> State, last_applied, membership
+//!  build_snapshot: (last_applied, membership, State) ──> streamed encode ──> snapshot file + fsync
+//!  open():         snapshot file ──> streamed decode (ciphertexts straight to PayloadStore) ──> State
 //! ```
 //!
-//! Snapshots live in their own tree (key `current`, plus a small copy of the
-//! meta under `current-meta` for the "is the stored one newer?" check). Builds
-//! before that kept them under `snapshot` in the meta tree; `open` moves such a
-//! snapshot over and leaves [`MOVED_MARKER`] in its old place.
+//! Two layouts. On disk ([`StateMachineStore::open_on_files`]) snapshots are
+//! files ([`SnapshotFiles`]) that openraft sends and receives in chunks, and
+//! queued ciphertexts live in payload files ([`PayloadStore`]), so memory
+//! holds the state's metadata, not its mail. Over a [`Backend`] alone
+//! ([`StateMachineStore::open`], the simulation's layout) snapshots are
+//! values in the backend's `snapshot` tree and everything stays in memory.
 //!
 //! The state itself is not written on every apply. After a restart it is
 //! rebuilt from the latest snapshot, and openraft re-applies the log entries
 //! after it up to the saved committed id (see `LogStore::save_committed`).
 //! Openraft purges log entries only once a snapshot covering them is stored,
-//! so nothing is lost between the two.
+//! so nothing is lost between the two. The payload files are rebuilt the
+//! same way: they are a place to keep bytes out of memory, not a durable copy.
 //!
 //! Locking: `state` is a `std::sync::RwLock`, held for writing only while a
 //! batch of entries is applied or a snapshot installed, and never across an
@@ -26,24 +28,28 @@
 //! state write lock is held, so whoever holds the state lock (read or write)
 //! sees the two consistently. Lock order: `state`, then `applied`.
 
-use std::io::Cursor;
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter, Read};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
-use router_core::{Federation, Outcome, State, StateExtras};
+use router_core::{Federation, Outcome, ProviderId, Seq, State, StateExtras};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::backend::{Backend, Tree};
 use crate::codec::{self, io_error};
+use crate::payloads::PayloadStore;
+use crate::snapshot_files::{Pending, SnapshotData, SnapshotFiles};
 use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 /// Where builds before the snapshot tree kept the snapshot (meta tree).
 const KEY_LEGACY_SNAPSHOT: &[u8] = b"snapshot";
-const KEY_CURRENT: &[u8] = b"current";
-const KEY_CURRENT_META: &[u8] = b"current-meta";
+pub(crate) const KEY_CURRENT: &[u8] = b"current";
+pub(crate) const KEY_CURRENT_META: &[u8] = b"current-meta";
 /// Left under the legacy key once the snapshot moved: a value of format
 /// version 2, which those older builds cannot read, so they refuse this data
 /// directory ("written by a newer router-raft: upgrade instead of rolling
@@ -66,11 +72,11 @@ struct SnapshotPayload {
     state: State,
 }
 
-/// The latest snapshot as stored in the meta tree.
+/// The latest snapshot as stored in the backend's tree.
 #[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta,
-    data: Vec<u8>,
+pub(crate) struct StoredSnapshot {
+    pub(crate) meta: SnapshotMeta,
+    pub(crate) data: Vec<u8>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -97,6 +103,55 @@ pub struct StateMachineStore<B: Backend> {
     /// snapshot builds on tasks of its own, and our log lines should still
     /// say which node.
     span: tracing::Span,
+    /// Snapshot and payload files; `None` in the backend-only layout.
+    files: Option<Files>,
+}
+
+#[derive(Clone, Debug)]
+struct Files {
+    snapshots: SnapshotFiles,
+    payloads: PayloadStore,
+    /// Per mailbox, the first sequence apply has not yet looked at for
+    /// ciphertexts to move into the payload files.
+    unspilled_from: Arc<Mutex<HashMap<ProviderId, Seq>>>,
+}
+
+impl Files {
+    fn lock_marks(&self) -> MutexGuard<'_, HashMap<ProviderId, Seq>> {
+        self.unspilled_from.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the ciphertexts of entries added since the last call into the
+    /// payload files (one write). After `reset` (a restore replaced the
+    /// mailboxes) every entry is looked at again. A failed write leaves them
+    /// in memory, where they are as safe; it is logged and counted.
+    fn spill_new(&self, state: &mut State, reset: bool) {
+        let mut marks = self.lock_marks();
+        if reset {
+            marks.clear();
+        }
+        let mut blobs = Vec::new();
+        for (owner, mailbox) in state.mailboxes.iter_mut() {
+            let from = marks.get(owner).copied().filter(|&m| m <= mailbox.next_seq).unwrap_or(0);
+            if from == mailbox.next_seq && marks.contains_key(owner) {
+                continue;
+            }
+            for entry in mailbox.entries.range_mut(from..).map(|(_, e)| e) {
+                entry.item.blobs_mut(&mut blobs);
+            }
+            marks.insert(owner.clone(), mailbox.next_seq);
+        }
+        if let Err(e) = self.payloads.spill(blobs) {
+            tracing::warn!(error = %e, "cannot write payloads to their files; they stay in memory");
+        }
+    }
+
+    /// After a decode that stored every ciphertext already.
+    fn mark_all_spilled(&self, state: &State) {
+        let mut marks = self.lock_marks();
+        marks.clear();
+        marks.extend(state.mailboxes.iter().map(|(p, m)| (p.clone(), m.next_seq)));
+    }
 }
 
 impl<B: Backend> std::fmt::Debug for StateMachineStore<B> {
@@ -108,18 +163,34 @@ impl<B: Backend> std::fmt::Debug for StateMachineStore<B> {
 /// The state, and the section after it: federation peers (format 2), or
 /// everything the serde encoding of the state leaves out (format 3).
 fn decode_payload(data: &[u8]) -> Result<SnapshotPayload, codec::FormatError> {
-    if codec::version_of(data)? >= codec::CLUSTER_VERSION_FORMAT {
-        let (mut payload, extras) = codec::decode_with_section::<SnapshotPayload, StateExtras>(data)?;
+    let version = codec::version_of(data)?;
+    read_payload(version, &data[1..])
+}
+
+/// [`decode_payload`] from a reader positioned after the version byte.
+fn read_payload<R: Read>(version: u8, input: R) -> Result<SnapshotPayload, codec::FormatError> {
+    if version >= codec::CLUSTER_VERSION_FORMAT {
+        let (mut payload, extras) = codec::read_with_section::<_, SnapshotPayload, StateExtras>(version, input)?;
         if let Some(extras) = extras {
             payload.state.set_extras(extras);
         }
         return Ok(payload);
     }
-    let (mut payload, federation) = codec::decode_with_section::<SnapshotPayload, Federation>(data)?;
+    let (mut payload, federation) = codec::read_with_section::<_, SnapshotPayload, Federation>(version, input)?;
     if let Some(federation) = federation {
         payload.state.federation = federation;
     }
     Ok(payload)
+}
+
+/// Decodes the snapshot file at `path` as it is read, ciphertexts going
+/// straight into `payloads`: memory holds the state's metadata only.
+fn read_payload_file(path: &Path, payloads: &PayloadStore) -> std::io::Result<SnapshotPayload> {
+    let file = std::fs::File::open(path)?;
+    let mut input = BufReader::with_capacity(1 << 20, file);
+    let version = codec::read_version(&mut input).map_err(std::io::Error::other)?;
+    router_core::blob::decode_with_sink(Arc::new(payloads.clone()), || read_payload(version, input))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// An entry that raises the cluster version beyond what this build applies
@@ -147,14 +218,44 @@ fn refuse_unknown_rules(batch: &router_core::Batch, log_id: LogId) -> Result<(),
     }
 }
 
-/// A snapshot in the oldest format that holds `state`.
-fn encode_payload(payload: &SnapshotPayloadRef<'_>) -> Result<Vec<u8>, codec::FormatError> {
+/// Writes a snapshot of `payload` to `out`, in the oldest format that holds it.
+fn write_payload<W: std::io::Write>(out: W, payload: &SnapshotPayloadRef<'_>) -> Result<(), codec::FormatError> {
     let state = payload.state;
     if let Some(extras) = state.extras() {
-        return codec::encode_with_section(codec::CLUSTER_VERSION_FORMAT, payload, Some(&extras));
+        return codec::write_with_section(out, codec::CLUSTER_VERSION_FORMAT, payload, Some(&extras));
     }
     let federation = (!state.federation.is_empty()).then_some(&state.federation);
-    codec::encode_with_section(codec::FEDERATION_FORMAT, payload, federation)
+    codec::write_with_section(out, codec::FEDERATION_FORMAT, payload, federation)
+}
+
+/// [`write_payload`] into memory (the backend-only layout).
+fn encode_payload(payload: &SnapshotPayloadRef<'_>) -> Result<Vec<u8>, codec::FormatError> {
+    let mut buf = Vec::new();
+    write_payload(&mut buf, payload)?;
+    Ok(buf)
+}
+
+/// Writes a snapshot file under `pending` and answers its size.
+fn write_payload_file(pending: &Pending, payload: &SnapshotPayloadRef<'_>) -> std::io::Result<u64> {
+    let file = std::fs::File::create(&pending.data)?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    write_payload(&mut out, payload).map_err(std::io::Error::other)?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    Ok(file.metadata()?.len())
+}
+
+fn check_covers(payload: &SnapshotPayload, meta: &SnapshotMeta) -> std::io::Result<()> {
+    if payload.last_applied != meta.last_log_id || payload.membership != meta.last_membership {
+        return Err(std::io::Error::other(format!(
+            "snapshot data covers {:?} / {:?}, but its meta says {:?} / {:?}",
+            payload.last_applied, payload.membership, meta.last_log_id, meta.last_membership
+        )));
+    }
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| std::io::Error::other(format!("blocking task: {e}")))?
 }
 
 impl<B: Backend> StateMachineStore<B> {
@@ -193,8 +294,57 @@ impl<B: Backend> StateMachineStore<B> {
             }
             None => (State::default(), Applied::default()),
         };
+        Ok(Self::assemble(backend, stats, state, applied, None))
+    }
+
+    /// Opens the state machine of a node on disk: snapshots in `snapshots`,
+    /// ciphertexts in `payloads` (see the module doc). The latest snapshot
+    /// file is decoded as it is read. `backend` holds no snapshot in this
+    /// layout (`open_on_disk` moves an older build's out of it first).
+    pub fn open_on_files(
+        backend: B,
+        stats: Arc<crate::stats::StorageStats>,
+        snapshots: SnapshotFiles,
+        payloads: PayloadStore,
+    ) -> Result<Self, StorageError> {
+        let current = snapshots
+            .current()
+            .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e, "find the current snapshot"))?;
+        let (state, applied) = match current {
+            Some((meta, path)) => {
+                let fail = |e: &std::io::Error| {
+                    io_error(
+                        ErrorSubject::Snapshot(Some(meta.signature())),
+                        ErrorVerb::Read,
+                        e,
+                        format!("decode stored snapshot {}", path.display()),
+                    )
+                };
+                let payload = read_payload_file(&path, &payloads).map_err(|e| fail(&e))?;
+                check_covers(&payload, &meta).map_err(|e| fail(&e))?;
+                tracing::info!(
+                    last_applied = ?payload.last_applied,
+                    snapshot_id = %meta.snapshot_id,
+                    "restored state machine from snapshot"
+                );
+                (payload.state, Applied { last_applied: payload.last_applied, membership: payload.membership })
+            }
+            None => (State::default(), Applied::default()),
+        };
+        let files = Files { snapshots, payloads, unspilled_from: Arc::default() };
+        files.mark_all_spilled(&state);
+        Ok(Self::assemble(backend, stats, state, applied, Some(files)))
+    }
+
+    fn assemble(
+        backend: B,
+        stats: Arc<crate::stats::StorageStats>,
+        state: State,
+        applied: Applied,
+        files: Option<Files>,
+    ) -> Self {
         let index = applied.last_applied.map_or(0, |l| l.index);
-        Ok(StateMachineStore {
+        StateMachineStore {
             backend,
             state: Arc::new(RwLock::new(state)),
             applied: Arc::new(Mutex::new(applied)),
@@ -203,7 +353,13 @@ impl<B: Backend> StateMachineStore<B> {
             snapshot_seq: Arc::new(AtomicU64::new(0)),
             stats,
             span: tracing::Span::current(),
-        })
+            files,
+        }
+    }
+
+    /// The payload files' counters (`None` in the backend-only layout).
+    pub fn payload_stats(&self) -> Option<Arc<crate::payloads::PayloadStats>> {
+        self.files.as_ref().map(|f| f.payloads.stats())
     }
 
     /// What this node's log and state-machine stores did since it started.
@@ -277,7 +433,7 @@ fn write_snapshot<B: Backend>(backend: &B, meta: &SnapshotMeta, stored_bytes: Ve
 }
 
 /// The latest stored snapshot, and whether it was found in the legacy place.
-fn load_snapshot<B: Backend>(backend: &B) -> Result<Option<(StoredSnapshot, bool)>, StorageError> {
+pub(crate) fn load_snapshot<B: Backend>(backend: &B) -> Result<Option<(StoredSnapshot, bool)>, StorageError> {
     let read_err = |e: &dyn std::error::Error| {
         let e = std::io::Error::other(e.to_string());
         io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e, "read stored snapshot")
@@ -315,9 +471,10 @@ fn stored_meta<B: Backend>(backend: &B) -> Result<Option<SnapshotMeta>, StorageE
 impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<B> {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let started = std::time::Instant::now();
-        // Apply waits only while the state is copied: mailbox payloads are
-        // shared `Bytes`, so the copy is the maps, not the mail. The encode
-        // runs on a blocking thread while apply goes on.
+        // Apply waits only while the state is copied: ciphertexts are shared
+        // handles (in memory or in the payload files), so the copy is the
+        // maps, not the mail. The encode runs on a blocking thread while
+        // apply goes on; the copy keeps the payload files it reads alive.
         let (state, applied) = {
             let state = self.read_state();
             (state.clone(), self.lock_applied().clone())
@@ -333,26 +490,56 @@ impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<B> {
             last_membership: applied.membership.clone(),
             snapshot_id,
         };
-        let encoded = tokio::task::spawn_blocking(move || {
-            let payload = SnapshotPayloadRef {
-                last_applied: &applied.last_applied,
-                membership: &applied.membership,
-                state: &state,
-            };
-            encode_payload(&payload).map_err(std::io::Error::other)
-        })
-        .await
-        .map_err(|e| std::io::Error::other(format!("snapshot encode task: {e}")))
-        .and_then(|r| r);
-        let data = encoded.map_err(|e| {
-            io_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, &e, "encode snapshot")
-        })?;
-        self.persist_snapshot(&meta, &data).await?;
-        self.stats.snapshot_built(data.len(), started.elapsed(), paused);
+        let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
+        let (data, size) = match &self.files {
+            Some(files) => {
+                let snapshots = files.snapshots.clone();
+                let meta_copy = meta.clone();
+                let written = blocking(move || {
+                    let payload = SnapshotPayloadRef {
+                        last_applied: &applied.last_applied,
+                        membership: &applied.membership,
+                        state: &state,
+                    };
+                    let pending = snapshots.begin()?;
+                    let size = match write_payload_file(&pending, &payload) {
+                        Ok(size) => size,
+                        Err(e) => {
+                            snapshots.discard(pending);
+                            return Err(e);
+                        }
+                    };
+                    // Opened before the commit: it stays readable if a newer
+                    // snapshot replaces this one meanwhile.
+                    let data = std::fs::File::open(&pending.data)?;
+                    let path = pending.data.clone();
+                    snapshots.commit(pending, &meta_copy)?;
+                    Ok((SnapshotData::File(tokio::fs::File::from_std(data), path), size))
+                })
+                .await;
+                written.map_err(|e| io_error(subject(), ErrorVerb::Write, &e, "write snapshot file"))?
+            }
+            None => {
+                let encoded = blocking(move || {
+                    let payload = SnapshotPayloadRef {
+                        last_applied: &applied.last_applied,
+                        membership: &applied.membership,
+                        state: &state,
+                    };
+                    encode_payload(&payload).map_err(std::io::Error::other)
+                })
+                .await;
+                let data = encoded.map_err(|e| io_error(subject(), ErrorVerb::Write, &e, "encode snapshot"))?;
+                self.persist_snapshot(&meta, &data).await?;
+                let size = data.len() as u64;
+                (SnapshotData::memory(data), size)
+            }
+        };
+        self.stats.snapshot_built(size as usize, started.elapsed(), paused);
         self.span.in_scope(|| {
-            tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), paused_us = paused.as_micros() as u64, "built snapshot")
+            tracing::info!(snapshot_id = %meta.snapshot_id, bytes = size, paused_us = paused.as_micros() as u64, "built snapshot")
         });
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot { meta, snapshot: Box::new(data) })
     }
 }
 
@@ -373,9 +560,11 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
         {
             let mut state = self.write_state();
             let mut applied = self.lock_applied();
+            let mut restored = false;
             for entry in entries {
                 if let EntryPayload::Normal(batch) = &entry.payload {
                     refuse_unknown_rules(batch, entry.log_id)?;
+                    restored |= batch.commands.iter().any(|c| matches!(c, router_core::Command::Restore { .. }));
                 }
                 applied.last_applied = Some(entry.log_id);
                 let reply = match entry.payload {
@@ -388,6 +577,9 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
                 };
                 replies.push(reply);
             }
+            if let Some(files) = &self.files {
+                files.spill_new(&mut state, restored);
+            }
             // Published before the state lock is released, so whoever holds
             // the read lock sees the index that matches the state (backups).
             self.applied_tx.send_replace(applied.last_applied.map_or(0, |l| l.index));
@@ -399,43 +591,114 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        let Some(files) = &self.files else { return Ok(Box::new(SnapshotData::memory(Vec::new()))) };
+        let fail =
+            |e: &std::io::Error| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e, "begin a snapshot file");
+        let pending = files.snapshots.begin().map_err(|e| fail(&e))?;
+        let file = tokio::fs::File::create(&pending.data).await.map_err(|e| fail(&e))?;
+        Ok(Box::new(SnapshotData::File(file, pending.data)))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<SnapshotData>) -> Result<(), StorageError> {
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
-        let data = snapshot.into_inner();
-        let payload =
-            decode_payload(&data).map_err(|e| io_error(subject(), ErrorVerb::Read, &e, "decode received snapshot"))?;
-        if payload.last_applied != meta.last_log_id || payload.membership != meta.last_membership {
-            let e = std::io::Error::other(format!(
-                "snapshot data covers {:?} / {:?}, but its meta says {:?} / {:?}",
-                payload.last_applied, payload.membership, meta.last_log_id, meta.last_membership
-            ));
-            return Err(io_error(subject(), ErrorVerb::Read, &e, "check received snapshot"));
-        }
-        self.persist_snapshot(meta, &data).await?;
+        let (payload, size) = match &self.files {
+            Some(files) => {
+                let fail = |e: &std::io::Error| io_error(subject(), ErrorVerb::Read, e, "install received snapshot");
+                let pending = match *snapshot {
+                    SnapshotData::File(mut file, path) => {
+                        use tokio::io::AsyncWriteExt as _;
+                        file.flush().await.map_err(|e| fail(&e))?;
+                        match files.snapshots.pending_of(&path) {
+                            Some(pending) => pending,
+                            // Not one this store is receiving (another
+                            // store's snapshot file): copied in first.
+                            None => {
+                                let mut from = file.into_std().await;
+                                let snapshots = files.snapshots.clone();
+                                blocking(move || {
+                                    use std::io::Seek as _;
+                                    let pending = snapshots.begin()?;
+                                    from.seek(std::io::SeekFrom::Start(0))?;
+                                    std::io::copy(&mut from, &mut std::fs::File::create(&pending.data)?)?;
+                                    Ok(pending)
+                                })
+                                .await
+                                .map_err(|e| fail(&e))?
+                            }
+                        }
+                    }
+                    SnapshotData::Memory(bytes) => {
+                        let pending = files.snapshots.begin().map_err(|e| fail(&e))?;
+                        std::fs::write(&pending.data, bytes.into_inner()).map_err(|e| fail(&e))?;
+                        pending
+                    }
+                };
+                let (snapshots, payloads, meta_copy) = (files.snapshots.clone(), files.payloads.clone(), meta.clone());
+                let installed = blocking(move || {
+                    let decoded = read_payload_file(&pending.data, &payloads)
+                        .and_then(|p| check_covers(&p, &meta_copy).map(|()| p))
+                        .and_then(|p| Ok((p, std::fs::metadata(&pending.data)?.len())));
+                    match decoded {
+                        Ok(decoded) => {
+                            snapshots.commit(pending, &meta_copy)?;
+                            Ok(decoded)
+                        }
+                        Err(e) => {
+                            snapshots.discard(pending);
+                            Err(e)
+                        }
+                    }
+                })
+                .await;
+                installed.map_err(|e| fail(&e))?
+            }
+            None => {
+                let data = match *snapshot {
+                    SnapshotData::Memory(c) => c.into_inner(),
+                    SnapshotData::File(_, path) => {
+                        let e = std::io::Error::other(format!(
+                            "{}: snapshot files need the on-disk layout",
+                            path.display()
+                        ));
+                        return Err(io_error(subject(), ErrorVerb::Read, &e, "install received snapshot"));
+                    }
+                };
+                let payload = decode_payload(&data)
+                    .map_err(|e| io_error(subject(), ErrorVerb::Read, &e, "decode received snapshot"))?;
+                check_covers(&payload, meta)
+                    .map_err(|e| io_error(subject(), ErrorVerb::Read, &e, "check received snapshot"))?;
+                self.persist_snapshot(meta, &data).await?;
+                (payload, data.len() as u64)
+            }
+        };
         let index = payload.last_applied.map_or(0, |l| l.index);
         {
             let mut state = self.write_state();
             let mut applied = self.lock_applied();
             *state = payload.state;
             *applied = Applied { last_applied: payload.last_applied, membership: payload.membership };
+            if let Some(files) = &self.files {
+                files.mark_all_spilled(&state);
+            }
             self.applied_tx.send_replace(index);
         }
-        self.stats.snapshot_installed(data.len(), index);
-        self.span
-            .in_scope(|| tracing::info!(snapshot_id = %meta.snapshot_id, bytes = data.len(), "installed snapshot"));
+        self.stats.snapshot_installed(size as usize, index);
+        self.span.in_scope(|| tracing::info!(snapshot_id = %meta.snapshot_id, bytes = size, "installed snapshot"));
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        Ok(load_snapshot(&self.backend)?
-            .map(|(stored, _)| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+        let Some(files) = &self.files else {
+            return Ok(load_snapshot(&self.backend)?.map(|(stored, _)| Snapshot {
+                meta: stored.meta,
+                snapshot: Box::new(SnapshotData::memory(stored.data)),
+            }));
+        };
+        let fail = |e: &std::io::Error| {
+            io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e, "open the current snapshot")
+        };
+        let Some((meta, file, path)) = files.snapshots.open_current().map_err(|e| fail(&e))? else { return Ok(None) };
+        Ok(Some(Snapshot { meta, snapshot: Box::new(SnapshotData::File(tokio::fs::File::from_std(file), path)) }))
     }
 }

@@ -265,10 +265,13 @@ fn newer_format_version_is_refused() {
         assert_newer_refused(open(backend).map(|_| ()));
 
         // A snapshot received from a newer leader.
-        let mut data = snap.snapshot.into_inner();
+        let crate::SnapshotData::Memory(data) = *snap.snapshot else {
+            panic!("the backend layout keeps snapshots in memory")
+        };
+        let mut data = data.into_inner();
         bump_version(&mut data);
         let (_log, mut follower) = open(MemBackend::new()).unwrap();
-        let result = follower.install_snapshot(&snap.meta, Box::new(std::io::Cursor::new(data))).await;
+        let result = follower.install_snapshot(&snap.meta, Box::new(crate::SnapshotData::memory(data))).await;
         assert_newer_refused(result);
         assert_eq!(snapshot_of(&follower), State::default(), "refused snapshot leaves state alone");
     });

@@ -2,7 +2,6 @@
 //! uses, so no other crate has to spell `openraft::LogId<u64>` itself.
 
 use std::fmt;
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,7 +32,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = NodeAddr,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::snapshot_files::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -83,7 +83,7 @@ fn envelope(
                 device,
                 registration_id,
                 message_type: 1,
-                ciphertext: Bytes::from(format!("{message_id}->{recipient}.{device}")),
+                ciphertext: crate::Blob::from(format!("{message_id}->{recipient}.{device}")),
             })
             .collect(),
     }
@@ -2015,7 +2015,7 @@ mod federated_groups {
             message_id: mid(id),
             content_type: ContentType::Message,
             ttl_ms: 60_000,
-            ciphertext: Bytes::from_static(b"sk"),
+            ciphertext: crate::Blob::from_static(b"sk"),
             per_device: vec![],
             traceparent: None,
         }

@@ -113,7 +113,8 @@ async fn relay_batch(ctx: &Ctx, fed: &Federation, peer: &router_core::PeerRecord
     let mut items = Vec::new();
     let mut bytes = 0usize;
     for e in &entries {
-        let Some(item) = to_proto(e, clock_ms) else { continue };
+        let item = to_proto(e, clock_ms).map_err(|err| format!("read queued payload (seq {}): {err}", e.seq))?;
+        let Some(item) = item else { continue };
         bytes += prost::Message::encoded_len(&item);
         // Stay well under the message limit; at least one item always goes.
         if !items.is_empty() && bytes > super::RELAY_MESSAGE_BYTES / 2 {
@@ -174,13 +175,15 @@ async fn relay_batch(ctx: &Ctx, fed: &Federation, peer: &router_core::PeerRecord
     Ok(Progress::Moved)
 }
 
-/// A queue entry as relayed; `None` for what a queue should not hold.
-fn to_proto(e: &MailboxEntry, clock_ms: u64) -> Option<v1::RelayedItem> {
+/// A queue entry as relayed; `None` for what a queue should not hold, an
+/// error when its payload cannot be read back.
+fn to_proto(e: &MailboxEntry, clock_ms: u64) -> std::io::Result<Option<v1::RelayedItem>> {
     let ttl_left_ms = e.expires_at_ms.saturating_sub(clock_ms).max(1);
-    let (kind, traceparent) = match RelayedKind::from_queue(&e.item)? {
+    let Some(relayed) = RelayedKind::from_queue(&e.item) else { return Ok(None) };
+    let (kind, traceparent) = match relayed {
         RelayedKind::Envelope(env) => {
             let traceparent = env.traceparent.clone().unwrap_or_default();
-            (v1::relayed_item::Kind::Envelope(crate::grpc::wire::envelope(&env)), traceparent)
+            (v1::relayed_item::Kind::Envelope(crate::grpc::wire::envelope(&env)?), traceparent)
         }
         RelayedKind::Undeliverable { to, message_id, recipient, reason } => {
             use v1::relayed_report::Reason;
@@ -200,8 +203,8 @@ fn to_proto(e: &MailboxEntry, clock_ms: u64) -> Option<v1::RelayedItem> {
         }
         RelayedKind::Group(g) => {
             let traceparent = g.traceparent.clone().unwrap_or_default();
-            (v1::relayed_item::Kind::Group(crate::grpc::wire::group_message(&g)), traceparent)
+            (v1::relayed_item::Kind::Group(crate::grpc::wire::group_message(&g)?), traceparent)
         }
     };
-    Some(v1::RelayedItem { queue_seq: e.seq, ttl_left_ms, kind: Some(kind), traceparent })
+    Ok(Some(v1::RelayedItem { queue_seq: e.seq, ttl_left_ms, kind: Some(kind), traceparent }))
 }

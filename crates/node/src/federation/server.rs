@@ -450,7 +450,7 @@ fn group_delivery(
         message_id: validate::message_id(&g.message_id, limits)?,
         content_type,
         recipients,
-        ciphertext: g.ciphertext,
+        ciphertext: g.ciphertext.into(),
         per_device,
         traceparent: (!traceparent.is_empty() && traceparent.len() <= 128).then(|| traceparent.to_string()),
     })

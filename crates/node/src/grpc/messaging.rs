@@ -167,7 +167,8 @@ async fn deliver(
         // Entries past their expiry are passed over, never handed out: the
         // state removes and reports them a grace period later (cluster
         // version 2), so a report means the entry was not delivered.
-        let next: Result<(Vec<(MailboxEntry, Option<String>)>, Seq), Rejection> = ctx.read(|s| {
+        // Payloads are read back after the lock is released: apply waits for it.
+        let next: Result<(Vec<router_core::MailboxEntry>, Seq), Rejection> = ctx.read(|s| {
             if let Some(refusal) = s.provider_refusal(&provider) {
                 return Err(refusal);
             }
@@ -182,12 +183,7 @@ async fn deliver(
                 if e.expires_at_ms <= now {
                     continue;
                 }
-                let tp = match &e.item {
-                    router_core::MailboxItem::Envelope(env) => env.traceparent.clone(),
-                    router_core::MailboxItem::Group(g) => g.traceparent.clone(),
-                    _ => None,
-                };
-                batch.push((super::wire::mailbox_entry(e), tp));
+                batch.push(e.clone());
             }
             Ok((batch, passed))
         });
@@ -202,7 +198,22 @@ async fn deliver(
                 return;
             }
         };
-        for (entry, traceparent) in batch {
+        for core_entry in batch {
+            let traceparent = match &core_entry.item {
+                router_core::MailboxItem::Envelope(env) => env.traceparent.clone(),
+                router_core::MailboxItem::Group(g) => g.traceparent.clone(),
+                _ => None,
+            };
+            let entry = match super::wire::mailbox_entry(&core_entry) {
+                Ok(entry) => entry,
+                Err(e) => {
+                    // A payload this replica accepted and cannot read back:
+                    // the stream ends; the entry stays queued, unacked.
+                    tracing::error!(provider = %provider, seq = core_entry.seq, error = %e, "cannot read a queued payload");
+                    let _ = tx.send(Err(status::payload_unreadable(core_entry.seq, &e))).await;
+                    return;
+                }
+            };
             // Not a child of the Receive call's span, which lasts as long as
             // the stream: its parent is the send's context stored with the entry.
             let span = tracing::info_span!(

@@ -161,6 +161,16 @@ pub fn write_error(e: WriteError) -> Status {
     }
 }
 
+/// A queued payload this replica cannot read back (a storage fault): the
+/// entry stays queued; another node's replica can deliver it.
+pub fn payload_unreadable(seq: u64, e: &std::io::Error) -> Status {
+    reason(
+        Code::Unavailable,
+        "PAYLOAD_UNREADABLE",
+        format!("this node cannot read the payload of entry {seq} ({e}); reconnect, preferably to another node"),
+    )
+}
+
 /// Turns an outcome into `Ok` unless it is a rejection.
 pub fn accepted(outcome: Outcome) -> Result<Outcome, Status> {
     match outcome {

@@ -109,7 +109,7 @@ pub fn parts(parts: Vec<v1::DeviceCiphertext>, limits: &EdgeLimits) -> Result<Ve
         if p.ciphertext.is_empty() {
             return Err(invalid_field(format!("parts[{i}].ciphertext"), "EMPTY", "ciphertext is empty"));
         }
-        out.push(DevicePart { device, registration_id, message_type: p.message_type, ciphertext: p.ciphertext });
+        out.push(DevicePart { device, registration_id, message_type: p.message_type, ciphertext: p.ciphertext.into() });
     }
     Ok(out)
 }
@@ -246,7 +246,7 @@ pub fn group_send(sender: ProviderId, r: v1::SendGroupRequest, limits: &EdgeLimi
         message_id,
         content_type,
         ttl_ms,
-        ciphertext: r.ciphertext,
+        ciphertext: r.ciphertext.into(),
         per_device,
         traceparent: None,
     })

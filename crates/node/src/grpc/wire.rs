@@ -3,6 +3,10 @@
 //! `validate.rs`, where the configured limits are known. They live here, not
 //! in `router-proto`, so that the wire crate (and with it the SDK every
 //! provider builds) does not depend on the state machine.
+//!
+//! Ciphertexts may live in the node's payload files ([`core::Blob`]): the
+//! conversions that carry them read them back and fail with the I/O error
+//! when a payload cannot be read. Call them outside the state lock.
 
 use router_core as core;
 use router_proto::v1;
@@ -40,29 +44,29 @@ pub fn bundle(b: &core::Bundle) -> v1::PrekeyBundle {
     }
 }
 
-pub fn device_ciphertext(p: &core::DevicePart) -> v1::DeviceCiphertext {
-    v1::DeviceCiphertext {
+pub fn device_ciphertext(p: &core::DevicePart) -> std::io::Result<v1::DeviceCiphertext> {
+    Ok(v1::DeviceCiphertext {
         device_id: p.device,
         registration_id: p.registration_id,
         message_type: p.message_type,
-        ciphertext: p.ciphertext.clone(),
-    }
+        ciphertext: p.ciphertext.bytes()?,
+    })
 }
 
-pub fn envelope(env: &core::SendEnvelope) -> v1::Envelope {
-    v1::Envelope {
+pub fn envelope(env: &core::SendEnvelope) -> std::io::Result<v1::Envelope> {
+    Ok(v1::Envelope {
         sender_provider_id: env.sender.0.clone(),
         sender_user_id: env.sender_user.as_ref().map(|u| u.0.clone()).unwrap_or_default(),
         message_id: env.message_id.0.clone(),
         recipient_user_id: env.recipient.0.clone(),
         content_type: content_type(env.content_type) as i32,
-        parts: env.parts.iter().map(device_ciphertext).collect(),
+        parts: env.parts.iter().map(device_ciphertext).collect::<std::io::Result<_>>()?,
         sender_device_id: env.sender_device.unwrap_or(0),
-    }
+    })
 }
 
-pub fn group_message(g: &core::GroupDelivery) -> v1::GroupMessage {
-    v1::GroupMessage {
+pub fn group_message(g: &core::GroupDelivery) -> std::io::Result<v1::GroupMessage> {
+    Ok(v1::GroupMessage {
         group_id: g.group.0.clone(),
         group_seq: g.group_seq,
         epoch: g.epoch,
@@ -72,19 +76,19 @@ pub fn group_message(g: &core::GroupDelivery) -> v1::GroupMessage {
         message_id: g.message_id.0.clone(),
         content_type: content_type(g.content_type) as i32,
         recipient_user_ids: g.recipients.iter().map(|u| u.0.clone()).collect(),
-        ciphertext: g.ciphertext.clone(),
+        ciphertext: g.ciphertext.bytes()?,
         per_device: g
             .per_device
             .iter()
-            .map(|(u, p)| v1::GroupDevicePart { user_id: u.0.clone(), part: Some(device_ciphertext(p)) })
-            .collect(),
-    }
+            .map(|(u, p)| Ok(v1::GroupDevicePart { user_id: u.0.clone(), part: Some(device_ciphertext(p)?) }))
+            .collect::<std::io::Result<_>>()?,
+    })
 }
 
-pub fn mailbox_entry(e: &core::MailboxEntry) -> v1::MailboxEntry {
+pub fn mailbox_entry(e: &core::MailboxEntry) -> std::io::Result<v1::MailboxEntry> {
     let kind = match &e.item {
-        core::MailboxItem::Envelope(env) => v1::mailbox_entry::Kind::Envelope(envelope(env)),
-        core::MailboxItem::Group(g) => v1::mailbox_entry::Kind::Group(group_message(g)),
+        core::MailboxItem::Envelope(env) => v1::mailbox_entry::Kind::Envelope(envelope(env)?),
+        core::MailboxItem::Group(g) => v1::mailbox_entry::Kind::Group(group_message(g)?),
         core::MailboxItem::PrekeyLowStock { user, device, one_time_remaining, kyber_one_time_remaining } => {
             v1::mailbox_entry::Kind::LowStock(v1::PrekeyLowStock {
                 user_id: user.0.clone(),
@@ -117,13 +121,13 @@ pub fn mailbox_entry(e: &core::MailboxEntry) -> v1::MailboxEntry {
         }),
         // Lives only in a peer's outbound queue, which no provider reads;
         // shown as the envelope it carries.
-        core::MailboxItem::Outbound { envelope, .. } => v1::mailbox_entry::Kind::Envelope(self::envelope(envelope)),
+        core::MailboxItem::Outbound { envelope, .. } => v1::mailbox_entry::Kind::Envelope(self::envelope(envelope)?),
     };
-    v1::MailboxEntry {
+    Ok(v1::MailboxEntry {
         seq: e.seq,
         accepted_at_ms: e.accepted_at_ms,
         expires_at_ms: e.expires_at_ms,
         kind: Some(kind),
         ephemeral: false,
-    }
+    })
 }

@@ -1,0 +1,169 @@
+//! The backlog workload: a provider that is away while mail for it queues.
+//!
+//! Three routerd processes; provider `b` never opens a receive stream, and
+//! provider `a` sends `--backlog-envelopes` envelopes of `--backlog-bytes`
+//! to its user. Every node's resident memory is read from `/proc` at 0, 25,
+//! 50, 75 and 100 % of the backlog; then the data directories are measured,
+//! and a follower is killed (-9) and restarted: how long until it reports
+//! `health: ok` again, and its memory then. Run once per binary: the build
+//! under test (`--routerd`) and the previous one (`--baseline-routerd`), in
+//! the same run, so the rows compare the two.
+
+use crate::report::Row;
+use crate::router::RouterCluster;
+use crate::stats::Stat;
+use anyhow::Context;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub struct Opts {
+    pub envelopes: u64,
+    pub bytes: usize,
+    pub inflight: usize,
+    pub base_port: u16,
+    pub extra_toml: String,
+}
+
+/// What one binary did.
+#[derive(Debug, Default)]
+pub struct Figures {
+    /// (fraction of the backlog queued, max resident MiB over the nodes).
+    pub rss_mib: Vec<(f64, f64)>,
+    pub fill_mib_per_s: f64,
+    /// Data directory bytes per queued payload byte, max over the nodes.
+    pub disk_per_payload_byte: f64,
+    pub restart_to_ok_s: Option<f64>,
+    pub restart_rss_mib: Option<f64>,
+    pub accepted: u64,
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn max_rss(cluster: &RouterCluster) -> f64 {
+    cluster.procs.running.iter().flatten().filter_map(|g| rss_mib(g.pid())).fold(0.0, f64::max)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+pub async fn run(routerd: &Path, work: &Path, o: &Opts) -> anyhow::Result<Figures> {
+    std::fs::create_dir_all(work)?;
+    let mut cluster = RouterCluster::start(routerd, work, o.base_port, 3, &o.extra_toml).await?;
+    let sender = cluster.client("a", 0, Some(Duration::from_secs(20)))?;
+    let receiver = cluster.client("b", 1, None)?;
+    crate::router::register_pair(&sender, &receiver).await?;
+    let mut figures = Figures::default();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    figures.rss_mib.push((0.0, max_rss(&cluster)));
+
+    let next = Arc::new(AtomicU64::new(0));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    // Bounded: every envelope once, and at most 20 minutes in all.
+    let deadline = started + Duration::from_secs(1200);
+    let tasks: Vec<_> = (0..o.inflight)
+        .map(|t| {
+            let (sender, next, accepted) = (sender.clone(), next.clone(), accepted.clone());
+            let (total, bytes) = (o.envelopes, o.bytes);
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total || Instant::now() > deadline {
+                        return;
+                    }
+                    let req = crate::router::to_receiver(format!("backlog-{t}-{i}"), bytes);
+                    if sender.send(req).await.is_ok() {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut marks = vec![0.25, 0.5, 0.75];
+    while !tasks.iter().all(|t| t.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let done = accepted.load(Ordering::Relaxed) as f64 / o.envelopes as f64;
+        if let Some(&m) = marks.first()
+            && done >= m
+        {
+            figures.rss_mib.push((m, max_rss(&cluster)));
+            marks.remove(0);
+        }
+        cluster.procs_alive()?;
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    figures.accepted = accepted.load(Ordering::Relaxed);
+    let queued_bytes = figures.accepted * o.bytes as u64;
+    figures.fill_mib_per_s = queued_bytes as f64 / (1 << 20) as f64 / elapsed;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    figures.rss_mib.push((1.0, max_rss(&cluster)));
+    let disk = (1..=3).map(|id| dir_bytes(&work.join(format!("node-{id}")))).max().unwrap_or(0);
+    figures.disk_per_payload_byte = disk as f64 / queued_bytes.max(1) as f64;
+
+    // Restart a follower: time to `health: ok`, and its memory then.
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    let follower = (1..=3u64).find(|&id| id != leader).context("a follower")? as usize - 1;
+    cluster.procs.kill9(follower)?;
+    let restarted = Instant::now();
+    cluster.procs.restart(follower)?;
+    let limit = Duration::from_secs(300);
+    while restarted.elapsed() < limit {
+        if cluster.health(follower).await.as_deref() == Some("ok") {
+            figures.restart_to_ok_s = Some(restarted.elapsed().as_secs_f64());
+            break;
+        }
+        cluster.procs_alive()?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    figures.restart_rss_mib = cluster.procs.running[follower].as_ref().and_then(|g| rss_mib(g.pid()));
+    drop(receiver);
+    Ok(figures)
+}
+
+/// The rows comparing the build under test with the previous one.
+pub fn rows(o: &Opts, new: &Figures, old: Option<&Figures>) -> Vec<Row> {
+    let gib = (new.accepted * o.bytes as u64) as f64 / (1u64 << 30) as f64;
+    let peer = "previous build";
+    let one = |v: f64| Stat::of(&[v]);
+    let mut rows = Vec::new();
+    let mut push = |figure: String, unit: &str, n: Option<f64>, p: Option<f64>, lower: bool| {
+        let mut row = Row::new("backlog", &figure, unit, n.and_then(one), peer, p.and_then(one));
+        row.lower_is_better = lower;
+        rows.push(row);
+    };
+    for (i, &(fraction, rss)) in new.rss_mib.iter().enumerate() {
+        let before = old.and_then(|o| o.rss_mib.get(i)).map(|&(_, r)| r);
+        push(format!("max node RSS, {:.2} GiB queued", gib * fraction), "MiB", Some(rss), before, true);
+    }
+    push("fill rate".into(), "MiB/s", Some(new.fill_mib_per_s), old.map(|o| o.fill_mib_per_s), false);
+    push(
+        "data dir bytes per payload byte".into(),
+        "x",
+        Some(new.disk_per_payload_byte),
+        old.map(|o| o.disk_per_payload_byte),
+        true,
+    );
+    push("follower kill -9 -> health ok".into(), "s", new.restart_to_ok_s, old.and_then(|o| o.restart_to_ok_s), true);
+    push("restarted follower RSS".into(), "MiB", new.restart_rss_mib, old.and_then(|o| o.restart_rss_mib), true);
+    rows
+}

@@ -1,0 +1,251 @@
+//! [`Blob`]: an opaque ciphertext the router stores and hands back unread,
+//! either held in memory or kept by a [`BlobSource`] (a payload file of the
+//! node's storage) and read back on demand.
+//!
+//! The core never does I/O itself: a stored blob is a handle (source,
+//! offset, length) that a storage layer made. Whoever needs the bytes (a
+//! receive stream, a snapshot encoder) asks the handle for them.
+//!
+//! On the wire, in log entries, snapshots and backups a blob is encoded as
+//! plain bytes, whichever way it is held: a blob's place is a property of one
+//! replica, not of the replicated state. While a [`BlobSink`] is installed on
+//! the decoding thread ([`decode_with_sink`]), decoded blobs of at least
+//! [`BlobSink::min_len`] bytes go straight to the sink instead of to memory,
+//! so a large snapshot decodes with memory bounded by its metadata.
+
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::cell::RefCell;
+use std::sync::Arc;
+
+/// Where stored blobs are read back from.
+pub trait BlobSource: Send + Sync + std::fmt::Debug + 'static {
+    /// The `len` bytes at `offset`, checked (a damaged record is an error).
+    fn read(&self, offset: u64, len: u32) -> std::io::Result<Bytes>;
+}
+
+/// Where a decoder puts the blobs it reads (see [`decode_with_sink`]).
+pub trait BlobSink: Send + Sync + 'static {
+    /// Blobs shorter than this stay in memory: a handle would not be smaller.
+    fn min_len(&self) -> usize;
+    /// Stores `bytes` and answers the handle that reads them back.
+    fn store(&self, bytes: &[u8]) -> std::io::Result<Blob>;
+}
+
+#[derive(Clone)]
+pub struct Blob(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline(Bytes),
+    Stored { source: Arc<dyn BlobSource>, offset: u64, len: u32 },
+}
+
+impl Blob {
+    pub const fn from_static(bytes: &'static [u8]) -> Self {
+        Blob(Repr::Inline(Bytes::from_static(bytes)))
+    }
+
+    /// A handle on `len` bytes at `offset` of `source`.
+    pub fn stored(source: Arc<dyn BlobSource>, offset: u64, len: u32) -> Self {
+        Blob(Repr::Stored { source, offset, len })
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            Repr::Inline(b) => b.len(),
+            Repr::Stored { len, .. } => *len as usize,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes held in memory, or `None` for a stored blob.
+    pub fn inline(&self) -> Option<&Bytes> {
+        match &self.0 {
+            Repr::Inline(b) => Some(b),
+            Repr::Stored { .. } => None,
+        }
+    }
+
+    /// The blob's bytes: shared for an in-memory blob, read back for a stored one.
+    pub fn bytes(&self) -> std::io::Result<Bytes> {
+        match &self.0 {
+            Repr::Inline(b) => Ok(b.clone()),
+            Repr::Stored { source, offset, len } => source.read(*offset, *len),
+        }
+    }
+}
+
+impl From<Bytes> for Blob {
+    fn from(b: Bytes) -> Self {
+        Blob(Repr::Inline(b))
+    }
+}
+
+impl From<Vec<u8>> for Blob {
+    fn from(v: Vec<u8>) -> Self {
+        Blob(Repr::Inline(Bytes::from(v)))
+    }
+}
+
+impl From<&'static str> for Blob {
+    fn from(s: &'static str) -> Self {
+        Blob::from_static(s.as_bytes())
+    }
+}
+
+impl From<String> for Blob {
+    fn from(s: String) -> Self {
+        Blob::from(s.into_bytes())
+    }
+}
+
+/// Compares contents. A stored blob that cannot be read back equals only
+/// its own handle: equality is for tests and checks, which must not pass on
+/// a payload that is gone.
+impl PartialEq for Blob {
+    fn eq(&self, other: &Self) -> bool {
+        if let (Some(a), Some(b)) = (self.inline(), other.inline()) {
+            return a == b;
+        }
+        if let (Repr::Stored { source: a, offset: x, len: m }, Repr::Stored { source: b, offset: y, len: n }) =
+            (&self.0, &other.0)
+            && Arc::ptr_eq(a, b)
+            && (x, m) == (y, n)
+        {
+            return true;
+        }
+        self.len() == other.len()
+            && match (self.bytes(), other.bytes()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            }
+    }
+}
+
+impl Eq for Blob {}
+
+/// An in-memory blob shows as its bytes (the simulation compares replicas by
+/// this rendering); a stored one by its place and length.
+impl std::fmt::Debug for Blob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Repr::Inline(b) => b.fmt(f),
+            Repr::Stored { source, offset, len } => write!(f, "Blob({len} bytes at {offset} of {source:?})"),
+        }
+    }
+}
+
+impl Serialize for Blob {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Repr::Inline(b) => serializer.serialize_bytes(b),
+            Repr::Stored { .. } => {
+                let bytes = self.bytes().map_err(|e| serde::ser::Error::custom(format!("read stored blob: {e}")))?;
+                serializer.serialize_bytes(&bytes)
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let bytes = Bytes::deserialize(deserializer)?;
+        SINK.with(|sink| match sink.borrow().as_ref() {
+            Some(sink) if bytes.len() >= sink.min_len() => {
+                sink.store(&bytes).map_err(|e| serde::de::Error::custom(format!("store decoded blob: {e}")))
+            }
+            _ => Ok(Blob::from(bytes)),
+        })
+    }
+}
+
+thread_local! {
+    static SINK: RefCell<Option<Arc<dyn BlobSink>>> = const { RefCell::new(None) };
+}
+
+/// Runs `decode` with `sink` receiving the blobs decoded on this thread.
+/// The sink is removed afterwards, also when `decode` panics.
+pub fn decode_with_sink<T>(sink: Arc<dyn BlobSink>, decode: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Arc<dyn BlobSink>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            SINK.with(|s| *s.borrow_mut() = previous);
+        }
+    }
+    let previous = SINK.with(|s| s.borrow_mut().replace(sink));
+    let _restore = Restore(previous);
+    decode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A source over one in-memory buffer, standing in for a payload file.
+    #[derive(Debug, Default)]
+    struct Buffer(Mutex<Vec<u8>>);
+
+    impl BlobSource for Buffer {
+        fn read(&self, offset: u64, len: u32) -> std::io::Result<Bytes> {
+            let data = self.0.lock().unwrap();
+            let range = offset as usize..offset as usize + len as usize;
+            data.get(range).map(Bytes::copy_from_slice).ok_or_else(|| std::io::Error::other("past the end"))
+        }
+    }
+
+    struct ToBuffer(Arc<Buffer>);
+
+    impl BlobSink for ToBuffer {
+        fn min_len(&self) -> usize {
+            4
+        }
+        fn store(&self, bytes: &[u8]) -> std::io::Result<Blob> {
+            let mut data = self.0.0.lock().unwrap();
+            let offset = data.len() as u64;
+            data.extend_from_slice(bytes);
+            Ok(Blob::stored(self.0.clone(), offset, bytes.len() as u32))
+        }
+    }
+
+    #[test]
+    fn a_stored_blob_encodes_exactly_like_the_same_bytes_in_memory() {
+        let buffer = Arc::new(Buffer::default());
+        let stored = ToBuffer(buffer.clone()).store(b"ciphertext").unwrap();
+        assert!(stored.inline().is_none());
+        let inline = Blob::from_static(b"ciphertext");
+        assert_eq!(bincode::serialize(&stored).unwrap(), bincode::serialize(&inline).unwrap());
+        assert_eq!(stored, inline);
+        assert_eq!(
+            bincode::serialize(&inline).unwrap(),
+            bincode::serialize(&Bytes::from_static(b"ciphertext")).unwrap()
+        );
+    }
+
+    #[test]
+    fn decoding_with_a_sink_stores_long_blobs_and_keeps_short_ones_in_memory() {
+        let encoded = bincode::serialize(&(Blob::from_static(b"long enough"), Blob::from_static(b"abc"))).unwrap();
+        let buffer = Arc::new(Buffer::default());
+        let (long, short): (Blob, Blob) =
+            decode_with_sink(Arc::new(ToBuffer(buffer.clone())), || bincode::deserialize(&encoded).unwrap());
+        assert!(long.inline().is_none(), "a blob of min_len or more goes to the sink");
+        assert_eq!(long.bytes().unwrap(), Bytes::from_static(b"long enough"));
+        assert_eq!(short.inline().map(|b| &b[..]), Some(&b"abc"[..]));
+        assert_eq!(&buffer.0.lock().unwrap()[..], b"long enough");
+        // The sink was for that decode only.
+        let (after, _): (Blob, Blob) = bincode::deserialize(&encoded).unwrap();
+        assert!(after.inline().is_some());
+    }
+
+    #[test]
+    fn a_stored_blob_that_cannot_be_read_back_fails_its_encode_and_equals_nothing() {
+        let lost = Blob::stored(Arc::new(Buffer::default()), 0, 3);
+        assert!(bincode::serialize(&lost).is_err());
+        assert_ne!(lost, Blob::from_static(b"abc"));
+    }
+}

@@ -1,0 +1,203 @@
+//! The on-disk layout's state machine: queued ciphertexts in payload files,
+//! snapshots as files built, received and installed by streaming, and the
+//! move of an older build's snapshot out of sled.
+
+use std::path::Path;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, RaftSnapshotBuilder};
+use router_core::{
+    Batch, Blob, Command, ContentType, DevicePart, MailboxItem, MessageId, Outcome, ProviderId, SendEnvelope, State,
+    UserId,
+};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::backend::{Backend, SledBackend, Tree};
+use crate::tests::{log_id, membership_entry, rt};
+use crate::types::Entry;
+use crate::{SnapshotData, StateMachineStore, open};
+
+const BIG: usize = 4096;
+
+fn entry(index: u64, commands: Vec<Command>) -> Entry {
+    Entry { log_id: log_id(1, index), payload: EntryPayload::Normal(Batch { stamp_ms: 1_000 * index, commands }) }
+}
+
+fn send(n: u64, bytes: usize) -> Command {
+    Command::Send(SendEnvelope {
+        sender: ProviderId::new("alpha"),
+        sender_user: None,
+        sender_device: None,
+        message_id: MessageId::new(format!("m-{n}")),
+        recipient: UserId::new("bob"),
+        content_type: ContentType::Message,
+        ttl_ms: 86_400_000,
+        parts: vec![DevicePart {
+            device: 1,
+            registration_id: 7,
+            message_type: 1,
+            ciphertext: Blob::from(vec![n as u8; bytes]),
+        }],
+        traceparent: None,
+    })
+}
+
+/// Two providers, bob at beta, and `sends` envelopes for bob (every other
+/// one too short to leave memory). Answers the last applied index.
+async fn apply_mail<B: Backend>(sm: &mut StateMachineStore<B>, sends: u64) -> u64 {
+    let (alpha, beta) = (ProviderId::new("alpha"), ProviderId::new("beta"));
+    let mut entries = vec![
+        membership_entry(1),
+        entry(
+            2,
+            vec![
+                Command::AddProvider { provider: alpha },
+                Command::AddProvider { provider: beta.clone() },
+                Command::RegisterUser { provider: beta.clone(), user: UserId::new("bob") },
+                Command::RegisterDevice { provider: beta, user: UserId::new("bob"), device: 1, registration_id: 7 },
+            ],
+        ),
+    ];
+    for n in 0..sends {
+        let bytes = if n % 2 == 0 { BIG } else { 16 };
+        entries.push(entry(3 + n, vec![send(n, bytes)]));
+    }
+    let last = entries.len() as u64;
+    let replies = sm.apply(entries).await.unwrap();
+    for reply in &replies[2..] {
+        assert!(matches!(reply[0], Outcome::Sent { .. }), "{reply:?}");
+    }
+    last
+}
+
+fn queued(sm: &StateMachineStore<impl Backend>) -> Vec<Blob> {
+    let state = sm.state();
+    let state = state.read().unwrap();
+    let mailbox = &state.mailboxes[&ProviderId::new("beta")];
+    mailbox
+        .entries
+        .values()
+        .map(|e| match &e.item {
+            MailboxItem::Envelope(env) => env.parts[0].ciphertext.clone(),
+            other => panic!("unexpected entry {other:?}"),
+        })
+        .collect()
+}
+
+fn payload_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("payloads")).map_or(0, |d| d.count())
+}
+
+/// Long ciphertexts are in files, short ones in memory, and both read back.
+fn assert_placed(blobs: &[Blob]) {
+    for (n, blob) in blobs.iter().enumerate() {
+        let long = n % 2 == 0;
+        assert_eq!(blob.inline().is_none(), long, "entry {n}: long ones leave memory, short ones stay");
+        let bytes = blob.bytes().unwrap();
+        assert_eq!(bytes.len(), if long { BIG } else { 16 });
+        assert!(bytes.iter().all(|&b| b == n as u8));
+    }
+}
+
+#[test]
+fn queued_ciphertexts_leave_memory_and_come_back_after_a_restart() {
+    let dir = TempDir::new().unwrap();
+    let want: State = rt().block_on(async {
+        let (_log, mut sm) = crate::open_on_disk(dir.path()).await.unwrap();
+        apply_mail(&mut sm, 6).await;
+        assert_placed(&queued(&sm));
+        assert_eq!(payload_files(dir.path()), 1);
+        let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        assert!(matches!(*snap.snapshot, SnapshotData::File(..)));
+        let state = sm.state().read().unwrap().clone();
+        state
+    });
+    rt().block_on(async {
+        let (_log, mut sm) = crate::open_on_disk(dir.path()).await.unwrap();
+        assert_eq!(*sm.state().read().unwrap(), want, "the snapshot file brings back the state");
+        assert_placed(&queued(&sm));
+        let current = sm.get_current_snapshot().await.unwrap().expect("snapshot file kept");
+        assert_eq!(current.meta.last_log_id, Some(log_id(1, 8)));
+    });
+}
+
+#[test]
+fn a_snapshot_sent_in_chunks_is_installed_into_files() {
+    let (leader_dir, follower_dir) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    rt().block_on(async {
+        let (_l, mut leader) = crate::open_on_disk(leader_dir.path()).await.unwrap();
+        apply_mail(&mut leader, 10).await;
+        leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let mut snap = leader.get_current_snapshot().await.unwrap().unwrap();
+
+        let (_f, mut follower) = crate::open_on_disk(follower_dir.path()).await.unwrap();
+        let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
+        // As openraft moves it: small chunks, read from one file, written to the other.
+        let mut chunk = vec![0u8; 1000];
+        loop {
+            let n = snap.snapshot.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            receiving.write_all(&chunk[..n]).await.unwrap();
+        }
+        follower.install_snapshot(&snap.meta, receiving).await.unwrap();
+        assert_eq!(*follower.state().read().unwrap(), *leader.state().read().unwrap());
+        assert_placed(&queued(&follower));
+        assert!(payload_files(follower_dir.path()) >= 1);
+        let current = follower.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, snap.meta, "the installed snapshot is the follower's current one");
+    });
+}
+
+#[test]
+fn a_damaged_snapshot_is_refused_and_changes_nothing() {
+    let (leader_dir, follower_dir) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    rt().block_on(async {
+        let (_l, mut leader) = crate::open_on_disk(leader_dir.path()).await.unwrap();
+        apply_mail(&mut leader, 4).await;
+        let mut snap = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let mut data = Vec::new();
+        snap.snapshot.read_to_end(&mut data).await.unwrap();
+        data.truncate(data.len() - 100);
+
+        let (_f, mut follower) = crate::open_on_disk(follower_dir.path()).await.unwrap();
+        let result = follower.install_snapshot(&snap.meta, Box::new(SnapshotData::memory(data))).await;
+        assert!(result.is_err(), "a cut-off snapshot must not install");
+        assert_eq!(*follower.state().read().unwrap(), State::default());
+        assert!(follower.get_current_snapshot().await.unwrap().is_none(), "nothing was kept");
+    });
+}
+
+#[test]
+fn an_older_builds_sled_snapshot_is_moved_to_a_file_and_fenced_off() {
+    let dir = TempDir::new().unwrap();
+    let want = rt().block_on(async {
+        // What a build with snapshots in sled left.
+        let backend = SledBackend::open(&dir.path().join("raft")).unwrap();
+        let (_log, mut sm) = open(backend).unwrap();
+        apply_mail(&mut sm, 4).await;
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let state = sm.state().read().unwrap().clone();
+        state
+    });
+    rt().block_on(async {
+        let (_log, mut sm) = crate::open_on_disk(dir.path()).await.unwrap();
+        assert_eq!(*sm.state().read().unwrap(), want);
+        assert_placed(&queued(&sm));
+        assert!(sm.get_current_snapshot().await.unwrap().is_some());
+    });
+    // sled keeps only the marker, which a build reading snapshots there refuses.
+    let backend = SledBackend::open(&dir.path().join("raft")).unwrap();
+    let err = StateMachineStore::open(backend.clone(), Default::default()).expect_err("rolled-back build refused");
+    assert!(err.to_string().contains("newer"), "unclear error for a rolled-back build: {err}");
+    let left = backend.get(Tree::Snapshot, b"current").unwrap().unwrap();
+    assert!(left.len() < 16, "the sled copy is gone ({} bytes left)", left.len());
+    drop(backend);
+    // A second start finds the file and moves nothing.
+    rt().block_on(async {
+        let (_log, sm) = crate::open_on_disk(dir.path()).await.unwrap();
+        assert_eq!(*sm.state().read().unwrap(), want);
+    });
+}

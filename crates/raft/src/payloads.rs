@@ -1,0 +1,280 @@
+//! [`PayloadStore`]: queued ciphertexts in append-only files, so a node's
+//! memory does not grow with the mail it holds.
+//!
+//! ```text
+//! <data_dir>/payloads/<n>.seg   records: [u32 len][u32 crc32(bytes)][bytes]
+//! apply ──> State (mailbox entries hold Blob handles: segment, offset, len)
+//!              └──> PayloadStore::spill ──> one write per apply, into the open segment
+//! receive stream / snapshot encode ──> Blob::bytes ──> pread + CRC check
+//! ```
+//!
+//! The files are a cache, not the durable copy: the log and the snapshot
+//! are (a snapshot encodes every payload as bytes). So nothing here is ever
+//! fsynced, and `open` deletes whatever an earlier run left: the state comes
+//! back from the snapshot, whose decode writes its payloads here again, and
+//! from the log re-applied after it.
+//!
+//! A segment is unlinked when the last handle on it drops: every entry in it
+//! was acked or expired, and no snapshot being encoded still reads it. The
+//! open segment is closed (and so may go) once it passes `segment_bytes`.
+//! A read of an unlinked file still works through the open descriptor.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use router_core::{Blob, BlobSink, BlobSource};
+
+/// A segment is closed once it holds this much (records may end past it).
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// Ciphertexts shorter than this stay in memory: a handle is not smaller.
+pub const MIN_STORED_BYTES: usize = 256;
+
+const RECORD_HEADER: usize = 8;
+const SEGMENT_SUFFIX: &str = "seg";
+
+/// What the store holds right now, for metrics.
+#[derive(Debug, Default)]
+pub struct PayloadStats {
+    /// Bytes written to segments still on disk (live or not yet reclaimed).
+    pub bytes_on_disk: AtomicU64,
+    pub segments: AtomicU64,
+    /// Spills that failed (the payload stayed in memory).
+    pub write_errors: AtomicU64,
+}
+
+/// One segment file. Unlinked on drop once closed.
+#[derive(Debug)]
+struct Segment {
+    path: PathBuf,
+    file: File,
+    len: AtomicU64,
+    closed: AtomicBool,
+    stats: Arc<PayloadStats>,
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        self.stats.segments.fetch_sub(1, Ordering::Relaxed);
+        self.stats.bytes_on_disk.fetch_sub(self.len.load(Ordering::Relaxed), Ordering::Relaxed);
+        if self.closed.load(Ordering::Relaxed)
+            && let Err(e) = std::fs::remove_file(&self.path)
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot unlink a payload segment");
+        }
+    }
+}
+
+impl BlobSource for Segment {
+    fn read(&self, offset: u64, len: u32) -> io::Result<Bytes> {
+        let mut record = vec![0u8; RECORD_HEADER + len as usize];
+        self.file.read_exact_at(&mut record, offset)?;
+        let stored_len = u32::from_le_bytes(record[0..4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(record[4..8].try_into().expect("4 bytes"));
+        let bytes = Bytes::from(record).slice(RECORD_HEADER..);
+        if stored_len != len || crc32fast::hash(&bytes) != crc {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("payload record at {offset} of {} is damaged", self.path.display()),
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
+/// The node's payload files. Cheap to clone; clones share the open segment.
+#[derive(Clone, Debug)]
+pub struct PayloadStore {
+    dir: PathBuf,
+    segment_bytes: u64,
+    open: Arc<Mutex<OpenSegment>>,
+    stats: Arc<PayloadStats>,
+}
+
+#[derive(Debug)]
+struct OpenSegment {
+    segment: Arc<Segment>,
+    next_id: u64,
+}
+
+impl PayloadStore {
+    /// Opens `dir` (created if missing) after deleting the segments an
+    /// earlier run left: what they held comes back from snapshot and log.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        Self::open_with(dir, SEGMENT_BYTES)
+    }
+
+    pub fn open_with(dir: &Path, segment_bytes: u64) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == SEGMENT_SUFFIX) {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        let stats = Arc::new(PayloadStats::default());
+        let segment = new_segment(dir, 1, &stats)?;
+        Ok(PayloadStore {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            open: Arc::new(Mutex::new(OpenSegment { segment, next_id: 2 })),
+            stats,
+        })
+    }
+
+    pub fn stats(&self) -> Arc<PayloadStats> {
+        self.stats.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, OpenSegment> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves every in-memory blob of `blobs` that is long enough into the
+    /// open segment, with one write. On a write error the blobs stay in
+    /// memory (nothing is lost; the error is counted and returned).
+    pub fn spill(&self, blobs: Vec<&mut Blob>) -> io::Result<()> {
+        let mut blobs: Vec<&mut Blob> =
+            blobs.into_iter().filter(|b| b.inline().is_some_and(|b| b.len() >= MIN_STORED_BYTES)).collect();
+        if blobs.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(blobs.iter().map(|b| RECORD_HEADER + b.len()).sum());
+        let mut offsets = Vec::with_capacity(blobs.len());
+        for blob in &blobs {
+            let bytes = blob.inline().expect("filtered to in-memory blobs");
+            offsets.push(buf.len() as u64);
+            append_record(&mut buf, bytes);
+        }
+        let (segment, base) = self.append(&buf).inspect_err(|_| {
+            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+        })?;
+        let source: Arc<dyn BlobSource> = segment;
+        for (blob, offset) in blobs.iter_mut().zip(offsets) {
+            let len = blob.len() as u32;
+            **blob = Blob::stored(source.clone(), base + offset, len);
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` at the end of the open segment (closing it first when
+    /// full); answers the segment and where `buf` starts in it.
+    fn append(&self, buf: &[u8]) -> io::Result<(Arc<Segment>, u64)> {
+        let mut open = self.lock();
+        let at = open.segment.len.load(Ordering::Relaxed);
+        if at > 0 && at + buf.len() as u64 > self.segment_bytes {
+            let next = new_segment(&self.dir, open.next_id, &self.stats)?;
+            open.next_id += 1;
+            let full = std::mem::replace(&mut open.segment, next);
+            full.closed.store(true, Ordering::Relaxed);
+        }
+        let segment = open.segment.clone();
+        let at = segment.len.load(Ordering::Relaxed);
+        segment.file.write_all_at(buf, at)?;
+        segment.len.store(at + buf.len() as u64, Ordering::Relaxed);
+        self.stats.bytes_on_disk.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok((segment, at))
+    }
+}
+
+impl BlobSink for PayloadStore {
+    fn min_len(&self) -> usize {
+        MIN_STORED_BYTES
+    }
+
+    fn store(&self, bytes: &[u8]) -> io::Result<Blob> {
+        let mut buf = Vec::with_capacity(RECORD_HEADER + bytes.len());
+        append_record(&mut buf, bytes);
+        let (segment, at) = self.append(&buf)?;
+        Ok(Blob::stored(segment, at, bytes.len() as u32))
+    }
+}
+
+fn append_record(buf: &mut Vec<u8>, bytes: &[u8]) {
+    buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&crc32fast::hash(bytes).to_le_bytes());
+    buf.extend_from_slice(bytes);
+}
+
+fn new_segment(dir: &Path, id: u64, stats: &Arc<PayloadStats>) -> io::Result<Arc<Segment>> {
+    let path = dir.join(format!("{id:08}.{SEGMENT_SUFFIX}"));
+    let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+    stats.segments.fetch_add(1, Ordering::Relaxed);
+    Ok(Arc::new(Segment { path, file, len: AtomicU64::new(0), closed: AtomicBool::new(false), stats: stats.clone() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".seg"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn spilled_blobs_read_back_and_short_ones_stay_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PayloadStore::open(dir.path()).unwrap();
+        let long = vec![7u8; 1000];
+        let (mut a, mut b) = (Blob::from(long.clone()), Blob::from_static(b"short"));
+        store.spill(vec![&mut a, &mut b]).unwrap();
+        assert!(a.inline().is_none());
+        assert_eq!(a.bytes().unwrap(), Bytes::from(long));
+        assert!(b.inline().is_some());
+    }
+
+    #[test]
+    fn a_closed_segment_goes_when_its_last_blob_does_and_the_open_one_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PayloadStore::open_with(dir.path(), 4096).unwrap();
+        let mut blobs: Vec<Blob> = (0..10u8).map(|i| Blob::from(vec![i; 1500])).collect();
+        for blob in blobs.iter_mut() {
+            store.spill(vec![blob]).unwrap();
+        }
+        let before = segment_files(dir.path());
+        assert!(before.len() >= 4, "10 records of 1.5 KiB in 4 KiB segments: {before:?}");
+        // Dropping the first four blobs frees the first segments only.
+        blobs.drain(..4);
+        let after = segment_files(dir.path());
+        assert!(after.len() < before.len(), "{before:?} -> {after:?}");
+        assert!(!after.contains(&before[0]));
+        for (i, blob) in blobs.iter().enumerate() {
+            assert_eq!(blob.bytes().unwrap()[0], i as u8 + 4);
+        }
+        blobs.clear();
+        assert_eq!(segment_files(dir.path()).len(), 1, "the open segment stays");
+        assert_eq!(store.stats().segments.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_damaged_record_is_an_error_not_other_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PayloadStore::open(dir.path()).unwrap();
+        let blob = store.store(&[1u8; 512]).unwrap();
+        let path = dir.path().join(&segment_files(dir.path())[0]);
+        let file = OpenOptions::new().write(true).open(path).unwrap();
+        file.write_all_at(&[2u8], RECORD_HEADER as u64 + 100).unwrap();
+        let err = blob.bytes().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn open_deletes_what_an_earlier_run_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PayloadStore::open(dir.path()).unwrap();
+        let _kept = store.store(&[1u8; 512]).unwrap();
+        std::fs::write(dir.path().join("00000099.seg"), b"stale").unwrap();
+        let _again = PayloadStore::open(dir.path()).unwrap();
+        assert_eq!(segment_files(dir.path()), vec!["00000001.seg".to_string()]);
+    }
+}

@@ -1,0 +1,265 @@
+//! Snapshots as files: built, sent, received and installed by streaming,
+//! never held whole in memory.
+//!
+//! ```text
+//! <data_dir>/snapshots/<n>/data   the encoded snapshot (what openraft sends, in chunks)
+//! <data_dir>/snapshots/<n>/meta   its SnapshotMeta (codec-encoded)
+//! <data_dir>/snapshots/tmp-<k>/   one being built or received
+//! ```
+//!
+//! A snapshot is written under `tmp-<k>`, both files fsynced, then the
+//! directory is renamed to the next `<n>` and the parent fsynced: `<n>`
+//! directories are complete, and the highest is the current one. Older ones
+//! are removed after the rename; a reader that opened one keeps reading it.
+//! `open` removes what an interrupted write left.
+//!
+//! [`SnapshotData`] is what openraft moves: a file for a node on disk, an
+//! in-memory buffer for the simulation (which runs on `MemBackend`).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
+
+use crate::codec;
+use crate::types::SnapshotMeta;
+
+/// A snapshot's bytes as openraft reads, writes and seeks them.
+#[derive(Debug)]
+pub enum SnapshotData {
+    Memory(io::Cursor<Vec<u8>>),
+    /// A file under the snapshot directory, and its path.
+    File(tokio::fs::File, PathBuf),
+}
+
+impl SnapshotData {
+    pub fn memory(bytes: Vec<u8>) -> Self {
+        SnapshotData::Memory(io::Cursor::new(bytes))
+    }
+}
+
+impl AsyncRead for SnapshotData {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SnapshotData::Memory(c) => Pin::new(c).poll_read(cx, buf),
+            SnapshotData::File(f, _) => Pin::new(f).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for SnapshotData {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            SnapshotData::Memory(c) => Pin::new(c).poll_write(cx, buf),
+            SnapshotData::File(f, _) => Pin::new(f).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SnapshotData::Memory(c) => Pin::new(c).poll_flush(cx),
+            SnapshotData::File(f, _) => Pin::new(f).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SnapshotData::Memory(c) => Pin::new(c).poll_shutdown(cx),
+            SnapshotData::File(f, _) => Pin::new(f).poll_shutdown(cx),
+        }
+    }
+}
+
+impl AsyncSeek for SnapshotData {
+    fn start_seek(self: Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
+        match self.get_mut() {
+            SnapshotData::Memory(c) => Pin::new(c).start_seek(position),
+            SnapshotData::File(f, _) => Pin::new(f).start_seek(position),
+        }
+    }
+
+    fn poll_complete(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        match self.get_mut() {
+            SnapshotData::Memory(c) => Pin::new(c).poll_complete(cx),
+            SnapshotData::File(f, _) => Pin::new(f).poll_complete(cx),
+        }
+    }
+}
+
+/// The snapshot directory of one node.
+#[derive(Clone, Debug)]
+pub struct SnapshotFiles {
+    dir: PathBuf,
+    /// Numbers `tmp-<k>` directories.
+    next_tmp: Arc<AtomicU64>,
+    /// Makes "is the current one older? then replace it" one step.
+    commit: Arc<Mutex<()>>,
+}
+
+/// A snapshot being written: its directory and data file.
+#[derive(Debug)]
+pub struct Pending {
+    pub dir: PathBuf,
+    pub data: PathBuf,
+}
+
+impl SnapshotFiles {
+    /// Opens `dir` (created if missing), removing unfinished writes and
+    /// every complete snapshot but the newest.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let files = SnapshotFiles { dir: dir.to_path_buf(), next_tmp: Arc::default(), commit: Arc::default() };
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with("tmp-") {
+                std::fs::remove_dir_all(entry.path())?;
+            }
+        }
+        files.remove_older_than(files.newest()?)?;
+        Ok(files)
+    }
+
+    /// Numbers of the complete snapshots, ascending.
+    fn numbers(&self) -> io::Result<Vec<u64>> {
+        let mut numbers = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            if let Ok(n) = entry?.file_name().to_string_lossy().parse::<u64>() {
+                numbers.push(n);
+            }
+        }
+        numbers.sort_unstable();
+        Ok(numbers)
+    }
+
+    fn newest(&self) -> io::Result<Option<u64>> {
+        Ok(self.numbers()?.last().copied())
+    }
+
+    fn remove_older_than(&self, newest: Option<u64>) -> io::Result<()> {
+        let Some(newest) = newest else { return Ok(()) };
+        for n in self.numbers()? {
+            if n < newest {
+                std::fs::remove_dir_all(self.dir.join(n.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The current snapshot's meta and data file, if there is one.
+    pub fn current(&self) -> io::Result<Option<(SnapshotMeta, PathBuf)>> {
+        let Some(n) = self.newest()? else { return Ok(None) };
+        let dir = self.dir.join(n.to_string());
+        let meta = std::fs::read(dir.join("meta"))?;
+        let meta = codec::decode(&meta).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok(Some((meta, dir.join("data"))))
+    }
+
+    /// [`Self::current`] with its data file opened, in one step with respect
+    /// to commits (which remove the snapshot they replace).
+    pub fn open_current(&self) -> io::Result<Option<(SnapshotMeta, std::fs::File, PathBuf)>> {
+        let _commit = self.commit.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((meta, path)) = self.current()? else { return Ok(None) };
+        let file = std::fs::File::open(&path)?;
+        Ok(Some((meta, file, path)))
+    }
+
+    /// A new directory to write a snapshot's data into.
+    pub fn begin(&self) -> io::Result<Pending> {
+        let k = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let dir = self.dir.join(format!("tmp-{k}"));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir(&dir)?;
+        let data = dir.join("data");
+        Ok(Pending { dir, data })
+    }
+
+    /// Makes `pending` (its data written) the current snapshot, unless the
+    /// current one covers more of the log. Answers whether it did. The data
+    /// file is fsynced here; call from a blocking thread.
+    pub fn commit(&self, pending: Pending, meta: &SnapshotMeta) -> io::Result<bool> {
+        std::fs::File::open(&pending.data)?.sync_all()?;
+        let meta_bytes = codec::encode(meta).map_err(io::Error::other)?;
+        let meta_path = pending.dir.join("meta");
+        std::fs::write(&meta_path, meta_bytes)?;
+        std::fs::File::open(&meta_path)?.sync_all()?;
+        std::fs::File::open(&pending.dir)?.sync_all()?;
+        let _commit = self.commit.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((current, _)) = self.current()?
+            && current.last_log_id > meta.last_log_id
+        {
+            std::fs::remove_dir_all(&pending.dir)?;
+            return Ok(false);
+        }
+        let n = self.newest()?.map_or(1, |n| n + 1);
+        std::fs::rename(&pending.dir, self.dir.join(n.to_string()))?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        self.remove_older_than(Some(n))?;
+        Ok(true)
+    }
+
+    /// Drops a snapshot that will not be committed.
+    pub fn discard(&self, pending: Pending) {
+        if let Err(e) = std::fs::remove_dir_all(&pending.dir) {
+            tracing::warn!(dir = %pending.dir.display(), error = %e, "cannot remove an unfinished snapshot");
+        }
+    }
+
+    /// The pending write a received snapshot's data file belongs to.
+    pub fn pending_of(&self, data: &Path) -> Option<Pending> {
+        let dir = data.parent()?;
+        let is_tmp = dir.file_name()?.to_string_lossy().starts_with("tmp-");
+        (is_tmp && dir.parent()? == self.dir).then(|| Pending { dir: dir.to_path_buf(), data: data.to_path_buf() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{LogId, StoredMembership};
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("s{index}"),
+        }
+    }
+
+    fn write(files: &SnapshotFiles, index: u64) -> bool {
+        let pending = files.begin().unwrap();
+        std::fs::write(&pending.data, format!("data {index}")).unwrap();
+        files.commit(pending, &meta(index)).unwrap()
+    }
+
+    #[test]
+    fn the_newest_commit_is_current_and_an_older_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = SnapshotFiles::open(dir.path()).unwrap();
+        assert!(files.current().unwrap().is_none());
+        assert!(write(&files, 10));
+        assert!(write(&files, 20));
+        assert!(!write(&files, 15), "a snapshot covering less of the log does not replace the current one");
+        let (m, data) = files.current().unwrap().unwrap();
+        assert_eq!(m, meta(20));
+        assert_eq!(std::fs::read_to_string(data).unwrap(), "data 20");
+        assert_eq!(files.numbers().unwrap().len(), 1, "older snapshots are removed");
+    }
+
+    #[test]
+    fn open_removes_unfinished_writes_and_keeps_the_current_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = SnapshotFiles::open(dir.path()).unwrap();
+        assert!(write(&files, 10));
+        let unfinished = files.begin().unwrap();
+        std::fs::write(&unfinished.data, "half").unwrap();
+        let files = SnapshotFiles::open(dir.path()).unwrap();
+        assert!(!unfinished.dir.exists());
+        assert_eq!(files.current().unwrap().unwrap().0, meta(10));
+    }
+}

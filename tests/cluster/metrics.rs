@@ -74,9 +74,12 @@ async fn metrics_describe_traffic_and_pass_promtool() {
         "router_snapshot_last_size_bytes",
         "router_snapshot_last_build_seconds",
         "router_snapshot_last_pause_seconds",
+        "router_payload_bytes",
+        "router_payload_write_errors_total",
     ] {
         value(&text, series);
     }
+    assert!(value(&text, "router_payload_segments") >= 1.0, "a node on disk always has its open payload segment");
     assert!(text.contains("router_delivery_latency_seconds_bucket"));
     assert!(text.contains("router_commit_duration_seconds_bucket"));
     assert!(text.contains(r#"router_prekey_low_stock_devices{provider="beta"} 1"#), "{text}");

@@ -5,7 +5,8 @@
 //! to its user. Every node's resident memory is read from `/proc` at 0, 25,
 //! 50, 75 and 100 % of the backlog; then the data directories are measured,
 //! and a follower is killed (-9) and restarted: how long until it reports
-//! `health: ok` again, and its memory then. Run once per binary: the build
+//! `health: ok` again (after a `sync`, so the disk is not still writing the
+//! fill back), and its memory then. Run once per binary: the build
 //! under test (`--routerd`) and the previous one (`--baseline-routerd`), in
 //! the same run, so the rows compare the two.
 
@@ -64,6 +65,8 @@ fn dir_bytes(dir: &Path) -> u64 {
 
 pub async fn run(routerd: &Path, work: &Path, o: &Opts) -> anyhow::Result<Figures> {
     std::fs::create_dir_all(work)?;
+    // Both binaries start with the disk written back (not still flushing the other's run).
+    let _ = std::process::Command::new("sync").status();
     let mut cluster = RouterCluster::start(routerd, work, o.base_port, 3, &o.extra_toml).await?;
     let sender = cluster.client("a", 0, Some(Duration::from_secs(20)))?;
     let receiver = cluster.client("b", 1, None)?;
@@ -119,7 +122,10 @@ pub async fn run(routerd: &Path, work: &Path, o: &Opts) -> anyhow::Result<Figure
     let disk = (1..=3).map(|id| dir_bytes(&work.join(format!("node-{id}")))).max().unwrap_or(0);
     figures.disk_per_payload_byte = disk as f64 / queued_bytes.max(1) as f64;
 
-    // Restart a follower: time to `health: ok`, and its memory then.
+    // Restart a follower: time to `health: ok`, and its memory then. The
+    // page cache is written back first, so the figure is the restart's own
+    // work, not the disk still catching up with the fill.
+    let _ = std::process::Command::new("sync").status();
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
     let follower = (1..=3u64).find(|&id| id != leader).context("a follower")? as usize - 1;
     cluster.procs.kill9(follower)?;

@@ -427,39 +427,63 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Backup { out: path } => {
             // The leader serves the latest state (it applies everything committed first).
             let mut stream = admin.client(&leader().await?)?.backup(BackupRequest {}).await?.into_inner();
-            let (mut bytes, mut applied, mut max_restore) = (Vec::new(), 0, 0);
-            while let Some(chunk) = stream.message().await? {
-                if chunk.applied_index != 0 {
-                    applied = chunk.applied_index;
-                }
-                if chunk.max_restore_bytes != 0 {
-                    max_restore = chunk.max_restore_bytes;
-                }
-                bytes.extend_from_slice(&chunk.data);
+            // Written as it arrives to a temporary name (mode 0600: it holds
+            // the whole directory), fsynced, then renamed: the file at `path`
+            // is a complete backup or is not there.
+            let tmp = tmp_path_for(&path);
+            let mut file = {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)
             }
-            std::fs::write(&path, &bytes).with_context(|| format!("write {}", path.display()))?;
+            .with_context(|| format!("create {}", tmp.display()))?;
+            let (mut bytes, mut applied, mut max_restore) = (0u64, 0, 0);
+            let received: Result<(), Failure> = async {
+                use std::io::Write as _;
+                while let Some(chunk) = stream.message().await? {
+                    if chunk.applied_index != 0 {
+                        applied = chunk.applied_index;
+                    }
+                    if chunk.max_restore_bytes != 0 {
+                        max_restore = chunk.max_restore_bytes;
+                    }
+                    file.write_all(&chunk.data).with_context(|| format!("write {}", tmp.display()))?;
+                    bytes += chunk.data.len() as u64;
+                }
+                file.sync_all().with_context(|| format!("fsync {}", tmp.display()))?;
+                std::fs::rename(&tmp, &path).with_context(|| format!("rename to {}", path.display()))?;
+                Ok(())
+            }
+            .await;
+            if let Err(e) = received {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
             // Still written: a later build may restore it, and it is the only copy.
-            let restorable = max_restore == 0 || bytes.len() as u64 <= max_restore;
+            let restorable = max_restore == 0 || bytes <= max_restore;
             if !restorable {
                 eprintln!(
-                    "routerctl: WARNING: this backup is {} bytes, more than the {max_restore} bytes restore accepts \
-                     (one Raft entry); it cannot be restored by this build",
-                    bytes.len()
+                    "routerctl: WARNING: this backup is {bytes} bytes, more than the {max_restore} bytes restore accepts \
+                     (one Raft entry); it cannot be restored by this build"
                 );
             }
             done(
                 out,
-                json!({"file": path, "bytes": bytes.len(), "applied_index": applied, "restorable": restorable}),
-                &format!("backup of log index {applied} written to {} ({} bytes)", path.display(), bytes.len()),
+                json!({"file": path, "bytes": bytes, "applied_index": applied, "restorable": restorable}),
+                &format!("backup of log index {applied} written to {} ({bytes} bytes)", path.display()),
             );
         }
         Cmd::Restore { input } => {
-            let bytes = std::fs::read(&input).with_context(|| format!("read {}", input.display()))?;
-            let chunks: Vec<BackupChunk> = bytes
-                .chunks(1024 * 1024)
-                .map(|c| BackupChunk { data: c.to_vec().into(), ..Default::default() })
-                .collect();
-            let r = admin.client(&leader().await?)?.restore(futures::stream::iter(chunks)).await?.into_inner();
+            // Sent as it is read, 1 MiB at a time.
+            let file = std::fs::File::open(&input).with_context(|| format!("read {}", input.display()))?;
+            let chunks = futures::stream::unfold(Some(file), |file| async move {
+                use std::io::Read as _;
+                let mut file = file?;
+                let mut data = vec![0u8; 1 << 20];
+                let n = file.read(&mut data).ok().filter(|&n| n > 0)?;
+                data.truncate(n);
+                Some((BackupChunk { data: data.into(), ..Default::default() }, Some(file)))
+            });
+            let r = admin.client(&leader().await?)?.restore(chunks).await?.into_inner();
             done(
                 out,
                 json!({"users": r.users, "mailbox_entries": r.mailbox_entries}),
@@ -532,6 +556,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 async fn voter_ids(c: &mut AdminClient<Channel>) -> Result<Vec<u64>, Failure> {
     let s = c.status(StatusRequest {}).await?.into_inner();
     Ok(s.voters.iter().map(|v| v.node_id).collect())
+}
+
+/// `<path>.tmp`, beside `path` (so the rename stays on one filesystem).
+fn tmp_path_for(path: &std::path::Path) -> std::path::PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
 }
 
 fn done(out: Output, value: Value, text: &str) {

@@ -272,7 +272,8 @@ async fn backup_and_restore_into_a_new_cluster() {
                 device_id: 1,
                 registration_id: 8,
                 message_type: 2,
-                ciphertext: b"y".to_vec().into(),
+                // Long enough to sit in the payload files, not in memory.
+                ciphertext: vec![i as u8; 4096].into(),
             }],
             sender_user_id: String::new(),
             sender_device_id: 0,
@@ -285,6 +286,11 @@ async fn backup_and_restore_into_a_new_cluster() {
     let report: Value = serde_json::from_str(&out).unwrap();
     assert!(report["applied_index"].as_u64().unwrap() > 0);
     assert_eq!(report["restorable"], true, "{report}");
+    assert_eq!(report["bytes"].as_u64(), Some(std::fs::metadata(&file).unwrap().len()));
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "a backup holds the whole directory: owner only");
+    assert!(!dir.path().join("cluster.backup.tmp").exists(), "the temporary name is renamed away");
     source.shutdown().await;
 
     // Disaster: a brand-new cluster is restored from the file.
@@ -300,6 +306,7 @@ async fn backup_and_restore_into_a_new_cluster() {
         let e = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.unwrap().unwrap();
         let Some(mailbox_entry::Kind::Envelope(env)) = e.kind else { panic!() };
         assert_eq!(env.message_id, format!("b-{i}"));
+        assert_eq!(env.parts[0].ciphertext, vec![i as u8; 4096], "the ciphertext came through backup and restore");
     }
     // A second restore over existing data is refused, with exit code 1.
     let (code, _, err) = ctl.run(&[1], &["restore", "--in", file.to_str().unwrap()]).await;

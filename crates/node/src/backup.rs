@@ -31,15 +31,47 @@ pub enum BackupError {
 
 pub fn encode(state: &State, applied_index: u64) -> Result<Vec<u8>, BackupError> {
     let mut out = Vec::with_capacity(13);
-    out.extend_from_slice(MAGIC);
+    write(&mut out, state, applied_index)?;
+    Ok(out)
+}
+
+/// What [`encode`] makes, written to `out` as it is encoded: queued
+/// ciphertexts are read back from the payload files one at a time, so a
+/// backup never sits in memory whole. Does not flush.
+pub fn write<W: std::io::Write>(mut out: W, state: &State, applied_index: u64) -> Result<(), BackupError> {
     let federated = !state.federation.is_empty();
-    out.push(if federated { BACKUP_FORMAT_VERSION } else { BASE_BACKUP_FORMAT });
-    out.extend_from_slice(&applied_index.to_be_bytes());
+    let version = if federated { BACKUP_FORMAT_VERSION } else { BASE_BACKUP_FORMAT };
+    let mut header = MAGIC.to_vec();
+    header.push(version);
+    header.extend_from_slice(&applied_index.to_be_bytes());
+    out.write_all(&header).map_err(|e| BackupError::Corrupt(Box::new(bincode::ErrorKind::Io(e))))?;
     bincode::serialize_into(&mut out, state)?;
     if federated {
         bincode::serialize_into(&mut out, &state.federation)?;
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Writes a backup of `state` to an unlinked file in `dir` and answers it,
+/// positioned at its start, with its length. Blocking: call it off the runtime.
+pub fn write_to_unlinked_file(
+    dir: &std::path::Path,
+    state: &State,
+    applied_index: u64,
+) -> std::io::Result<(std::fs::File, u64)> {
+    use std::io::{Seek, SeekFrom};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("backup-{}-{n}.tmp", std::process::id()));
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+    // Gone from the directory at once: nothing to clean up whatever happens next.
+    std::fs::remove_file(&path)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+    write(&mut out, state, applied_index).map_err(std::io::Error::other)?;
+    out.into_inner().map_err(|e| e.into_error())?;
+    let len = file.seek(SeekFrom::End(0))?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok((file, len))
 }
 
 pub fn decode(bytes: &[u8]) -> Result<(State, u64), BackupError> {

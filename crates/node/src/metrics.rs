@@ -45,6 +45,9 @@ pub struct Metrics {
     snapshot_last_bytes: IntGauge,
     snapshot_last_build_seconds: prometheus::Gauge,
     snapshot_last_pause_seconds: prometheus::Gauge,
+    payload_bytes: IntGauge,
+    payload_segments: IntGauge,
+    payload_write_errors: prometheus::IntCounter,
     log_compactions: prometheus::IntCounter,
     log_entries_purged: prometheus::IntCounter,
     /// Serializes the catch-up of the counters above in `render`: two
@@ -140,6 +143,20 @@ impl Metrics {
             plain_counter("log_compactions_total", "Raft log purges after a snapshot (log compaction) on this node.");
         let log_entries_purged =
             plain_counter("log_entries_purged_total", "Raft log entries removed by log compaction on this node.");
+        let plain_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let payload_bytes = plain_gauge(
+            "payload_bytes",
+            "Bytes in this node's payload files (queued ciphertexts, and records reclaimed with their segment).",
+        );
+        let payload_segments = plain_gauge("payload_segments", "Payload segment files on this node.");
+        let payload_write_errors = plain_counter(
+            "payload_write_errors_total",
+            "Writes to the payload files that failed; those ciphertexts stayed in memory.",
+        );
         Metrics {
             snapshots: counter(
                 &registry,
@@ -150,6 +167,9 @@ impl Metrics {
             snapshot_last_bytes,
             snapshot_last_build_seconds,
             snapshot_last_pause_seconds,
+            payload_bytes,
+            payload_segments,
+            payload_write_errors,
             log_compactions,
             log_entries_purged,
             storage_catch_up: std::sync::Mutex::new(()),
@@ -349,6 +369,9 @@ impl Metrics {
         catch_up(&self.snapshots.with_label_values(&["installed"]), storage.snapshots_installed);
         catch_up(&self.log_compactions, storage.log_compactions);
         catch_up(&self.log_entries_purged, storage.log_entries_purged);
+        catch_up(&self.payload_write_errors, storage.payload_write_errors);
+        self.payload_bytes.set(storage.payload_bytes as i64);
+        self.payload_segments.set(storage.payload_segments as i64);
         self.snapshot_last_bytes.set(storage.last_snapshot_bytes as i64);
         self.snapshot_last_build_seconds.set(storage.last_snapshot_build_micros as f64 / 1e6);
         self.snapshot_last_pause_seconds.set(storage.last_snapshot_pause_micros as f64 / 1e6);

@@ -59,9 +59,9 @@ pub async fn open_on_disk(data_dir: &Path) -> Result<(WalLogStore, StateMachineS
     let snapshots =
         SnapshotFiles::open(&data_dir.join("snapshots")).map_err(|e| fail(&e, "open the snapshot directory"))?;
     move_snapshot_out_of_sled(&backend, &snapshots).await?;
-    let payloads =
-        PayloadStore::open(&data_dir.join("payloads")).map_err(|e| fail(&e, "open the payload directory"))?;
     let stats = Arc::new(StorageStats::default());
+    let payloads = PayloadStore::open(&data_dir.join("payloads"), stats.clone())
+        .map_err(|e| fail(&e, "open the payload directory"))?;
     let log = WalLogStore::open(&log_dir, stats.clone())?;
     let sm = StateMachineStore::open_on_files(backend, stats, snapshots, payloads)?;
     Ok((log, sm))

@@ -60,7 +60,7 @@ pub use codec::{
 };
 pub use disk::open_on_disk;
 pub use log_store::LogStore;
-pub use payloads::{PayloadStats, PayloadStore};
+pub use payloads::PayloadStore;
 pub use snapshot_files::{SnapshotData, SnapshotFiles};
 pub use state_machine::StateMachineStore;
 pub use stats::{StorageStats, StorageStatsSnapshot};

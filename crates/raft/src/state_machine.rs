@@ -357,11 +357,6 @@ impl<B: Backend> StateMachineStore<B> {
         }
     }
 
-    /// The payload files' counters (`None` in the backend-only layout).
-    pub fn payload_stats(&self) -> Option<Arc<crate::payloads::PayloadStats>> {
-        self.files.as_ref().map(|f| f.payloads.stats())
-    }
-
     /// What this node's log and state-machine stores did since it started.
     pub fn stats(&self) -> Arc<crate::stats::StorageStats> {
         self.stats.clone()

@@ -21,6 +21,9 @@ pub struct StorageStats {
     last_snapshot_pause_micros: AtomicU64,
     log_compactions: AtomicU64,
     log_entries_purged: AtomicU64,
+    pub(crate) payload_bytes: AtomicU64,
+    pub(crate) payload_segments: AtomicU64,
+    pub(crate) payload_write_errors: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -44,6 +47,13 @@ pub struct StorageStatsSnapshot {
     pub log_compactions: u64,
     /// Log entries removed by those purges (only entries this node held).
     pub log_entries_purged: u64,
+    /// Bytes in the payload files (queued ciphertexts, and records not yet
+    /// reclaimed with their segment).
+    pub payload_bytes: u64,
+    /// Payload segment files on disk.
+    pub payload_segments: u64,
+    /// Payload writes that failed (those ciphertexts stayed in memory).
+    pub payload_write_errors: u64,
 }
 
 impl StorageStats {
@@ -58,6 +68,9 @@ impl StorageStats {
             last_snapshot_pause_micros: get(&self.last_snapshot_pause_micros),
             log_compactions: get(&self.log_compactions),
             log_entries_purged: get(&self.log_entries_purged),
+            payload_bytes: get(&self.payload_bytes),
+            payload_segments: get(&self.payload_segments),
+            payload_write_errors: get(&self.payload_write_errors),
         }
     }
 

@@ -351,20 +351,38 @@ impl Admin for AdminService {
             let guard = self.ctx.state.read().expect("state lock poisoned");
             (guard.clone(), *self.ctx.applied.borrow())
         };
-        let bytes = crate::backup::encode(&state, applied).map_err(|e| Status::internal(e.to_string()))?;
-        let chunks: Vec<Result<BackupChunk, Status>> = bytes
-            .chunks(1024 * 1024)
-            .enumerate()
-            .map(|(i, c)| {
-                let first = i == 0;
-                Ok(BackupChunk {
-                    applied_index: if first { applied } else { 0 },
-                    data: c.to_vec().into(),
-                    max_restore_bytes: if first { crate::backup::MAX_RESTORE_BYTES as u64 } else { 0 },
-                })
-            })
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        // Encoded into an unlinked file, then streamed from it in 1 MiB
+        // chunks: the node never holds the backup in memory.
+        let dir = self.ctx.data_dir.clone();
+        let written = tokio::task::spawn_blocking(move || crate::backup::write_to_unlinked_file(&dir, &state, applied))
+            .await
+            .map_err(|e| Status::internal(format!("backup task: {e}")))?;
+        let (file, _len) = written.map_err(|e| Status::internal(format!("write backup: {e}")))?;
+        let file = tokio::fs::File::from_std(file);
+        let chunks = futures::stream::unfold((Some(file), true), move |(file, first)| async move {
+            use tokio::io::AsyncReadExt as _;
+            let mut file = file?;
+            let mut data = vec![0u8; 1 << 20];
+            let mut filled = 0;
+            while filled < data.len() {
+                match file.read(&mut data[filled..]).await {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) => return Some((Err(Status::internal(format!("read backup: {e}"))), (None, false))),
+                }
+            }
+            if filled == 0 && !first {
+                return None;
+            }
+            data.truncate(filled);
+            let chunk = BackupChunk {
+                applied_index: if first { applied } else { 0 },
+                data: data.into(),
+                max_restore_bytes: if first { crate::backup::MAX_RESTORE_BYTES as u64 } else { 0 },
+            };
+            Some((Ok(chunk), (Some(file), false)))
+        });
+        Ok(Response::new(Box::pin(chunks)))
     }
 
     async fn restore(&self, req: Request<tonic::Streaming<BackupChunk>>) -> Result<Response<RestoreResponse>, Status> {

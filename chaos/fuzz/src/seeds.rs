@@ -176,7 +176,7 @@ fn proto_decode() -> Vec<(String, Vec<u8>)> {
         device_id,
         registration_id: 1,
         message_type: 2,
-        ciphertext: router_core::Blob::from_static(b"signal-message"),
+        ciphertext: Bytes::from_static(b"signal-message"),
     };
     vec![
         request("RegisterUser", 0, &v1::RegisterUserRequest { user_id: "tel:+4915112345678".into() }),
@@ -239,7 +239,7 @@ fn proto_decode() -> Vec<(String, Vec<u8>)> {
                 sender_device_id: 1,
                 content_type: v1::ContentType::Message as i32,
                 ttl_seconds: 0,
-                ciphertext: router_core::Blob::from_static(b"sender-key-message"),
+                ciphertext: Bytes::from_static(b"sender-key-message"),
                 per_device: vec![v1::GroupDevicePart { user_id: "u1".into(), part: Some(part(1)) }],
             },
         ),

@@ -8,7 +8,10 @@
 //! `health: ok` again (after a `sync`, so the disk is not still writing the
 //! fill back), and its memory then. Run once per binary: the build
 //! under test (`--routerd`) and the previous one (`--baseline-routerd`), in
-//! the same run, so the rows compare the two.
+//! the same run, so the rows compare the two. Last, the leader builds a
+//! snapshot of the whole backlog, and a follower whose data directory was
+//! wiped is caught up by it: build and catch-up times, and the peak resident
+//! memory (`VmHWM`) of the leader and of the follower meanwhile.
 
 use crate::report::Row;
 use crate::router::RouterCluster;
@@ -38,6 +41,13 @@ pub struct Figures {
     pub restart_to_ok_s: Option<f64>,
     pub restart_rss_mib: Option<f64>,
     pub accepted: u64,
+    pub snapshot_build_s: Option<f64>,
+    /// The leader's peak resident memory after the build, and its RSS before.
+    pub leader_hwm_mib: Option<f64>,
+    pub leader_rss_before_snapshot_mib: Option<f64>,
+    pub wiped_to_ok_s: Option<f64>,
+    /// The wiped follower's peak resident memory while it installed the snapshot.
+    pub wiped_hwm_mib: Option<f64>,
 }
 
 fn rss_mib(pid: u32) -> Option<f64> {
@@ -131,17 +141,32 @@ pub async fn run(routerd: &Path, work: &Path, o: &Opts) -> anyhow::Result<Figure
     cluster.procs.kill9(follower)?;
     let restarted = Instant::now();
     cluster.procs.restart(follower)?;
-    let limit = Duration::from_secs(300);
-    while restarted.elapsed() < limit {
-        if cluster.health(follower).await.as_deref() == Some("ok") {
-            figures.restart_to_ok_s = Some(restarted.elapsed().as_secs_f64());
+    figures.restart_to_ok_s = until_ok(&mut cluster, follower, restarted, Duration::from_secs(300)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    figures.restart_rss_mib = node_mib(&cluster, follower, "VmRSS");
+
+    // The leader snapshots the backlog; a wiped follower is caught up by it.
+    let li = leader as usize - 1;
+    let applied = cluster.status(li).await.map_or(0, |s| s.last_applied_index);
+    figures.leader_rss_before_snapshot_mib = node_mib(&cluster, li, "VmRSS");
+    let built = Instant::now();
+    cluster.trigger_snapshot(li).await?;
+    while built.elapsed() < Duration::from_secs(600) {
+        if cluster.status(li).await.is_some_and(|s| s.snapshot_index >= applied) {
+            figures.snapshot_build_s = Some(built.elapsed().as_secs_f64());
             break;
         }
-        cluster.procs_alive()?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    figures.restart_rss_mib = cluster.procs.running[follower].as_ref().and_then(|g| rss_mib(g.pid()));
+    figures.leader_hwm_mib = node_mib(&cluster, li, "VmHWM");
+    cluster.procs.kill9(follower)?;
+    let data = cluster.data_dir(follower);
+    std::fs::remove_dir_all(&data)?;
+    std::fs::create_dir_all(&data)?;
+    let wiped = Instant::now();
+    cluster.procs.restart(follower)?;
+    figures.wiped_to_ok_s = until_ok(&mut cluster, follower, wiped, Duration::from_secs(600)).await?;
+    figures.wiped_hwm_mib = node_mib(&cluster, follower, "VmHWM");
     drop(receiver);
     Ok(figures)
 }
@@ -171,5 +196,16 @@ pub fn rows(o: &Opts, new: &Figures, old: Option<&Figures>) -> Vec<Row> {
     );
     push("follower kill -9 -> health ok".into(), "s", new.restart_to_ok_s, old.and_then(|o| o.restart_to_ok_s), true);
     push("restarted follower RSS".into(), "MiB", new.restart_rss_mib, old.and_then(|o| o.restart_rss_mib), true);
+    push("leader snapshot build".into(), "s", new.snapshot_build_s, old.and_then(|o| o.snapshot_build_s), true);
+    push(
+        "leader RSS before the snapshot".into(),
+        "MiB",
+        new.leader_rss_before_snapshot_mib,
+        old.and_then(|o| o.leader_rss_before_snapshot_mib),
+        true,
+    );
+    push("leader peak RSS (VmHWM)".into(), "MiB", new.leader_hwm_mib, old.and_then(|o| o.leader_hwm_mib), true);
+    push("wiped follower -> health ok".into(), "s", new.wiped_to_ok_s, old.and_then(|o| o.wiped_to_ok_s), true);
+    push("wiped follower peak RSS (VmHWM)".into(), "MiB", new.wiped_hwm_mib, old.and_then(|o| o.wiped_hwm_mib), true);
     rows
 }

@@ -125,8 +125,25 @@ impl RouterCluster {
 
     /// Node `i`'s (0-based) `health` field, `None` while it does not answer.
     pub async fn health(&self, i: usize) -> Option<String> {
+        self.status(i).await.map(|s| s.health)
+    }
+
+    /// Node `i`'s (0-based) status, `None` while it does not answer.
+    pub async fn status(&self, i: usize) -> Option<StatusResponse> {
         let mut admin = self.admin[i].clone();
-        admin.status(StatusRequest {}).await.ok().map(|r| r.into_inner().health)
+        admin.status(StatusRequest {}).await.ok().map(|r| r.into_inner())
+    }
+
+    /// Asks node `i` (0-based) to build a snapshot; returns once it started.
+    pub async fn trigger_snapshot(&self, i: usize) -> anyhow::Result<()> {
+        let mut admin = self.admin[i].clone();
+        admin.trigger_snapshot(TriggerSnapshotRequest {}).await.context("trigger snapshot")?;
+        Ok(())
+    }
+
+    /// Node `i`'s (0-based) data directory.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("node-{}", i + 1))
     }
 
     /// Node id (1-based) of the leader every running node agrees on.

@@ -50,11 +50,37 @@ pub struct Figures {
     pub wiped_hwm_mib: Option<f64>,
 }
 
-fn rss_mib(pid: u32) -> Option<f64> {
+/// A `/proc/<pid>/status` memory field (`VmRSS`, `VmHWM`) in MiB.
+fn status_mib(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: f64 =
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let value = status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
+    let kib: f64 = value.trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kib / 1024.0)
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    status_mib(pid, "VmRSS")
+}
+
+fn node_mib(cluster: &RouterCluster, i: usize, field: &str) -> Option<f64> {
+    cluster.procs.running[i].as_ref().and_then(|g| status_mib(g.pid(), field))
+}
+
+/// Waits (bounded by `limit`) until node `i` reports `health: ok`; answers how long it took.
+async fn until_ok(
+    cluster: &mut RouterCluster,
+    i: usize,
+    since: Instant,
+    limit: Duration,
+) -> anyhow::Result<Option<f64>> {
+    while since.elapsed() < limit {
+        if cluster.health(i).await.as_deref() == Some("ok") {
+            return Ok(Some(since.elapsed().as_secs_f64()));
+        }
+        cluster.procs_alive()?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(None)
 }
 
 fn max_rss(cluster: &RouterCluster) -> f64 {

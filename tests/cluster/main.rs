@@ -18,3 +18,4 @@ mod restart;
 mod safety;
 mod sdk;
 mod send_batch;
+mod storage;

@@ -451,6 +451,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
                 file.sync_all().with_context(|| format!("fsync {}", tmp.display()))?;
                 std::fs::rename(&tmp, &path).with_context(|| format!("rename to {}", path.display()))?;
+                // The rename itself is durable once the directory is synced.
+                let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+                std::fs::File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .with_context(|| format!("fsync {}", parent.display()))?;
                 Ok(())
             }
             .await;
@@ -473,17 +478,35 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             );
         }
         Cmd::Restore { input } => {
-            // Sent as it is read, 1 MiB at a time.
+            // Sent as it is read, 1 MiB at a time. A read error ends the
+            // stream and is reported instead of what the node says about
+            // the cut-off backup.
             let file = std::fs::File::open(&input).with_context(|| format!("read {}", input.display()))?;
-            let chunks = futures::stream::unfold(Some(file), |file| async move {
-                use std::io::Read as _;
-                let mut file = file?;
-                let mut data = vec![0u8; 1 << 20];
-                let n = file.read(&mut data).ok().filter(|&n| n > 0)?;
-                data.truncate(n);
-                Some((BackupChunk { data: data.into(), ..Default::default() }, Some(file)))
+            let read_error = std::sync::Arc::new(std::sync::Mutex::new(None::<std::io::Error>));
+            let seen = read_error.clone();
+            let chunks = futures::stream::unfold(Some(file), move |file| {
+                let seen = seen.clone();
+                async move {
+                    use std::io::Read as _;
+                    let mut file = file?;
+                    let mut data = vec![0u8; 1 << 20];
+                    let n = match file.read(&mut data) {
+                        Ok(0) => return None,
+                        Ok(n) => n,
+                        Err(e) => {
+                            *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                            return None;
+                        }
+                    };
+                    data.truncate(n);
+                    Some((BackupChunk { data: data.into(), ..Default::default() }, Some(file)))
+                }
             });
-            let r = admin.client(&leader().await?)?.restore(chunks).await?.into_inner();
+            let answer = admin.client(&leader().await?)?.restore(chunks).await;
+            if let Some(e) = read_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return Err(anyhow::Error::new(e).context(format!("read {}", input.display())).into());
+            }
+            let r = answer?.into_inner();
             done(
                 out,
                 json!({"users": r.users, "mailbox_entries": r.mailbox_entries}),

@@ -28,7 +28,8 @@ pub trait BlobSource: Send + Sync + std::fmt::Debug + 'static {
 pub trait BlobSink: Send + Sync + 'static {
     /// Blobs shorter than this stay in memory: a handle would not be smaller.
     fn min_len(&self) -> usize;
-    /// Stores `bytes` and answers the handle that reads them back.
+    /// Stores `bytes` and answers the handle that reads them back. On an
+    /// error the decoder keeps the blob in memory; the sink counts it.
     fn store(&self, bytes: &[u8]) -> std::io::Result<Blob>;
 }
 
@@ -154,10 +155,10 @@ impl Serialize for Blob {
 impl<'de> Deserialize<'de> for Blob {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let bytes = Bytes::deserialize(deserializer)?;
+        // A sink that cannot store (disk full) leaves the blob in memory:
+        // the decode must not fail for want of a place to keep bytes it has.
         SINK.with(|sink| match sink.borrow().as_ref() {
-            Some(sink) if bytes.len() >= sink.min_len() => {
-                sink.store(&bytes).map_err(|e| serde::de::Error::custom(format!("store decoded blob: {e}")))
-            }
+            Some(sink) if bytes.len() >= sink.min_len() => Ok(sink.store(&bytes).unwrap_or_else(|_| Blob::from(bytes))),
             _ => Ok(Blob::from(bytes)),
         })
     }
@@ -240,6 +241,24 @@ mod tests {
         // The sink was for that decode only.
         let (after, _): (Blob, Blob) = bincode::deserialize(&encoded).unwrap();
         assert!(after.inline().is_some());
+    }
+
+    struct Full;
+
+    impl BlobSink for Full {
+        fn min_len(&self) -> usize {
+            1
+        }
+        fn store(&self, _: &[u8]) -> std::io::Result<Blob> {
+            Err(std::io::Error::other("no space left on device"))
+        }
+    }
+
+    #[test]
+    fn a_sink_that_cannot_store_leaves_the_blob_in_memory() {
+        let encoded = bincode::serialize(&Blob::from_static(b"kept")).unwrap();
+        let blob: Blob = decode_with_sink(Arc::new(Full), || bincode::deserialize(&encoded).unwrap());
+        assert_eq!(blob.inline().map(|b| &b[..]), Some(&b"kept"[..]));
     }
 
     #[test]

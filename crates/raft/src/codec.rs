@@ -113,13 +113,16 @@ pub fn read_version<R: std::io::Read>(mut input: R) -> Result<u8, FormatError> {
     Ok(version[0])
 }
 
-/// [`decode_with_section`] from a reader, after [`read_version`] read `version`.
+/// [`decode_with_section`] from a reader, after [`read_version`] read
+/// `version`. `limit` bounds what the decode may allocate in all (the
+/// input's length): a damaged length field is an error, not an abort.
 pub fn read_with_section<R: std::io::Read, T: DeserializeOwned, S: DeserializeOwned>(
     version: u8,
     input: R,
+    limit: u64,
 ) -> Result<(T, Option<S>), FormatError> {
     use bincode::Options as _;
-    let options = bincode::DefaultOptions::new().with_fixint_encoding().allow_trailing_bytes();
+    let options = bincode::DefaultOptions::new().with_fixint_encoding().allow_trailing_bytes().with_limit(limit);
     let mut de = bincode::Deserializer::with_reader(input, options);
     let value = T::deserialize(&mut de)?;
     if version == BASE_FORMAT {

@@ -76,7 +76,7 @@ async fn move_snapshot_out_of_sled(backend: &SledBackend, snapshots: &SnapshotFi
     }
     if let Some((stored, _)) = state_machine::load_snapshot(backend)? {
         let write = || -> io::Result<()> {
-            let pending = snapshots.begin()?;
+            let pending = snapshots.begin_build()?;
             std::fs::write(&pending.data, &stored.data)?;
             snapshots.commit(pending, &stored.meta)?;
             Ok(())

@@ -201,3 +201,22 @@ fn an_older_builds_sled_snapshot_is_moved_to_a_file_and_fenced_off() {
         assert_eq!(*sm.state().read().unwrap(), want);
     });
 }
+
+#[test]
+fn a_damaged_snapshot_file_stops_the_node_instead_of_decoding_another_state() {
+    let dir = TempDir::new().unwrap();
+    rt().block_on(async {
+        let (_log, mut sm) = crate::open_on_disk(dir.path()).await.unwrap();
+        apply_mail(&mut sm, 4).await;
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    });
+    let snapshots = dir.path().join("snapshots");
+    let current = std::fs::read_dir(&snapshots).unwrap().map(|e| e.unwrap().path()).find(|p| p.join("meta").exists());
+    let data = current.expect("a committed snapshot").join("data");
+    let mut bytes = std::fs::read(&data).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&data, bytes).unwrap();
+    let err = rt().block_on(crate::open_on_disk(dir.path())).map(|_| ()).expect_err("damaged snapshot refused");
+    assert!(err.to_string().contains("damaged"), "unclear error: {err}");
+}

@@ -191,9 +191,13 @@ impl BlobSink for PayloadStore {
     fn store(&self, bytes: &[u8]) -> io::Result<Blob> {
         let mut buf = Vec::with_capacity(RECORD_HEADER + bytes.len());
         append_record(&mut buf, bytes);
-        let (segment, at) = self.reserve(buf.len() as u64)?;
-        segment.file.write_all_at(&buf, at)?;
-        Ok(Blob::stored(segment, at, bytes.len() as u32))
+        let written = self.reserve(buf.len() as u64).and_then(|(segment, at)| {
+            segment.file.write_all_at(&buf, at)?;
+            Ok(Blob::stored(segment, at, bytes.len() as u32))
+        });
+        written.inspect_err(|_| {
+            self.stats.payload_write_errors.fetch_add(1, Ordering::Relaxed);
+        })
     }
 }
 

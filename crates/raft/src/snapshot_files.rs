@@ -3,15 +3,22 @@
 //!
 //! ```text
 //! <data_dir>/snapshots/<n>/data   the encoded snapshot (what openraft sends, in chunks)
-//! <data_dir>/snapshots/<n>/meta   its SnapshotMeta (codec-encoded)
-//! <data_dir>/snapshots/tmp-<k>/   one being built or received
+//! <data_dir>/snapshots/<n>/meta   its SnapshotMeta, and the data's length and CRC32 (codec-encoded)
+//! <data_dir>/snapshots/build-<k>/ one being built
+//! <data_dir>/snapshots/recv-<k>/  one being received
 //! ```
 //!
-//! A snapshot is written under `tmp-<k>`, both files fsynced, then the
-//! directory is renamed to the next `<n>` and the parent fsynced: `<n>`
-//! directories are complete, and the highest is the current one. Older ones
-//! are removed after the rename; a reader that opened one keeps reading it.
-//! `open` removes what an interrupted write left.
+//! A snapshot is written under `build-<k>` or `recv-<k>`, both files
+//! fsynced, then the directory is renamed to the next `<n>` and the parent
+//! fsynced: `<n>` directories are complete, and the highest is the current
+//! one. Older ones are removed after the rename; a reader that opened one
+//! keeps reading it. `open` removes what an interrupted write left, and a
+//! new receive removes the receives openraft gave up on (it runs one at a
+//! time, and drops an abandoned one without telling the store).
+//!
+//! The meta file records the data's length and CRC32, checked before a
+//! stored snapshot is decoded at start: a damaged file stops the node
+//! instead of decoding into a different state.
 //!
 //! [`SnapshotData`] is what openraft moves: a file for a node on disk, an
 //! in-memory buffer for the simulation (which runs on `MemBackend`).
@@ -100,6 +107,59 @@ pub struct SnapshotFiles {
     commit: Arc<Mutex<()>>,
 }
 
+/// What the meta file holds.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredMeta {
+    meta: SnapshotMeta,
+    data_len: u64,
+    data_crc32: u32,
+}
+
+/// The current snapshot.
+#[derive(Debug)]
+pub struct Current {
+    pub meta: SnapshotMeta,
+    pub data: PathBuf,
+    data_len: u64,
+    data_crc32: u32,
+}
+
+impl Current {
+    /// Reads the data file through and checks its length and CRC32.
+    pub fn verify(&self) -> io::Result<()> {
+        let (len, crc) = checksum(&self.data)?;
+        if (len, crc) != (self.data_len, self.data_crc32) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "snapshot {} is damaged: {len} bytes with CRC32 {crc:08x}, its meta says {} bytes with {:08x}",
+                    self.data.display(),
+                    self.data_len,
+                    self.data_crc32
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn checksum(path: &Path) -> io::Result<(u64, u32)> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let (mut hasher, mut len, mut buf) = (crc32fast::Hasher::new(), 0u64, vec![0u8; 1 << 20]);
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok((len, hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+}
+
+const BUILD_PREFIX: &str = "build-";
+const RECEIVE_PREFIX: &str = "recv-";
+
 /// A snapshot being written: its directory and data file.
 #[derive(Debug)]
 pub struct Pending {
@@ -115,7 +175,8 @@ impl SnapshotFiles {
         let files = SnapshotFiles { dir: dir.to_path_buf(), next_tmp: Arc::default(), commit: Arc::default() };
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with("tmp-") {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(BUILD_PREFIX) || name.starts_with(RECEIVE_PREFIX) {
                 std::fs::remove_dir_all(entry.path())?;
             }
         }
@@ -149,28 +210,49 @@ impl SnapshotFiles {
         Ok(())
     }
 
-    /// The current snapshot's meta and data file, if there is one.
-    pub fn current(&self) -> io::Result<Option<(SnapshotMeta, PathBuf)>> {
+    /// The current snapshot, if there is one.
+    pub fn current(&self) -> io::Result<Option<Current>> {
         let Some(n) = self.newest()? else { return Ok(None) };
         let dir = self.dir.join(n.to_string());
         let meta = std::fs::read(dir.join("meta"))?;
-        let meta = codec::decode(&meta).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        Ok(Some((meta, dir.join("data"))))
+        let stored: StoredMeta = codec::decode(&meta).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok(Some(Current {
+            meta: stored.meta,
+            data: dir.join("data"),
+            data_len: stored.data_len,
+            data_crc32: stored.data_crc32,
+        }))
     }
 
     /// [`Self::current`] with its data file opened, in one step with respect
     /// to commits (which remove the snapshot they replace).
     pub fn open_current(&self) -> io::Result<Option<(SnapshotMeta, std::fs::File, PathBuf)>> {
         let _commit = self.commit.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((meta, path)) = self.current()? else { return Ok(None) };
-        let file = std::fs::File::open(&path)?;
-        Ok(Some((meta, file, path)))
+        let Some(current) = self.current()? else { return Ok(None) };
+        let file = std::fs::File::open(&current.data)?;
+        Ok(Some((current.meta, file, current.data)))
     }
 
-    /// A new directory to write a snapshot's data into.
-    pub fn begin(&self) -> io::Result<Pending> {
+    /// A new directory to build a snapshot in.
+    pub fn begin_build(&self) -> io::Result<Pending> {
+        self.begin(BUILD_PREFIX)
+    }
+
+    /// A new directory to receive a snapshot in; removes earlier receives
+    /// first (openraft abandons a receive by dropping it).
+    pub fn begin_receive(&self) -> io::Result<Pending> {
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with(RECEIVE_PREFIX) {
+                std::fs::remove_dir_all(entry.path())?;
+            }
+        }
+        self.begin(RECEIVE_PREFIX)
+    }
+
+    fn begin(&self, prefix: &str) -> io::Result<Pending> {
         let k = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        let dir = self.dir.join(format!("tmp-{k}"));
+        let dir = self.dir.join(format!("{prefix}{k}"));
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
@@ -184,14 +266,16 @@ impl SnapshotFiles {
     /// file is fsynced here; call from a blocking thread.
     pub fn commit(&self, pending: Pending, meta: &SnapshotMeta) -> io::Result<bool> {
         std::fs::File::open(&pending.data)?.sync_all()?;
-        let meta_bytes = codec::encode(meta).map_err(io::Error::other)?;
+        let (data_len, data_crc32) = checksum(&pending.data)?;
+        let stored = StoredMeta { meta: meta.clone(), data_len, data_crc32 };
+        let meta_bytes = codec::encode(&stored).map_err(io::Error::other)?;
         let meta_path = pending.dir.join("meta");
         std::fs::write(&meta_path, meta_bytes)?;
         std::fs::File::open(&meta_path)?.sync_all()?;
         std::fs::File::open(&pending.dir)?.sync_all()?;
         let _commit = self.commit.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((current, _)) = self.current()?
-            && current.last_log_id > meta.last_log_id
+        if let Some(current) = self.current()?
+            && current.meta.last_log_id > meta.last_log_id
         {
             std::fs::remove_dir_all(&pending.dir)?;
             return Ok(false);
@@ -213,8 +297,8 @@ impl SnapshotFiles {
     /// The pending write a received snapshot's data file belongs to.
     pub fn pending_of(&self, data: &Path) -> Option<Pending> {
         let dir = data.parent()?;
-        let is_tmp = dir.file_name()?.to_string_lossy().starts_with("tmp-");
-        (is_tmp && dir.parent()? == self.dir).then(|| Pending { dir: dir.to_path_buf(), data: data.to_path_buf() })
+        let receiving = dir.file_name()?.to_string_lossy().starts_with(RECEIVE_PREFIX);
+        (receiving && dir.parent()? == self.dir).then(|| Pending { dir: dir.to_path_buf(), data: data.to_path_buf() })
     }
 }
 
@@ -232,7 +316,7 @@ mod tests {
     }
 
     fn write(files: &SnapshotFiles, index: u64) -> bool {
-        let pending = files.begin().unwrap();
+        let pending = files.begin_build().unwrap();
         std::fs::write(&pending.data, format!("data {index}")).unwrap();
         files.commit(pending, &meta(index)).unwrap()
     }
@@ -245,9 +329,10 @@ mod tests {
         assert!(write(&files, 10));
         assert!(write(&files, 20));
         assert!(!write(&files, 15), "a snapshot covering less of the log does not replace the current one");
-        let (m, data) = files.current().unwrap().unwrap();
-        assert_eq!(m, meta(20));
-        assert_eq!(std::fs::read_to_string(data).unwrap(), "data 20");
+        let current = files.current().unwrap().unwrap();
+        assert_eq!(current.meta, meta(20));
+        assert_eq!(std::fs::read_to_string(&current.data).unwrap(), "data 20");
+        current.verify().unwrap();
         assert_eq!(files.numbers().unwrap().len(), 1, "older snapshots are removed");
     }
 
@@ -256,10 +341,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = SnapshotFiles::open(dir.path()).unwrap();
         assert!(write(&files, 10));
-        let unfinished = files.begin().unwrap();
+        let unfinished = files.begin_build().unwrap();
         std::fs::write(&unfinished.data, "half").unwrap();
         let files = SnapshotFiles::open(dir.path()).unwrap();
         assert!(!unfinished.dir.exists());
-        assert_eq!(files.current().unwrap().unwrap().0, meta(10));
+        assert_eq!(files.current().unwrap().unwrap().meta, meta(10));
+    }
+
+    #[test]
+    fn a_new_receive_removes_an_abandoned_one_and_leaves_builds_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = SnapshotFiles::open(dir.path()).unwrap();
+        let abandoned = files.begin_receive().unwrap();
+        std::fs::write(&abandoned.data, "dropped by openraft").unwrap();
+        let building = files.begin_build().unwrap();
+        let next = files.begin_receive().unwrap();
+        assert!(!abandoned.dir.exists());
+        assert!(building.dir.exists() && next.dir.exists());
+        assert!(files.pending_of(&next.data).is_some());
+        assert!(files.pending_of(&building.data).is_none(), "only receives are installed from their file");
+    }
+
+    #[test]
+    fn a_damaged_snapshot_file_fails_its_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = SnapshotFiles::open(dir.path()).unwrap();
+        assert!(write(&files, 10));
+        let current = files.current().unwrap().unwrap();
+        std::fs::write(&current.data, "data 1O").unwrap();
+        let err = current.verify().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("damaged"), "{err}");
     }
 }

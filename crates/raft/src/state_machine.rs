@@ -164,19 +164,19 @@ impl<B: Backend> std::fmt::Debug for StateMachineStore<B> {
 /// everything the serde encoding of the state leaves out (format 3).
 fn decode_payload(data: &[u8]) -> Result<SnapshotPayload, codec::FormatError> {
     let version = codec::version_of(data)?;
-    read_payload(version, &data[1..])
+    read_payload(version, &data[1..], data.len() as u64)
 }
 
 /// [`decode_payload`] from a reader positioned after the version byte.
-fn read_payload<R: Read>(version: u8, input: R) -> Result<SnapshotPayload, codec::FormatError> {
+fn read_payload<R: Read>(version: u8, input: R, limit: u64) -> Result<SnapshotPayload, codec::FormatError> {
     if version >= codec::CLUSTER_VERSION_FORMAT {
-        let (mut payload, extras) = codec::read_with_section::<_, SnapshotPayload, StateExtras>(version, input)?;
+        let (mut payload, extras) = codec::read_with_section::<_, SnapshotPayload, StateExtras>(version, input, limit)?;
         if let Some(extras) = extras {
             payload.state.set_extras(extras);
         }
         return Ok(payload);
     }
-    let (mut payload, federation) = codec::read_with_section::<_, SnapshotPayload, Federation>(version, input)?;
+    let (mut payload, federation) = codec::read_with_section::<_, SnapshotPayload, Federation>(version, input, limit)?;
     if let Some(federation) = federation {
         payload.state.federation = federation;
     }
@@ -187,9 +187,10 @@ fn read_payload<R: Read>(version: u8, input: R) -> Result<SnapshotPayload, codec
 /// straight into `payloads`: memory holds the state's metadata only.
 fn read_payload_file(path: &Path, payloads: &PayloadStore) -> std::io::Result<SnapshotPayload> {
     let file = std::fs::File::open(path)?;
+    let limit = file.metadata()?.len();
     let mut input = BufReader::with_capacity(1 << 20, file);
     let version = codec::read_version(&mut input).map_err(std::io::Error::other)?;
-    router_core::blob::decode_with_sink(Arc::new(payloads.clone()), || read_payload(version, input))
+    router_core::blob::decode_with_sink(Arc::new(payloads.clone()), || read_payload(version, input, limit))
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
@@ -311,7 +312,8 @@ impl<B: Backend> StateMachineStore<B> {
             .current()
             .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e, "find the current snapshot"))?;
         let (state, applied) = match current {
-            Some((meta, path)) => {
+            Some(current) => {
+                let (meta, path) = (&current.meta, &current.data);
                 let fail = |e: &std::io::Error| {
                     io_error(
                         ErrorSubject::Snapshot(Some(meta.signature())),
@@ -320,8 +322,9 @@ impl<B: Backend> StateMachineStore<B> {
                         format!("decode stored snapshot {}", path.display()),
                     )
                 };
-                let payload = read_payload_file(&path, &payloads).map_err(|e| fail(&e))?;
-                check_covers(&payload, &meta).map_err(|e| fail(&e))?;
+                current.verify().map_err(|e| fail(&e))?;
+                let payload = read_payload_file(path, &payloads).map_err(|e| fail(&e))?;
+                check_covers(&payload, meta).map_err(|e| fail(&e))?;
                 tracing::info!(
                     last_applied = ?payload.last_applied,
                     snapshot_id = %meta.snapshot_id,
@@ -496,7 +499,7 @@ impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<B> {
                         membership: &applied.membership,
                         state: &state,
                     };
-                    let pending = snapshots.begin()?;
+                    let pending = snapshots.begin_build()?;
                     let size = match write_payload_file(&pending, &payload) {
                         Ok(size) => size,
                         Err(e) => {
@@ -590,7 +593,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
         let Some(files) = &self.files else { return Ok(Box::new(SnapshotData::memory(Vec::new()))) };
         let fail =
             |e: &std::io::Error| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e, "begin a snapshot file");
-        let pending = files.snapshots.begin().map_err(|e| fail(&e))?;
+        let pending = files.snapshots.begin_receive().map_err(|e| fail(&e))?;
         let file = tokio::fs::File::create(&pending.data).await.map_err(|e| fail(&e))?;
         Ok(Box::new(SnapshotData::File(file, pending.data)))
     }
@@ -613,7 +616,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
                                 let snapshots = files.snapshots.clone();
                                 blocking(move || {
                                     use std::io::Seek as _;
-                                    let pending = snapshots.begin()?;
+                                    let pending = snapshots.begin_receive()?;
                                     from.seek(std::io::SeekFrom::Start(0))?;
                                     std::io::copy(&mut from, &mut std::fs::File::create(&pending.data)?)?;
                                     Ok(pending)
@@ -624,9 +627,14 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
                         }
                     }
                     SnapshotData::Memory(bytes) => {
-                        let pending = files.snapshots.begin().map_err(|e| fail(&e))?;
-                        std::fs::write(&pending.data, bytes.into_inner()).map_err(|e| fail(&e))?;
-                        pending
+                        let snapshots = files.snapshots.clone();
+                        blocking(move || {
+                            let pending = snapshots.begin_receive()?;
+                            std::fs::write(&pending.data, bytes.into_inner())?;
+                            Ok(pending)
+                        })
+                        .await
+                        .map_err(|e| fail(&e))?
                     }
                 };
                 let (snapshots, payloads, meta_copy) = (files.snapshots.clone(), files.payloads.clone(), meta.clone());
@@ -668,16 +676,18 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
             }
         };
         let index = payload.last_applied.map_or(0, |l| l.index);
-        {
+        // Dropped after the lock: its last payload handles unlink files.
+        let _replaced = {
             let mut state = self.write_state();
             let mut applied = self.lock_applied();
-            *state = payload.state;
+            let replaced = std::mem::replace(&mut *state, payload.state);
             *applied = Applied { last_applied: payload.last_applied, membership: payload.membership };
             if let Some(files) = &self.files {
                 files.mark_all_spilled(&state);
             }
             self.applied_tx.send_replace(index);
-        }
+            replaced
+        };
         self.stats.snapshot_installed(size as usize, index);
         self.span.in_scope(|| tracing::info!(snapshot_id = %meta.snapshot_id, bytes = size, "installed snapshot"));
         Ok(())

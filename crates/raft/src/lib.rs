@@ -7,13 +7,14 @@
 //! - Log storage: on disk in segment files ([`WalLogStore`]: one frame and
 //!   one fdatasync per append, CRC per frame, torn tail cut, purge by whole
 //!   segments); over a [`Backend`]'s trees ([`LogStore`]) for the simulation.
-//! - State-machine storage ([`StateMachineStore`]) behind a small [`Backend`]
-//!   trait, with two backends: [`SledBackend`] on disk and [`MemBackend`] in
-//!   memory (which can lose its unsynced writes, for crash simulation).
-//! - A node's layout on disk and the move of an older build's log
-//!   ([`open_on_disk`]).
-//! - Snapshots of the state machine and the on-disk format (a version byte
-//!   plus bincode, see [`codec`]).
+//! - State-machine storage ([`StateMachineStore`]): on disk, queued
+//!   ciphertexts in payload files ([`PayloadStore`]) and snapshots as files
+//!   streamed in and out ([`SnapshotFiles`]); for the simulation, over a
+//!   [`Backend`]'s trees ([`MemBackend`], which can lose its unsynced writes).
+//! - A node's layout on disk and the move of an older build's log and
+//!   snapshot out of sled ([`open_on_disk`]).
+//! - The on-disk format of stored values (a version byte plus bincode, see
+//!   [`codec`]).
 //!
 //! # What it must not depend on
 //! No tonic, no gRPC, no `router-node`, no clock: it plugs the pure
@@ -27,14 +28,17 @@
 //! - `wal`: [`WalLogStore`], the segment-file log a node runs on.
 //! - `log_store`: [`LogStore`] (log, vote, committed in backend trees; group-commit append).
 //! - `disk`: [`open_on_disk`], the data directory's layout and its migration.
+//! - `payloads`: [`PayloadStore`], queued ciphertexts in append-only files.
+//! - `snapshot_data`: [`SnapshotData`], a snapshot as openraft moves it (file or memory).
+//! - `snapshot_files`: [`SnapshotFiles`], the snapshot directory (build, receive, commit, check).
 //! - `state_machine`: [`StateMachineStore`] (apply, snapshots, restore on open).
 //! - `stats`: [`StorageStats`], what both stores did (commit index, snapshots, compactions).
 //!
 //! ```text
 //!  openraft ──append/vote──> WalLogStore ──> <data_dir>/raft-log/*.wal
 //!      │                  (or LogStore ──> Backend trees "log", "meta": simulation)
-//!      └──apply/snapshot──> StateMachineStore ──> Backend (sled | mem): "snapshot", "meta"
-//!                              │
+//!      └──apply/snapshot──> StateMachineStore ──> <data_dir>/payloads/*.seg, <data_dir>/snapshots/<n>/
+//!                              │               (or Backend tree "snapshot", in memory: simulation)
 //!                              └──> Arc<RwLock<State>> + applied watch ──> readers (router-node)
 //! ```
 
@@ -48,6 +52,7 @@ pub mod codec;
 pub mod disk;
 pub mod log_store;
 pub mod payloads;
+pub mod snapshot_data;
 pub mod snapshot_files;
 pub mod state_machine;
 pub mod stats;
@@ -61,7 +66,8 @@ pub use codec::{
 pub use disk::open_on_disk;
 pub use log_store::LogStore;
 pub use payloads::PayloadStore;
-pub use snapshot_files::{SnapshotData, SnapshotFiles};
+pub use snapshot_data::SnapshotData;
+pub use snapshot_files::SnapshotFiles;
 pub use state_machine::StateMachineStore;
 pub use stats::{StorageStats, StorageStatsSnapshot};
 pub use types::{

@@ -43,7 +43,8 @@ use tokio::sync::watch;
 use crate::backend::{Backend, Tree};
 use crate::codec::{self, io_error};
 use crate::payloads::PayloadStore;
-use crate::snapshot_files::{Pending, SnapshotData, SnapshotFiles};
+use crate::snapshot_data::SnapshotData;
+use crate::snapshot_files::{Pending, SnapshotFiles};
 use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 /// Where builds before the snapshot tree kept the snapshot (meta tree).

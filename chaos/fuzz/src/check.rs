@@ -821,7 +821,7 @@ impl Checker {
         }
         for mb in state.mailboxes.values() {
             for e in mb.entries.values() {
-                let wire = router_node::grpc::wire::mailbox_entry(e).expect("in-memory ciphertexts always read");
+                let wire = router_node::grpc::wire::mailbox_entry(e.clone()).expect("in-memory ciphertexts always read");
                 assert_eq!(
                     (wire.seq, wire.accepted_at_ms, wire.expires_at_ms),
                     (e.seq, e.accepted_at_ms, e.expires_at_ms)

@@ -222,32 +222,20 @@ pub fn rows(o: &Opts, new: &Figures, old: Option<&Figures>) -> Vec<Row> {
         let before = old.and_then(|o| o.rss_mib.get(i)).map(|&(_, r)| r);
         push(format!("max node RSS, {:.2} GiB queued", gib * fraction), "MiB", Some(rss), before, true);
     }
-    push("fill rate".into(), "MiB/s", Some(new.fill_mib_per_s), old.map(|o| o.fill_mib_per_s), false);
-    push(
-        "data dir bytes per payload byte".into(),
-        "x",
-        Some(new.disk_per_payload_byte),
-        old.map(|o| o.disk_per_payload_byte),
-        true,
-    );
-    push("follower kill -9 -> health ok".into(), "s", new.restart_to_ok_s, old.and_then(|o| o.restart_to_ok_s), true);
-    push("restarted follower RSS".into(), "MiB", new.restart_rss_mib, old.and_then(|o| o.restart_rss_mib), true);
-    push("leader snapshot build".into(), "s", new.snapshot_build_s, old.and_then(|o| o.snapshot_build_s), true);
-    push(
-        "leader RSS before the snapshot".into(),
-        "MiB",
-        new.leader_rss_before_snapshot_mib,
-        old.and_then(|o| o.leader_rss_before_snapshot_mib),
-        true,
-    );
-    push("leader peak RSS (VmHWM)".into(), "MiB", new.leader_hwm_mib, old.and_then(|o| o.leader_hwm_mib), true);
-    push(
-        "wiped follower -> ok, snapshot applied".into(),
-        "s",
-        new.wiped_to_ok_s,
-        old.and_then(|o| o.wiped_to_ok_s),
-        true,
-    );
-    push("wiped follower peak RSS (VmHWM)".into(), "MiB", new.wiped_hwm_mib, old.and_then(|o| o.wiped_hwm_mib), true);
+    // (figure, unit, read off a run, lower is better)
+    let figures: [(&str, &str, fn(&Figures) -> Option<f64>, bool); 9] = [
+        ("fill rate", "MiB/s", |f| Some(f.fill_mib_per_s), false),
+        ("data dir bytes per payload byte", "x", |f| Some(f.disk_per_payload_byte), true),
+        ("follower kill -9 -> health ok", "s", |f| f.restart_to_ok_s, true),
+        ("restarted follower RSS", "MiB", |f| f.restart_rss_mib, true),
+        ("leader snapshot build", "s", |f| f.snapshot_build_s, true),
+        ("leader RSS before the snapshot", "MiB", |f| f.leader_rss_before_snapshot_mib, true),
+        ("leader peak RSS (VmHWM)", "MiB", |f| f.leader_hwm_mib, true),
+        ("wiped follower -> ok, snapshot applied", "s", |f| f.wiped_to_ok_s, true),
+        ("wiped follower peak RSS (VmHWM)", "MiB", |f| f.wiped_hwm_mib, true),
+    ];
+    for (figure, unit, get, lower) in figures {
+        push(figure.into(), unit, get(new), old.and_then(get), lower);
+    }
     rows
 }

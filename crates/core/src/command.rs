@@ -3,10 +3,9 @@
 //! later be partitioned by key.
 
 use crate::federation::{ClusterId, PeerStatus, RelayedItem};
-use crate::ids::{ContentType, DeviceId, MessageId, ProviderId, RegistrationId, Seq, UserId};
-use crate::keys::{OneTimePrekey, SignedPrekey};
+use crate::ids::{DeviceId, ProviderId, RegistrationId, Seq, UserId};
 use crate::limits::Limits;
-use bytes::Bytes;
+pub use crate::payload::{DevicePart, PrekeyUpload, RequestId, SendEnvelope};
 use serde::{Deserialize, Serialize};
 
 /// One Raft entry's payload: many client commands sharing one append and one
@@ -181,16 +180,37 @@ pub enum Command {
     },
 }
 
-/// Names one client write on the node that accepted it: `origin` is random
-/// per process start, `seq` counts that process's writes, so ids never
-/// repeat across restarts (in practice: 64 random bits).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct RequestId {
-    pub origin: u64,
-    pub seq: u64,
-}
-
 impl Command {
+    /// Every ciphertext the command carries into the state, for the storage
+    /// layer to place before it is applied (a ciphertext the state stores
+    /// always comes from a command or a snapshot). Missing one here costs
+    /// memory, not correctness.
+    pub fn blobs_mut<'a>(&'a mut self, out: &mut Vec<&'a mut crate::blob::Blob>) {
+        use crate::federation::RelayedKind;
+        match self {
+            Command::Send(env) | Command::RelaySend { envelope: env, .. } => env.blobs_mut(out),
+            Command::SendGroup(g) | Command::SendGroupFromPeer { send: g, .. } => g.blobs_mut(out),
+            Command::AcceptRelayed { items, .. } => {
+                for item in items {
+                    match &mut item.item {
+                        RelayedKind::Envelope(env) => env.blobs_mut(out),
+                        RelayedKind::Group(g) => g.blobs_mut(out),
+                        RelayedKind::Undeliverable { .. } => {}
+                    }
+                }
+            }
+            Command::Restore { state } => {
+                for mailbox in state.mailboxes.values_mut() {
+                    for entry in mailbox.entries.values_mut() {
+                        entry.item.blobs_mut(out);
+                    }
+                }
+            }
+            Command::Once { command, .. } => command.blobs_mut(out),
+            _ => {}
+        }
+    }
+
     /// The provider on whose behalf the command runs (for metrics and logs).
     pub fn actor(&self) -> Option<&ProviderId> {
         match self {
@@ -265,42 +285,4 @@ impl Batch {
     pub fn needs_cluster_version_format(&self) -> bool {
         self.commands.iter().any(Command::needs_cluster_version_format)
     }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PrekeyUpload {
-    /// 33-byte serialized identity key.
-    pub identity_key: Bytes,
-    pub signed_prekey: Option<SignedPrekey>,
-    pub one_time: Vec<OneTimePrekey>,
-    pub kyber_one_time: Vec<SignedPrekey>,
-    pub kyber_last_resort: Option<SignedPrekey>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SendEnvelope {
-    /// The authenticated sending provider.
-    pub sender: ProviderId,
-    /// Absent for sealed sender; when present, a user of `sender`.
-    pub sender_user: Option<UserId>,
-    /// The sending device; present exactly when `sender_user` is.
-    pub sender_device: Option<DeviceId>,
-    pub message_id: MessageId,
-    pub recipient: UserId,
-    pub content_type: ContentType,
-    pub ttl_ms: u64,
-    pub parts: Vec<DevicePart>,
-    /// W3C `traceparent` of the send, so the delivery joins its trace.
-    /// Routing metadata only; never read by `apply`.
-    #[serde(default)]
-    pub traceparent: Option<String>,
-}
-
-/// The ciphertext for one recipient device.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DevicePart {
-    pub device: DeviceId,
-    pub registration_id: RegistrationId,
-    pub message_type: u32,
-    pub ciphertext: crate::blob::Blob,
 }

@@ -25,7 +25,6 @@
 //! `~peer/<id>` nor `<provider>@<cluster>` can collide with a local provider.
 
 use crate::ids::{MessageId, ProviderId, UserId};
-use crate::mailbox::MailboxItem;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -154,7 +153,7 @@ pub struct RelayedItem {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RelayedKind {
     /// A 1:1 envelope; `sender` is the provider as named in the sending cluster.
-    Envelope(crate::command::SendEnvelope),
+    Envelope(crate::payload::SendEnvelope),
     /// An envelope of `to` (a provider of the receiving cluster) will not be
     /// delivered by the relaying cluster.
     Undeliverable { to: ProviderId, message_id: MessageId, recipient: UserId, reason: UndeliverableReason },
@@ -172,21 +171,4 @@ pub enum UndeliverableReason {
     /// The owning cluster refused it; `reason` is its stable rejection reason
     /// (e.g. `DEVICE_MISMATCH`), `detail` a readable explanation.
     Refused { reason: String, detail: String },
-}
-
-impl RelayedKind {
-    /// The queue item as relayed (a queue holds envelopes and reports only).
-    pub fn from_queue(item: &MailboxItem) -> Option<RelayedKind> {
-        match item {
-            MailboxItem::Outbound { envelope, .. } => Some(RelayedKind::Envelope(envelope.clone())),
-            MailboxItem::Undeliverable { to, message_id, recipient, reason } => Some(RelayedKind::Undeliverable {
-                to: to.clone(),
-                message_id: message_id.clone(),
-                recipient: recipient.clone(),
-                reason: reason.clone(),
-            }),
-            MailboxItem::Group(delivery) => Some(RelayedKind::Group(delivery.clone())),
-            _ => None,
-        }
-    }
 }

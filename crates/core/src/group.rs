@@ -7,8 +7,8 @@
 //! per member. Recipients are the members at apply time: a removed member
 //! gets nothing sent after its removal.
 
-use crate::command::DevicePart;
 use crate::ids::{ContentType, DeviceId, MessageId, ProviderId, UserId};
+use crate::payload::DevicePart;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -74,4 +74,27 @@ pub struct GroupDelivery {
     pub per_device: Vec<(UserId, DevicePart)>,
     #[serde(default)]
     pub traceparent: Option<String>,
+}
+
+/// A group message's ciphertexts: the one for every member, then the
+/// per-device parts (`GroupSend` and `GroupDelivery` hold the same two).
+fn blobs_mut<'a>(
+    ciphertext: &'a mut crate::blob::Blob,
+    per_device: &'a mut [(UserId, DevicePart)],
+    out: &mut Vec<&'a mut crate::blob::Blob>,
+) {
+    out.push(ciphertext);
+    out.extend(per_device.iter_mut().map(|(_, p)| &mut p.ciphertext));
+}
+
+impl GroupSend {
+    pub fn blobs_mut<'a>(&'a mut self, out: &mut Vec<&'a mut crate::blob::Blob>) {
+        blobs_mut(&mut self.ciphertext, &mut self.per_device, out);
+    }
+}
+
+impl GroupDelivery {
+    pub fn blobs_mut<'a>(&'a mut self, out: &mut Vec<&'a mut crate::blob::Blob>) {
+        blobs_mut(&mut self.ciphertext, &mut self.per_device, out);
+    }
 }

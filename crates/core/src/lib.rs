@@ -22,7 +22,9 @@
 //! - `federation`: peer clusters, outbound relay queues, relayed items.
 //! - `group`: groups, roles, epochs and hub-ordered group messages.
 //! - `ids`: identifier newtypes and small value types.
-//! - `command`: [`Command`], [`Batch`] and their payloads.
+//! - `command`: [`Command`] and [`Batch`].
+//! - `payload`: what commands carry and the state keeps (envelopes, device
+//!   parts, prekey uploads, request ids); a leaf.
 //! - `outcome`: [`Outcome`] and [`Rejection`] (a rejection is an outcome, not an error).
 //! - `limits`: [`Limits`], the replicated limits `apply` enforces.
 //! - `mailbox`: one provider's ordered mailbox.
@@ -43,12 +45,13 @@ pub mod limits;
 pub mod mailbox;
 pub mod once;
 pub mod outcome;
+pub mod payload;
 pub mod provider;
 pub mod state;
 pub mod version;
 
 pub use blob::{Blob, BlobSink, BlobSource};
-pub use command::{Batch, Command, DevicePart, PrekeyUpload, RequestId, SendEnvelope};
+pub use command::{Batch, Command};
 pub use federation::{ClusterId, Federation, PeerRecord, PeerStatus, RelayedItem, RelayedKind, UndeliverableReason};
 pub use group::{GroupDelivery, GroupId, GroupRecord, GroupSend, Role};
 pub use ids::{ContentType, DeviceId, MessageId, ProviderId, RegistrationId, Seq, UserId};
@@ -57,6 +60,7 @@ pub use limits::Limits;
 pub use mailbox::{Mailbox, MailboxEntry, MailboxItem};
 pub use once::OnceAnswers;
 pub use outcome::{Outcome, Rejection};
+pub use payload::{DevicePart, PrekeyUpload, RequestId, SendEnvelope};
 pub use provider::{ProviderAction, ProviderRecord, ProviderStatus};
 pub use state::{DeviceRecord, State, StateExtras, StateExtrasRef, UserRecord};
 pub use version::CLUSTER_VERSION;

@@ -1,8 +1,8 @@
 //! One provider's mailbox: accepted entries in sequence order until the
 //! provider acks them or they expire.
 
-use crate::command::SendEnvelope;
 use crate::ids::{MessageId, ProviderId, Seq, UserId};
+use crate::payload::SendEnvelope;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -61,13 +61,8 @@ impl MailboxItem {
     /// Every ciphertext this item holds, for the storage layer to place.
     pub fn blobs_mut<'a>(&'a mut self, out: &mut Vec<&'a mut crate::blob::Blob>) {
         match self {
-            MailboxItem::Envelope(env) | MailboxItem::Outbound { envelope: env, .. } => {
-                out.extend(env.parts.iter_mut().map(|p| &mut p.ciphertext))
-            }
-            MailboxItem::Group(g) => {
-                out.push(&mut g.ciphertext);
-                out.extend(g.per_device.iter_mut().map(|(_, p)| &mut p.ciphertext));
-            }
+            MailboxItem::Envelope(env) | MailboxItem::Outbound { envelope: env, .. } => env.blobs_mut(out),
+            MailboxItem::Group(g) => g.blobs_mut(out),
             MailboxItem::Expired { .. } | MailboxItem::PrekeyLowStock { .. } | MailboxItem::Undeliverable { .. } => {}
         }
     }
@@ -92,5 +87,25 @@ impl Mailbox {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// Here rather than in `federation`, which must not depend on mailboxes.
+impl crate::federation::RelayedKind {
+    /// The queue item as relayed (a queue holds envelopes and reports only).
+    pub fn from_queue(item: &MailboxItem) -> Option<crate::federation::RelayedKind> {
+        match item {
+            MailboxItem::Outbound { envelope, .. } => Some(crate::federation::RelayedKind::Envelope(envelope.clone())),
+            MailboxItem::Undeliverable { to, message_id, recipient, reason } => {
+                Some(crate::federation::RelayedKind::Undeliverable {
+                    to: to.clone(),
+                    message_id: message_id.clone(),
+                    recipient: recipient.clone(),
+                    reason: reason.clone(),
+                })
+            }
+            MailboxItem::Group(delivery) => Some(crate::federation::RelayedKind::Group(delivery.clone())),
+            _ => None,
+        }
     }
 }

@@ -2,8 +2,8 @@
 //! [`crate::version::ONCE_WINDOW_MS`] so a retried request gets the first
 //! outcome back.
 
-use crate::command::RequestId;
 use crate::outcome::Outcome;
+use crate::payload::RequestId;
 use crate::version::{MAX_ONCE_ANSWERS, ONCE_WINDOW_MS};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};

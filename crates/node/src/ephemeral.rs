@@ -50,7 +50,7 @@ impl EphemeralDelivery {
         };
         // An ephemeral envelope never reaches storage: its ciphertext is
         // the request's, in memory, and reading it cannot fail.
-        let mut entry = crate::grpc::wire::mailbox_entry(&core_entry).expect("ephemeral payloads are in memory");
+        let mut entry = crate::grpc::wire::mailbox_entry(core_entry).expect("ephemeral payloads are in memory");
         entry.ephemeral = true;
         entry
     }

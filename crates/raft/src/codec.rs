@@ -79,9 +79,8 @@ pub fn encode_with_section<T: Serialize, S: Serialize>(
     value: &T,
     section: Option<&S>,
 ) -> Result<Vec<u8>, FormatError> {
-    let Some(section) = section else { return encode(value) };
-    let mut buf = encode_at(version, value)?;
-    bincode::serialize_into(&mut buf, section)?;
+    let mut buf = Vec::new();
+    write_with_section(&mut buf, version, value, section)?;
     Ok(buf)
 }
 
@@ -159,20 +158,8 @@ pub fn version_of(bytes: &[u8]) -> Result<u8, FormatError> {
 pub fn decode_with_section<T: DeserializeOwned, S: DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<(T, Option<S>), FormatError> {
-    use bincode::Options as _;
-    let (&version, body) = bytes.split_first().ok_or(FormatError::Empty)?;
-    check_version(version)?;
-    // The options `bincode::serialize_into` writes with; one deserializer
-    // reads the value, then whatever follows it.
-    let options = bincode::DefaultOptions::new().with_fixint_encoding().allow_trailing_bytes();
-    let mut de = bincode::Deserializer::from_slice(body, options);
-    let value = T::deserialize(&mut de)?;
-    if version == BASE_FORMAT {
-        return Ok((value, None));
-    }
-    // `encode_with_section` writes version 2 only with a section: one cut off
-    // is an error, not "no peers" (this replica would then decide differently).
-    Ok((value, Some(S::deserialize(&mut de)?)))
+    let version = version_of(bytes)?;
+    read_with_section(version, &bytes[1..], bytes.len() as u64)
 }
 
 /// The format a log entry is written in: federation commands need version

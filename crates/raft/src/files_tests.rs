@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::backend::{Backend, SledBackend, Tree};
 use crate::tests::{log_id, membership_entry, rt};
-use crate::types::Entry;
+use crate::types::{Entry, Snapshot};
 use crate::{SnapshotData, StateMachineStore, open};
 
 const BIG: usize = 4096;
@@ -122,14 +122,19 @@ fn queued_ciphertexts_leave_memory_and_come_back_after_a_restart() {
     });
 }
 
+/// A node on disk at `dir` with `sends` envelopes queued, and the snapshot it built of them.
+async fn snapshot_of_mail(dir: &Path, sends: u64) -> (crate::WalLogStore, StateMachineStore<SledBackend>, Snapshot) {
+    let (log, mut sm) = crate::open_on_disk(dir).await.unwrap();
+    apply_mail(&mut sm, sends).await;
+    let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    (log, sm, snap)
+}
+
 #[test]
 fn a_snapshot_sent_in_chunks_is_installed_into_files() {
     let (leader_dir, follower_dir) = (TempDir::new().unwrap(), TempDir::new().unwrap());
     rt().block_on(async {
-        let (_l, mut leader) = crate::open_on_disk(leader_dir.path()).await.unwrap();
-        apply_mail(&mut leader, 10).await;
-        leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
-        let mut snap = leader.get_current_snapshot().await.unwrap().unwrap();
+        let (_l, leader, mut snap) = snapshot_of_mail(leader_dir.path(), 10).await;
 
         let (_f, mut follower) = crate::open_on_disk(follower_dir.path()).await.unwrap();
         let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
@@ -155,9 +160,7 @@ fn a_snapshot_sent_in_chunks_is_installed_into_files() {
 fn a_damaged_snapshot_is_refused_and_changes_nothing() {
     let (leader_dir, follower_dir) = (TempDir::new().unwrap(), TempDir::new().unwrap());
     rt().block_on(async {
-        let (_l, mut leader) = crate::open_on_disk(leader_dir.path()).await.unwrap();
-        apply_mail(&mut leader, 4).await;
-        let mut snap = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let (_l, _leader, mut snap) = snapshot_of_mail(leader_dir.path(), 4).await;
         let mut data = Vec::new();
         snap.snapshot.read_to_end(&mut data).await.unwrap();
         data.truncate(data.len() - 100);

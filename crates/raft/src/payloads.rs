@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! <data_dir>/payloads/<n>.seg   records: [u32 len][u32 crc32(bytes)][bytes]
-//! apply ──> State (mailbox entries hold Blob handles: segment, offset, len)
-//!              └──> PayloadStore::spill ──> one write per apply, into the open segment
+//! entries to apply ──> PayloadStore::spill (their commands' ciphertexts, before apply)
+//!                  ──> State (mailbox entries hold Blob handles: segment, offset, len)
 //! receive stream / snapshot encode ──> Blob::bytes ──> pread + CRC check
 //! ```
 //!

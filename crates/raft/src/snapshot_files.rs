@@ -218,8 +218,28 @@ impl SnapshotFiles {
         Ok(true)
     }
 
+    /// Runs `fill` on `pending`'s data file (writes it, or checks what was
+    /// received), then commits it with `meta`; when `fill` fails, removes it.
+    pub fn complete<T>(
+        &self,
+        pending: Pending,
+        meta: &SnapshotMeta,
+        fill: impl FnOnce(&Path) -> io::Result<T>,
+    ) -> io::Result<T> {
+        match fill(&pending.data) {
+            Ok(done) => {
+                self.commit(pending, meta)?;
+                Ok(done)
+            }
+            Err(e) => {
+                self.discard(pending);
+                Err(e)
+            }
+        }
+    }
+
     /// Drops a snapshot that will not be committed.
-    pub fn discard(&self, pending: Pending) {
+    fn discard(&self, pending: Pending) {
         if let Err(e) = std::fs::remove_dir_all(&pending.dir) {
             tracing::warn!(dir = %pending.dir.display(), error = %e, "cannot remove an unfinished snapshot");
         }

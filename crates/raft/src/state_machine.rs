@@ -2,8 +2,8 @@
 //!
 //! ```text
 //!  committed entries ──> apply ──> State::apply_batch ──> Vec<Outcome> (the client's answer)
-//!                          │            └──> new ciphertexts ──> PayloadStore (files; on disk only)
-//!                          └──> applied watch (last applied index)
+//!       │                  └──> applied watch (last applied index)
+//!       └──> their ciphertexts ──> PayloadStore (on disk only; before apply, outside the lock)
 //!  build_snapshot: (last_applied, membership, State) ──> streamed encode ──> snapshot file + fsync
 //!  open():         snapshot file ──> streamed decode (ciphertexts straight to PayloadStore) ──> State
 //! ```
@@ -28,7 +28,6 @@
 //! state write lock is held, so whoever holds the state lock (read or write)
 //! sees the two consistently. Lock order: `state`, then `applied`.
 
-use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Read};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
-use router_core::{Federation, Outcome, ProviderId, Seq, State, StateExtras};
+use router_core::{Federation, Outcome, State, StateExtras};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -112,46 +111,25 @@ pub struct StateMachineStore<B: Backend> {
 struct Files {
     snapshots: SnapshotFiles,
     payloads: PayloadStore,
-    /// Per mailbox, the first sequence apply has not yet looked at for
-    /// ciphertexts to move into the payload files.
-    unspilled_from: Arc<Mutex<HashMap<ProviderId, Seq>>>,
 }
 
 impl Files {
-    fn lock_marks(&self) -> MutexGuard<'_, HashMap<ProviderId, Seq>> {
-        self.unspilled_from.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Moves the ciphertexts of entries added since the last call into the
-    /// payload files (one write). After `reset` (a restore replaced the
-    /// mailboxes) every entry is looked at again. A failed write leaves them
-    /// in memory, where they are as safe; it is logged and counted.
-    fn spill_new(&self, state: &mut State, reset: bool) {
-        let mut marks = self.lock_marks();
-        if reset {
-            marks.clear();
-        }
+    /// Moves the ciphertexts `entries` carry into the payload files before
+    /// they are applied (one write, outside the state lock): whatever the
+    /// state keeps of them is then a handle. A failed write leaves them in
+    /// memory, where they are as safe; it is logged and counted.
+    fn store_payloads(&self, entries: &mut [Entry]) {
         let mut blobs = Vec::new();
-        for (owner, mailbox) in state.mailboxes.iter_mut() {
-            let from = marks.get(owner).copied().filter(|&m| m <= mailbox.next_seq).unwrap_or(0);
-            if from == mailbox.next_seq && marks.contains_key(owner) {
-                continue;
+        for entry in entries.iter_mut() {
+            if let EntryPayload::Normal(batch) = &mut entry.payload {
+                for command in batch.commands.iter_mut() {
+                    command.blobs_mut(&mut blobs);
+                }
             }
-            for entry in mailbox.entries.range_mut(from..).map(|(_, e)| e) {
-                entry.item.blobs_mut(&mut blobs);
-            }
-            marks.insert(owner.clone(), mailbox.next_seq);
         }
         if let Err(e) = self.payloads.spill(blobs) {
             tracing::warn!(error = %e, "cannot write payloads to their files; they stay in memory");
         }
-    }
-
-    /// After a decode that stored every ciphertext already.
-    fn mark_all_spilled(&self, state: &State) {
-        let mut marks = self.lock_marks();
-        marks.clear();
-        marks.extend(state.mailboxes.iter().map(|(p, m)| (p.clone(), m.next_seq)));
     }
 }
 
@@ -237,9 +215,9 @@ fn encode_payload(payload: &SnapshotPayloadRef<'_>) -> Result<Vec<u8>, codec::Fo
     Ok(buf)
 }
 
-/// Writes a snapshot file under `pending` and answers its size.
-fn write_payload_file(pending: &Pending, payload: &SnapshotPayloadRef<'_>) -> std::io::Result<u64> {
-    let file = std::fs::File::create(&pending.data)?;
+/// Writes a snapshot file at `path` and answers its size.
+fn write_payload_file(path: &Path, payload: &SnapshotPayloadRef<'_>) -> std::io::Result<u64> {
+    let file = std::fs::File::create(path)?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     write_payload(&mut out, payload).map_err(std::io::Error::other)?;
     let file = out.into_inner().map_err(|e| e.into_error())?;
@@ -254,6 +232,39 @@ fn check_covers(payload: &SnapshotPayload, meta: &SnapshotMeta) -> std::io::Resu
         )));
     }
     Ok(())
+}
+
+/// The receive that `snapshot` is, as a pending snapshot directory: the
+/// file this store received into, or else (another store's file, or bytes
+/// in memory) a copy of it in a new one.
+async fn received_file(snapshots: &SnapshotFiles, snapshot: SnapshotData) -> std::io::Result<Pending> {
+    let snapshots = snapshots.clone();
+    match snapshot {
+        SnapshotData::File(mut file, path) => {
+            use tokio::io::AsyncWriteExt as _;
+            file.flush().await?;
+            if let Some(pending) = snapshots.pending_of(&path) {
+                return Ok(pending);
+            }
+            let mut from = file.into_std().await;
+            blocking(move || {
+                use std::io::Seek as _;
+                let pending = snapshots.begin_receive()?;
+                from.seek(std::io::SeekFrom::Start(0))?;
+                std::io::copy(&mut from, &mut std::fs::File::create(&pending.data)?)?;
+                Ok(pending)
+            })
+            .await
+        }
+        SnapshotData::Memory(bytes) => {
+            blocking(move || {
+                let pending = snapshots.begin_receive()?;
+                std::fs::write(&pending.data, bytes.into_inner())?;
+                Ok(pending)
+            })
+            .await
+        }
+    }
 }
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
@@ -335,9 +346,7 @@ impl<B: Backend> StateMachineStore<B> {
             }
             None => (State::default(), Applied::default()),
         };
-        let files = Files { snapshots, payloads, unspilled_from: Arc::default() };
-        files.mark_all_spilled(&state);
-        Ok(Self::assemble(backend, stats, state, applied, Some(files)))
+        Ok(Self::assemble(backend, stats, state, applied, Some(Files { snapshots, payloads })))
     }
 
     fn assemble(
@@ -500,20 +509,13 @@ impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<B> {
                         membership: &applied.membership,
                         state: &state,
                     };
-                    let pending = snapshots.begin_build()?;
-                    let size = match write_payload_file(&pending, &payload) {
-                        Ok(size) => size,
-                        Err(e) => {
-                            snapshots.discard(pending);
-                            return Err(e);
-                        }
-                    };
-                    // Opened before the commit: it stays readable if a newer
-                    // snapshot replaces this one meanwhile.
-                    let data = std::fs::File::open(&pending.data)?;
-                    let path = pending.data.clone();
-                    snapshots.commit(pending, &meta_copy)?;
-                    Ok((SnapshotData::File(tokio::fs::File::from_std(data), path), size))
+                    snapshots.complete(snapshots.begin_build()?, &meta_copy, |path| {
+                        let size = write_payload_file(path, &payload)?;
+                        // Opened before the commit: it stays readable if a
+                        // newer snapshot replaces this one meanwhile.
+                        let data = tokio::fs::File::from_std(std::fs::File::open(path)?);
+                        Ok((SnapshotData::File(data, path.to_path_buf()), size))
+                    })
                 })
                 .await;
                 written.map_err(|e| io_error(subject(), ErrorVerb::Write, &e, "write snapshot file"))?
@@ -555,15 +557,17 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let mut entries: Vec<Entry> = entries.into_iter().collect();
+        if let Some(files) = &self.files {
+            files.store_payloads(&mut entries);
+        }
         let mut replies = Vec::new();
         {
             let mut state = self.write_state();
             let mut applied = self.lock_applied();
-            let mut restored = false;
             for entry in entries {
                 if let EntryPayload::Normal(batch) = &entry.payload {
                     refuse_unknown_rules(batch, entry.log_id)?;
-                    restored |= batch.commands.iter().any(|c| matches!(c, router_core::Command::Restore { .. }));
                 }
                 applied.last_applied = Some(entry.log_id);
                 let reply = match entry.payload {
@@ -575,9 +579,6 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
                     }
                 };
                 replies.push(reply);
-            }
-            if let Some(files) = &self.files {
-                files.spill_new(&mut state, restored);
             }
             // Published before the state lock is released, so whoever holds
             // the read lock sees the index that matches the state (backups).
@@ -604,55 +605,14 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
         let (payload, size) = match &self.files {
             Some(files) => {
                 let fail = |e: &std::io::Error| io_error(subject(), ErrorVerb::Read, e, "install received snapshot");
-                let pending = match *snapshot {
-                    SnapshotData::File(mut file, path) => {
-                        use tokio::io::AsyncWriteExt as _;
-                        file.flush().await.map_err(|e| fail(&e))?;
-                        match files.snapshots.pending_of(&path) {
-                            Some(pending) => pending,
-                            // Not one this store is receiving (another
-                            // store's snapshot file): copied in first.
-                            None => {
-                                let mut from = file.into_std().await;
-                                let snapshots = files.snapshots.clone();
-                                blocking(move || {
-                                    use std::io::Seek as _;
-                                    let pending = snapshots.begin_receive()?;
-                                    from.seek(std::io::SeekFrom::Start(0))?;
-                                    std::io::copy(&mut from, &mut std::fs::File::create(&pending.data)?)?;
-                                    Ok(pending)
-                                })
-                                .await
-                                .map_err(|e| fail(&e))?
-                            }
-                        }
-                    }
-                    SnapshotData::Memory(bytes) => {
-                        let snapshots = files.snapshots.clone();
-                        blocking(move || {
-                            let pending = snapshots.begin_receive()?;
-                            std::fs::write(&pending.data, bytes.into_inner())?;
-                            Ok(pending)
-                        })
-                        .await
-                        .map_err(|e| fail(&e))?
-                    }
-                };
+                let pending = received_file(&files.snapshots, *snapshot).await.map_err(|e| fail(&e))?;
                 let (snapshots, payloads, meta_copy) = (files.snapshots.clone(), files.payloads.clone(), meta.clone());
                 let installed = blocking(move || {
-                    let decoded = read_payload_file(&pending.data, &payloads)
-                        .and_then(|p| check_covers(&p, &meta_copy).map(|()| p))
-                        .and_then(|p| Ok((p, std::fs::metadata(&pending.data)?.len())));
-                    match decoded {
-                        Ok(decoded) => {
-                            snapshots.commit(pending, &meta_copy)?;
-                            Ok(decoded)
-                        }
-                        Err(e) => {
-                            snapshots.discard(pending);
-                            Err(e)
-                        }
-                    }
+                    snapshots.complete(pending, &meta_copy, |path| {
+                        let payload = read_payload_file(path, &payloads)?;
+                        check_covers(&payload, &meta_copy)?;
+                        Ok((payload, std::fs::metadata(path)?.len()))
+                    })
                 })
                 .await;
                 installed.map_err(|e| fail(&e))?
@@ -683,9 +643,6 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
             let mut applied = self.lock_applied();
             let replaced = std::mem::replace(&mut *state, payload.state);
             *applied = Applied { last_applied: payload.last_applied, membership: payload.membership };
-            if let Some(files) = &self.files {
-                files.mark_all_spilled(&state);
-            }
             self.applied_tx.send_replace(index);
             replaced
         };

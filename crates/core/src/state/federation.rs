@@ -1,13 +1,13 @@
 //! `apply` for the federation commands (see `crate::federation`).
 
 use super::State;
-use crate::command::SendEnvelope;
 use crate::federation::{
     ClusterId, PeerRecord, PeerStatus, RelayedItem, RelayedKind, UndeliverableReason, outbound_queue, qualified,
 };
 use crate::ids::{MessageId, ProviderId, Seq};
 use crate::mailbox::MailboxItem;
 use crate::outcome::{Outcome, Rejection};
+use crate::payload::SendEnvelope;
 
 impl State {
     /// The peer, if registered and not suspended.

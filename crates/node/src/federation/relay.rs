@@ -183,7 +183,7 @@ fn to_proto(e: &MailboxEntry, clock_ms: u64) -> std::io::Result<Option<v1::Relay
     let (kind, traceparent) = match relayed {
         RelayedKind::Envelope(env) => {
             let traceparent = env.traceparent.clone().unwrap_or_default();
-            (v1::relayed_item::Kind::Envelope(crate::grpc::wire::envelope(&env)?), traceparent)
+            (v1::relayed_item::Kind::Envelope(crate::grpc::wire::envelope(env)?), traceparent)
         }
         RelayedKind::Undeliverable { to, message_id, recipient, reason } => {
             use v1::relayed_report::Reason;
@@ -203,7 +203,7 @@ fn to_proto(e: &MailboxEntry, clock_ms: u64) -> std::io::Result<Option<v1::Relay
         }
         RelayedKind::Group(g) => {
             let traceparent = g.traceparent.clone().unwrap_or_default();
-            (v1::relayed_item::Kind::Group(crate::grpc::wire::group_message(&g)?), traceparent)
+            (v1::relayed_item::Kind::Group(crate::grpc::wire::group_message(g)?), traceparent)
         }
     };
     Ok(Some(v1::RelayedItem { queue_seq: e.seq, ttl_left_ms, kind: Some(kind), traceparent }))

@@ -204,13 +204,14 @@ async fn deliver(
                 router_core::MailboxItem::Group(g) => g.traceparent.clone(),
                 _ => None,
             };
-            let entry = match super::wire::mailbox_entry(&core_entry) {
+            let seq = core_entry.seq;
+            let entry = match super::wire::mailbox_entry(core_entry) {
                 Ok(entry) => entry,
                 Err(e) => {
                     // A payload this replica accepted and cannot read back:
                     // the stream ends; the entry stays queued, unacked.
-                    tracing::error!(provider = %provider, seq = core_entry.seq, error = %e, "cannot read a queued payload");
-                    let _ = tx.send(Err(status::payload_unreadable(core_entry.seq, &e))).await;
+                    tracing::error!(provider = %provider, seq, error = %e, "cannot read a queued payload");
+                    let _ = tx.send(Err(status::payload_unreadable(seq, &e))).await;
                     return;
                 }
             };

@@ -44,7 +44,7 @@ pub fn bundle(b: &core::Bundle) -> v1::PrekeyBundle {
     }
 }
 
-pub fn device_ciphertext(p: &core::DevicePart) -> std::io::Result<v1::DeviceCiphertext> {
+pub fn device_ciphertext(p: core::DevicePart) -> std::io::Result<v1::DeviceCiphertext> {
     Ok(v1::DeviceCiphertext {
         device_id: p.device,
         registration_id: p.registration_id,
@@ -53,48 +53,49 @@ pub fn device_ciphertext(p: &core::DevicePart) -> std::io::Result<v1::DeviceCiph
     })
 }
 
-pub fn envelope(env: &core::SendEnvelope) -> std::io::Result<v1::Envelope> {
+pub fn envelope(env: core::SendEnvelope) -> std::io::Result<v1::Envelope> {
     Ok(v1::Envelope {
-        sender_provider_id: env.sender.0.clone(),
-        sender_user_id: env.sender_user.as_ref().map(|u| u.0.clone()).unwrap_or_default(),
-        message_id: env.message_id.0.clone(),
-        recipient_user_id: env.recipient.0.clone(),
+        sender_provider_id: env.sender.0,
+        sender_user_id: env.sender_user.map(|u| u.0).unwrap_or_default(),
+        message_id: env.message_id.0,
+        recipient_user_id: env.recipient.0,
         content_type: content_type(env.content_type) as i32,
-        parts: env.parts.iter().map(device_ciphertext).collect::<std::io::Result<_>>()?,
+        parts: env.parts.into_iter().map(device_ciphertext).collect::<std::io::Result<_>>()?,
         sender_device_id: env.sender_device.unwrap_or(0),
     })
 }
 
-pub fn group_message(g: &core::GroupDelivery) -> std::io::Result<v1::GroupMessage> {
+pub fn group_message(g: core::GroupDelivery) -> std::io::Result<v1::GroupMessage> {
     Ok(v1::GroupMessage {
-        group_id: g.group.0.clone(),
+        group_id: g.group.0,
         group_seq: g.group_seq,
         epoch: g.epoch,
-        sender_provider_id: g.sender.0.clone(),
-        sender_user_id: g.sender_user.0.clone(),
+        sender_provider_id: g.sender.0,
+        sender_user_id: g.sender_user.0,
         sender_device_id: g.sender_device,
-        message_id: g.message_id.0.clone(),
+        message_id: g.message_id.0,
         content_type: content_type(g.content_type) as i32,
-        recipient_user_ids: g.recipients.iter().map(|u| u.0.clone()).collect(),
+        recipient_user_ids: g.recipients.into_iter().map(|u| u.0).collect(),
         ciphertext: g.ciphertext.bytes()?,
         per_device: g
             .per_device
-            .iter()
-            .map(|(u, p)| Ok(v1::GroupDevicePart { user_id: u.0.clone(), part: Some(device_ciphertext(p)?) }))
+            .into_iter()
+            .map(|(u, p)| Ok(v1::GroupDevicePart { user_id: u.0, part: Some(device_ciphertext(p)?) }))
             .collect::<std::io::Result<_>>()?,
     })
 }
 
-pub fn mailbox_entry(e: &core::MailboxEntry) -> std::io::Result<v1::MailboxEntry> {
-    let kind = match &e.item {
+/// Takes the entry by value: its strings move into the wire form.
+pub fn mailbox_entry(e: core::MailboxEntry) -> std::io::Result<v1::MailboxEntry> {
+    let kind = match e.item {
         core::MailboxItem::Envelope(env) => v1::mailbox_entry::Kind::Envelope(envelope(env)?),
         core::MailboxItem::Group(g) => v1::mailbox_entry::Kind::Group(group_message(g)?),
         core::MailboxItem::PrekeyLowStock { user, device, one_time_remaining, kyber_one_time_remaining } => {
             v1::mailbox_entry::Kind::LowStock(v1::PrekeyLowStock {
-                user_id: user.0.clone(),
-                device_id: *device,
-                one_time_prekeys_remaining: *one_time_remaining,
-                kyber_one_time_prekeys_remaining: *kyber_one_time_remaining,
+                user_id: user.0,
+                device_id: device,
+                one_time_prekeys_remaining: one_time_remaining,
+                kyber_one_time_prekeys_remaining: kyber_one_time_remaining,
             })
         }
         core::MailboxItem::Expired { message_id, recipient, recipient_provider }
@@ -104,9 +105,9 @@ pub fn mailbox_entry(e: &core::MailboxEntry) -> std::io::Result<v1::MailboxEntry
             reason: core::UndeliverableReason::Expired { recipient_provider },
             ..
         } => v1::mailbox_entry::Kind::Expired(v1::ExpiryReport {
-            message_id: message_id.0.clone(),
-            recipient_user_id: recipient.0.clone(),
-            recipient_provider_id: recipient_provider.0.clone(),
+            message_id: message_id.0,
+            recipient_user_id: recipient.0,
+            recipient_provider_id: recipient_provider.0,
         }),
         core::MailboxItem::Undeliverable {
             message_id,
@@ -114,10 +115,10 @@ pub fn mailbox_entry(e: &core::MailboxEntry) -> std::io::Result<v1::MailboxEntry
             reason: core::UndeliverableReason::Refused { reason, detail },
             ..
         } => v1::mailbox_entry::Kind::Undeliverable(v1::UndeliverableReport {
-            message_id: message_id.0.clone(),
-            recipient_user_id: recipient.0.clone(),
-            reason: reason.clone(),
-            detail: detail.clone(),
+            message_id: message_id.0,
+            recipient_user_id: recipient.0,
+            reason,
+            detail,
         }),
         // Lives only in a peer's outbound queue, which no provider reads;
         // shown as the envelope it carries.

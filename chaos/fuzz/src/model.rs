@@ -314,7 +314,7 @@ pub enum Op {
     Restore {
         slot: u8,
     },
-    /// `SetClusterVersion`, 0 to 3 (3 is past what this build knows).
+    /// `SetClusterVersion`, 0 to 4 (4 is past what this build knows).
     SetClusterVersion {
         version: u8,
     },
@@ -576,7 +576,7 @@ impl Builder {
                 let backup = self.backups[*slot as usize % self.backups.len()].clone();
                 Command::Restore { state: Box::new(backup) }
             }
-            Op::SetClusterVersion { version } => Command::SetClusterVersion { version: u32::from(version % 4) },
+            Op::SetClusterVersion { version } => Command::SetClusterVersion { version: u32::from(version % 5) },
             Op::Once { request, op } => {
                 let command = match op.as_ref() {
                     // Keeping a backup is no command; a no-op stands in.

@@ -178,6 +178,23 @@ pub enum Command {
         request: RequestId,
         command: Box<Command>,
     },
+    /// Operator: start loading a backup into an empty cluster, in parts
+    /// (cluster version 3; `state::restore`). Until the restore finishes,
+    /// every other write is refused.
+    RestoreBegin {
+        id: u64,
+    },
+    /// The next part of restore `id`: items of the backup's state.
+    RestoreItems {
+        id: u64,
+        part: u32,
+        items: Vec<crate::state::restore::StateItem>,
+    },
+    /// Restore `id` is complete after `parts` parts; writes resume.
+    RestoreFinish {
+        id: u64,
+        parts: u32,
+    },
 }
 
 impl Command {
@@ -207,6 +224,11 @@ impl Command {
                 }
             }
             Command::Once { command, .. } => command.blobs_mut(out),
+            Command::RestoreItems { items, .. } => {
+                for item in items {
+                    item.blobs_mut(out);
+                }
+            }
             _ => {}
         }
     }
@@ -217,6 +239,9 @@ impl Command {
             Command::AddProvider { .. }
             | Command::SetLimits { .. }
             | Command::Restore { .. }
+            | Command::RestoreBegin { .. }
+            | Command::RestoreItems { .. }
+            | Command::RestoreFinish { .. }
             | Command::SetProviderStatus { .. } => None,
             Command::RequestProvider { provider, .. } | Command::SetMediaHosts { provider, .. } => Some(provider),
             Command::RegisterUser { provider, .. }
@@ -247,7 +272,31 @@ impl Command {
     /// hands out another key; an upload answers differently once the keys
     /// are there): the writer wraps them in [`Command::Once`].
     pub fn is_not_idempotent(&self) -> bool {
-        matches!(self, Command::ClaimPrekeys { .. } | Command::UploadPrekeys { .. })
+        // A finished restore refuses a second finish.
+        matches!(self, Command::ClaimPrekeys { .. } | Command::UploadPrekeys { .. } | Command::RestoreFinish { .. })
+    }
+
+    /// Commands applied while a restore is under way; every other write is
+    /// refused then (`state::restore`).
+    pub fn runs_during_restore(&self) -> bool {
+        match self {
+            Command::RestoreBegin { .. }
+            | Command::RestoreItems { .. }
+            | Command::RestoreFinish { .. }
+            | Command::SetClusterVersion { .. } => true,
+            Command::Once { command, .. } => command.runs_during_restore(),
+            _ => false,
+        }
+    }
+
+    /// Commands only builds that apply cluster version 3 can decode: a log
+    /// entry holding one is written in format version 4 (`router-raft`).
+    pub fn needs_parted_restore_format(&self) -> bool {
+        match self {
+            Command::RestoreBegin { .. } | Command::RestoreItems { .. } | Command::RestoreFinish { .. } => true,
+            Command::Once { command, .. } => command.needs_parted_restore_format(),
+            _ => false,
+        }
     }
 
     /// Commands that builds before cluster versions cannot decode: a log

@@ -31,7 +31,7 @@
 //! - `keys`: a device's stored prekeys and the claim rule.
 //! - `provider`: [`ProviderRecord`] and the onboarding lifecycle.
 //! - `once`: the answers of `Command::Once` requests (retried writes).
-//! - `state`: [`State`] and `apply`.
+//! - `state`: [`State`] and `apply`; `state::restore`, a backup loaded in parts.
 //! - `version`: cluster versions, the rules `apply` reads the log by, and the
 //!   time bounds those rules use.
 
@@ -62,5 +62,6 @@ pub use once::OnceAnswers;
 pub use outcome::{Outcome, Rejection};
 pub use payload::{DevicePart, PrekeyUpload, RequestId, SendEnvelope};
 pub use provider::{ProviderAction, ProviderRecord, ProviderStatus};
+pub use state::restore::{RestoreProgress, StateItem};
 pub use state::{DeviceRecord, State, StateExtras, StateExtrasRef, UserRecord};
 pub use version::CLUSTER_VERSION;

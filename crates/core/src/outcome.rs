@@ -113,6 +113,22 @@ pub enum Rejection {
     },
     /// A restore needs a cluster without users and mailbox entries.
     RestoreIntoNonEmpty,
+    /// A restore is under way: writes resume when it finishes (or when a
+    /// new restore replaces one that was cut off).
+    RestoreInProgress,
+    /// A restore part or finish that does not follow: another restore
+    /// started, or a part is missing (`expected_part` is the next one due).
+    RestoreMismatch {
+        id: u64,
+        expected_part: u32,
+        part: u32,
+    },
+    /// The command needs rules the cluster has not reached yet (members
+    /// still run an older build).
+    ClusterVersionTooLow {
+        needed: u32,
+        current: u32,
+    },
     /// Too many bundle claims for this (requester, user); retry after the delay.
     RateLimited {
         retry_after_ms: u64,
@@ -164,6 +180,7 @@ impl Rejection {
                 | Rejection::RateLimited { .. }
                 | Rejection::ProviderSuspended { status: crate::provider::ProviderStatus::Suspended, .. }
                 | Rejection::PeerSuspended { .. }
+                | Rejection::RestoreInProgress
         )
     }
 
@@ -187,6 +204,9 @@ impl Rejection {
             Rejection::DuplicatePrekeyId { .. } => "DUPLICATE_PREKEY_ID",
             Rejection::MailboxFull { .. } => "MAILBOX_FULL",
             Rejection::RestoreIntoNonEmpty => "RESTORE_INTO_NON_EMPTY",
+            Rejection::RestoreInProgress => "RESTORE_IN_PROGRESS",
+            Rejection::RestoreMismatch { .. } => "RESTORE_MISMATCH",
+            Rejection::ClusterVersionTooLow { .. } => "CLUSTER_VERSION_TOO_LOW",
             Rejection::RateLimited { .. } => "RATE_LIMITED",
             Rejection::GroupNotFound { .. } => "GROUP_NOT_FOUND",
             Rejection::GroupExists { .. } => "GROUP_EXISTS",

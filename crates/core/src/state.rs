@@ -54,6 +54,10 @@ pub struct State {
     /// Answers of `Command::Once` requests. Skipped by serde, like `cluster_version`.
     #[serde(skip)]
     once: crate::once::OnceAnswers,
+    /// The restore under way (`restore.rs`); skipped by serde like `once`,
+    /// carried by snapshots in a section of its own.
+    #[serde(skip)]
+    restore: Option<restore::RestoreProgress>,
 }
 
 /// What a snapshot carries after the state's serde encoding (format 3): the
@@ -953,5 +957,6 @@ pub fn device_mismatch(
 
 mod apply;
 mod federation;
+pub mod restore;
 #[cfg(test)]
 mod tests;

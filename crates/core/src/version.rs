@@ -9,7 +9,11 @@
 //! knows the higher version. From the entry that raises it on, every replica
 //! applies the new rules.
 //!
-//! Version 2 (this build, [`CLUSTER_VERSION`]):
+//! Version 3 (this build, [`CLUSTER_VERSION`]):
+//! - a backup is restored in bounded parts (`RestoreBegin`, `RestoreItems`,
+//!   `RestoreFinish`; `state::restore`), every other write refused meanwhile.
+//!
+//! Version 2:
 //! - stored mailbox sequences start at 1 (0 marks ephemeral entries on the
 //!   wire); a mailbox created before keeps the sequences it handed out;
 //! - an entry is expired (and reported to its sender) only
@@ -25,7 +29,7 @@
 /// `SetClusterVersion` reads as this).
 pub const BASE_CLUSTER_VERSION: u32 = 1;
 /// The highest cluster version this build applies.
-pub const CLUSTER_VERSION: u32 = 2;
+pub const CLUSTER_VERSION: u32 = 3;
 
 /// How far one log entry may move the replicated clock forward (version 2).
 /// The leader stamps an entry at least every `IDLE_TICK` of the node's writer

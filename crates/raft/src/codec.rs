@@ -39,8 +39,12 @@ pub const FEDERATION_FORMAT: u8 = 2;
 /// Log entries with `SetClusterVersion` / `Once`, snapshots of a state past
 /// the base cluster version.
 pub const CLUSTER_VERSION_FORMAT: u8 = 3;
+/// Log entries with the commands of a restore in parts, snapshots of a
+/// state with a restore under way (only at cluster version 3, which every
+/// member applies).
+pub const PARTED_RESTORE_FORMAT: u8 = 4;
 /// The newest layout this build reads and writes.
-pub const FORMAT_VERSION: u8 = CLUSTER_VERSION_FORMAT;
+pub const FORMAT_VERSION: u8 = PARTED_RESTORE_FORMAT;
 
 /// A stored value could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -163,7 +167,7 @@ pub fn decode_with_section<T: DeserializeOwned, S: DeserializeOwned>(
 }
 
 /// The format a log entry is written in: federation commands need version
-/// 2, cluster-version commands version 3.
+/// 2, cluster-version commands version 3, a restore's commands version 4.
 pub fn entry_format(entry: &openraft::Entry<crate::types::TypeConfig>) -> u8 {
     match &entry.payload {
         openraft::EntryPayload::Normal(batch) => commands_format(&batch.commands),
@@ -174,7 +178,9 @@ pub fn entry_format(entry: &openraft::Entry<crate::types::TypeConfig>) -> u8 {
 /// The oldest format that holds all of `commands`.
 pub fn commands_format<'a>(commands: impl IntoIterator<Item = &'a router_core::Command>) -> u8 {
     commands.into_iter().fold(BASE_FORMAT, |format, c| {
-        let needed = if c.needs_cluster_version_format() {
+        let needed = if c.needs_parted_restore_format() {
+            PARTED_RESTORE_FORMAT
+        } else if c.needs_cluster_version_format() {
             CLUSTER_VERSION_FORMAT
         } else if c.is_federation() {
             FEDERATION_FORMAT

@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
-use router_core::{Federation, Outcome, State, StateExtras};
+use router_core::{Federation, Outcome, RestoreProgress, State, StateExtras};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -148,6 +148,15 @@ fn decode_payload(data: &[u8]) -> Result<SnapshotPayload, codec::FormatError> {
 
 /// [`decode_payload`] from a reader positioned after the version byte.
 fn read_payload<R: Read>(version: u8, input: R, limit: u64) -> Result<SnapshotPayload, codec::FormatError> {
+    if version >= codec::PARTED_RESTORE_FORMAT {
+        type Section = (StateExtras, Option<RestoreProgress>);
+        let (mut payload, section) = codec::read_with_section::<_, SnapshotPayload, Section>(version, input, limit)?;
+        if let Some((extras, progress)) = section {
+            payload.state.set_extras(extras);
+            payload.state.set_restore_progress(progress);
+        }
+        return Ok(payload);
+    }
     if version >= codec::CLUSTER_VERSION_FORMAT {
         let (mut payload, extras) = codec::read_with_section::<_, SnapshotPayload, StateExtras>(version, input, limit)?;
         if let Some(extras) = extras {
@@ -201,6 +210,9 @@ fn refuse_unknown_rules(batch: &router_core::Batch, log_id: LogId) -> Result<(),
 /// Writes a snapshot of `payload` to `out`, in the oldest format that holds it.
 fn write_payload<W: std::io::Write>(out: W, payload: &SnapshotPayloadRef<'_>) -> Result<(), codec::FormatError> {
     let state = payload.state;
+    if let (Some(extras), Some(progress)) = (state.extras(), state.restore_progress()) {
+        return codec::write_with_section(out, codec::PARTED_RESTORE_FORMAT, payload, Some(&(extras, Some(progress))));
+    }
     if let Some(extras) = state.extras() {
         return codec::write_with_section(out, codec::CLUSTER_VERSION_FORMAT, payload, Some(&extras));
     }

@@ -405,6 +405,35 @@ fn a_raised_cluster_version_and_once_answers_survive_a_snapshot_in_format_3() {
 }
 
 #[test]
+fn a_restore_under_way_survives_a_snapshot_in_format_4() {
+    rt().block_on(async {
+        let backend = MemBackend::new();
+        let (_log, mut sm) = open(backend.clone()).unwrap();
+        let commands = vec![
+            Command::SetClusterVersion { version: router_core::CLUSTER_VERSION },
+            Command::RestoreBegin { id: 42 },
+            Command::RestoreItems {
+                id: 42,
+                part: 0,
+                items: vec![router_core::StateItem::Mailbox { owner: ProviderId::new("beta"), next_seq: 9 }],
+            },
+        ];
+        let entry = Entry { log_id: log_id(2, 5), payload: EntryPayload::Normal(Batch { stamp_ms: 5_000, commands }) };
+        assert_eq!(crate::entry_format(&entry), crate::PARTED_RESTORE_FORMAT);
+        sm.apply(vec![entry]).await.unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let stored = backend.get(Tree::Snapshot, b"current").unwrap().unwrap();
+        let stored: (crate::types::SnapshotMeta, Vec<u8>) = crate::codec::decode(&stored).unwrap();
+        assert_eq!(stored.1[0], crate::PARTED_RESTORE_FORMAT);
+        let want = snapshot_of(&sm);
+        assert_eq!(want.restore_progress().map(|p| (p.id, p.next_part)), Some((42, 1)));
+
+        let (_log, restarted) = open(backend).unwrap();
+        assert_eq!(snapshot_of(&restarted), want, "the restore's progress came back with the state");
+    });
+}
+
+#[test]
 fn an_entry_raising_the_cluster_version_past_this_build_stops_apply() {
     rt().block_on(async {
         let (_log, mut sm) = open(MemBackend::new()).unwrap();

@@ -26,7 +26,11 @@ impl State {
     /// Applies one log entry. Deterministic: depends only on `self` and `batch`.
     pub fn apply_batch(&mut self, batch: &Batch) -> Vec<Outcome> {
         self.clock_ms = self.next_clock(batch.stamp_ms);
-        self.expire();
+        // A restore under way may not have placed a sender's mailbox yet,
+        // where an expiry report would go: time resumes when it finishes.
+        if self.restore.is_none() {
+            self.expire();
+        }
         self.dedup.prune(self.clock_ms, &self.limits);
         self.once.prune(self.clock_ms);
         if self.clock_ms >= self.buckets_pruned_at_ms.saturating_add(60_000) {
@@ -37,6 +41,9 @@ impl State {
     }
 
     fn apply(&mut self, cmd: &Command) -> Outcome {
+        if self.restore.is_some() && !cmd.runs_during_restore() {
+            return Outcome::Rejected(Rejection::RestoreInProgress);
+        }
         let result = match cmd {
             Command::AddProvider { provider } => {
                 let now = self.clock_ms;
@@ -110,6 +117,9 @@ impl State {
             }
             Command::SetClusterVersion { version } => self.set_cluster_version(*version),
             Command::Once { request, command } => self.apply_once(request, command),
+            Command::RestoreBegin { id } => self.restore_begin(*id),
+            Command::RestoreItems { id, part, items } => self.restore_items(*id, *part, items),
+            Command::RestoreFinish { id, parts } => self.restore_finish(*id, *parts),
         };
         result.unwrap_or_else(Outcome::Rejected)
     }

@@ -2238,7 +2238,7 @@ mod cluster_version_2 {
         assert_eq!(h.state.cluster_version(), 2);
         // One this build does not know is left alone (router-raft stops the node before it).
         h.ok(Command::SetClusterVersion { version: crate::version::CLUSTER_VERSION + 1 });
-        assert_eq!(h.state.cluster_version(), crate::version::CLUSTER_VERSION);
+        assert_eq!(h.state.cluster_version(), 2);
     }
 
     #[test]
@@ -2378,5 +2378,147 @@ mod cluster_version_2 {
         assert_eq!(h.apply(Command::Restore { state: Box::new(backup) }), Outcome::Done);
         assert_eq!(h.state.cluster_version(), 2);
         assert!(matches!(h.apply(send(PA, "m1", "bob", &[(1, 11)], 10_000)), Outcome::Sent { seq: 1, .. }));
+    }
+}
+
+mod parted_restore {
+    use super::*;
+    use crate::state::restore::StateItem;
+    use crate::version::MAX_CLOCK_STEP_MS;
+
+    fn at_version_3() -> Harness {
+        let mut h = Harness::new();
+        h.ok(Command::SetClusterVersion { version: 3 });
+        assert_eq!(h.state.cluster_version(), 3);
+        h
+    }
+
+    /// A state with a bit of everything a backup carries.
+    fn populated() -> Harness {
+        let mut h = at_version_3();
+        h.user(PA, "alice", &[(1, 10)]);
+        h.user(PB, "bob", &[(1, 11), (2, 12)]);
+        assert_eq!(h.apply(upload_cmd(PB, "bob", 1, upload(1, Some(1), &[1, 2, 3], &[], Some(9)))), stored(3, 0));
+        assert!(matches!(h.apply(claim(PA, "bob", Some(1))), Outcome::Bundles { .. }));
+        for n in 0..5 {
+            let out = h.apply(send(PA, &format!("m{n}"), "bob", &[(1, 11), (2, 12)], 600_000));
+            assert!(matches!(out, Outcome::Sent { .. }), "{out:?}");
+        }
+        assert!(matches!(h.apply(send(PB, "r1", "alice", &[(1, 10)], 600_000)), Outcome::Sent { .. }));
+        h.ok(register_peer("eu-hub", &[PC]));
+        h
+    }
+
+    fn restore_in_parts(target: &mut Harness, id: u64, items: Vec<StateItem>, per_part: usize) {
+        target.ok(Command::RestoreBegin { id });
+        let parts: Vec<Vec<StateItem>> = items.chunks(per_part).map(|c| c.to_vec()).collect();
+        for (n, part) in parts.iter().enumerate() {
+            target.ok(Command::RestoreItems { id, part: n as u32, items: part.clone() });
+        }
+        target.ok(Command::RestoreFinish { id, parts: parts.len() as u32 });
+    }
+
+    #[test]
+    fn a_state_restored_in_parts_is_the_state_backed_up() {
+        let source = populated();
+        let items: Vec<StateItem> = source.state.clone().into_items().collect();
+        assert!(matches!(items[0], StateItem::Settings { .. }), "settings come first");
+        assert!(matches!(items.last(), Some(StateItem::Peers(_))));
+        let mut target = at_version_3();
+        restore_in_parts(&mut target, 7, items, 3);
+        assert_eq!(target.state.restore_progress(), None);
+        // Everything but what is the target cluster's own.
+        let mut expected = source.state.clone();
+        expected.clock_ms = target.state.clock_ms;
+        expected.once = target.state.once.clone();
+        assert_eq!(target.state, expected);
+        // The dedup window answers a retry as the source would.
+        let retry = send(PA, "m2", "bob", &[(1, 11), (2, 12)], 600_000);
+        let mut source = source;
+        assert_eq!(target.apply(retry.clone()), source.apply(retry));
+    }
+
+    #[test]
+    fn while_a_restore_runs_other_writes_are_refused_and_nothing_expires() {
+        let mut source = at_version_3();
+        source.user(PB, "bob", &[(1, 11)]);
+        assert!(matches!(source.apply(send(PA, "short", "bob", &[(1, 11)], 1_000)), Outcome::Sent { .. }));
+        let items: Vec<StateItem> = source.state.clone().into_items().collect();
+        let mut h = at_version_3();
+        h.ok(Command::RestoreBegin { id: 1 });
+        h.ok(Command::RestoreItems { id: 1, part: 0, items: items.clone() });
+        assert_eq!(h.reject_unchanged(register_user(PA, "alice")), Rejection::RestoreInProgress);
+        assert_eq!(h.reject_unchanged(ack(PB, &[1])), Rejection::RestoreInProgress);
+        assert!(Rejection::RestoreInProgress.is_transient());
+        // Time passes well beyond the entry's TTL and grace: it stays.
+        for _ in 0..5 {
+            let stamp = h.stamp + MAX_CLOCK_STEP_MS;
+            h.batch_at(stamp, vec![]);
+        }
+        assert_eq!(h.seqs(PB), vec![1]);
+        // A retried part changes nothing; a gap or another restore's part is refused.
+        let before = h.state.clone();
+        h.ok(Command::RestoreItems { id: 1, part: 0, items: items.clone() });
+        assert_eq!(h.state.restore_progress(), before.restore_progress());
+        assert_eq!(
+            h.reject_unchanged(Command::RestoreItems { id: 1, part: 2, items: vec![] }),
+            Rejection::RestoreMismatch { id: 1, expected_part: 1, part: 2 }
+        );
+        assert!(matches!(
+            h.reject_unchanged(Command::RestoreItems { id: 2, part: 1, items: vec![] }),
+            Rejection::RestoreMismatch { id: 2, .. }
+        ));
+        assert!(matches!(
+            h.reject_unchanged(Command::RestoreFinish { id: 1, parts: 3 }),
+            Rejection::RestoreMismatch { expected_part: 1, .. }
+        ));
+        h.ok(Command::RestoreFinish { id: 1, parts: 1 });
+        // Time resumes: the entry expires and its sender hears of it.
+        let stamp = h.stamp + MAX_CLOCK_STEP_MS;
+        h.batch_at(stamp, vec![]);
+        assert!(h.seqs(PB).is_empty());
+        assert!(matches!(h.entries(PA)[0].item, MailboxItem::Expired { .. }));
+    }
+
+    #[test]
+    fn a_new_restore_starts_over_one_that_was_cut_off() {
+        let source = populated();
+        let items: Vec<StateItem> = source.state.clone().into_items().collect();
+        let mut h = at_version_3();
+        h.ok(Command::RestoreBegin { id: 1 });
+        h.ok(Command::RestoreItems { id: 1, part: 0, items: items[..4].to_vec() });
+        // The operator runs the restore again: the first one's items are gone.
+        h.ok(Command::RestoreBegin { id: 2 });
+        assert!(h.state.users.is_empty() && h.state.providers.is_empty());
+        restore_in_parts(&mut h, 3, items, 5);
+        assert_eq!(h.state.users, source.state.users);
+        assert_eq!(h.state.mailboxes, source.state.mailboxes);
+    }
+
+    #[test]
+    fn a_restore_needs_an_empty_cluster_at_version_3() {
+        let mut h = Harness::new();
+        h.ok(Command::SetClusterVersion { version: 2 });
+        assert_eq!(
+            h.reject_unchanged(Command::RestoreBegin { id: 1 }),
+            Rejection::ClusterVersionTooLow { needed: 3, current: 2 }
+        );
+        let mut h = at_version_3();
+        h.user(PB, "bob", &[(1, 11)]);
+        assert_eq!(h.reject_unchanged(Command::RestoreBegin { id: 1 }), Rejection::RestoreIntoNonEmpty);
+        assert!(matches!(
+            h.reject_unchanged(Command::RestoreItems { id: 1, part: 0, items: vec![] }),
+            Rejection::RestoreMismatch { .. }
+        ));
+    }
+
+    #[test]
+    fn restored_mailboxes_hand_out_sequences_after_the_backups() {
+        let source = populated();
+        let next = source.state.mailboxes[&pid(PB)].next_seq;
+        let mut h = at_version_3();
+        restore_in_parts(&mut h, 1, source.state.clone().into_items().collect(), 100);
+        let out = h.apply(send(PA, "new", "bob", &[(1, 11), (2, 12)], 600_000));
+        assert!(matches!(out, Outcome::Sent { seq, .. } if seq == next), "{out:?}");
     }
 }

@@ -354,7 +354,7 @@ impl Admin for AdminService {
         // Encoded into an unlinked file, then streamed from it in 1 MiB
         // chunks: the node never holds the backup in memory.
         let dir = self.ctx.data_dir.clone();
-        let written = tokio::task::spawn_blocking(move || crate::backup::write_to_unlinked_file(&dir, &state, applied))
+        let written = tokio::task::spawn_blocking(move || crate::backup::write_to_unlinked_file(&dir, state, applied))
             .await
             .map_err(|e| Status::internal(format!("backup task: {e}")))?;
         let (file, _len) = written.map_err(|e| Status::internal(format!("write backup: {e}")))?;
@@ -378,7 +378,8 @@ impl Admin for AdminService {
             let chunk = BackupChunk {
                 applied_index: if first { applied } else { 0 },
                 data: data.into(),
-                max_restore_bytes: if first { crate::backup::MAX_RESTORE_BYTES as u64 } else { 0 },
+                // Restores take backups of any size (in parts).
+                max_restore_bytes: if first { u64::MAX } else { 0 },
             };
             Some((Ok(chunk), (Some(file), false)))
         });
@@ -387,31 +388,7 @@ impl Admin for AdminService {
 
     async fn restore(&self, req: Request<tonic::Streaming<BackupChunk>>) -> Result<Response<RestoreResponse>, Status> {
         require_operator(&req, "Restore")?;
-        let mut stream = req.into_inner();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.message().await? {
-            bytes.extend_from_slice(&chunk.data);
-            if bytes.len() > crate::backup::MAX_RESTORE_BYTES {
-                return Err(status::over_limit("data", crate::backup::MAX_RESTORE_BYTES as u64, bytes.len() as u64));
-            }
-        }
-        let (state, _) =
-            crate::backup::decode(&bytes).map_err(|e| status::invalid_field("data", "BAD_BACKUP", e.to_string()))?;
-        let users = state.users.len() as u64;
-        let mailbox_entries = state.mailboxes.values().map(|m| m.len() as u64).sum();
-        // The log's Restore command carries the state without its federation
-        // section (older builds read it); the section follows as its own
-        // command, in the newer format, behind the format gate.
-        let mut state = state;
-        let federation = std::mem::take(&mut state.federation);
-        if !federation.is_empty() {
-            super::admin_peers::require_federation_format(&self.ctx).await?;
-        }
-        self.ctx.write(Command::Restore { state: Box::new(state) }).await?;
-        if !federation.is_empty() {
-            self.ctx.write(Command::RestoreFederation { federation: Box::new(federation) }).await?;
-        }
-        Ok(Response::new(RestoreResponse { users, mailbox_entries }))
+        Ok(Response::new(super::admin_restore::restore(&self.ctx, req.into_inner()).await?))
     }
 
     async fn register_peer(&self, req: Request<RegisterPeerRequest>) -> Result<Response<RegisterPeerResponse>, Status> {

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod admin_peers;
+pub mod admin_restore;
 pub mod directory;
 pub mod groups;
 pub mod media;

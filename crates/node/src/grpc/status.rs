@@ -54,9 +54,12 @@ pub fn rejection(r: &Rejection) -> Status {
         | Rejection::NoDevices { .. }
         | Rejection::NoKeys { .. } => Code::NotFound,
         Rejection::UserTaken { .. } => Code::AlreadyExists,
-        Rejection::DeviceMismatch { .. } | Rejection::SignedPrekeyRequired | Rejection::RestoreIntoNonEmpty => {
-            Code::FailedPrecondition
-        }
+        Rejection::DeviceMismatch { .. }
+        | Rejection::SignedPrekeyRequired
+        | Rejection::RestoreIntoNonEmpty
+        | Rejection::RestoreMismatch { .. }
+        | Rejection::ClusterVersionTooLow { .. } => Code::FailedPrecondition,
+        Rejection::RestoreInProgress => Code::Unavailable,
         Rejection::TooManyDevices { .. }
         | Rejection::PrekeyStockFull { .. }
         | Rejection::MailboxFull { .. }
@@ -119,6 +122,22 @@ pub fn rejection(r: &Rejection) -> Status {
         }
         Rejection::RestoreIntoNonEmpty => {
             "a backup can only be restored into a cluster without users or queued mail".into()
+        }
+        Rejection::RestoreInProgress => {
+            "a backup is being restored; writes resume when it finishes (a restore that was cut off: run it again)"
+                .into()
+        }
+        Rejection::RestoreMismatch { id, expected_part, part } => {
+            format!(
+                "restore {id:x}: part {part} does not follow (next due: {expected_part}); another restore replaced it"
+            )
+        }
+        Rejection::ClusterVersionTooLow { needed, current } => {
+            detail.limit = u64::from(*needed);
+            detail.actual = u64::from(*current);
+            format!(
+                "the cluster applies version {current}; this needs version {needed} (every member on a newer build)"
+            )
         }
         Rejection::MailboxFull { provider, limit } => {
             detail.limit = *limit;

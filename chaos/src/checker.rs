@@ -1,4 +1,4 @@
-//! Offline checks of a recorded [`History`] against DESIGN.md §4.
+//! Offline checks of a recorded [`History`] against the guarantees in docs/design/delivery.md.
 //!
 //! Only `ok` operations create obligations; `unknown` ones may or may not have
 //! taken effect, so they are allowed either way; `failed` ones must have

@@ -1,6 +1,6 @@
 //! Groups: membership with roles and an epoch, hub-ordered messages.
 //!
-//! The router is the hub (DESIGN §3, MIMI): it gives every group message a
+//! The router is the hub (docs/design/groups.md, MIMI): it gives every group message a
 //! group sequence number and an acceptance time when the entry commits, so
 //! every member sees the same order. A message becomes one mailbox entry per
 //! member *provider* (carrying the recipient users of that provider), not one

@@ -6,9 +6,9 @@
 //! ```
 //!
 //! Invariants (checked by the tests below and by the cluster tests):
-//! - a one-time prekey leaves the stock at most once (DESIGN §4);
+//! - a one-time prekey leaves the stock at most once (docs/design/delivery.md);
 //! - a send accepted once is stored once, and a retry within the dedup window
-//!   gets the first answer back (DESIGN §4);
+//!   gets the first answer back (docs/design/delivery.md);
 //! - mailbox sequences strictly increase in acceptance order, so order per
 //!   (sender device, recipient device) is kept;
 //! - an ack removes exactly the sequences it names.
@@ -836,7 +836,7 @@ impl State {
     }
 
     /// Removes every entry whose TTL passed. An expired message is reported
-    /// to its sender's mailbox: expiry is never silent (DESIGN §4). The
+    /// to its sender's mailbox: expiry is never silent (docs/design/delivery.md). The
     /// sender of a relayed envelope is in another cluster: its report goes
     /// back through that cluster's outbound queue.
     fn expire(&mut self) {

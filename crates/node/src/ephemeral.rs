@@ -1,5 +1,5 @@
 //! Ephemeral content (typing, call signaling): delivered to connected receive
-//! streams only, never written to the Raft log or any store (DESIGN §3).
+//! streams only, never written to the Raft log or any store (docs/design/ephemeral.md).
 //!
 //! ```text
 //!  Send(TYPING) ─> validate on the local replica ─┬─> this node's registry ──> its receive streams

@@ -3,7 +3,7 @@
 //! ```text
 //! sim --seed 42 --verbose          replay one seed (prints its faults and trace hash)
 //! sim --seeds 0..200               a range (CI runs 200 on 3 nodes through the test)
-//! sim --seeds 0..10000 --nodes 5   the sweep (README "Deterministic simulation")
+//! sim --seeds 0..10000 --nodes 5   the sweep (docs/testing/simulation.md)
 //! ```
 //! Exit 0: every seed passed; 1: a seed violated an invariant (its replay
 //! command is printed); 2: bad usage.

@@ -53,8 +53,9 @@ pub enum BackupError {
     Io(#[from] std::io::Error),
 }
 
-/// A backup of `state` in memory (tests and small tools).
-pub fn encode(state: &State, applied_index: u64) -> Result<Vec<u8>, BackupError> {
+/// A backup of `state` in memory.
+#[cfg(test)]
+fn encode(state: &State, applied_index: u64) -> Result<Vec<u8>, BackupError> {
     let mut out = Vec::new();
     write(&mut out, state.clone(), applied_index)?;
     Ok(out)
@@ -331,9 +332,9 @@ pub fn write_to_unlinked_file(
     Ok((file, len))
 }
 
-/// Decodes a whole backup held in memory (tests and small tools): its state
-/// and applied index.
-pub fn decode(bytes: &[u8]) -> Result<(State, u64), BackupError> {
+/// Decodes a whole backup held in memory: its state and applied index.
+#[cfg(test)]
+fn decode(bytes: &[u8]) -> Result<(State, u64), BackupError> {
     match open(bytes)? {
         Opened::Legacy { version, applied_index, input } => {
             Ok((read_legacy(version, input, bytes.len() as u64)?, applied_index))

@@ -374,6 +374,14 @@ fn federation_peers_survive_a_snapshot_and_plain_snapshots_keep_the_base_format(
     });
 }
 
+/// Builds a snapshot and answers the format version byte of its stored data.
+async fn snapshot_format_after_build(sm: &mut StateMachineStore<MemBackend>, backend: &MemBackend) -> u8 {
+    sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let stored = backend.get(Tree::Snapshot, b"current").unwrap().unwrap();
+    let stored: (crate::types::SnapshotMeta, Vec<u8>) = crate::codec::decode(&stored).unwrap();
+    stored.1[0]
+}
+
 #[test]
 fn a_raised_cluster_version_and_once_answers_survive_a_snapshot_in_format_3() {
     rt().block_on(async {
@@ -391,10 +399,7 @@ fn a_raised_cluster_version_and_once_answers_survive_a_snapshot_in_format_3() {
         };
         assert_eq!(crate::entry_format(&entry), crate::CLUSTER_VERSION_FORMAT);
         sm.apply(vec![entry]).await.unwrap();
-        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-        let stored = backend.get(Tree::Snapshot, b"current").unwrap().unwrap();
-        let stored: (crate::types::SnapshotMeta, Vec<u8>) = crate::codec::decode(&stored).unwrap();
-        assert_eq!(stored.1[0], crate::CLUSTER_VERSION_FORMAT);
+        assert_eq!(snapshot_format_after_build(&mut sm, &backend).await, crate::CLUSTER_VERSION_FORMAT);
         let want = snapshot_of(&sm);
         assert_eq!(want.cluster_version(), router_core::CLUSTER_VERSION);
 
@@ -421,10 +426,7 @@ fn a_restore_under_way_survives_a_snapshot_in_format_4() {
         let entry = Entry { log_id: log_id(2, 5), payload: EntryPayload::Normal(Batch { stamp_ms: 5_000, commands }) };
         assert_eq!(crate::entry_format(&entry), crate::PARTED_RESTORE_FORMAT);
         sm.apply(vec![entry]).await.unwrap();
-        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-        let stored = backend.get(Tree::Snapshot, b"current").unwrap().unwrap();
-        let stored: (crate::types::SnapshotMeta, Vec<u8>) = crate::codec::decode(&stored).unwrap();
-        assert_eq!(stored.1[0], crate::PARTED_RESTORE_FORMAT);
+        assert_eq!(snapshot_format_after_build(&mut sm, &backend).await, crate::PARTED_RESTORE_FORMAT);
         let want = snapshot_of(&sm);
         assert_eq!(want.restore_progress().map(|p| (p.id, p.next_part)), Some((42, 1)));
 

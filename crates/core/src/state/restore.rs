@@ -20,7 +20,7 @@ use crate::federation::Federation;
 use crate::group::{GroupId, GroupRecord};
 use crate::ids::{MessageId, ProviderId, Seq, UserId};
 use crate::limits::Limits;
-use crate::mailbox::{Mailbox, MailboxEntry};
+use crate::mailbox::MailboxEntry;
 use crate::outcome::{Outcome, Rejection};
 use crate::provider::ProviderRecord;
 use serde::{Deserialize, Serialize};
@@ -236,12 +236,12 @@ impl State {
                 self.groups.insert(group, record);
             }
             StateItem::Mailbox { owner, next_seq } => {
-                let mailbox = self.restored_mailbox(&owner);
+                let mailbox = self.mailbox_mut(&owner);
                 mailbox.next_seq = mailbox.next_seq.max(next_seq);
             }
             StateItem::Entry { owner, entry } => {
                 let key = (entry.expires_at_ms, owner.clone(), entry.seq);
-                let mailbox = self.restored_mailbox(&owner);
+                let mailbox = self.mailbox_mut(&owner);
                 mailbox.next_seq = mailbox.next_seq.max(entry.seq.saturating_add(1));
                 if let Some(old) = mailbox.entries.insert(entry.seq, entry) {
                     self.expiry.remove(&(old.expires_at_ms, owner, old.seq));
@@ -260,13 +260,5 @@ impl State {
             }
             StateItem::Peers(federation) => self.federation = *federation,
         }
-    }
-
-    /// A restored mailbox hands out sequences from 1 on (0 marks ephemeral
-    /// entries), like every mailbox from cluster version 2 on.
-    fn restored_mailbox(&mut self, owner: &ProviderId) -> &mut Mailbox {
-        let mailbox = self.mailboxes.entry(owner.clone()).or_default();
-        mailbox.next_seq = mailbox.next_seq.max(1);
-        mailbox
     }
 }

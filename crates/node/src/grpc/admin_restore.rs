@@ -89,13 +89,18 @@ pub async fn restore(ctx: &Ctx, mut stream: tonic::Streaming<BackupChunk>) -> Re
 fn check(mut spool: std::fs::File, dir: &std::path::Path) -> Result<(std::fs::File, Counts), BackupError> {
     spool.seek(SeekFrom::Start(0))?;
     let len = spool.metadata()?.len();
-    let mut file = match backup::open(BufReader::with_capacity(1 << 20, spool.try_clone()?))? {
-        Opened::Frames(_) => spool,
-        Opened::Legacy { version, applied_index, input } => rewrite_legacy(version, applied_index, input, len, dir)?,
-    };
-    file.seek(SeekFrom::Start(0))?;
-    let Opened::Frames(mut frames) = backup::open(BufReader::with_capacity(1 << 20, file.try_clone()?))? else {
-        return Err(BackupError::BadEnd("a rewritten backup is not in the current format".into()));
+    let (mut file, mut frames) = match backup::open(BufReader::with_capacity(1 << 20, spool.try_clone()?))? {
+        Opened::Frames(frames) => (spool, frames),
+        Opened::Legacy { version, applied_index, input } => {
+            let mut file = rewrite_legacy(version, applied_index, input, len, dir)?;
+            file.seek(SeekFrom::Start(0))?;
+            match backup::open(BufReader::with_capacity(1 << 20, file.try_clone()?))? {
+                Opened::Frames(frames) => (file, frames),
+                Opened::Legacy { .. } => {
+                    return Err(BackupError::BadEnd("a rewritten backup is not in the current format".into()));
+                }
+            }
+        }
     };
     let mut counts = Counts::default();
     while let Some(items) = frames.next_frame()? {

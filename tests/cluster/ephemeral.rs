@@ -302,6 +302,7 @@ async fn nobody_connected_is_refused_and_validation_matches_stored_sends() {
         .deliver_ephemeral(router_proto::v1::RaftPayload {
             data: bincode::serialize(&forged).unwrap().into(),
             format_version: 1,
+            incarnation: 0,
         })
         .await
         .unwrap_err();

@@ -1,6 +1,7 @@
 //! In-process multi-node tests: real nodes (openraft + sled on disk, tonic
 //! over mTLS on 127.0.0.1:0), real provider clients (`router-sdk`).
 
+mod amnesia;
 mod api;
 mod common;
 mod delivery;

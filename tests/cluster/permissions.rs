@@ -102,7 +102,7 @@ async fn permission_matrix() {
         .unwrap_err();
     assert_eq!(st.code(), Code::PermissionDenied);
     let st = PeerClient::new(peer_port(&a.cert, &a.key))
-        .vote(RaftPayload { data: vec![1, 2, 3].into(), format_version: 0 })
+        .vote(RaftPayload { data: vec![1, 2, 3].into(), format_version: 0, incarnation: 0 })
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::PermissionDenied);

@@ -203,7 +203,7 @@ async fn a_removed_nodes_certificate_is_refused_by_every_peer_rpc_and_node_certi
     }
     for member in [1, 2] {
         let mut peer = PeerClient::new(peer_channel_as(&tc, member, 3));
-        let payload = || RaftPayload { data: vec![0u8].into(), format_version: 1 };
+        let payload = || RaftPayload { data: vec![0u8].into(), format_version: 1, incarnation: 0 };
         let answers = [
             ("AppendEntries", peer.append_entries(payload()).await.map(|_| ())),
             ("Vote", peer.vote(payload()).await.map(|_| ())),

@@ -314,9 +314,14 @@ pub enum Op {
     Restore {
         slot: u8,
     },
-    /// `SetClusterVersion`, 0 to 4 (4 is past what this build knows).
+    /// `SetClusterVersion`, 0 to 5 (5 is past what this build knows).
     SetClusterVersion {
         version: u8,
+    },
+    /// `SetIncarnation` of node 1, 2 or 3 (refused below cluster version 4).
+    SetIncarnation {
+        node: u8,
+        incarnation: u8,
     },
     /// The op as a `Once` request; few request ids, so retries collide.
     Once {
@@ -576,7 +581,10 @@ impl Builder {
                 let backup = self.backups[*slot as usize % self.backups.len()].clone();
                 Command::Restore { state: Box::new(backup) }
             }
-            Op::SetClusterVersion { version } => Command::SetClusterVersion { version: u32::from(version % 5) },
+            Op::SetClusterVersion { version } => Command::SetClusterVersion { version: u32::from(version % 6) },
+            Op::SetIncarnation { node, incarnation } => {
+                Command::SetIncarnation { node: u64::from(node % 3) + 1, incarnation: u64::from(*incarnation) }
+            }
             Op::Once { request, op } => {
                 let command = match op.as_ref() {
                     // Keeping a backup is no command; a no-op stands in.

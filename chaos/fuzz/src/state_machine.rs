@@ -9,6 +9,7 @@ use crate::check::{Checker, Stats};
 use crate::model::{Builder, Plan, T0, setup};
 use router_core::{Batch, Command, Limits, Outcome, State, StateExtras};
 use router_raft::codec;
+use std::collections::BTreeMap;
 
 pub fn run(data: &[u8]) {
     let stats = run_with_stats(data);
@@ -64,14 +65,30 @@ pub fn run_with_stats(data: &[u8]) -> Option<Stats> {
 
 /// A snapshot install: encode, decode, and it must be the same state. The
 /// state's extras (cluster version, Once answers) travel in the snapshot's
-/// trailing section, as `router_raft` writes it.
+/// trailing section, with the members' incarnations once there are any
+/// (format 5), as `router_raft` writes it.
 fn snapshot_round_trip(s: &State) -> State {
-    let bytes =
-        codec::encode_with_section(codec::CLUSTER_VERSION_FORMAT, s, s.extras().as_ref()).expect("encode state");
-    let (mut back, extras) = codec::decode_with_section::<State, StateExtras>(&bytes).expect("decode state");
-    if let Some(extras) = extras {
-        back.set_extras(extras);
-    }
+    type Section = (StateExtras, Option<router_core::RestoreProgress>, BTreeMap<u64, u64>);
+    let back = match s.extras().filter(|_| !s.incarnations().is_empty()) {
+        Some(extras) => {
+            let section = (extras, None::<router_core::RestoreProgress>, s.incarnations());
+            let bytes = codec::encode_with_section(codec::INCARNATION_FORMAT, s, Some(&section)).expect("encode state");
+            let (mut back, section) = codec::decode_with_section::<State, Section>(&bytes).expect("decode state");
+            let (extras, _, incarnations) = section.expect("the section was written");
+            back.set_extras(extras);
+            back.set_incarnations(incarnations);
+            back
+        }
+        None => {
+            let bytes = codec::encode_with_section(codec::CLUSTER_VERSION_FORMAT, s, s.extras().as_ref())
+                .expect("encode state");
+            let (mut back, extras) = codec::decode_with_section::<State, StateExtras>(&bytes).expect("decode state");
+            if let Some(extras) = extras {
+                back.set_extras(extras);
+            }
+            back
+        }
+    };
     assert_eq!(&back, s, "snapshot round trip");
     back
 }

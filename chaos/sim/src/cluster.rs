@@ -23,7 +23,18 @@ pub struct SimNode {
     /// Failure detector: when this node last heard a leader, and how long it waits.
     last_heard: Instant,
     patience_ms: u64,
-    pub incarnations: u32,
+    /// Processes started on this node.
+    pub boots: u32,
+    /// Disks this node lost (`wipe`): each makes a new incarnation.
+    pub wipes: u32,
+}
+
+impl SimNode {
+    /// The incarnation this node runs as: a new one after every wipe
+    /// (routerd draws it at random; here it is derived, to replay).
+    pub fn incarnation(&self) -> u64 {
+        (self.id << 32) | u64::from(self.wipes + 1)
+    }
 }
 
 pub struct Cluster {
@@ -33,9 +44,12 @@ pub struct Cluster {
     /// Who led each term, as observed; a second leader for a term is a violation.
     pub leaders: BTreeMap<u64, NodeId>,
     pub violations: Vec<String>,
+    /// Nodes that lost their disk and are not readmitted yet.
+    pub wiped: std::collections::BTreeSet<NodeId>,
+    lying_disks: bool,
 }
 
-fn addr(id: NodeId) -> NodeAddr {
+pub(crate) fn addr(id: NodeId) -> NodeAddr {
     NodeAddr { peer: format!("sim-{id}:7412"), provider: format!("sim-{id}:7411") }
 }
 
@@ -62,6 +76,8 @@ impl Cluster {
             config: Arc::new(config),
             leaders: BTreeMap::new(),
             violations: Vec::new(),
+            wiped: Default::default(),
+            lying_disks,
         };
         for id in 1..=n {
             c.nodes.push(SimNode {
@@ -71,7 +87,8 @@ impl Cluster {
                 state: None,
                 last_heard: Instant::now(),
                 patience_ms: rng.gen_range(300..700),
-                incarnations: 0,
+                boots: 0,
+                wipes: 0,
             });
             c.boot(id).await;
         }
@@ -115,10 +132,12 @@ impl Cluster {
             .map_err(|e| e.to_string())?;
         node.raft = Some(raft.clone());
         node.state = Some(state.clone());
-        node.incarnations += 1;
+        node.boots += 1;
         node.last_heard = Instant::now();
+        let incarnation = node.incarnation();
         let mut n = net.lock();
         n.up.insert(id, raft);
+        n.incarnations.insert(id, incarnation);
         n.replicas.insert(id, state);
         Ok(())
     }
@@ -131,6 +150,7 @@ impl Cluster {
             let mut n = self.net.lock();
             n.up.remove(&id);
             n.replicas.remove(&id);
+            n.incarnations.remove(&id);
         }
         let node = self.node(id);
         let lost = node.disk.crash(keep);
@@ -142,6 +162,23 @@ impl Cluster {
             });
         }
         lost
+    }
+
+    /// Disk loss on `id`: the process dies, a new empty disk goes in, and
+    /// the node starts on it as a new incarnation.
+    pub async fn wipe(&mut self, id: NodeId) {
+        self.crash(id, 0).await;
+        let lying = self.lying_disks;
+        let node = self.node(id);
+        node.disk = Disk::new(lying);
+        node.wipes += 1;
+        self.wiped.insert(id);
+        self.boot(id).await;
+    }
+
+    /// Every node's incarnation, for the setup's `SetIncarnation` commands.
+    pub fn incarnations(&self) -> Vec<(NodeId, u64)> {
+        self.nodes.iter().map(|n| (n.id, n.incarnation())).collect()
     }
 
     /// The failure detector and the leader-per-term observer, run every few

@@ -6,7 +6,8 @@
 //! simulated network ([`net`]) and disks that lose unsynced writes on a crash
 //! ([`disk`]), all on tokio's paused clock in one thread. The seed draws the
 //! fault schedule (crashes with lost writes, restarts, partitions, one-way
-//! partitions, slow links, message loss), the workload's pacing and every
+//! partitions, slow links, message loss, a disk lost: the node comes back
+//! as a new incarnation and is readmitted at the heal, [`rejoin`]), the workload's pacing and every
 //! network delay; the same seed replays the same run (the trace hash says so).
 //!
 //! # What it must not depend on
@@ -18,6 +19,9 @@
 //!                  └─> clients: senders, claimers, receiver ──> History ──> checks ──> Report
 //! ```
 //!
+//! [`amnesia`] is one scripted run: a wiped voter must not help elect a leader
+//! without an acknowledged entry.
+//!
 //! Invariants checked per seed: no acked envelope lost, no envelope stored
 //! twice for one message id, per-(sender device, recipient) order kept, no
 //! one-time prekey handed out twice (nor still in stock after it was), at most
@@ -26,9 +30,11 @@
 
 #![allow(clippy::result_large_err)]
 
+pub mod amnesia;
 pub mod cluster;
 pub mod disk;
 pub mod net;
+pub mod rejoin;
 pub mod workload;
 
 use cluster::Cluster;
@@ -135,18 +141,31 @@ fn install_panic_recorder() {
 
 /// Runs one seed on a fresh single-threaded runtime with a paused clock.
 pub fn run_seed(seed: u64, params: &Params) -> Report {
+    on_sim_runtime(|| simulate(seed, params.clone()), Report { seed, nodes: params.nodes, ..Default::default() })
+}
+
+/// Runs a simulated scenario on a fresh single-threaded runtime with a
+/// paused clock; every panic on it is a violation (`aborted` is the report
+/// when the scenario itself panicked).
+fn on_sim_runtime<F: std::future::Future<Output = Report>>(scenario: impl FnOnce() -> F, aborted: Report) -> Report {
     install_panic_recorder();
     PANICS.with(|p| *p.borrow_mut() = Some(Vec::new()));
     let rt =
         tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().expect("tokio runtime");
-    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(simulate(seed, params.clone()))));
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(scenario())));
     drop(rt);
     let panics = PANICS.with(|p| p.borrow_mut().take()).unwrap_or_default();
-    let mut report = run.unwrap_or_else(|_| Report { seed, nodes: params.nodes, ..Default::default() });
+    let mut report = run.unwrap_or(aborted);
     for p in panics {
         report.violations.push(format!("panic: {p}"));
     }
     report
+}
+
+/// The amnesia scenario ([`amnesia`]) on the simulation's runtime; with
+/// `check_incarnations` off it must report the lost entry.
+pub fn run_amnesia(check_incarnations: bool) -> Report {
+    on_sim_runtime(|| amnesia::scenario(check_incarnations), Report { nodes: 3, ..Default::default() })
 }
 
 /// The one command that replays `seed`.
@@ -163,10 +182,13 @@ enum Fault {
     Lossy,
     Slow,
     Heal,
+    /// A node loses its disk and starts empty, as a new incarnation; it is
+    /// readmitted ([`rejoin`]) when the faults heal.
+    Wipe,
 }
 
-const FAULTS: [Fault; 7] =
-    [Fault::Crash, Fault::Restart, Fault::Isolate, Fault::OneWay, Fault::Lossy, Fault::Slow, Fault::Heal];
+const FAULTS: [Fault; 8] =
+    [Fault::Crash, Fault::Restart, Fault::Isolate, Fault::OneWay, Fault::Lossy, Fault::Slow, Fault::Heal, Fault::Wipe];
 
 async fn simulate(seed: u64, p: Params) -> Report {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -184,7 +206,7 @@ async fn simulate(seed: u64, p: Params) -> Report {
     let setup = {
         let w = world.clone();
         let mut r = StdRng::seed_from_u64(rng.r#gen());
-        let cmds = workload::setup_commands(p.senders, p.prekeys);
+        let cmds = workload::setup_commands(&cluster.incarnations(), p.senders, p.prekeys);
         tokio::spawn(async move {
             let deadline = Instant::now() + Duration::from_secs(30);
             for cmd in cmds {
@@ -228,11 +250,17 @@ async fn simulate(seed: u64, p: Params) -> Report {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    // Heal: network whole, every node up.
+    // Heal: network whole, every node up, a node that lost its disk readmitted.
     heal_network(&net);
     for id in cluster.down_ids() {
         cluster.boot(id).await;
         fault(&world, format!("node {id} restarted (heal)"));
+    }
+    for id in std::mem::take(&mut cluster.wiped) {
+        match rejoin::readmit(&mut cluster, &mut rng, &world, id).await {
+            Ok(()) => fault(&world, format!("node {id} readmitted as a new incarnation")),
+            Err(e) => report.violations.push(format!("node {id} (wiped) was not readmitted: {e}")),
+        }
     }
     world.stop.store(true, Ordering::SeqCst);
     for c in clients {
@@ -314,7 +342,11 @@ async fn simulate(seed: u64, p: Params) -> Report {
 }
 
 /// Keeps the elector running while `task` finishes; returns its result.
-async fn drive<T: Send + 'static>(cluster: &mut Cluster, rng: &mut StdRng, task: tokio::task::JoinHandle<T>) -> T {
+pub(crate) async fn drive<T: Send + 'static>(
+    cluster: &mut Cluster,
+    rng: &mut StdRng,
+    task: tokio::task::JoinHandle<T>,
+) -> T {
     while !task.is_finished() {
         cluster.tick(rng).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -327,12 +359,12 @@ fn jitter(rng: &mut StdRng, mean: Duration) -> Duration {
     Duration::from_millis(rng.gen_range(ms / 2..=ms * 3 / 2))
 }
 
-fn fault(world: &World, what: String) {
+pub(crate) fn fault(world: &World, what: String) {
     let at = world.now_ms();
     world.history().faults.push((at, what));
 }
 
-fn heal_network(net: &Net) {
+pub(crate) fn heal_network(net: &Net) {
     let mut n = net.lock();
     n.cut.clear();
     n.loss = 0.0;
@@ -393,6 +425,17 @@ async fn inject(cluster: &mut Cluster, rng: &mut StdRng, world: &World, report: 
         Fault::Heal => {
             heal_network(&cluster.net);
             fault(world, "network healed".into());
+        }
+        Fault::Wipe => {
+            let up = cluster.up_ids();
+            // One node awaiting readmission at a time.
+            if !cluster.wiped.is_empty() || up.is_empty() {
+                return;
+            }
+            let victim = up[rng.gen_range(0..up.len())];
+            cluster.wipe(victim).await;
+            report.crashes += 1;
+            fault(world, format!("node {victim} lost its disk and started empty"));
         }
     }
 }

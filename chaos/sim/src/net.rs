@@ -22,8 +22,14 @@ use std::time::Duration;
 /// What the network does right now. Changed only by the simulation's fault schedule.
 pub struct NetState {
     pub rng: StdRng,
-    /// Running incarnations by node; a crashed node has none.
+    /// Running processes by node; a crashed node has none.
     pub up: BTreeMap<NodeId, Raft>,
+    /// The incarnation each up node runs as (a wiped disk makes a new one).
+    pub incarnations: BTreeMap<NodeId, u64>,
+    /// Whether calls from, and answers by, an incarnation the receiving
+    /// replica did not record are refused (as routerd does); off only for
+    /// the checker's own test (`amnesia` without it must lose an entry).
+    pub check_incarnations: bool,
     /// Each up node's replica of the state machine, for reads (as a node serves them).
     pub replicas: BTreeMap<NodeId, Arc<std::sync::RwLock<router_core::State>>>,
     /// Directed links that drop everything: (from, to).
@@ -52,6 +58,8 @@ impl Net {
         Net(Arc::new(Mutex::new(NetState {
             rng,
             up: BTreeMap::new(),
+            incarnations: BTreeMap::new(),
+            check_incarnations: true,
             replicas: BTreeMap::new(),
             cut: BTreeSet::new(),
             loss: 0.0,
@@ -69,6 +77,22 @@ impl Net {
     pub fn link_up(&self, from: NodeId, to: NodeId) -> bool {
         let s = self.lock();
         s.up.contains_key(&from) && s.up.contains_key(&to) && !s.cut.contains(&(from, to))
+    }
+
+    /// Whether the replica of `at` takes traffic from `node` running as
+    /// `incarnation` (router-core's record; a node that is down takes nothing
+    /// anyway).
+    fn admits(&self, at: NodeId, node: NodeId, incarnation: u64) -> bool {
+        let s = self.lock();
+        if !s.check_incarnations {
+            return true;
+        }
+        let Some(replica) = s.replicas.get(&at) else { return true };
+        replica.read().unwrap_or_else(std::sync::PoisonError::into_inner).admits_incarnation(node, incarnation)
+    }
+
+    fn incarnation(&self, node: NodeId) -> u64 {
+        self.lock().incarnations.get(&node).copied().unwrap_or(0)
     }
 
     fn fate(&self, from: NodeId, to: NodeId) -> Fate {
@@ -105,11 +129,17 @@ impl Net {
         let unreachable =
             |what: &str| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(what.to_string())));
         let wire = bincode::serialize(req).expect("encode request");
+        let sender = self.incarnation(from);
         let Fate::Arrives { after, to: Some(raft) } = self.fate(from, to) else {
             tokio::time::sleep(ttl).await;
             return Err(unreachable("request lost"));
         };
         tokio::time::sleep(after).await;
+        if !self.admits(to, from, sender) {
+            tokio::time::sleep(ttl).await;
+            return Err(unreachable("refused: a stale incarnation"));
+        }
+        let answerer = self.incarnation(to);
         let decoded: Req = bincode::deserialize(&wire).expect("decode request");
         let answer = match tokio::time::timeout(ttl, call(raft, decoded)).await {
             Ok(a) => a,
@@ -121,6 +151,9 @@ impl Net {
                 tokio::time::sleep(ttl).await;
                 return Err(unreachable("answer lost"));
             }
+        }
+        if !self.admits(from, to, answerer) {
+            return Err(unreachable("discarded: an answer by a stale incarnation"));
         }
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(to, e)))
     }

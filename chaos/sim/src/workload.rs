@@ -151,8 +151,9 @@ fn signed(key_id: u32) -> SignedPrekey {
     SignedPrekey { key_id, public_key: Bytes::from(vec![5; 33]), signature: Bytes::from(vec![7; 64]) }
 }
 
-/// Providers, users, devices, and `keys` one-time prekeys on carol's device.
-pub fn setup_commands(senders: u32, keys: u32) -> Vec<Command> {
+/// The members' incarnations, providers, users, devices, and `keys`
+/// one-time prekeys on carol's device.
+pub fn setup_commands(incarnations: &[(u64, u64)], senders: u32, keys: u32) -> Vec<Command> {
     let mut limits = router_core::Limits { claim_burst: 1_000_000, claim_refill_ms: 1, ..Default::default() };
     limits.max_one_time_prekeys_per_device = limits.max_one_time_prekeys_per_device.max(keys);
     let mut cmds = vec![
@@ -166,6 +167,7 @@ pub fn setup_commands(senders: u32, keys: u32) -> Vec<Command> {
     for d in 1..=senders {
         cmds.push(Command::RegisterDevice { provider: pid(ALPHA), user: uid(SENDER), device: d, registration_id: d });
     }
+    cmds.splice(1..1, incarnations.iter().map(|&(node, incarnation)| Command::SetIncarnation { node, incarnation }));
     cmds.push(Command::RegisterUser { provider: pid(BETA), user: uid(RECIPIENT) });
     for (device, registration_id) in RECIPIENT_DEVICES {
         cmds.push(Command::RegisterDevice { provider: pid(BETA), user: uid(RECIPIENT), device, registration_id });

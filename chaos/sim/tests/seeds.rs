@@ -30,6 +30,19 @@ fn a_disk_whose_fsync_lies_is_caught() {
     // With flush a no-op every crash loses everything since boot: acked sends
     // vanish, handed-out prekeys come back. Some seed of a handful must show it.
     let p = Params { lying_fsync: true, ..Params::quick(3) };
-    let caught: Vec<u64> = (0..12).filter(|&seed| !run_seed(seed, &p).passed()).collect();
-    assert!(!caught.is_empty(), "no seed of 0..12 noticed disks that never sync");
+    let caught: Vec<u64> = (0..24).filter(|&seed| !run_seed(seed, &p).passed()).collect();
+    assert!(!caught.is_empty(), "no seed of 0..24 noticed disks that never sync");
+}
+
+#[test]
+fn a_voter_that_lost_its_disk_cannot_elect_a_leader_without_an_acknowledged_entry() {
+    let r = router_sim::run_amnesia(true);
+    assert!(r.passed(), "with incarnation checks: {:?}", r.violations);
+    // The checker's own test: without the checks the same schedule loses E.
+    let broken = router_sim::run_amnesia(false);
+    assert!(
+        broken.violations.iter().any(|v| v.contains(router_sim::amnesia::ENTRY)),
+        "without incarnation checks the scenario should lose the entry: {:?}",
+        broken.violations
+    );
 }

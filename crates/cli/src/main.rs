@@ -254,7 +254,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Member(MemberCmd::Add { id, peer, provider, learner }) => {
             let mut c = admin.client(&leader().await?)?;
-            let node = NodeInfo { node_id: id, peer_endpoint: peer, provider_endpoint: provider };
+            // Incarnation 0: the leader asks the node for its own once it is a member.
+            let node = NodeInfo { node_id: id, peer_endpoint: peer, provider_endpoint: provider, incarnation: 0 };
             // Blocks until the learner has caught up with the leader's log.
             c.add_learner(AddLearnerRequest { node: Some(node) }).await?;
             if !learner {

@@ -195,6 +195,13 @@ pub enum Command {
         id: u64,
         parts: u32,
     },
+    /// Leader: Raft member `node` runs as `incarnation` (cluster version 4;
+    /// docs/design/incarnations.md). Votes and appends from, and answers by,
+    /// another incarnation under that node id do not count.
+    SetIncarnation {
+        node: u64,
+        incarnation: u64,
+    },
 }
 
 impl Command {
@@ -262,7 +269,8 @@ impl Command {
             | Command::RelayAcked { .. }
             | Command::SendGroupFromPeer { .. }
             | Command::RestoreFederation { .. }
-            | Command::SetClusterVersion { .. } => None,
+            | Command::SetClusterVersion { .. }
+            | Command::SetIncarnation { .. } => None,
             Command::FederatedGroup { provider, .. } => Some(provider),
             Command::Once { command, .. } => command.actor(),
         }
@@ -283,8 +291,19 @@ impl Command {
             Command::RestoreBegin { .. }
             | Command::RestoreItems { .. }
             | Command::RestoreFinish { .. }
-            | Command::SetClusterVersion { .. } => true,
+            | Command::SetClusterVersion { .. }
+            | Command::SetIncarnation { .. } => true,
             Command::Once { command, .. } => command.runs_during_restore(),
+            _ => false,
+        }
+    }
+
+    /// Commands only builds that apply cluster version 4 can decode: a log
+    /// entry holding one is written in format version 5 (`router-raft`).
+    pub fn needs_incarnation_format(&self) -> bool {
+        match self {
+            Command::SetIncarnation { .. } => true,
+            Command::Once { command, .. } => command.needs_incarnation_format(),
             _ => false,
         }
     }

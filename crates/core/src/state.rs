@@ -58,6 +58,10 @@ pub struct State {
     /// carried by snapshots in a section of its own.
     #[serde(skip)]
     restore: Option<restore::RestoreProgress>,
+    /// Each Raft member's incarnation by node id (`incarnation.rs`); skipped
+    /// by serde, carried by snapshots in a section of their own (format 5).
+    #[serde(skip)]
+    incarnations: BTreeMap<u64, u64>,
 }
 
 /// What a snapshot carries after the state's serde encoding (format 3): the
@@ -826,10 +830,12 @@ impl State {
         // The cluster version and the Once answers are this cluster's too.
         let federation = std::mem::take(&mut self.federation);
         let (cluster_version, once) = (self.cluster_version, std::mem::take(&mut self.once));
+        let incarnations = std::mem::take(&mut self.incarnations);
         *self = backup.clone();
         self.clock_ms = clock_ms;
         self.federation = federation;
         self.once = once;
+        self.incarnations = incarnations;
         self.cluster_version = cluster_version;
         self.set_cluster_version(cluster_version).expect("setting the cluster version is never refused");
         Ok(Outcome::Done)
@@ -957,6 +963,7 @@ pub fn device_mismatch(
 
 mod apply;
 mod federation;
+pub mod incarnation;
 pub mod restore;
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,12 @@
 //! knows the higher version. From the entry that raises it on, every replica
 //! applies the new rules.
 //!
-//! Version 3 (this build, [`CLUSTER_VERSION`]):
+//! Version 4 (this build, [`CLUSTER_VERSION`]):
+//! - [`crate::Command::SetIncarnation`] records which incarnation of each
+//!   Raft member the cluster admitted (`state::incarnation`); the transport
+//!   refuses votes and appends from, and discards answers by, any other.
+//!
+//! Version 3:
 //! - a backup is restored in bounded parts (`RestoreBegin`, `RestoreItems`,
 //!   `RestoreFinish`; `state::restore`), every other write refused meanwhile.
 //!
@@ -29,7 +34,7 @@
 /// `SetClusterVersion` reads as this).
 pub const BASE_CLUSTER_VERSION: u32 = 1;
 /// The highest cluster version this build applies.
-pub const CLUSTER_VERSION: u32 = 3;
+pub const CLUSTER_VERSION: u32 = 4;
 
 /// How far one log entry may move the replicated clock forward (version 2).
 /// The leader stamps an entry at least every `IDLE_TICK` of the node's writer

@@ -13,6 +13,8 @@ use tonic::Status;
 
 pub struct NodeCtx {
     pub node_id: NodeId,
+    /// This data directory's incarnation (`incarnation`).
+    pub incarnation: u64,
     pub advertise: NodeAddr,
     pub raft: Raft,
     pub writer: Writer,

@@ -38,10 +38,14 @@ pub async fn run(ctx: Ctx, cfg: Config) {
                 onboard_initial_providers(&ctx, &cfg).await;
             }
             // A node that stopped between being added as a learner and its
-            // promotion goes on to be promoted; anything else is a restart.
+            // promotion goes on to be promoted, and so does one that the
+            // cluster records as another incarnation (it lost its disk, was
+            // sent entries, and restarted before it rejoined); anything else
+            // is a restart.
             let m = ctx.raft.metrics().borrow().clone();
             let learner = m.membership_config.membership().learner_ids().any(|l| l == cfg.node_id);
-            if !learner || ctx.removed.load(Ordering::SeqCst) {
+            let replaced = ctx.read(|s| s.incarnation_of(cfg.node_id)).is_some_and(|r| r != ctx.incarnation);
+            if !(learner || replaced) || ctx.removed.load(Ordering::SeqCst) {
                 return;
             }
         }
@@ -110,6 +114,7 @@ async fn attempt(ctx: &Ctx, cfg: &Config) -> Result<bool, String> {
         if let Err(e) = ctx.writer.submit_patiently(raise).await {
             tracing::error!("failed to set the cluster version: {e}");
         }
+        crate::incarnation::record_missing(ctx).await;
         if let Err(e) = ctx.writer.submit_patiently(Command::SetLimits { limits: cfg.replicated_limits.clone() }).await
         {
             tracing::error!("failed to set replicated limits: {e}");
@@ -125,10 +130,14 @@ async fn join(ctx: &Ctx, cfg: &Config, leader: &str, seen: &StatusResponse) -> R
     let mut admin = ctx.peers.admin(leader).map_err(|e| e.to_string())?;
     // Listed, but with a local log: an earlier attempt of ours got this node
     // added as a learner (the promotion failed, e.g. while another node's
-    // change was in progress). Only an empty node under a listed id lost its disk.
+    // change was in progress). An empty node under a listed id, or one the
+    // cluster records as another incarnation (it may have been sent entries
+    // since it came back), lost its disk.
     let has_local_log = ctx.raft.metrics().borrow().last_log_index.is_some();
-    let listed = !has_local_log && seen.voters.iter().chain(&seen.learners).any(|n| n.node_id == me);
-    let already_learner = has_local_log && seen.learners.iter().any(|n| n.node_id == me);
+    let mine = seen.voters.iter().chain(&seen.learners).find(|n| n.node_id == me);
+    let replaced = mine.is_some_and(|n| n.incarnation != 0 && n.incarnation != ctx.incarnation);
+    let listed = mine.is_some() && (!has_local_log || replaced);
+    let already_learner = has_local_log && !replaced && seen.learners.iter().any(|n| n.node_id == me);
     ctx.joining.store(true, Ordering::SeqCst);
     let result = async {
         if listed {
@@ -141,6 +150,7 @@ async fn join(ctx: &Ctx, cfg: &Config, leader: &str, seen: &StatusResponse) -> R
             node_id: me,
             peer_endpoint: cfg.advertise.peer.clone(),
             provider_endpoint: cfg.advertise.provider.clone(),
+            incarnation: ctx.incarnation,
         };
         if !already_learner {
             // Blocks until the learner caught up with the leader's log.
@@ -161,6 +171,55 @@ async fn join(ctx: &Ctx, cfg: &Config, leader: &str, seen: &StatusResponse) -> R
     result?;
     tracing::info!(leader_id = leader, "joined the cluster as a voter");
     Ok(())
+}
+
+/// Static membership (`initial_members`): if the cluster records another
+/// incarnation under this node's id, the disk was lost; the node removes its
+/// old incarnation and joins again as a learner, then a voter, as in seed
+/// mode. Ends once the cluster records this incarnation, or tells that it
+/// keeps no records (below cluster version 4; a cluster forming records its
+/// members shortly after).
+pub async fn rejoin_if_replaced(ctx: Ctx, cfg: Config) {
+    let me = cfg.node_id;
+    let others: Vec<String> =
+        cfg.initial_members.iter().filter(|(id, _)| **id != me).map(|(_, a)| a.peer.clone()).collect();
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        if ctx.read(|s| s.incarnation_of(me)) == Some(ctx.incarnation) || ctx.removed.load(Ordering::SeqCst) {
+            return;
+        }
+        let (answers, _) = survey(&ctx, others.clone()).await;
+        if let Some(seen) = answers.iter().find(|s| s.has_leader && !s.voters.is_empty()) {
+            if seen.cluster_version < router_core::state::incarnation::INCARNATION_VERSION {
+                return;
+            }
+            let recorded = seen.voters.iter().chain(&seen.learners).find(|n| n.node_id == me).map(|n| n.incarnation);
+            match recorded {
+                Some(r) if r == ctx.incarnation => return,
+                Some(r) if r != 0 => {
+                    tracing::warn!(
+                        recorded = r,
+                        incarnation = ctx.incarnation,
+                        "the cluster records another incarnation of this node id (its disk was lost): rejoining"
+                    );
+                    let leader = seen.voters.iter().chain(&seen.learners).find(|n| n.node_id == seen.leader_id);
+                    let joined = match leader {
+                        Some(leader) => join(&ctx, &cfg, &leader.peer_endpoint, seen).await,
+                        None => Err("the leader has no address".into()),
+                    };
+                    match joined {
+                        Ok(()) => return,
+                        Err(e) => tracing::warn!("failed to rejoin: {e}; retrying"),
+                    }
+                }
+                _ => {}
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// Idempotent: providers already onboarded are skipped.

@@ -22,6 +22,7 @@
 //! - `grpc`: services, edge validation, the status mapping.
 //! - [`network`], [`peers`]: openraft over gRPC, peer channels.
 //! - [`identity`], [`tls`], [`devcerts`]: who is calling, rustls setup, a dev PKI.
+//! - [`incarnation`]: this data directory's incarnation; the leader records members'.
 //! - `admin_http`: `/healthz`, `/readyz`, `/metrics`.
 //! - `dev`: `routerd dev`, a local three-node cluster.
 //!
@@ -42,6 +43,7 @@ pub mod ephemeral;
 pub mod federation;
 pub mod grpc;
 pub mod identity;
+pub mod incarnation;
 pub mod join;
 pub mod metrics;
 pub mod network;

@@ -11,10 +11,12 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
+use router_core::State;
 use router_proto::v1::RaftPayload;
 use router_raft::{BASE_FORMAT, FORMAT_VERSION, NodeAddr, NodeId, TypeConfig};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// Encoded entries in one AppendEntries call at most (unless a single entry
@@ -47,7 +49,7 @@ pub fn payload(data: impl Into<bytes::Bytes>) -> RaftPayload {
 /// with federation commands): a build that reads only older formats refuses
 /// the payload with a clear message instead of misreading it.
 pub fn payload_at(version: u8, data: impl Into<bytes::Bytes>) -> RaftPayload {
-    RaftPayload { data: data.into(), format_version: version.into() }
+    RaftPayload { data: data.into(), format_version: version.into(), incarnation: 0 }
 }
 
 /// Refuses a payload written in a format newer than this build reads (a
@@ -63,15 +65,35 @@ pub fn check_format(p: &RaftPayload) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a call from, or an answer by, `node` running as `incarnation` does
+/// not count: the cluster recorded another incarnation for that node id.
+pub fn stale_incarnation(node: NodeId, incarnation: u64, recorded: Option<u64>) -> String {
+    format!(
+        "node {node} runs as incarnation {incarnation:x}, the cluster admitted {:x}: a node that lost its disk \
+         must be removed and added back as a learner (it does so itself on start)",
+        recorded.unwrap_or(0)
+    )
+}
+
 pub struct Network {
     pub peers: PeerPool,
+    /// This node's incarnation, sent with every call.
+    pub incarnation: u64,
+    /// The local replica, for the incarnation each member is recorded as.
+    pub state: Arc<RwLock<State>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Self::Network {
-        PeerConnection { target, addr: node.peer.clone(), peers: self.peers.clone() }
+        PeerConnection {
+            target,
+            addr: node.peer.clone(),
+            peers: self.peers.clone(),
+            incarnation: self.incarnation,
+            state: self.state.clone(),
+        }
     }
 }
 
@@ -79,6 +101,8 @@ pub struct PeerConnection {
     target: NodeId,
     addr: String,
     peers: PeerPool,
+    incarnation: u64,
+    state: Arc<RwLock<State>>,
 }
 
 #[derive(Clone, Copy)]
@@ -104,7 +128,8 @@ impl PeerConnection {
         let data = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut client =
             self.peers.client(self.target, &self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        let mut request = tonic::Request::new(payload_at(format, data));
+        let mut request =
+            tonic::Request::new(RaftPayload { incarnation: self.incarnation, ..payload_at(format, data) });
         request.set_timeout(option.hard_ttl());
         let result = match rpc {
             Rpc::Append => client.append_entries(request).await,
@@ -117,6 +142,17 @@ impl PeerConnection {
         })?;
         let answer = answer.into_inner();
         check_format(&answer).map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
+        // An answer by an incarnation the cluster did not admit under this
+        // id (a node that lost its disk) must not count: not as a vote, not
+        // as a replica holding an entry.
+        let (admitted, recorded) = {
+            let state = self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            (state.admits_incarnation(self.target, answer.incarnation), state.incarnation_of(self.target))
+        };
+        if !admitted {
+            let stale = std::io::Error::other(stale_incarnation(self.target, answer.incarnation, recorded));
+            return Err(RPCError::Unreachable(Unreachable::new(&stale)));
+        }
         let decoded: Result<Resp, RaftError<NodeId, E>> =
             bincode::deserialize(&answer.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -195,8 +231,8 @@ mod tests {
         assert!(check_format(&p).is_ok());
         assert!(check_format(&payload_at(FORMAT_VERSION, vec![1])).is_ok());
         // A build from before the field sends 0: that is format 1, readable.
-        assert!(check_format(&RaftPayload { data: vec![1].into(), format_version: 0 }).is_ok());
-        let newer = RaftPayload { data: vec![1].into(), format_version: u32::from(FORMAT_VERSION) + 1 };
+        assert!(check_format(&RaftPayload { data: vec![1].into(), format_version: 0, incarnation: 0 }).is_ok());
+        let newer = RaftPayload { data: vec![1].into(), format_version: u32::from(FORMAT_VERSION) + 1, incarnation: 0 };
         let err = check_format(&newer).unwrap_err();
         assert!(err.contains("upgrade this node"), "unclear: {err}");
     }

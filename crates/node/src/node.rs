@@ -75,7 +75,9 @@ impl Node {
         let tls = Arc::new(TlsMaterials::load(&cfg.tls).context("load TLS material")?);
         std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("create {}", cfg.data_dir.display()))?;
         check_room(&cfg.data_dir)?;
-        let (log_store, sm_store) = router_raft::open_on_disk(&cfg.data_dir).await.context("open raft storage")?;
+        let (mut log_store, sm_store) = router_raft::open_on_disk(&cfg.data_dir).await.context("open raft storage")?;
+        let fresh = has_no_raft_state(&mut log_store).await?;
+        let incarnation = crate::incarnation::load(&cfg.data_dir, fresh)?;
         let state = sm_store.state();
         let applied = sm_store.applied();
         let storage_stats = sm_store.stats();
@@ -94,9 +96,9 @@ impl Node {
         .validate()
         .context("raft config")?;
         let peers = PeerPool::new(tls.clone());
-        let raft = Raft::new(cfg.node_id, Arc::new(raft_config), Network { peers: peers.clone() }, log_store, sm_store)
-            .await
-            .context("start raft")?;
+        let network = Network { peers: peers.clone(), incarnation, state: state.clone() };
+        let raft =
+            Raft::new(cfg.node_id, Arc::new(raft_config), network, log_store, sm_store).await.context("start raft")?;
         let writer = Writer::start(
             cfg.node_id,
             raft.clone(),
@@ -112,6 +114,7 @@ impl Node {
         };
         let ctx: Ctx = Arc::new(NodeCtx {
             node_id: cfg.node_id,
+            incarnation,
             advertise: cfg.advertise.clone(),
             raft: raft.clone(),
             writer,
@@ -168,11 +171,15 @@ impl Node {
         if !cfg.seeds.is_empty() {
             tasks.push(crate::spawn(crate::join::run(ctx.clone(), cfg.clone())));
             tasks.push(crate::spawn(crate::join::reconcile(ctx.clone(), cfg.clone())));
-        } else if cfg.bootstrap {
-            tasks.push(crate::spawn(bootstrap(ctx.clone(), cfg.clone())));
+        } else {
+            if cfg.bootstrap {
+                tasks.push(crate::spawn(bootstrap(ctx.clone(), cfg.clone())));
+            }
+            tasks.push(crate::spawn(crate::join::rejoin_if_replaced(ctx.clone(), cfg.clone())));
         }
         tasks.push(crate::spawn(watch_raft_role(ctx.clone(), shutdown_tx.clone())));
         tasks.push(crate::spawn(raise_cluster_version(ctx.clone())));
+        tasks.push(crate::spawn(crate::incarnation::record_members(ctx.clone())));
         tracing::info!(provider_addr = %cfg.advertise.provider, peer_addr = %cfg.advertise.peer, "node started");
         Ok(Node { ctx, shutdown: shutdown_tx, tasks, span })
     }
@@ -403,10 +410,11 @@ pub(crate) async fn bootstrap(ctx: Ctx, cfg: Config) {
     };
     // An empty disk does not mean a new cluster: this node may have lost its
     // data while the others carry on. Initialize only when every other
-    // initial member answered and none knows a cluster; otherwise wait (the
-    // leader will replicate to us if a cluster exists).
+    // initial member answered and none knows a cluster; otherwise leave it
+    // to `join::rejoin_if_replaced` (a forming cluster's leader catches this
+    // node up; one that records another incarnation of it is rejoined).
     if fresh && !no_member_knows_a_cluster(&ctx, &cfg).await {
-        tracing::info!("another member knows a cluster: not initializing; waiting to be caught up");
+        tracing::info!("another member knows a cluster: not initializing; joining it");
         crate::join::onboard_initial_providers(&ctx, &cfg).await;
         return;
     }
@@ -423,6 +431,7 @@ pub(crate) async fn bootstrap(ctx: Ctx, cfg: Config) {
             if let Err(e) = ctx.writer.submit_patiently(raise).await {
                 tracing::error!("failed to set the cluster version: {e}");
             }
+            crate::incarnation::record_missing(&ctx).await;
         }
         if let Err(e) = ctx.writer.submit_patiently(Command::SetLimits { limits: cfg.replicated_limits.clone() }).await
         {
@@ -482,6 +491,15 @@ async fn raise_cluster_version(ctx: Ctx) {
             _ = shutdown.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// No vote and no log entry (nor a snapshot in their place) on disk: this
+/// node never took part in a cluster, or lost what it knew.
+async fn has_no_raft_state(log_store: &mut router_raft::WalLogStore) -> anyhow::Result<bool> {
+    use openraft::storage::RaftLogStorage as _;
+    let vote = log_store.read_vote().await.context("read the stored vote")?;
+    let log = log_store.get_log_state().await.context("read the log state")?;
+    Ok(vote.is_none() && log.last_log_id.is_none())
 }
 
 /// Refuses to start on a data directory whose disk has no room: a node that

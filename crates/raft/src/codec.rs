@@ -7,6 +7,11 @@
 //!  version 3 (cluster        [3][bincode(value)]                       log entries holding SetClusterVersion or Once
 //!   versions)                [3][bincode(value)][bincode(extras)]      snapshots of a state past the base cluster
 //!                                                                      version (extras: peers, version, Once answers)
+//!  version 4 (restore in     [4][bincode(value)]                       log entries holding a restore's commands
+//!   parts)                   [4][bincode(value)][bincode(extras, progress)]  snapshots of a state mid-restore
+//!  version 5 (incarnations)  [5][bincode(value)]                       log entries holding SetIncarnation
+//!                            [5][bincode(value)][bincode(extras, progress, incarnations)]
+//!                                                                      snapshots of a state with members' incarnations
 //! ```
 //!
 //! Every stored value (log entries, vote, committed, purged id, snapshots)
@@ -43,8 +48,11 @@ pub const CLUSTER_VERSION_FORMAT: u8 = 3;
 /// state with a restore under way (only at cluster version 3, which every
 /// member applies).
 pub const PARTED_RESTORE_FORMAT: u8 = 4;
+/// Log entries with `SetIncarnation`, snapshots of a state with members'
+/// incarnations (only at cluster version 4, which every member applies).
+pub const INCARNATION_FORMAT: u8 = 5;
 /// The newest layout this build reads and writes.
-pub const FORMAT_VERSION: u8 = PARTED_RESTORE_FORMAT;
+pub const FORMAT_VERSION: u8 = INCARNATION_FORMAT;
 
 /// A stored value could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +186,9 @@ pub fn entry_format(entry: &openraft::Entry<crate::types::TypeConfig>) -> u8 {
 /// The oldest format that holds all of `commands`.
 pub fn commands_format<'a>(commands: impl IntoIterator<Item = &'a router_core::Command>) -> u8 {
     commands.into_iter().fold(BASE_FORMAT, |format, c| {
-        let needed = if c.needs_parted_restore_format() {
+        let needed = if c.needs_incarnation_format() {
+            INCARNATION_FORMAT
+        } else if c.needs_parted_restore_format() {
             PARTED_RESTORE_FORMAT
         } else if c.needs_cluster_version_format() {
             CLUSTER_VERSION_FORMAT

@@ -61,8 +61,8 @@ pub mod wal;
 
 pub use backend::{Backend, BackendError, MemBackend, SledBackend, Tree};
 pub use codec::{
-    BASE_FORMAT, CLUSTER_VERSION_FORMAT, FEDERATION_FORMAT, FORMAT_VERSION, FormatError, PARTED_RESTORE_FORMAT,
-    commands_format, entry_format,
+    BASE_FORMAT, CLUSTER_VERSION_FORMAT, FEDERATION_FORMAT, FORMAT_VERSION, FormatError, INCARNATION_FORMAT,
+    PARTED_RESTORE_FORMAT, commands_format, entry_format,
 };
 pub use disk::open_on_disk;
 pub use log_store::LogStore;

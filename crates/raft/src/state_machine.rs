@@ -28,6 +28,7 @@
 //! state write lock is held, so whoever holds the state lock (read or write)
 //! sees the two consistently. Lock order: `state`, then `applied`.
 
+use std::collections::BTreeMap;
 use std::io::{BufReader, BufWriter, Read};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -148,6 +149,16 @@ fn decode_payload(data: &[u8]) -> Result<SnapshotPayload, codec::FormatError> {
 
 /// [`decode_payload`] from a reader positioned after the version byte.
 fn read_payload<R: Read>(version: u8, input: R, limit: u64) -> Result<SnapshotPayload, codec::FormatError> {
+    if version >= codec::INCARNATION_FORMAT {
+        type Section = (StateExtras, Option<RestoreProgress>, BTreeMap<u64, u64>);
+        let (mut payload, section) = codec::read_with_section::<_, SnapshotPayload, Section>(version, input, limit)?;
+        if let Some((extras, progress, incarnations)) = section {
+            payload.state.set_extras(extras);
+            payload.state.set_restore_progress(progress);
+            payload.state.set_incarnations(incarnations);
+        }
+        return Ok(payload);
+    }
     if version >= codec::PARTED_RESTORE_FORMAT {
         type Section = (StateExtras, Option<RestoreProgress>);
         let (mut payload, section) = codec::read_with_section::<_, SnapshotPayload, Section>(version, input, limit)?;
@@ -210,6 +221,10 @@ fn refuse_unknown_rules(batch: &router_core::Batch, log_id: LogId) -> Result<(),
 /// Writes a snapshot of `payload` to `out`, in the oldest format that holds it.
 fn write_payload<W: std::io::Write>(out: W, payload: &SnapshotPayloadRef<'_>) -> Result<(), codec::FormatError> {
     let state = payload.state;
+    if let Some(extras) = state.extras().filter(|_| !state.incarnations().is_empty()) {
+        let section = (extras, state.restore_progress(), state.incarnations());
+        return codec::write_with_section(out, codec::INCARNATION_FORMAT, payload, Some(&section));
+    }
     if let (Some(extras), Some(progress)) = (state.extras(), state.restore_progress()) {
         return codec::write_with_section(out, codec::PARTED_RESTORE_FORMAT, payload, Some(&(extras, Some(progress))));
     }

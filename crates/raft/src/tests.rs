@@ -453,3 +453,25 @@ fn an_entry_raising_the_cluster_version_past_this_build_stops_apply() {
         assert_eq!(sm.applied_state().await.unwrap().0, None, "not counted as applied");
     });
 }
+
+#[test]
+fn members_incarnations_survive_a_snapshot_in_format_5() {
+    rt().block_on(async {
+        let backend = MemBackend::new();
+        let (_log, mut sm) = open(backend.clone()).unwrap();
+        let commands = vec![
+            Command::SetClusterVersion { version: router_core::CLUSTER_VERSION },
+            Command::SetIncarnation { node: 1, incarnation: 0xfeed },
+            Command::SetIncarnation { node: 2, incarnation: 0xbeef },
+        ];
+        let entry = Entry { log_id: log_id(2, 5), payload: EntryPayload::Normal(Batch { stamp_ms: 5_000, commands }) };
+        assert_eq!(crate::entry_format(&entry), crate::INCARNATION_FORMAT);
+        sm.apply(vec![entry]).await.unwrap();
+        assert_eq!(snapshot_format_after_build(&mut sm, &backend).await, crate::INCARNATION_FORMAT);
+        let want = snapshot_of(&sm);
+        assert_eq!(want.incarnation_of(2), Some(0xbeef));
+
+        let (_log, restarted) = open(backend).unwrap();
+        assert_eq!(snapshot_of(&restarted), want, "the incarnations came back with the state");
+    });
+}

@@ -4,6 +4,7 @@
 //! sim --seed 42 --verbose          replay one seed (prints its faults and trace hash)
 //! sim --seeds 0..200               a range (CI runs 200 on 3 nodes through the test)
 //! sim --seeds 0..10000 --nodes 5   the sweep (docs/testing/simulation.md)
+//! sim --amnesia                    the wiped-voter scenario (docs/design/incarnations.md)
 //! ```
 //! Exit 0: every seed passed; 1: a seed violated an invariant (its replay
 //! command is printed); 2: bad usage.
@@ -36,10 +37,32 @@ struct Args {
     /// Checks the checker: every disk's fsync does nothing, so seeds should fail.
     #[arg(long)]
     mutate_lying_fsync: bool,
+    /// Runs the amnesia scenario (a voter loses its disk) instead of seeds.
+    #[arg(long, conflicts_with_all = ["seed", "mutate_lying_fsync"])]
+    amnesia: bool,
+    /// Checks the checker: with --amnesia, incarnations are not checked, so
+    /// the scenario should lose an acknowledged entry.
+    #[arg(long, requires = "amnesia")]
+    mutate_no_incarnation_check: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.amnesia {
+        let began = Instant::now();
+        let r = router_sim::run_amnesia(!args.mutate_no_incarnation_check);
+        for v in &r.violations {
+            println!("  violation: {v}");
+        }
+        println!(
+            "sim: amnesia scenario {} ({} terms, {} ms simulated in {} ms)",
+            if r.passed() { "ok" } else { "FAILED" },
+            r.terms,
+            r.virtual_ms,
+            began.elapsed().as_millis()
+        );
+        return if r.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) };
+    }
     let seeds: Vec<u64> = match args.seed {
         Some(s) => vec![s],
         None => {

@@ -116,6 +116,7 @@ impl State {
                 Ok(Outcome::Done)
             }
             Command::SetClusterVersion { version } => self.set_cluster_version(*version),
+            Command::SetIncarnation { node, incarnation } => self.set_incarnation(*node, *incarnation),
             Command::Once { request, command } => self.apply_once(request, command),
             Command::RestoreBegin { id } => self.restore_begin(*id),
             Command::RestoreItems { id, part, items } => self.restore_items(*id, *part, items),

@@ -157,13 +157,15 @@ impl State {
             return Err(Rejection::RestoreIntoNonEmpty);
         }
         // Only what this cluster owns survives: its clock, its peers (a
-        // backup's come as an item), its rules and its Once answers.
+        // backup's come as an item), its rules, its Once answers and its
+        // members' incarnations.
         let kept = State {
             clock_ms: self.clock_ms,
             limits: self.limits.clone(),
             federation: std::mem::take(&mut self.federation),
             cluster_version: self.cluster_version,
             once: std::mem::take(&mut self.once),
+            incarnations: std::mem::take(&mut self.incarnations),
             restore: Some(RestoreProgress { id, next_part: 0, items: 0 }),
             ..State::default()
         };

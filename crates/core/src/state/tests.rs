@@ -2522,3 +2522,51 @@ mod parted_restore {
         assert!(matches!(out, Outcome::Sent { seq, .. } if seq == next), "{out:?}");
     }
 }
+
+mod incarnations {
+    use super::*;
+    use crate::state::incarnation::INCARNATION_VERSION;
+
+    #[test]
+    fn below_version_4_nothing_is_recorded_and_every_incarnation_is_admitted() {
+        let mut h = Harness::new();
+        h.ok(Command::SetClusterVersion { version: INCARNATION_VERSION - 1 });
+        let refused = h.reject_unchanged(Command::SetIncarnation { node: 2, incarnation: 77 });
+        assert_eq!(refused, Rejection::ClusterVersionTooLow { needed: INCARNATION_VERSION, current: 3 });
+        assert!(h.state.admits_incarnation(2, 77) && h.state.admits_incarnation(2, 0));
+        assert_eq!(h.state.incarnation_of(2), None);
+    }
+
+    #[test]
+    fn a_recorded_incarnation_admits_only_itself_until_it_is_replaced() {
+        let mut h = Harness::new();
+        h.ok(Command::SetClusterVersion { version: INCARNATION_VERSION });
+        h.ok(Command::SetIncarnation { node: 2, incarnation: 77 });
+        assert_eq!(h.state.incarnation_of(2), Some(77));
+        assert!(h.state.admits_incarnation(2, 77));
+        assert!(!h.state.admits_incarnation(2, 78), "a wiped node's new incarnation");
+        assert!(!h.state.admits_incarnation(2, 0), "a build without incarnations under a recorded id");
+        assert!(h.state.admits_incarnation(3, 5), "node 3 has no record yet");
+        h.ok(Command::SetIncarnation { node: 2, incarnation: 78 });
+        assert!(h.state.admits_incarnation(2, 78) && !h.state.admits_incarnation(2, 77));
+    }
+
+    #[test]
+    fn a_restore_keeps_the_clusters_own_incarnations_and_backups_carry_none() {
+        let mut source = Harness::new();
+        source.ok(Command::SetClusterVersion { version: INCARNATION_VERSION });
+        source.ok(Command::SetIncarnation { node: 1, incarnation: 11 });
+        source.user(PB, "bob", &[(1, 11)]);
+        let items: Vec<crate::state::restore::StateItem> = source.state.clone().into_items().collect();
+        let mut target = Harness::new();
+        target.ok(Command::SetClusterVersion { version: INCARNATION_VERSION });
+        target.ok(Command::SetIncarnation { node: 1, incarnation: 99 });
+        target.ok(Command::RestoreBegin { id: 3 });
+        assert_eq!(target.state.incarnation_of(1), Some(99), "kept through the restore");
+        target.ok(Command::SetIncarnation { node: 2, incarnation: 5 });
+        target.ok(Command::RestoreItems { id: 3, part: 0, items });
+        target.ok(Command::RestoreFinish { id: 3, parts: 1 });
+        assert_eq!(target.state.incarnations(), &std::collections::BTreeMap::from([(1, 99), (2, 5)]));
+        assert!(target.state.user(&uid("bob")).is_some());
+    }
+}

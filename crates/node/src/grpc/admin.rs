@@ -17,8 +17,15 @@ pub struct AdminService {
     pub ctx: Ctx,
 }
 
-fn node_info(id: u64, addr: &NodeAddr) -> NodeInfo {
-    NodeInfo { node_id: id, peer_endpoint: addr.peer.clone(), provider_endpoint: addr.provider.clone() }
+/// A member as `Status` lists it, with the incarnation the local replica
+/// records for it (0: none yet).
+fn node_info(id: u64, addr: &NodeAddr, incarnation: Option<u64>) -> NodeInfo {
+    NodeInfo {
+        node_id: id,
+        peer_endpoint: addr.peer.clone(),
+        provider_endpoint: addr.provider.clone(),
+        incarnation: incarnation.unwrap_or(0),
+    }
 }
 
 fn node_addr(n: &NodeInfo, i: usize) -> Result<(u64, NodeAddr), Status> {
@@ -93,10 +100,11 @@ impl Admin for AdminService {
         let mut voters = Vec::new();
         let mut learners = Vec::new();
         for (id, addr) in membership.nodes() {
+            let info = node_info(*id, addr, self.ctx.read(|s| s.incarnation_of(*id)));
             if voter_ids.contains(id) {
-                voters.push(node_info(*id, addr));
+                voters.push(info);
             } else {
-                learners.push(node_info(*id, addr));
+                learners.push(info);
             }
         }
         let last_log = m.last_log_index.unwrap_or(0);
@@ -127,6 +135,7 @@ impl Admin for AdminService {
             health: crate::admin_http::not_ready_because(&self.ctx).unwrap_or_else(|| "ok".into()),
             supported_cluster_version: router_core::CLUSTER_VERSION,
             cluster_version: self.ctx.read(|s| s.cluster_version()),
+            incarnation: self.ctx.incarnation,
         }))
     }
 
@@ -157,6 +166,7 @@ impl Admin for AdminService {
             let supported = |st: &StatusResponse| st.supported_cluster_version;
             super::admin_peers::node_supports(&self.ctx, id, &addr.peer, "cluster version", version, supported).await?;
         }
+        record_joining_incarnation(&self.ctx, id, &addr, node.incarnation).await?;
         self.ctx.raft.add_learner(id, addr, true).await.map_err(raft_status)?;
         Ok(Response::new(AddLearnerResponse {}))
     }
@@ -478,10 +488,10 @@ pub async fn transfer_leadership(ctx: &crate::ctx::NodeCtx, to: Option<u64>) -> 
     let control = |id: u64, c: ElectionControl| {
         let addr = membership.get_node(&id).map(|n| n.peer.clone()).unwrap_or_default();
         let peers = ctx.peers.clone();
+        let incarnation = ctx.incarnation;
         async move {
-            let data = bincode::serialize(&c).expect("serialize election control");
             match peers.client(id, &addr) {
-                Ok(mut client) => client.elect(crate::network::payload(data)).await.map(drop),
+                Ok(mut client) => client.elect(c.request(incarnation)).await.map(drop),
                 Err(e) => Err(Status::unavailable(e.to_string())),
             }
         }
@@ -516,6 +526,42 @@ pub async fn transfer_leadership(ctx: &crate::ctx::NodeCtx, to: Option<u64>) -> 
     }
 }
 
+/// Before `id` is added as a learner: records the incarnation it joins as
+/// (cluster version 4), so its answers count from its first one. A member
+/// recorded as another incarnation is refused: the node lost its disk and
+/// must be removed first, or its old votes would count for the new one.
+/// A request without one (`routerctl member add`) is completed from the
+/// node's own `Status`.
+async fn record_joining_incarnation(
+    ctx: &crate::ctx::NodeCtx,
+    id: u64,
+    addr: &NodeAddr,
+    incarnation: u64,
+) -> Result<(), Status> {
+    if ctx.read(|s| s.cluster_version()) < router_core::state::incarnation::INCARNATION_VERSION {
+        return Ok(());
+    }
+    let incarnation = match incarnation {
+        0 => {
+            let mut admin = ctx.peers.admin(&addr.peer).map_err(|e| Status::unavailable(e.to_string()))?;
+            admin.status(StatusRequest {}).await?.into_inner().incarnation
+        }
+        given => given,
+    };
+    if incarnation == 0 {
+        return Ok(());
+    }
+    let recorded = ctx.read(|s| s.incarnation_of(id));
+    if recorded == Some(incarnation) {
+        return Ok(());
+    }
+    let is_member = ctx.raft.metrics().borrow().membership_config.membership().get_node(&id).is_some();
+    if is_member && recorded.is_some() {
+        return Err(crate::incarnation::stale(id, incarnation, recorded));
+    }
+    ctx.write(Command::SetIncarnation { node: id, incarnation }).await.map(drop)
+}
+
 /// Removes a node (voter or learner) through joint consensus, then tells it
 /// (a removed node never learns it through Raft). Runs on the leader.
 pub async fn remove_member(ctx: &crate::ctx::NodeCtx, id: u64) -> Result<(), Status> {
@@ -547,9 +593,8 @@ pub async fn remove_member(ctx: &crate::ctx::NodeCtx, id: u64) -> Result<(), Sta
     ctx.raft.change_membership(change, false).await.map_err(raft_status)?;
     // Best effort: if it is down it learns nothing, but no quorum includes it any more.
     if let Some(addr) = membership.get_node(&id).map(|n| n.peer.clone()) {
-        let data = bincode::serialize(&ElectionControl::Removed).expect("serialize election control");
         let notified = match ctx.peers.client(id, &addr) {
-            Ok(mut c) => c.elect(crate::network::payload(data)).await.map(drop),
+            Ok(mut c) => c.elect(ElectionControl::Removed.request(ctx.incarnation)).await.map(drop),
             Err(e) => Err(Status::unavailable(e.to_string())),
         };
         if let Err(e) = notified {

@@ -28,6 +28,15 @@ pub enum ElectionControl {
     Removed,
 }
 
+impl ElectionControl {
+    /// The `Peer.Elect` request carrying this control, from a node running
+    /// as `incarnation`.
+    pub fn request(&self, incarnation: u64) -> RaftPayload {
+        let data = bincode::serialize(self).expect("serialize election control");
+        RaftPayload { incarnation, ..crate::network::payload(data) }
+    }
+}
+
 pub struct PeerService {
     pub ctx: Ctx,
 }
@@ -42,29 +51,47 @@ fn encode<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
     Ok(Response::new(crate::network::payload(data)))
 }
 
+impl PeerService {
+    /// The caller of a Raft call: a node the cluster did not remove, running
+    /// as the incarnation the local replica records for it.
+    fn raft_caller(&self, req: &Request<RaftPayload>) -> Result<u64, Status> {
+        let from = require_node(req)?;
+        self.ctx.require_peer_member(from)?;
+        self.ctx.require_incarnation(from, req.get_ref().incarnation)?;
+        Ok(from)
+    }
+
+    /// [`encode`], stamped with this node's incarnation (the caller
+    /// discards an answer from an incarnation it did not admit).
+    fn answer<T: Serialize>(&self, v: &T) -> Result<Response<RaftPayload>, Status> {
+        let mut response = encode(v)?;
+        response.get_mut().incarnation = self.ctx.incarnation;
+        Ok(response)
+    }
+}
+
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.ctx.require_peer_member(require_node(&req)?)?;
+        self.raft_caller(&req)?;
         let rpc = decode(&req)?;
-        encode(&self.ctx.raft.append_entries(rpc).await)
+        self.answer(&self.ctx.raft.append_entries(rpc).await)
     }
 
     async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.ctx.require_peer_member(require_node(&req)?)?;
+        self.raft_caller(&req)?;
         let rpc = decode(&req)?;
-        encode(&self.ctx.raft.install_snapshot(rpc).await)
+        self.answer(&self.ctx.raft.install_snapshot(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.ctx.require_peer_member(require_node(&req)?)?;
+        self.raft_caller(&req)?;
         let rpc = decode(&req)?;
-        encode(&self.ctx.raft.vote(rpc).await)
+        self.answer(&self.ctx.raft.vote(rpc).await)
     }
 
     async fn elect(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let from = require_node(&req)?;
-        self.ctx.require_peer_member(from)?;
+        let from = self.raft_caller(&req)?;
         let control: ElectionControl = decode(&req)?;
         let runtime = self.ctx.raft.runtime_config();
         match control {

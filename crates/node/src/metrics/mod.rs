@@ -375,6 +375,7 @@ pub fn command_kind(c: &Command) -> &'static str {
         Command::SendGroupFromPeer { .. } => "send_group_from_peer",
         Command::RestoreFederation { .. } => "restore_federation",
         Command::SetClusterVersion { .. } => "set_cluster_version",
+        Command::SetIncarnation { .. } => "set_incarnation",
         Command::Once { command, .. } => command_kind(command),
     }
 }

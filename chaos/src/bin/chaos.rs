@@ -12,6 +12,8 @@
 //!   check the history (ok / failed / unknown)
 //! report: <out>/report.json, <out>/<scenario>/history.json, a table on stdout
 //! exit 0: no violation; 1: a violation or a scenario error; 2: bad usage
+//! (with --expect-violations, for a routerd broken on purpose: exit 0 only if
+//! every scenario reported a violation)
 //! ```
 //!
 //! Usage: `chaos --profile quick --routerd target/debug/routerd --out chaos-out`
@@ -60,6 +62,11 @@ struct Args {
     /// `--routerd` (N+1) under load (normally through `deploy/upgrade-test.sh`).
     #[arg(long)]
     upgrade_from: Option<PathBuf>,
+    /// Checks the checker: `--routerd` breaks a guarantee on purpose (built
+    /// with the `mutations` feature, `ROUTERD_MUTATION` set, which its
+    /// processes inherit). Exit 0 only if every scenario reported a violation.
+    #[arg(long)]
+    expect_violations: bool,
 }
 
 fn specs(profile: Profile) -> Vec<Spec> {
@@ -215,6 +222,19 @@ async fn async_main(args: Args) -> ExitCode {
     print!("{table}");
     let _ = std::fs::write(out.join("summary.txt"), &table);
     println!("report: {}  ({} s)", path.display(), started.elapsed().as_secs());
+    if args.expect_violations {
+        let missed: Vec<&str> =
+            results.iter().filter(|r| r.violations.is_empty()).map(|r| r.scenario.as_str()).collect();
+        if missed.is_empty() {
+            println!(
+                "chaos: every scenario caught the mutation ({})",
+                std::env::var("ROUTERD_MUTATION").unwrap_or_default()
+            );
+            return ExitCode::SUCCESS;
+        }
+        println!("chaos: the checker stayed green under a broken routerd in {missed:?}");
+        return ExitCode::from(1);
+    }
     if passed { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 

@@ -46,6 +46,7 @@ pub mod identity;
 pub mod incarnation;
 pub mod join;
 pub mod metrics;
+pub mod mutation;
 pub mod network;
 pub mod node;
 pub mod peers;

@@ -184,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let telemetry = telemetry::init(&cfg.telemetry, LOG_FILTER)?;
+    router_node::mutation::install()?;
     let listeners = Listeners::bind(&cfg).await?;
     let node = Node::start(cfg, listeners).await.context("start node")?;
     tokio::select! {

@@ -51,6 +51,7 @@ pub mod backend;
 pub mod codec;
 pub mod disk;
 pub mod log_store;
+pub mod mutation;
 pub mod payloads;
 pub mod snapshot_data;
 pub mod snapshot_files;

@@ -248,6 +248,9 @@ struct Pending {
 
 impl Pending {
     fn sync(self) -> io::Result<()> {
+        if crate::mutation::skips_fsync() {
+            return Ok(());
+        }
         self.file.sync_data()?;
         if let Some(dir) = self.dir {
             File::open(dir)?.sync_all()?;

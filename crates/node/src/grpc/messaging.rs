@@ -129,6 +129,9 @@ async fn send_one(ctx: &Ctx, sender: ProviderId, r: SendRequest) -> Result<SendR
     if env.content_type.is_ephemeral() {
         return send_ephemeral(ctx, env).await;
     }
+    if crate::mutation::active() == Some(crate::mutation::Mutation::AckBeforeQuorum) {
+        return Ok(crate::mutation::acknowledge_early(ctx, Command::Send(env)));
+    }
     match ctx.write(Command::Send(env)).await? {
         Outcome::Sent { seq, accepted_at_ms } => {
             Ok(SendResponse { mailbox_seq: seq, accepted_at_ms, delivered_streams: 0 })

@@ -48,13 +48,23 @@ impl Prekeys for PrekeysService {
                 crate::federation::edge::fetch_bundles(&self.ctx, &fed, &route, &requester, device, &user).await?;
             return Ok(Response::new(answer));
         }
+        let replaying = crate::mutation::active() == Some(crate::mutation::Mutation::ReplayPrekey);
+        if let Some(answer) = replaying.then(|| crate::mutation::replayed_claim(&user.0)).flatten() {
+            return Ok(Response::new(answer));
+        }
         // Always through the log: a lease or local read could hand a key out twice.
         match self.ctx.write(Command::ClaimPrekeys { requester, user: user.clone(), device }).await? {
-            Outcome::Bundles { provider, bundles } => Ok(Response::new(FetchBundlesResponse {
-                user_id: user.0,
-                provider_id: provider.0,
-                bundles: bundles.iter().map(super::wire::bundle).collect(),
-            })),
+            Outcome::Bundles { provider, bundles } => {
+                let answer = FetchBundlesResponse {
+                    user_id: user.0,
+                    provider_id: provider.0,
+                    bundles: bundles.iter().map(super::wire::bundle).collect(),
+                };
+                if replaying {
+                    crate::mutation::remember_claim(&answer.user_id, &answer);
+                }
+                Ok(Response::new(answer))
+            }
             other => Err(status::unexpected(&other)),
         }
     }

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Chaos scenarios against real routerd processes on 127.0.0.1 (router-chaos's
-# `chaos` binary): kill -9 of the leader / a follower, SIGSTOP+SIGCONT of the
-# leader, a rolling restart and a wiped data directory, on 3 and 5 nodes, under
-# a recorded provider workload whose history is checked afterwards.
-#   bash deploy/chaos.sh --profile quick            (CI: ~2 min on a debug build)
+# `chaos` binary): kill -9 of the leader / a follower, SIGSTOP+SIGCONT, a
+# rolling restart, a wiped data directory, a torn or corrupt log record and a
+# leader's wall clock jump, on 3 and 5 nodes, under a recorded provider
+# workload whose history is checked afterwards.
+#   bash deploy/chaos.sh --profile quick            (CI: ~3 min on a debug build)
 #   bash deploy/chaos.sh --profile long --out DIR   (every fault on 3 and 5 nodes)
 #   bash deploy/chaos.sh --profile network          (partitions, one-way, slow links; own netns)
 #   bash deploy/chaos.sh --profile power-loss       (power cuts losing unsynced writes; own mount ns)

@@ -25,6 +25,10 @@ for flag in "$@"; do
             command -v mount >/dev/null 2>&1 || need+=(mount)
             command -v unshare >/dev/null 2>&1 || need+=(util-linux)
             ;;
+        # libfaketime for the chaos clock-jump scenario (deploy/chaos.sh, clock-jump-leader).
+        --with-clockfaults)
+            compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || need+=(faketime)
+            ;;
         *) echo "install-deps: unknown flag $flag" >&2; exit 2 ;;
     esac
 done

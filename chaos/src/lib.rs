@@ -36,6 +36,7 @@
 //! - [`scenario`]: one fault scenario from cluster start to verdict.
 
 pub mod checker;
+pub mod clockfault;
 pub mod cluster;
 pub mod diskfault;
 pub mod docker;

@@ -34,6 +34,8 @@ struct Proc {
     data_dir: PathBuf,
     child: Option<Child>,
     starts: u32,
+    /// Extra environment for the process (a fault's preloaded library).
+    env: Vec<(String, String)>,
 }
 
 pub struct ProcCluster {
@@ -79,7 +81,7 @@ impl ProcCluster {
             let text = std::fs::read_to_string(&config).with_context(|| format!("read {}", config.display()))?;
             std::fs::write(&config, apply_overrides(&text, &OVERRIDES))?;
             let data_dir = data_dir_of(&text).with_context(|| format!("no data_dir in {}", config.display()))?;
-            procs.push(Proc { id, binary: None, config, data_dir, child: None, starts: 0 });
+            procs.push(Proc { id, binary: None, config, data_dir, child: None, starts: 0, env: Vec::new() });
         }
         Ok(ProcCluster {
             own_gids: false,
@@ -170,6 +172,7 @@ impl ProcCluster {
             .arg("--config")
             .arg(&p.config)
             .env("RUST_LOG", rust_log)
+            .envs(p.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -206,6 +209,35 @@ impl ProcCluster {
         let _ = child.kill();
         let _ = child.wait();
         Ok(false)
+    }
+
+    /// Sets an environment variable for node `id`'s next starts.
+    pub fn set_env(&mut self, id: u64, key: &str, value: &str) -> Result<()> {
+        self.proc_mut(id)?.env.push((key.to_string(), value.to_string()));
+        Ok(())
+    }
+
+    /// Node `id`'s data directory.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.procs.iter().find(|p| p.id == id).map(|p| p.data_dir.clone()).unwrap_or_default()
+    }
+
+    /// Waits up to `within` for node `id`'s process to exit on its own;
+    /// its exit code once it did (reaped), `None` if it still runs.
+    pub async fn wait_exit(&mut self, id: u64, within: Duration) -> Result<Option<i32>> {
+        let deadline = Instant::now() + within;
+        loop {
+            let p = self.proc_mut(id)?;
+            let child = p.child.as_mut().with_context(|| format!("node {id} is not running"))?;
+            if let Some(status) = child.try_wait()? {
+                p.child = None;
+                return Ok(Some(status.code().unwrap_or(-1)));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn pause(&self, id: u64) -> Result<()> {
@@ -267,6 +299,12 @@ impl ProcCluster {
         let text = std::fs::read_to_string(self.dir.join(format!("node-{id}.log"))).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The first line of node `id`'s log that contains `needle`.
+    pub fn log_line(&self, id: u64, needle: &str) -> Option<String> {
+        let text = std::fs::read_to_string(self.dir.join(format!("node-{id}.log"))).ok()?;
+        text.lines().find(|l| l.contains(needle)).map(|l| l.trim().to_string())
     }
 }
 

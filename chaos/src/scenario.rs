@@ -43,6 +43,19 @@ pub enum Fault {
     /// Every node loses power at once, as a data centre outage: nothing but
     /// fsynced data survives anywhere.
     PowerLossAll,
+    /// SIGSTOP of a follower, then SIGCONT.
+    PauseFollower,
+    /// A follower SIGKILLed and the last bytes of its newest log segment cut
+    /// (a write torn mid-frame): it must cut the torn frame and catch up.
+    TornLogTail,
+    /// A follower SIGKILLed and a byte of an early, synced frame of its
+    /// newest log segment flipped: it must refuse to start (fail closed),
+    /// and once the operator wipes it, rejoin as a new incarnation.
+    CorruptLogRecord,
+    /// The leader's wall clock jumps 400 days ahead (libfaketime, every node
+    /// runs under it), then is set right: nothing may expire, and the
+    /// replicated clock must not follow it.
+    ClockJumpLeader,
 }
 
 impl Fault {
@@ -72,6 +85,10 @@ impl Fault {
             Fault::SlowLinks => "slow-links",
             Fault::PowerLossLeader => "power-loss-leader",
             Fault::PowerLossAll => "power-loss-all",
+            Fault::PauseFollower => "pause-follower",
+            Fault::TornLogTail => "torn-log-tail",
+            Fault::CorruptLogRecord => "corrupt-log-record",
+            Fault::ClockJumpLeader => "clock-jump-leader",
         }
     }
 }
@@ -208,6 +225,18 @@ async fn run_inner(
         c.use_loop_disks()?;
     }
     let ids = c.ids();
+    if spec.fault == Fault::ClockJumpLeader {
+        let library = crate::clockfault::library()?;
+        for &id in &ids {
+            let file = crate::clockfault::offset_file(&sdir, id);
+            crate::clockfault::set_offset(&file, "+0")?;
+            c.set_env(id, "LD_PRELOAD", &library)?;
+            c.set_env(id, "FAKETIME_TIMESTAMP_FILE", &file.display().to_string())?;
+            c.set_env(id, "FAKETIME_CACHE_DURATION", "1")?;
+            // Only the wall clock jumps; monotonic time (timers, elections) runs on.
+            c.set_env(id, "DONT_FAKE_MONOTONIC", "1")?;
+        }
+    }
     for &id in &ids {
         c.start(id)?;
     }
@@ -362,20 +391,37 @@ async fn run_inner(
     Ok(())
 }
 
+/// How far `ClockJumpLeader` moves the leader's wall clock (libfaketime's syntax).
+const JUMP: &str = "+400d";
+
+/// Node `id`'s `/metrics` page, if it answers within 3 s.
+async fn scrape(c: &ProcCluster, id: u64) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let scrape = async {
+        let mut s = tokio::net::TcpStream::connect(c.admin_endpoint(id)).await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: chaos\r\n\r\n").await?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await?;
+        std::io::Result::Ok(body)
+    };
+    tokio::time::timeout(Duration::from_secs(3), scrape).await.ok()?.ok()
+}
+
+/// Node `id`'s wall clock minus the replicated clock (`router_raft{field="clock_offset_ms"}`).
+async fn clock_offset_ms(c: &ProcCluster, id: u64) -> Option<i64> {
+    let body = scrape(c, id).await?;
+    body.lines()
+        .find(|l| l.starts_with("router_raft{") && l.contains("field=\"clock_offset_ms\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as i64)
+}
+
 /// The sum of `router_send_batch_items_total` over the nodes' `/metrics`
 /// (a node that does not answer, or an older build without it, adds 0).
 async fn sends_in_batches(c: &ProcCluster, ids: &[u64]) -> u64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut total = 0.0;
     for &id in ids {
-        let scrape = async {
-            let mut s = tokio::net::TcpStream::connect(c.admin_endpoint(id)).await?;
-            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: chaos\r\n\r\n").await?;
-            let mut body = String::new();
-            s.read_to_string(&mut body).await?;
-            std::io::Result::Ok(body)
-        };
-        let Ok(Ok(body)) = tokio::time::timeout(Duration::from_secs(3), scrape).await else { continue };
+        let Some(body) = scrape(c, id).await else { continue };
         total += body
             .lines()
             .filter(|l| l.starts_with("router_send_batch_items_total"))
@@ -398,6 +444,31 @@ async fn version_table(view: &crate::cluster::ClusterView, ids: &[u64]) -> Strin
         }
     }
     parts.join(", ")
+}
+
+/// Where `CorruptLogRecord` flips a byte: inside the first frame after the
+/// segment's 8-byte header (the segment's opening vote and ids, synced long
+/// before the last frame).
+const CORRUPT_AT: u64 = 14;
+
+/// The newest segment of a node's Raft log (`<data_dir>/raft-log/*.wal`).
+fn newest_log_segment(data_dir: &Path) -> Result<std::path::PathBuf> {
+    let mut segments: Vec<_> = std::fs::read_dir(data_dir.join("raft-log"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segments.sort();
+    segments.pop().with_context(|| format!("no log segment in {}", data_dir.display()))
+}
+
+fn flip_byte(path: &Path, at: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at)?;
+    file.write_all_at(&[byte[0] ^ 0x5a], at)?;
+    file.sync_all()?;
+    Ok(())
 }
 
 /// Injects the scenario's fault and heals it; returns when the last heal action was taken (ms).
@@ -498,12 +569,81 @@ async fn inject_and_heal(
             }
             last = rec.fault(None, format!("power back: node(s) {victims:?} started on their rolled-back disks"));
         }
-        Fault::PauseLeader => {
-            c.pause(leader)?;
-            first = rec.fault(Some(leader), format!("SIGSTOP node {leader} (leader)"));
+        Fault::PauseLeader | Fault::PauseFollower => {
+            let victim = if spec.fault == Fault::PauseLeader { leader } else { follower };
+            let role = if victim == leader { "leader" } else { "follower" };
+            c.pause(victim)?;
+            first = rec.fault(Some(victim), format!("SIGSTOP node {victim} ({role})"));
             tokio::time::sleep(spec.down).await;
-            c.resume(leader)?;
-            last = rec.fault(Some(leader), format!("SIGCONT node {leader}"));
+            c.resume(victim)?;
+            last = rec.fault(Some(victim), format!("SIGCONT node {victim}"));
+        }
+        Fault::ClockJumpLeader => {
+            let dir = c.data_dir(leader).parent().map(Path::to_path_buf).unwrap_or_default();
+            let file = crate::clockfault::offset_file(&dir, leader);
+            crate::clockfault::set_offset(&file, JUMP)?;
+            first = rec.fault(Some(leader), format!("wall clock of node {leader} (leader) {JUMP}"));
+            tokio::time::sleep(spec.down + Duration::from_secs(2)).await;
+            // The fault must be real: the leader's wall clock is far ahead
+            // of the replicated clock, and the others' is not behind it.
+            let offsets: Vec<(u64, Option<i64>)> = {
+                let mut v = Vec::new();
+                for &id in &ids {
+                    v.push((id, clock_offset_ms(c, id).await));
+                }
+                v
+            };
+            res.notes.push(format!("clock offsets (wall minus replicated, ms) during the jump: {offsets:?}"));
+            for (id, offset) in offsets {
+                let far_ahead = offset.is_some_and(|o| o > 300 * 86_400_000);
+                if id == leader && !far_ahead {
+                    bail!("the clock jump did not take effect on node {leader}: offset {offset:?} ms");
+                }
+                if id != leader && offset.is_some_and(|o| o < -60_000) {
+                    res.violations.push(Violation {
+                        invariant: "bounded replicated clock",
+                        detail: format!("node {id}'s wall clock is {offset:?} ms behind the replicated clock"),
+                    });
+                }
+            }
+            crate::clockfault::set_offset(&file, "+0")?;
+            last = rec.fault(Some(leader), format!("wall clock of node {leader} set right"));
+        }
+        Fault::TornLogTail | Fault::CorruptLogRecord => {
+            c.kill9(follower)?;
+            first = rec.fault(Some(follower), format!("SIGKILL node {follower} (follower)"));
+            let segment = newest_log_segment(&c.data_dir(follower))?;
+            if spec.fault == Fault::TornLogTail {
+                let len = std::fs::metadata(&segment)?.len();
+                // Less than any frame's header: only the last frame is torn.
+                std::fs::OpenOptions::new().write(true).open(&segment)?.set_len(len - 3)?;
+                rec.fault(Some(follower), format!("last 3 bytes of {} cut", segment.display()));
+                tokio::time::sleep(spec.down).await;
+                c.start(follower)?;
+                last = rec.fault(Some(follower), format!("node {follower} started again"));
+            } else {
+                flip_byte(&segment, CORRUPT_AT)?;
+                rec.fault(Some(follower), format!("byte {CORRUPT_AT} of {} flipped", segment.display()));
+                c.start(follower)?;
+                // It must refuse to run, and say what to do.
+                let exit = c.wait_exit(follower, Duration::from_secs(20)).await?;
+                match (exit, c.log_line(follower, "cannot be trusted")) {
+                    (Some(code), Some(said)) if code != 0 => {
+                        res.notes.push(format!("node {follower} refused its damaged log (exit {code}): {said}"))
+                    }
+                    (exit, said) => res.violations.push(Violation {
+                        invariant: "fail closed on a damaged log",
+                        detail: format!("node {follower} on a damaged log: exit {exit:?}, said {said:?}"),
+                    }),
+                }
+                c.wipe(follower)?;
+                rec.fault(Some(follower), format!("data directory of node {follower} wiped (the operator's remedy)"));
+                c.start(follower)?;
+                last = rec.fault(Some(follower), format!("node {follower} started again, empty"));
+            }
+            if let Err(e) = view.wait_caught_up(follower, Duration::from_secs(90)).await {
+                liveness(&mut res.violations, format!("node {follower} did not catch up: {e:#}"));
+            }
         }
         Fault::RollingRestart => {
             first = rec.now_ms();

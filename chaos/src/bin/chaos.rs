@@ -5,7 +5,8 @@
 //!   routerd init-dev --nodes N --base-port P (+ claim limit raised, early snapshots)
 //!   start N routerd processes, wait for one leader
 //!   workload: 2 senders (alpha) -> bob (beta, 2 devices), receiver acks, claimer claims carol's prekeys
-//!   fault: kill -9 leader | kill -9 follower | SIGSTOP/SIGCONT leader | rolling restart | wiped disk
+//!   fault: kill -9 leader | kill -9 follower | SIGSTOP/SIGCONT leader or follower | rolling restart
+//!          | wiped disk | torn or corrupt log record | leader's wall clock 400 days ahead
 //!          (network profile) partitions, one-way partition, slow links
 //!          (power-loss profile) power cut of the leader / of every node, unsynced writes lost
 //!   heal, every node a caught-up voter, progress probe, drain, stop every process started
@@ -91,6 +92,10 @@ fn specs(profile: Profile) -> Vec<Spec> {
             base(Fault::WipeFollower, 3),
             Spec { down: Duration::from_millis(500), ..base(Fault::RollingRestart, 3) },
             base(Fault::KillLeader, 5),
+            base(Fault::PauseFollower, 3),
+            base(Fault::TornLogTail, 3),
+            base(Fault::CorruptLogRecord, 3),
+            base(Fault::ClockJumpLeader, 3),
         ],
         Profile::Network => vec![
             base(Fault::PartitionLeader, 3),
@@ -109,6 +114,10 @@ fn specs(profile: Profile) -> Vec<Spec> {
                 Fault::PauseLeader,
                 Fault::RollingRestart,
                 Fault::WipeFollower,
+                Fault::PauseFollower,
+                Fault::TornLogTail,
+                Fault::CorruptLogRecord,
+                Fault::ClockJumpLeader,
             ];
             [3, 5]
                 .into_iter()
@@ -241,7 +250,14 @@ async fn async_main(args: Args) -> ExitCode {
 /// The faults other profiles inject.
 fn not_covered(profile: Profile) -> Vec<&'static str> {
     let network = ["network partitions", "one-way partitions", "slow links"];
-    let process = ["kill -9", "SIGSTOP/SIGCONT", "rolling restart", "wiped data directory"];
+    let process = [
+        "kill -9",
+        "SIGSTOP/SIGCONT",
+        "rolling restart",
+        "wiped data directory",
+        "torn / corrupt log record",
+        "wall clock jump",
+    ];
     let power = ["lost unsynced writes (power cut)"];
     match profile {
         Profile::Quick | Profile::Long => network.iter().chain(&power).copied().collect(),

@@ -278,7 +278,8 @@ fn corrupt(path: &Path, offset: u64, what: impl std::fmt::Display) -> io::Error 
         io::ErrorKind::InvalidData,
         format!(
             "{} at byte {offset}: {what}; this log was synced and cannot be trusted: \
-             replace this node (remove it from the cluster, wipe its data directory, add it back)",
+             wipe this node's data directory and start it again (it rejoins the cluster as a new \
+             incarnation, removing its old one)",
             path.display()
         ),
     )

@@ -27,6 +27,9 @@ pub struct Stats {
     pub redelivered_after_ack: usize,
     pub unknown_sends_delivered: usize,
     pub prekeys_claimed: usize,
+    /// Uploaded keys neither handed out in an ok claim nor in stock at the
+    /// end (consumed by claims whose outcome is unknown).
+    pub prekeys_unaccounted: u64,
     /// Longest interval inside the workload window without a send completing ok.
     pub max_unavailability_ms: u64,
 }
@@ -201,6 +204,7 @@ pub fn check(h: &History) -> (Stats, Vec<Violation>) {
     }
     cap(&mut v, "one-time prekey handed out twice", twice);
     cap(&mut v, "prekey never uploaded handed out", foreign);
+    stock(h, &seen, &mut stats, &mut v);
 
     // Availability: the longest stretch of the workload window without an ok send.
     let mut oks: Vec<u64> =
@@ -212,6 +216,52 @@ pub fn check(h: &History) -> (Stats, Vec<Violation>) {
     points.push(h.workload_end_ms);
     stats.max_unavailability_ms = points.windows(2).map(|w| w[1].saturating_sub(w[0])).max().unwrap_or(0);
     (stats, v)
+}
+
+/// So few ok claims would leave the stock checks nothing to check.
+const MIN_OK_CLAIMS: usize = 10;
+
+/// 6. Prekey stock: every uploaded key was handed out in an ok claim or is
+/// still in stock (`History::remaining`), apart from at most one per device
+/// for each claim whose outcome is unknown; and enough claims succeeded for
+/// that to mean something.
+fn stock(h: &History, handed: &BTreeMap<(u32, u32), u64>, stats: &mut Stats, v: &mut Vec<Violation>) {
+    if h.stocked.is_empty() {
+        return;
+    }
+    let claims = |outcome: Outcome| {
+        h.ops.iter().filter(|o| matches!(o.kind, OpKind::Claim { .. }) && o.outcome == outcome).count()
+    };
+    let ok = claims(Outcome::Ok);
+    if ok < MIN_OK_CLAIMS {
+        let detail = format!("{ok} ok claims, at least {MIN_OK_CLAIMS} needed");
+        v.push(Violation { invariant: "too few claims to check the prekey stock", detail });
+    }
+    let Some(remaining) = &h.remaining else {
+        let detail = "the remaining stock could not be read at the end".into();
+        v.push(Violation { invariant: "prekey stock accounted", detail });
+        return;
+    };
+    let unknown = claims(Outcome::Unknown) as u64;
+    let devices: BTreeSet<u32> = h.stocked.iter().map(|(d, _)| *d).collect();
+    let (mut over, mut lost) = (Vec::new(), Vec::new());
+    for d in devices {
+        let uploaded = h.stocked.iter().filter(|(dev, _)| *dev == d).count() as u64;
+        let out = handed.keys().filter(|(dev, _)| *dev == d).count() as u64;
+        let left = u64::from(remaining.get(&d).copied().unwrap_or(0));
+        if out + left > uploaded {
+            over.push(format!("device {d}: {out} handed out + {left} in stock > {uploaded} uploaded"));
+        }
+        let missing = uploaded.saturating_sub(out + left);
+        stats.prekeys_unaccounted += missing;
+        if h.claims_exactly_once && missing > unknown {
+            lost.push(format!(
+                "device {d}: {missing} of {uploaded} keys neither handed out nor in stock ({unknown} claims unknown)"
+            ));
+        }
+    }
+    cap(v, "prekey stock: more keys than uploaded", over);
+    cap(v, "prekey stock: keys consumed without an answer", lost);
 }
 
 #[cfg(test)]
@@ -264,9 +314,12 @@ mod tests {
             outcome: Outcome::Ok,
             error: String::new(),
         });
+        h.remaining = Some(BTreeMap::from([(1, 2)]));
         let (_, v) = check(&h);
         let names: BTreeSet<&str> = v.iter().map(|x| x.invariant).collect();
         for want in [
+            "prekey stock: more keys than uploaded",
+            "too few claims to check the prekey stock",
             "acked send lost",
             "message stored twice",
             "delivered but not sent (or rejected)",
@@ -297,6 +350,35 @@ mod tests {
             vec![delivery("b2", 1, 1, 2), delivery("b0", 2, 1, 0), delivery("b1", 5, 1, 1), delivery("b3", 4, 1, 3)];
         let (_, v) = check(&h);
         assert!(v.iter().any(|x| x.invariant == "per-device order broken" && x.detail.contains("n3 (seq 4)")), "{v:?}");
+    }
+
+    #[test]
+    fn the_prekey_stock_must_add_up_and_enough_claims_succeed() {
+        let claim = |keys: Vec<(u32, u32)>, outcome| Op {
+            client: "c".into(),
+            kind: OpKind::Claim { keys, exhausted: 0 },
+            start_ms: 1,
+            end_ms: 2,
+            outcome,
+            error: String::new(),
+        };
+        let mut h = History { workload_end_ms: 50, claims_exactly_once: true, ..History::default() };
+        h.stocked = (1..=20).map(|k| (1, k)).collect();
+        h.ops = (1..=12).map(|k| claim(vec![(1, k)], Outcome::Ok)).collect();
+        h.ops.push(claim(Vec::new(), Outcome::Unknown));
+        // 12 handed out, 1 taken by the unknown claim, 7 left: it adds up.
+        h.remaining = Some(BTreeMap::from([(1, 7)]));
+        let (stats, v) = check(&h);
+        assert!(v.is_empty(), "{v:?}");
+        assert_eq!(stats.prekeys_unaccounted, 1);
+        // Two keys gone with one unknown claim: consumed without an answer.
+        h.remaining = Some(BTreeMap::from([(1, 6)]));
+        let (_, v) = check(&h);
+        assert!(v.iter().any(|x| x.invariant == "prekey stock: keys consumed without an answer"), "{v:?}");
+        // Not read at all: the check cannot pass by default.
+        h.remaining = None;
+        let (_, v) = check(&h);
+        assert!(v.iter().any(|x| x.invariant == "prekey stock accounted"), "{v:?}");
     }
 
     #[test]

@@ -89,6 +89,14 @@ pub struct History {
     pub receiver_errors: Vec<String>,
     /// Every one-time prekey (device, key id) uploaded for the claimed user.
     pub stocked: Vec<(u32, u32)>,
+    /// One-time prekeys left per device of the claimed user at the end
+    /// (`PrekeyCount`), `None` if they could not be read.
+    pub remaining: Option<std::collections::BTreeMap<u32, u32>>,
+    /// Claims are applied at most once (cluster version 2 on, `Once`): a key
+    /// is then either handed out in an answer or still in stock, up to one
+    /// per device for each claim whose outcome is unknown. False where a
+    /// build without it may lead (a rolling upgrade from one).
+    pub claims_exactly_once: bool,
     /// Workload window (first op start, stop signal).
     pub workload_start_ms: u64,
     pub workload_end_ms: u64,

@@ -371,8 +371,28 @@ async fn run_inner(
         "sends answered inside SendBatch calls: {batched} (counted by the nodes up at the end, since each last started)"
     ));
 
+    // The claimed user's stock at the end, read by its provider.
+    let mut remaining = std::collections::BTreeMap::new();
+    for (d, _) in workload::CLAIMED_DEVICES {
+        match setup_beta.prekey_count(&users.claimed, d).await {
+            Ok(count) => {
+                remaining.insert(d, count.one_time_prekeys_remaining);
+            }
+            Err(e) => res.notes.push(format!("prekey count of device {d} not read: {e}")),
+        }
+    }
+    let read_all = remaining.len() == workload::CLAIMED_DEVICES.len();
+    rec.with(|h| {
+        h.remaining = read_all.then_some(remaining);
+        h.claims_exactly_once = spec.fault != Fault::RollingUpgrade;
+    });
+
     let history = rec.take();
     let (stats, mut v) = checker::check(&history);
+    res.notes.push(format!(
+        "prekey stock: {} keys handed out, {:?} left per device, {} taken by claims of unknown outcome",
+        stats.prekeys_claimed, history.remaining, stats.prekeys_unaccounted
+    ));
     res.stats = stats;
     res.violations.append(&mut v);
     res.faults = history.faults.clone();

@@ -23,6 +23,24 @@ async fn converged(tc: &TestCluster) {
     }
 }
 
+/// Waits until every running node sees exactly `want` as the voters (a
+/// node that lost its disk rejoins through removal, learner, promotion).
+async fn voters_again(tc: &TestCluster, want: &[u64]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let running: Vec<_> = tc.cluster.nodes.iter().filter_map(|n| n.node.as_ref()).collect();
+        let views: Vec<Vec<u64>> = running
+            .iter()
+            .map(|n| n.raft().metrics().borrow().membership_config.membership().voter_ids().collect())
+            .collect();
+        if views.iter().all(|v| v == want) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "voters did not become {want:?}: {views:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_catches_up_from_its_own_directory() {
     let mut tc = TestCluster::start(3).await.unwrap();
@@ -82,6 +100,7 @@ async fn a_node_that_lost_its_disk_catches_up_through_a_snapshot() {
     assert!(purged.is_some_and(|p| p.index > 20), "the leader compacted its log: {purged:?}");
 
     tc.cluster.restart(victim).await.unwrap();
+    voters_again(&tc, &[1, 2, 3]).await;
     converged(&tc).await;
     let victim_node = tc.cluster.node(victim).node.as_ref().unwrap();
     let snapshot = victim_node.raft().metrics().borrow().snapshot;
@@ -144,8 +163,10 @@ async fn the_bootstrap_node_losing_its_disk_does_not_start_a_second_cluster() {
     for i in 0..60 {
         alpha.send(message(&format!("b-{i}"), "handle:olga", &DEVICES)).await.unwrap();
     }
-    // Node 1 comes back empty with `bootstrap = true` in its config.
+    // Node 1 comes back empty with `bootstrap = true` in its config; as a
+    // new incarnation it is removed, added as a learner and promoted again.
     tc.cluster.restart_as_configured(1).await.unwrap();
+    voters_again(&tc, &[1, 2, 3]).await;
     converged(&tc).await;
     let node1 = tc.cluster.node(1).node.as_ref().unwrap();
     assert_eq!(node1.ctx().read(|s| s.mailbox_depth(&router_core::ProviderId::new("beta"))), 60);

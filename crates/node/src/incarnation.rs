@@ -65,7 +65,7 @@ pub fn load(data_dir: &Path, fresh: bool) -> anyhow::Result<u64> {
 
 /// The refusal of a peer call from (or an answer by) an incarnation the
 /// cluster did not record for that node id.
-pub fn stale(node: u64, incarnation: u64, recorded: Option<u64>) -> Status {
+pub fn stale(node: u64, incarnation: u64, recorded: u64) -> Status {
     let message = crate::network::stale_incarnation(node, incarnation, recorded);
     status::reason(tonic::Code::FailedPrecondition, "STALE_INCARNATION", message)
 }
@@ -74,8 +74,10 @@ impl NodeCtx {
     /// Refuses a vote, append or snapshot call from `node` unless it runs as
     /// the incarnation the local replica records for it (or none is recorded).
     pub fn require_incarnation(&self, node: u64, incarnation: u64) -> Result<(), Status> {
-        let (admitted, recorded) = self.read(|s| (s.admits_incarnation(node, incarnation), s.incarnation_of(node)));
-        if admitted { Ok(()) } else { Err(stale(node, incarnation, recorded)) }
+        match self.read(|s| s.refused_incarnation(node, incarnation)) {
+            None => Ok(()),
+            Some(recorded) => Err(stale(node, incarnation, recorded)),
+        }
     }
 }
 
@@ -111,15 +113,7 @@ pub async fn record_missing(ctx: &NodeCtx) {
         .map(|(id, addr)| (*id, addr.peer.clone()))
         .collect();
     for (id, peer) in missing {
-        let incarnation = if id == ctx.node_id {
-            ctx.incarnation
-        } else {
-            let Ok(mut admin) = ctx.peers.admin(&peer) else { continue };
-            match admin.status(StatusRequest {}).await {
-                Ok(s) if s.get_ref().node_id == id => s.into_inner().incarnation,
-                _ => continue,
-            }
-        };
+        let incarnation = if id == ctx.node_id { ctx.incarnation } else { ask(ctx, id, &peer).await.unwrap_or(0) };
         if incarnation == 0 {
             continue;
         }
@@ -131,6 +125,15 @@ pub async fn record_missing(ctx: &NodeCtx) {
             Err(e) => tracing::warn!(peer_node_id = id, "failed to record the member's incarnation: {e}"),
         }
     }
+}
+
+/// The incarnation node `id` at `peer` runs as, from its own admin
+/// `Status` (0 from a build before incarnations); `None` when it does not
+/// answer, or answers as another node id.
+pub async fn ask(ctx: &NodeCtx, id: u64, peer: &str) -> Option<u64> {
+    let mut admin = ctx.peers.admin(peer).ok()?;
+    let status = admin.status(StatusRequest {}).await.ok()?.into_inner();
+    (status.node_id == id).then_some(status.incarnation)
 }
 
 #[cfg(test)]

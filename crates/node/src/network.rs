@@ -67,11 +67,10 @@ pub fn check_format(p: &RaftPayload) -> Result<(), String> {
 
 /// Why a call from, or an answer by, `node` running as `incarnation` does
 /// not count: the cluster recorded another incarnation for that node id.
-pub fn stale_incarnation(node: NodeId, incarnation: u64, recorded: Option<u64>) -> String {
+pub fn stale_incarnation(node: NodeId, incarnation: u64, recorded: u64) -> String {
     format!(
-        "node {node} runs as incarnation {incarnation:x}, the cluster admitted {:x}: a node that lost its disk \
-         must be removed and added back as a learner (it does so itself on start)",
-        recorded.unwrap_or(0)
+        "node {node} runs as incarnation {incarnation:x}, the cluster admitted {recorded:x}: a node that lost its \
+         disk must be removed and added back as a learner (it does so itself on start)"
     )
 }
 
@@ -145,11 +144,11 @@ impl PeerConnection {
         // An answer by an incarnation the cluster did not admit under this
         // id (a node that lost its disk) must not count: not as a vote, not
         // as a replica holding an entry.
-        let (admitted, recorded) = {
+        let refused = {
             let state = self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            (state.admits_incarnation(self.target, answer.incarnation), state.incarnation_of(self.target))
+            state.refused_incarnation(self.target, answer.incarnation)
         };
-        if !admitted {
+        if let Some(recorded) = refused {
             let stale = std::io::Error::other(stale_incarnation(self.target, answer.incarnation, recorded));
             return Err(RPCError::Unreachable(Unreachable::new(&stale)));
         }

@@ -27,7 +27,13 @@ impl State {
     /// or when none is recorded yet (a cluster below version 4, or a member
     /// the leader has not recorded yet).
     pub fn admits_incarnation(&self, node: u64, incarnation: u64) -> bool {
-        self.incarnations.get(&node).is_none_or(|recorded| *recorded == incarnation)
+        self.refused_incarnation(node, incarnation).is_none()
+    }
+
+    /// The incarnation recorded for `node` when it is not `incarnation`
+    /// (traffic from `incarnation` does not count), `None` when it is admitted.
+    pub fn refused_incarnation(&self, node: u64, incarnation: u64) -> Option<u64> {
+        self.incarnations.get(&node).copied().filter(|recorded| *recorded != incarnation)
     }
 
     /// Every recorded incarnation (carried by snapshots).

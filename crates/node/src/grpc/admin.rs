@@ -542,21 +542,16 @@ async fn record_joining_incarnation(
         return Ok(());
     }
     let incarnation = match incarnation {
-        0 => {
-            let mut admin = ctx.peers.admin(&addr.peer).map_err(|e| Status::unavailable(e.to_string()))?;
-            admin.status(StatusRequest {}).await?.into_inner().incarnation
-        }
+        0 => crate::incarnation::ask(ctx, id, &addr.peer).await.ok_or_else(|| {
+            Status::unavailable(format!("node {id} at {} did not answer Status as node {id}", addr.peer))
+        })?,
         given => given,
     };
-    if incarnation == 0 {
-        return Ok(());
-    }
-    let recorded = ctx.read(|s| s.incarnation_of(id));
-    if recorded == Some(incarnation) {
+    if incarnation == 0 || ctx.read(|s| s.incarnation_of(id)) == Some(incarnation) {
         return Ok(());
     }
     let is_member = ctx.raft.metrics().borrow().membership_config.membership().get_node(&id).is_some();
-    if is_member && recorded.is_some() {
+    if let Some(recorded) = ctx.read(|s| s.refused_incarnation(id, incarnation)).filter(|_| is_member) {
         return Err(crate::incarnation::stale(id, incarnation, recorded));
     }
     ctx.write(Command::SetIncarnation { node: id, incarnation }).await.map(drop)

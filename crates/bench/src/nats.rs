@@ -1,7 +1,9 @@
-//! A minimal NATS client over tokio TCP (text protocol: CONNECT, PUB, SUB,
+//! A minimal NATS client over TLS (text protocol: CONNECT, PUB/HPUB, SUB,
 //! MSG/HMSG, PING/PONG, +OK/-ERR) and JetStream through its JSON API on
-//! `$JS.API.*`, plus a three-server JetStream cluster on loopback.
+//! `$JS.API.*`, plus a three-server JetStream cluster on loopback with TLS on
+//! client and route connections (client certificates verified on both).
 
+use crate::pki::Pki;
 use crate::procs::{self, Group, Spec};
 use crate::stats::{Event, MAX_EVENTS, now_us};
 use anyhow::{Context, anyhow, bail};
@@ -12,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -34,6 +37,48 @@ struct Shared {
 
 const INBOX_SID: u64 = 1;
 
+/// How the benchmark's connections reach the servers: the server's INFO
+/// arrives in plain text, then the connection upgrades to TLS (the NATS
+/// protocol's order), presenting the client certificate.
+#[derive(Clone)]
+pub struct Tls {
+    config: Arc<rustls::ClientConfig>,
+}
+
+type Halves = (BufReader<Box<dyn AsyncRead + Send + Unpin>>, Box<dyn AsyncWrite + Send + Unpin>);
+
+impl Tls {
+    pub fn new(config: Arc<rustls::ClientConfig>) -> Tls {
+        Tls { config }
+    }
+
+    async fn connect(&self, port: u16) -> anyhow::Result<Halves> {
+        let mut tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+        tcp.set_nodelay(true)?;
+        // Byte by byte up to the INFO line's end: nothing after it may be
+        // swallowed before the TLS handshake starts.
+        let mut info = Vec::new();
+        let mut byte = [0u8; 1];
+        while !info.ends_with(b"\r\n") {
+            if tcp.read(&mut byte).await? == 0 || info.len() > 64 * 1024 {
+                bail!("NATS :{port} closed before its INFO line");
+            }
+            info.push(byte[0]);
+        }
+        if !info.starts_with(b"INFO") {
+            bail!("unexpected NATS greeting: {:?}", String::from_utf8_lossy(&info));
+        }
+        if !contains(&info, b"\"tls_required\":true") {
+            bail!("NATS :{port} does not require TLS; the benchmark runs every system with TLS");
+        }
+        let name = rustls::pki_types::ServerName::try_from("localhost")?;
+        let stream = tokio_rustls::TlsConnector::from(self.config.clone()).connect(name, tcp).await?;
+        let (r, w) = tokio::io::split(stream);
+        let r: Box<dyn AsyncRead + Send + Unpin> = Box::new(r);
+        Ok((BufReader::with_capacity(256 * 1024, r), Box::new(w)))
+    }
+}
+
 pub struct Nats {
     out: mpsc::UnboundedSender<Vec<u8>>,
     shared: Arc<Shared>,
@@ -55,20 +100,13 @@ fn token() -> String {
 }
 
 impl Nats {
-    pub async fn connect(port: u16, timeout: Duration) -> anyhow::Result<Nats> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(("127.0.0.1", port)))
+    pub async fn connect(port: u16, tls: &Tls, timeout: Duration) -> anyhow::Result<Nats> {
+        let (mut r, mut w) = tokio::time::timeout(timeout, tls.connect(port))
             .await
             .map_err(|_| anyhow!("connect to NATS :{port} timed out"))??;
-        stream.set_nodelay(true)?;
-        let (r, mut w) = stream.into_split();
-        let mut r = BufReader::with_capacity(256 * 1024, r);
         let mut line = String::new();
         let handshake = async {
-            r.read_line(&mut line).await?;
-            if !line.starts_with("INFO") {
-                bail!("unexpected NATS greeting: {line:?}");
-            }
-            let connect = json!({"verbose": false, "pedantic": false, "headers": true, "no_responders": true,
+            let connect = json!({"verbose": false, "pedantic": false, "tls_required": true, "headers": true, "no_responders": true,
                                  "protocol": 1, "lang": "router-bench", "version": "0.1"});
             w.write_all(format!("CONNECT {connect}\r\nPING\r\n").as_bytes()).await?;
             loop {
@@ -133,6 +171,32 @@ impl Nats {
         self.send(b)
     }
 
+    /// HPUB: a publish with NATS headers (`headers` as `Key: value` pairs).
+    pub fn publish_with_headers(
+        &self,
+        subject: &str,
+        reply: Option<&str>,
+        headers: &[(&str, &str)],
+        payload: &[u8],
+    ) -> anyhow::Result<()> {
+        let mut h = String::from("NATS/1.0\r\n");
+        for (k, v) in headers {
+            h.push_str(&format!("{k}: {v}\r\n"));
+        }
+        h.push_str("\r\n");
+        let total = h.len() + payload.len();
+        let head = match reply {
+            Some(r) => format!("HPUB {subject} {r} {} {total}\r\n", h.len()),
+            None => format!("HPUB {subject} {} {total}\r\n", h.len()),
+        };
+        let mut b = Vec::with_capacity(head.len() + total + 2);
+        b.extend_from_slice(head.as_bytes());
+        b.extend_from_slice(h.as_bytes());
+        b.extend_from_slice(payload);
+        b.extend_from_slice(b"\r\n");
+        self.send(b)
+    }
+
     pub fn subscribe(&self, subject: &str) -> anyhow::Result<mpsc::UnboundedReceiver<Msg>> {
         let sid = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -143,11 +207,26 @@ impl Nats {
 
     /// Publishes with a unique reply subject and waits for the single reply.
     pub async fn request(&self, subject: &str, payload: &[u8], timeout: Duration) -> anyhow::Result<Msg> {
+        self.request_with_headers(subject, &[], payload, timeout).await
+    }
+
+    /// `request` with NATS headers (none: a plain PUB).
+    pub async fn request_with_headers(
+        &self,
+        subject: &str,
+        headers: &[(&str, &str)],
+        payload: &[u8],
+        timeout: Duration,
+    ) -> anyhow::Result<Msg> {
         let reply = format!("{}.{}", self.inbox, self.next.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
         self.shared.pending.lock().expect("pending lock").insert(reply.clone(), tx);
         let res = async {
-            self.publish(subject, Some(&reply), payload)?;
+            if headers.is_empty() {
+                self.publish(subject, Some(&reply), payload)?;
+            } else {
+                self.publish_with_headers(subject, Some(&reply), headers, payload)?;
+            }
             match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(m)) => Ok(m),
                 Ok(Err(_)) => Err(anyhow!("NATS connection closed")),
@@ -174,7 +253,7 @@ impl Nats {
 }
 
 async fn read_loop(
-    mut r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    mut r: BufReader<Box<dyn AsyncRead + Send + Unpin>>,
     shared: Arc<Shared>,
     out: mpsc::UnboundedSender<Vec<u8>>,
 ) {
@@ -231,16 +310,80 @@ async fn read_loop(
     shared.subs.lock().expect("subs lock").clear();
 }
 
+/// One labelled JetStream configuration of the delivery workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// (a) Work-queue retention (a message is removed once acked, the closest
+    /// semantics to a mailbox), an R3 consumer, `+ACK` for every message.
+    WorkQueue,
+    /// (b) Limits retention (messages kept by age and size, the consumer's
+    /// position tracked), an R3 consumer with `AckAll`: one ack covers every
+    /// message before it.
+    LimitsAckAll,
+    /// (c) (b) with atomic batch publish: 64 messages per batch, one PubAck
+    /// for the batch's commit.
+    Batched,
+    /// (d) (b) with `Nats-Msg-Id` on every publish (deduplicated within the
+    /// stream's window, as the router deduplicates every send).
+    Dedup,
+    /// (e) (b) over three streams, their leaders spread over the servers
+    /// (what a sharded router would be compared with).
+    ThreeStreams,
+}
+
+/// Messages per atomic batch in [`Variant::Batched`] (the server allows 1,000).
+pub const BATCH: usize = 64;
+
+impl Variant {
+    pub const ALL: [Variant; 5] =
+        [Variant::WorkQueue, Variant::LimitsAckAll, Variant::Batched, Variant::Dedup, Variant::ThreeStreams];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Variant::WorkQueue => "a",
+            Variant::LimitsAckAll => "b",
+            Variant::Batched => "c",
+            Variant::Dedup => "d",
+            Variant::ThreeStreams => "e",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Variant::WorkQueue => "JetStream (a) work-queue, R3 consumer, +ACK per message",
+            Variant::LimitsAckAll => "JetStream (b) limits retention, R3 consumer, AckAll",
+            Variant::Batched => "JetStream (c) = (b) + atomic batch publish (64 per batch)",
+            Variant::Dedup => "JetStream (d) = (b) + Nats-Msg-Id dedup",
+            Variant::ThreeStreams => "JetStream (e) = (b) over 3 streams, leaders spread",
+        }
+    }
+
+    fn streams(self) -> usize {
+        if self == Variant::ThreeStreams { 3 } else { 1 }
+    }
+
+    fn ack_all(self) -> bool {
+        self != Variant::WorkQueue
+    }
+}
+
 pub struct NatsCluster {
     pub procs: Group,
     pub ports: Vec<u16>,
-    pub label: String,
+    pub tls: Tls,
 }
 
 impl NatsCluster {
-    /// Three JetStream servers clustered over loopback routes. `sync_always`
-    /// sets `sync_interval: always` (fsync before every ack).
-    pub async fn start(bin: &Path, dir: &Path, base_port: u16, sync_always: bool) -> anyhow::Result<NatsCluster> {
+    /// Three JetStream servers clustered over loopback routes, TLS with
+    /// verified client certificates on client and route ports.
+    /// `sync_always` sets `sync_interval: always` (fsync before every ack).
+    pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        base_port: u16,
+        sync_always: bool,
+        pki: &Pki,
+    ) -> anyhow::Result<NatsCluster> {
         let n = 3u16;
         let ports: Vec<u16> = (0..n).map(|i| base_port + i).collect();
         let routes: Vec<u16> = (0..n).map(|i| base_port + 100 + i).collect();
@@ -251,10 +394,17 @@ impl NatsCluster {
             let store = dir.join(format!("n{}", i + 1));
             std::fs::create_dir_all(&store)?;
             let route_list: Vec<String> = routes.iter().map(|p| format!("\"nats-route://127.0.0.1:{p}\"")).collect();
+            let tls = format!(
+                "tls {{\n    cert_file: \"{}\"\n    key_file: \"{}\"\n    ca_file: \"{}\"\n    verify: true\n  }}",
+                pki.members[i].cert.display(),
+                pki.members[i].key.display(),
+                pki.ca.display()
+            );
             let conf = format!(
                 "server_name: n{id}\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 1048576\n\
+                 {tls}\n\
                  jetstream {{\n  store_dir: \"{store}\"\n{sync}}}\n\
-                 cluster {{\n  name: bench\n  listen: \"127.0.0.1:{route}\"\n  routes: [{routes}]\n}}\n",
+                 cluster {{\n  name: bench\n  listen: \"127.0.0.1:{route}\"\n  routes: [{routes}]\n  {tls}\n}}\n",
                 id = i + 1,
                 port = ports[i],
                 store = store.display(),
@@ -275,50 +425,82 @@ impl NatsCluster {
         let mut procs = Group::start(specs)?;
         procs::wait_ports(&ports, Duration::from_secs(20)).await?;
         procs.check_alive()?;
-        let label = if sync_always {
-            "NATS JetStream R3, sync_interval: always"
-        } else {
-            "NATS JetStream R3, default sync (not fsyncing per write)"
-        };
-        Ok(NatsCluster { procs, ports, label: label.into() })
+        Ok(NatsCluster { procs, ports, tls: Tls::new(pki.rustls_client()?) })
     }
 
-    /// Creates the R3 file stream (work-queue retention: acked messages are
-    /// removed, like a router mailbox) and a durable pull consumer, retrying
-    /// until the JetStream meta leader is elected (bounded).
-    pub async fn create_stream(&self, stream: &str, max_ack_pending: u32) -> anyhow::Result<()> {
-        let c = Nats::connect(self.ports[0], Duration::from_secs(2)).await?;
+    pub async fn connect(&self, i: usize, timeout: Duration) -> anyhow::Result<Nats> {
+        Nats::connect(self.ports[i % self.ports.len()], &self.tls, timeout).await
+    }
+
+    /// Creates the R3 file streams of `variant` and a durable pull consumer
+    /// on each, retrying until the JetStream meta leader is elected
+    /// (bounded); with several streams, moves their leaders onto different
+    /// servers. Returns the stream names.
+    pub async fn create_streams(&self, variant: Variant, max_ack_pending: u32) -> anyhow::Result<Vec<String>> {
+        let c = self.connect(0, Duration::from_secs(2)).await?;
         let deadline = Instant::now() + Duration::from_secs(40);
-        let cfg = json!({"name": stream, "subjects": [format!("{}.>", stream.to_lowercase())], "retention": "workqueue",
-                         "storage": "file", "num_replicas": 3, "discard": "old", "max_msgs": -1, "max_bytes": -1});
-        loop {
-            match c.js(&format!("STREAM.CREATE.{stream}"), &cfg).await {
-                Ok(_) => break,
-                Err(e) if Instant::now() < deadline => {
-                    tracing_like(&format!("  waiting for JetStream: {e}"));
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+        let names: Vec<String> = (0..variant.streams()).map(|k| format!("BENCH{k}")).collect();
+        for name in &names {
+            let mut cfg = json!({"name": name, "subjects": [format!("{}.>", name.to_lowercase())],
+                                 "storage": "file", "num_replicas": 3, "discard": "old", "max_msgs": -1});
+            if variant == Variant::WorkQueue {
+                cfg["retention"] = json!("workqueue");
+                cfg["max_bytes"] = json!(-1);
+            } else {
+                // Kept by age and size: an hour, 8 GiB, far beyond one run.
+                cfg["retention"] = json!("limits");
+                cfg["max_age"] = json!(3_600_000_000_000u64);
+                cfg["max_bytes"] = json!(8u64 << 30);
+            }
+            if variant == Variant::Batched {
+                cfg["allow_atomic"] = json!(true);
+            }
+            let api = format!("STREAM.CREATE.{name}");
+            retry(deadline, "create JetStream stream", || c.js(&api, &cfg)).await?;
+            let ack_policy = if variant.ack_all() { "all" } else { "explicit" };
+            let ccfg = json!({"stream_name": name, "config": {"name": "C", "durable_name": "C",
+                              "ack_policy": ack_policy, "max_ack_pending": max_ack_pending,
+                              "ack_wait": 30_000_000_000u64, "num_replicas": 0}});
+            let api = format!("CONSUMER.CREATE.{name}.C");
+            retry(deadline, "create JetStream consumer", || c.js(&api, &ccfg)).await?;
+        }
+        if names.len() > 1 {
+            self.spread_leaders(&c, &names).await;
+        }
+        Ok(names)
+    }
+
+    /// Asks stream `k`'s leader to step down in favour of server `k` (a
+    /// preferred placement, nats-server >= 2.11). Best effort: the placement
+    /// reached is printed either way.
+    async fn spread_leaders(&self, c: &Nats, names: &[String]) {
+        for (k, name) in names.iter().enumerate() {
+            let want = format!("n{}", k % self.ports.len() + 1);
+            for _ in 0..5 {
+                if self.stream_leader(name).await.ok() == Some(k % self.ports.len()) {
+                    break;
                 }
-                Err(e) => return Err(e.context("create JetStream stream")),
+                let body = json!({"placement": {"preferred": want}});
+                if let Err(e) = c.js(&format!("STREAM.LEADER.STEPDOWN.{name}"), &body).await {
+                    tracing_like(&format!("  stepdown {name}: {e}"));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
-        let ccfg = json!({"stream_name": stream, "config": {"name": "C", "durable_name": "C", "ack_policy": "explicit",
-                          "max_ack_pending": max_ack_pending, "ack_wait": 30_000_000_000u64, "num_replicas": 0}});
-        loop {
-            match c.js(&format!("CONSUMER.CREATE.{stream}.C"), &ccfg).await {
-                Ok(_) => return Ok(()),
-                Err(e) if Instant::now() < deadline => {
-                    tracing_like(&format!("  waiting for the consumer: {e}"));
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => return Err(e.context("create JetStream consumer")),
-            }
+        let mut placed = Vec::new();
+        for name in names {
+            placed.push(format!(
+                "{name} on {}",
+                self.stream_leader(name).await.map_or("?".into(), |l| format!("n{}", l + 1))
+            ));
         }
+        println!("   stream leaders: {}", placed.join(", "));
     }
 
     /// Index (0-based) of the server leading `stream`'s Raft group.
     pub async fn stream_leader(&self, stream: &str) -> anyhow::Result<usize> {
-        for p in &self.ports {
-            let Ok(c) = Nats::connect(*p, Duration::from_secs(1)).await else { continue };
+        for i in 0..self.ports.len() {
+            let Ok(c) = self.connect(i, Duration::from_secs(1)).await else { continue };
             if let Ok(v) = c.js(&format!("STREAM.INFO.{stream}"), &json!({})).await
                 && let Some(l) = v.pointer("/cluster/leader").and_then(Value::as_str)
                 && let Some(i) = l.strip_prefix('n').and_then(|x| x.parse::<usize>().ok())
@@ -327,6 +509,23 @@ impl NatsCluster {
             }
         }
         bail!("no stream leader reported for {stream}")
+    }
+}
+
+async fn retry<F, Fut>(deadline: Instant, what: &str, mut call: F) -> anyhow::Result<Value>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Value>>,
+{
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() < deadline => {
+                tracing_like(&format!("  {what}: {e}"));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.context(what.to_string())),
+        }
     }
 }
 
@@ -350,57 +549,81 @@ pub struct JsRun {
     pub undelivered: u64,
 }
 
-/// Workload 1 on JetStream: `window` publishes in flight over `clients`
-/// connections (each waits for its PubAck), one pull consumer acking each
-/// message (`+ACK`), with up to `pull_outstanding` messages requested.
+fn pub_ack_ok(m: &anyhow::Result<Msg>) -> bool {
+    matches!(m, Ok(m) if m.status.is_none() && !contains(&m.payload, b"\"error\""))
+}
+
+/// The delivery workload on JetStream: `window` messages in flight over
+/// `clients` connections (each publish waits for its PubAck; with
+/// [`Variant::Batched`], each batch waits for its commit's), one pull
+/// consumer per stream, with up to `pull_outstanding` messages requested.
 pub async fn delivery(
     cluster: &NatsCluster,
+    variant: Variant,
+    streams: &[String],
     total: Duration,
     window: usize,
     clients: usize,
     payload: usize,
     pull_outstanding: u32,
 ) -> anyhow::Result<JsRun> {
-    let stream = "BENCH";
     let stop = Arc::new(AtomicBool::new(false));
     let delivered = Arc::new(AtomicU64::new(0));
-    let consumer = tokio::spawn(consume(
-        cluster.ports[1 % cluster.ports.len()],
-        stream,
-        pull_outstanding,
-        stop.clone(),
-        delivered.clone(),
-    ));
+    let mut consumers = Vec::new();
+    for (k, stream) in streams.iter().enumerate() {
+        let c = cluster.connect(1 + k, Duration::from_secs(2)).await?;
+        consumers.push(tokio::spawn(consume(
+            c,
+            stream.clone(),
+            variant.ack_all(),
+            pull_outstanding,
+            stop.clone(),
+            delivered.clone(),
+        )));
+    }
     let mut conns = Vec::new();
     for i in 0..clients.max(1) {
-        conns.push(Arc::new(Nats::connect(cluster.ports[i % cluster.ports.len()], Duration::from_secs(2)).await?));
+        conns.push(Arc::new(cluster.connect(i, Duration::from_secs(2)).await?));
     }
+    let subjects: Arc<Vec<String>> = Arc::new(streams.iter().map(|s| format!("{}.m", s.to_lowercase())).collect());
     let start_us = now_us();
     let end = Instant::now() + total;
     let mut tasks = Vec::new();
-    for t in 0..window {
+    let publishers = if variant == Variant::Batched { window.div_ceil(BATCH) } else { window };
+    for t in 0..publishers {
         let c = conns[t % conns.len()].clone();
+        let subjects = subjects.clone();
         tasks.push(tokio::spawn(async move {
-            let (mut ev, mut errors) = (Vec::new(), 0u64);
+            let (mut ev, mut errors, mut n) = (Vec::new(), 0u64, 0u64);
             while Instant::now() < end {
+                n += 1;
+                let subject = &subjects[(t + n as usize) % subjects.len()];
                 let t0 = now_us();
-                match c.request("bench.m", &stamped(payload), Duration::from_secs(5)).await {
-                    Ok(m) if m.status.is_none() && !contains(&m.payload, b"\"error\"") => {
-                        let at = now_us();
+                let (answer, messages) = match variant {
+                    Variant::Batched => (publish_batch(&c, subject, payload).await, BATCH),
+                    Variant::Dedup => {
+                        let id = format!("{t}-{n}-{}", token());
+                        let h = [("Nats-Msg-Id", id.as_str())];
+                        (c.request_with_headers(subject, &h, &stamped(payload), Duration::from_secs(5)).await, 1)
+                    }
+                    _ => (c.request(subject, &stamped(payload), Duration::from_secs(5)).await, 1),
+                };
+                if pub_ack_ok(&answer) {
+                    let at = now_us();
+                    for _ in 0..messages {
                         if ev.len() < MAX_EVENTS {
                             ev.push(Event { at_us: at, lat_us: at - t0 });
                         }
                     }
-                    other => {
-                        errors += 1;
-                        if errors <= 3 {
-                            eprintln!(
-                                "  publish failed: {:?}",
-                                other.map(|m| String::from_utf8_lossy(&m.payload).into_owned())
-                            );
-                        }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                } else {
+                    errors += 1;
+                    if errors <= 3 {
+                        eprintln!(
+                            "  publish failed: {:?}",
+                            answer.map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+                        );
                     }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
             (ev, errors)
@@ -419,24 +642,48 @@ pub async fn delivery(
     }
     stop.store(true, Ordering::Relaxed);
     run.undelivered = accepted.saturating_sub(delivered.load(Ordering::Relaxed));
-    run.deliveries = consumer.await??;
+    for c in consumers {
+        run.deliveries.extend(c.await??);
+    }
     Ok(run)
+}
+
+/// One atomic batch of [`BATCH`] messages: all but the last published without
+/// a reply, the last carrying the commit marker and awaiting the PubAck.
+async fn publish_batch(c: &Nats, subject: &str, payload: usize) -> anyhow::Result<Msg> {
+    let id = token();
+    for seq in 1..BATCH {
+        let seq = seq.to_string();
+        c.publish_with_headers(
+            subject,
+            None,
+            &[("Nats-Batch-Id", &id), ("Nats-Batch-Sequence", &seq)],
+            &stamped(payload),
+        )?;
+    }
+    let seq = BATCH.to_string();
+    let h = [("Nats-Batch-Id", id.as_str()), ("Nats-Batch-Sequence", seq.as_str()), ("Nats-Batch-Commit", "1")];
+    c.request_with_headers(subject, &h, &stamped(payload), Duration::from_secs(5)).await
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Messages between two acks of an `AckAll` consumer (each acks all before it).
+const ACK_ALL_EVERY: u64 = 128;
+
 /// Pull consumer: keeps `outstanding` messages requested in pulls of up to
-/// 1,024 (1 s expiry); acks every message with `+ACK`.
+/// 1,024 (1 s expiry); acks every message with `+ACK`, or with `ack_all`
+/// every [`ACK_ALL_EVERY`]th message and the last one before going idle.
 async fn consume(
-    port: u16,
-    stream: &str,
+    c: Nats,
+    stream: String,
+    ack_all: bool,
     outstanding: u32,
     stop: Arc<AtomicBool>,
     delivered: Arc<AtomicU64>,
 ) -> anyhow::Result<Vec<Event>> {
-    let c = Nats::connect(port, Duration::from_secs(2)).await?;
     let prefix = format!("_PULL.{}", token());
     let mut rx = c.subscribe(&format!("{prefix}.*"))?;
     let batch = outstanding.clamp(1, 1024);
@@ -448,6 +695,7 @@ async fn consume(
     let mut remaining: std::collections::VecDeque<(String, u32)> = std::collections::VecDeque::new();
     let mut req_no = 0u64;
     let mut ev = Vec::new();
+    let (mut unacked, mut last_reply): (u64, Option<String>) = (0, None);
     while !stop.load(Ordering::Relaxed) {
         while (remaining.len() as u32) < pulls {
             req_no += 1;
@@ -455,8 +703,14 @@ async fn consume(
             c.publish(&next_subject, Some(&reply), body.as_bytes())?;
             remaining.push_back((reply, batch));
         }
-        let m = match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
-            Err(_) => continue,
+        let m = match tokio::time::timeout(Duration::from_millis(20), rx.recv()).await {
+            Err(_) => {
+                if let Some(r) = last_reply.take() {
+                    c.publish(&r, None, b"+ACK")?;
+                    unacked = 0;
+                }
+                continue;
+            }
             Ok(None) => bail!("consumer connection closed"),
             Ok(Some(m)) => m,
         };
@@ -472,8 +726,18 @@ async fn consume(
                 remaining.pop_front();
             }
         }
-        if let Some(reply) = &m.reply {
-            c.publish(reply, None, b"+ACK")?;
+        if let Some(reply) = m.reply {
+            if ack_all {
+                unacked += 1;
+                if unacked >= ACK_ALL_EVERY {
+                    c.publish(&reply, None, b"+ACK")?;
+                    (unacked, last_reply) = (0, None);
+                } else {
+                    last_reply = Some(reply);
+                }
+            } else {
+                c.publish(&reply, None, b"+ACK")?;
+            }
         }
         if m.payload.len() >= 8 {
             let t = u64::from_le_bytes(m.payload[..8].try_into().expect("8 bytes"));
@@ -490,6 +754,7 @@ async fn consume(
 /// Failover probe writer: publishes with ack to the surviving servers only.
 pub struct Writer {
     pub ports: Vec<u16>,
+    pub tls: Tls,
     pub cur: usize,
     pub conn: Option<Nats>,
 }
@@ -498,13 +763,10 @@ impl Writer {
     pub async fn write(&mut self) -> bool {
         if self.conn.as_ref().is_none_or(Nats::is_closed) {
             self.cur = (self.cur + 1) % self.ports.len();
-            self.conn = Nats::connect(self.ports[self.cur], Duration::from_millis(300)).await.ok();
+            self.conn = Nats::connect(self.ports[self.cur], &self.tls, Duration::from_millis(300)).await.ok();
         }
         let Some(c) = &self.conn else { return false };
-        match c.request("bench.f", &stamped(1024), Duration::from_millis(600)).await {
-            Ok(m) => m.status.is_none() && !contains(&m.payload, b"\"error\""),
-            Err(_) => false,
-        }
+        pub_ack_ok(&c.request("bench0.f", &stamped(1024), Duration::from_millis(600)).await)
     }
 }
 

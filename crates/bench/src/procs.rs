@@ -89,6 +89,11 @@ impl Group {
         Ok(g.kill9())
     }
 
+    /// (name, PID) of every running member.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.running.iter().flatten().map(|g| (g.name.clone(), g.pid())).collect()
+    }
+
     /// Fails with the log's tail if a member died on its own.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         for (i, g) in self.running.iter_mut().enumerate() {

@@ -133,7 +133,8 @@ pub struct Bars {
     pub values: Vec<(String, f64, f64)>,
 }
 
-const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
+const COLORS: [&str; 10] =
+    ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
@@ -277,4 +278,170 @@ pub fn svg(path: &Path, title: &str, series: &[Series], bars: &[Bars]) -> std::i
     }
     s.push_str("</svg>\n");
     std::fs::write(path, s)
+}
+
+/// A table of one workload with one row per system (stdout and Markdown).
+#[derive(Clone, Debug, Serialize)]
+pub struct Table {
+    pub title: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(title: &str, columns: &[&str]) -> Table {
+        Table { title: title.into(), columns: columns.iter().map(|c| c.to_string()).collect(), rows: Vec::new() }
+    }
+
+    pub fn push(&mut self, row: Vec<String>) {
+        self.rows.push(row);
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "### {}\n\n| {} |\n|{}|\n",
+            self.title,
+            self.columns.join(" | "),
+            "---|".repeat(self.columns.len())
+        );
+        for r in &self.rows {
+            let _ = writeln!(s, "| {} |", r.join(" | "));
+        }
+        s
+    }
+
+    pub fn print(&self) {
+        let widths: Vec<usize> = (0..self.columns.len())
+            .map(|i| {
+                self.rows
+                    .iter()
+                    .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                    .chain([self.columns[i].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        println!("\n{}", self.title);
+        let line = |cells: &[String]| {
+            let parts: Vec<String> = cells
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c}{}", " ".repeat(w.saturating_sub(c.chars().count()))))
+                .collect();
+            println!("  {}", parts.join("  "));
+        };
+        line(&self.columns);
+        for r in &self.rows {
+            line(r);
+        }
+    }
+}
+
+/// A table cell: median (min–max) of a figure, `—` when absent.
+pub fn stat_cell(s: Option<Stat>) -> String {
+    cell(&s)
+}
+
+/// A plain number cell.
+pub fn num_cell(x: Option<f64>) -> String {
+    x.filter(|x| x.is_finite()).map_or_else(|| "—".into(), num)
+}
+
+/// One panel of a line plot.
+pub struct Panel {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub series: Vec<Series>,
+}
+
+/// Line plots, one panel per row of the image, x and y linear from 0.
+pub fn line_svg(path: &Path, title: &str, panels: &[Panel]) -> std::io::Result<()> {
+    let (w, ph, top) = (1000.0, 260.0, 50.0);
+    let h = top + panels.len() as f64 * (ph + 80.0);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="20" y="24" font-size="15">{}</text>"#,
+        esc(title)
+    );
+    for (pi, p) in panels.iter().enumerate() {
+        let (x0, y0, pw) = (80.0, top + 20.0 + pi as f64 * (ph + 80.0), 640.0);
+        let pts =
+            || p.series.iter().flat_map(|s| s.points.iter().copied()).filter(|(x, y)| x.is_finite() && y.is_finite());
+        let xmax = pts().map(|p| p.0).fold(0.0, f64::max).max(1e-9);
+        let ymax = pts().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.1;
+        let _ = writeln!(s, r#"<text x="{x0}" y="{}">{}</text>"#, y0 - 8.0, esc(&p.title));
+        let _ = writeln!(s, r##"<rect x="{x0}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>"##);
+        for i in 0..=5 {
+            let f = f64::from(i) / 5.0;
+            let y = y0 + ph - ph * f;
+            let x = x0 + pw * f;
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x0}" y1="{y}" x2="{}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
+                x0 + pw,
+                x0 - 5.0,
+                y + 4.0,
+                num(ymax * f)
+            );
+            let _ =
+                writeln!(s, r#"<text x="{x}" y="{}" text-anchor="middle">{}</text>"#, y0 + ph + 16.0, num(xmax * f));
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+            x0 + pw / 2.0,
+            y0 + ph + 34.0,
+            esc(&p.x_label)
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="20" y="{}" transform="rotate(-90 20 {})" text-anchor="middle">{}</text>"#,
+            y0 + ph / 2.0,
+            y0 + ph / 2.0,
+            esc(&p.y_label)
+        );
+        for (i, se) in p.series.iter().enumerate() {
+            let c = COLORS[i % COLORS.len()];
+            let line: Vec<String> = se
+                .points
+                .iter()
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .map(|(x, y)| format!("{:.1},{:.1}", x0 + pw * x / xmax, y0 + ph - ph * y / ymax))
+                .collect();
+            let _ = writeln!(s, r#"<polyline points="{}" fill="none" stroke="{c}" stroke-width="2"/>"#, line.join(" "));
+            if line.len() <= 12 {
+                for pt in &line {
+                    let (px, py) = pt.split_once(',').expect("point");
+                    let _ = writeln!(s, r#"<circle cx="{px}" cy="{py}" r="3" fill="{c}"/>"#);
+                }
+            }
+            let _ = writeln!(
+                s,
+                r#"<rect x="{}" y="{}" width="10" height="10" fill="{c}"/><text x="{}" y="{}">{}</text>"#,
+                x0 + pw + 15.0,
+                y0 + 10.0 + 16.0 * i as f64,
+                x0 + pw + 30.0,
+                y0 + 19.0 + 16.0 * i as f64,
+                esc(&se.name)
+            );
+        }
+    }
+    s.push_str("</svg>\n");
+    std::fs::write(path, s)
+}
+
+/// The current time as `YYYY-MM-DD HH:MM UTC`.
+pub fn utc_now() -> String {
+    std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }

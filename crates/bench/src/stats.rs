@@ -88,6 +88,7 @@ impl Stat {
 }
 
 /// Rate, p50 and p99 of one series over the windows of a plan.
+#[derive(Clone, Copy, Debug, Serialize)]
 pub struct Triple {
     pub rate: Option<Stat>,
     pub p50: Option<Stat>,

@@ -8,9 +8,45 @@
 #   bash deploy/bench.sh --window 3 --reps 3           (shorter run)
 #   bash deploy/bench.sh --only claims,failover        (some workloads)
 #   bash deploy/bench.sh --skip-peers                  (router only, no installs needed)
+#   bash deploy/bench.sh --baseline-ref main~3         (also the routerd of that git ref,
+#                                                       built once into target/baseline/)
+#   bash deploy/bench.sh --only soak                   (10 min per phase; docs/benchmarks.md)
+#   bash deploy/bench.sh --only growth                 (cost as the work grows)
 # Not run by CI. Needs: cargo, python3 + pip, apt-get (as root) for etcd.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root="$(pwd)"
+
+# --- a baseline build (--baseline-ref REF) -------------------------------------
+# REF is checked out in a temporary worktree and built with the shared target
+# directory (only the workspace crates recompile); its routerd is kept as
+# target/baseline/routerd-<sha> and passed on as --baseline-routerd.
+args=()
+baseline_ref=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --baseline-ref) baseline_ref="${2:?--baseline-ref needs a git ref}"; shift 2 ;;
+        --baseline-ref=*) baseline_ref="${1#*=}"; shift ;;
+        *) args+=("$1"); shift ;;
+    esac
+done
+if [ -n "$baseline_ref" ]; then
+    sha="$(git rev-parse --short "$baseline_ref^{commit}")"
+    baseline_bin="$root/target/baseline/routerd-$sha"
+    if [ ! -x "$baseline_bin" ]; then
+        worktree="$(mktemp -d)"
+        trap 'git -C "$root" worktree remove --force "$worktree" >/dev/null 2>&1 || true' EXIT
+        git worktree add --detach "$worktree" "$sha" >/dev/null
+        echo "building the baseline routerd ($baseline_ref = $sha)"
+        (cd "$worktree" && CARGO_TARGET_DIR="$root/target" cargo build --release --locked -p router-node)
+        mkdir -p "$root/target/baseline"
+        cp "$root/target/release/routerd" "$baseline_bin"
+        git worktree remove --force "$worktree"
+        trap - EXIT
+    fi
+    args+=(--baseline-routerd "$baseline_bin")
+fi
+set -- ${args[@]+"${args[@]}"}
 
 # --- peers -------------------------------------------------------------------
 skip_peers=0

@@ -83,11 +83,13 @@ async fn until_ok(
     Ok(None)
 }
 
-fn max_rss(cluster: &RouterCluster) -> f64 {
+/// The largest resident memory of the running nodes, in MiB.
+pub fn max_rss(cluster: &RouterCluster) -> f64 {
     cluster.procs.running.iter().flatten().filter_map(|g| rss_mib(g.pid())).fold(0.0, f64::max)
 }
 
-fn dir_bytes(dir: &Path) -> u64 {
+/// Bytes of the files under `dir`.
+pub fn dir_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries
         .flatten()

@@ -111,6 +111,7 @@ async fn run_router(
         );
         let meter = Meter::start(rc.procs.pids(), dir);
         let opts = router::DeliveryOpts {
+            pace: None,
             total: plan.total(),
             window: args.inflight,
             clients: args.clients,

@@ -108,57 +108,81 @@ impl Samples {
         self.samples.iter().min_by_key(|s| s.at_us.abs_diff(t_us))
     }
 
-    /// Cost per message in each window of `plan`, counting `events` (one per
+    /// Each window of `plan` cut at its nearest samples (`None` where the
+    /// samples are missing or a process was not readable).
+    pub fn windows(&self, plan: &Plan, start_us: u64, events: &[Event], payload: usize) -> Vec<Option<WindowCost>> {
+        (0..plan.reps)
+            .map(|i| {
+                let (from, to) = plan.bounds(start_us, i);
+                let (a, b) = (self.nearest(from)?, self.nearest(to)?);
+                (b.at_us > a.at_us).then(|| window_cost(a, b, events, payload)).flatten()
+            })
+            .collect()
+    }
+
+    /// Cost per message over the windows of `plan`, counting `events` (one per
     /// message) and `payload` bytes per message.
     pub fn cost(&self, plan: &Plan, start_us: u64, events: &[Event], payload: usize) -> Cost {
-        let n = self.names.len();
-        let (mut cpu, mut disk, mut amp, mut flush, mut rss) = (vec![], vec![], vec![], vec![], vec![]);
-        let mut by_proc: Vec<Vec<f64>> = vec![Vec::new(); n];
-        for i in 0..plan.reps {
-            let (from, to) = plan.bounds(start_us, i);
-            let (Some(a), Some(b)) = (self.nearest(from), self.nearest(to)) else { continue };
-            if b.at_us <= a.at_us {
-                continue;
-            }
-            let msgs = events.iter().filter(|e| e.at_us >= a.at_us && e.at_us < b.at_us).count() as f64;
-            let secs = (b.at_us - a.at_us) as f64 / 1e6;
-            let deltas: Vec<Option<(f64, f64)>> = (0..n)
-                .map(|k| match (a.procs[k], b.procs[k]) {
-                    (Some(x), Some(y)) => Some((
-                        y.cpu_us.saturating_sub(x.cpu_us) as f64,
-                        y.write_bytes.saturating_sub(x.write_bytes) as f64,
-                    )),
-                    _ => None,
-                })
-                .collect();
-            if msgs > 0.0 && deltas.iter().all(Option::is_some) {
-                let (c, d): (f64, f64) = deltas.iter().flatten().fold((0.0, 0.0), |s, x| (s.0 + x.0, s.1 + x.1));
-                cpu.push(c / msgs);
-                disk.push(d / msgs);
-                if payload > 0 {
-                    amp.push(d / (msgs * payload as f64));
-                }
-                for (k, x) in deltas.iter().enumerate() {
-                    by_proc[k].push(x.map_or(f64::NAN, |x| x.0 / msgs));
-                }
-            }
-            if let (Some(x), Some(y)) = (a.flushes, b.flushes) {
-                flush.push(y.saturating_sub(x) as f64 / secs);
-            }
-            let total: u64 = b.procs.iter().flatten().map(|p| p.rss_bytes).sum();
-            rss.push(total as f64 / (1 << 20) as f64);
-        }
+        let w: Vec<WindowCost> = self.windows(plan, start_us, events, payload).into_iter().flatten().collect();
+        let of = |f: fn(&WindowCost) -> f64| Stat::of(&w.iter().map(f).collect::<Vec<_>>());
+        let by_proc = (0..self.names.len())
+            .map(|k| Stat::of(&w.iter().map(|x| x.cpu_us_by_process[k]).collect::<Vec<_>>()))
+            .collect::<Vec<_>>();
         let max_rss = self.samples.iter().flat_map(|s| s.procs.iter().flatten().map(|p| p.rss_bytes)).max();
         Cost {
-            cpu_us_per_msg: Stat::of(&cpu),
-            cpu_us_per_msg_by_process: self.names.iter().cloned().zip(by_proc.iter().map(|v| Stat::of(v))).collect(),
-            disk_bytes_per_msg: Stat::of(&disk),
-            write_amplification: Stat::of(&amp),
-            device_flushes_per_s: Stat::of(&flush),
-            rss_mib_total: Stat::of(&rss),
+            cpu_us_per_msg: of(|x| x.cpu_us_per_msg),
+            cpu_us_per_msg_by_process: self.names.iter().cloned().zip(by_proc).collect(),
+            disk_bytes_per_msg: of(|x| x.disk_bytes_per_msg),
+            write_amplification: of(|x| x.write_amplification),
+            device_flushes_per_s: of(|x| x.device_flushes_per_s),
+            rss_mib_total: of(|x| x.rss_mib_total),
             rss_mib_max_process: max_rss.map(|b| b as f64 / (1 << 20) as f64),
         }
     }
+}
+
+/// One window's cost (NaN where it cannot be computed: no messages, no payload
+/// size, no device counters).
+#[derive(Clone, Debug, Serialize)]
+pub struct WindowCost {
+    pub seconds: f64,
+    pub messages: f64,
+    pub cpu_us_per_msg: f64,
+    pub cpu_us_by_process: Vec<f64>,
+    pub disk_bytes_per_msg: f64,
+    pub write_amplification: f64,
+    pub device_flushes_per_s: f64,
+    pub rss_mib_total: f64,
+}
+
+fn window_cost(a: &Sample, b: &Sample, events: &[Event], payload: usize) -> Option<WindowCost> {
+    let msgs = events.iter().filter(|e| e.at_us >= a.at_us && e.at_us < b.at_us).count() as f64;
+    let secs = (b.at_us - a.at_us) as f64 / 1e6;
+    let deltas: Vec<(f64, f64)> = a
+        .procs
+        .iter()
+        .zip(&b.procs)
+        .map(|(x, y)| {
+            let (x, y) = ((*x)?, (*y)?);
+            Some((y.cpu_us.saturating_sub(x.cpu_us) as f64, y.write_bytes.saturating_sub(x.write_bytes) as f64))
+        })
+        .collect::<Option<_>>()?;
+    let (cpu, disk) = deltas.iter().fold((0.0, 0.0), |s, x| (s.0 + x.0, s.1 + x.1));
+    let per = |v: f64| if msgs > 0.0 { v / msgs } else { f64::NAN };
+    let flushes = match (a.flushes, b.flushes) {
+        (Some(x), Some(y)) => y.saturating_sub(x) as f64 / secs,
+        _ => f64::NAN,
+    };
+    Some(WindowCost {
+        seconds: secs,
+        messages: msgs,
+        cpu_us_per_msg: per(cpu),
+        cpu_us_by_process: deltas.iter().map(|d| per(d.0)).collect(),
+        disk_bytes_per_msg: per(disk),
+        write_amplification: if payload > 0 { per(disk) / payload as f64 } else { f64::NAN },
+        device_flushes_per_s: flushes,
+        rss_mib_total: b.procs.iter().flatten().map(|p| p.rss_bytes).sum::<u64>() as f64 / (1 << 20) as f64,
+    })
 }
 
 fn read_proc(pid: u32) -> Option<ProcReading> {

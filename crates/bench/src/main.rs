@@ -16,11 +16,13 @@ mod compare;
 mod cost;
 mod etcd;
 mod failover;
+mod growth;
 mod nats;
 mod pki;
 mod procs;
 mod report;
 mod router;
+mod soak;
 mod stats;
 
 use anyhow::Context;
@@ -46,7 +48,8 @@ pub struct Args {
     #[arg(long)]
     etcd: Option<PathBuf>,
     /// Workloads to run (comma-separated): delivery, claims, groups, failover;
-    /// or `backlog` alone (this build against `--baseline-routerd`).
+    /// or one of `backlog`, `soak`, `growth` alone (routerd only; with
+    /// `--baseline-routerd`, on both builds).
     #[arg(long, value_delimiter = ',', default_value = "delivery,claims,groups,failover")]
     only: Vec<String>,
     /// Skip NATS and etcd (router figures only).
@@ -136,6 +139,22 @@ pub struct Args {
     /// Backlog workload: sends in flight.
     #[arg(long, default_value_t = 16)]
     backlog_inflight: usize,
+    /// Soak: seconds per phase (saturated, then paced).
+    #[arg(long, default_value_t = 600)]
+    soak_secs: u64,
+    /// Soak: offered load of the paced phase in msg/s (default: half of what
+    /// the saturated phase accepted).
+    #[arg(long)]
+    soak_rate: Option<f64>,
+    /// Growth: connected receive streams per level.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+    growth_streams: Vec<usize>,
+    /// Growth: users in the directory per level.
+    #[arg(long, value_delimiter = ',', default_value = "0,10000,100000")]
+    growth_users: Vec<u64>,
+    /// Growth: entries queued for an absent provider per level.
+    #[arg(long, value_delimiter = ',', default_value = "0,100000,1000000")]
+    growth_queued: Vec<u64>,
     /// Keep the working directory (configs, data, logs of every process).
     #[arg(long)]
     keep: bool,
@@ -164,13 +183,19 @@ async fn main() -> anyhow::Result<()> {
         println!("working directory (kept): {}", workdir.display());
     }
     let started = Instant::now();
-    let result =
-        if args.only == ["backlog"] { run_backlog(&args, &workdir).await } else { compare::run(&args, &workdir).await };
+    let result = match args.only.as_slice() {
+        [w] if w == "backlog" => run_backlog(&args, &workdir).await,
+        [w] if w == "soak" => soak::run(&args, &workdir).await.map(|()| Vec::new()),
+        [w] if w == "growth" => growth::run(&args, &workdir).await.map(|()| Vec::new()),
+        _ => compare::run(&args, &workdir).await,
+    };
     if args.keep {
         let _ = work.keep();
     }
     let rows = result?;
-    report::print(&rows);
+    if !rows.is_empty() {
+        report::print(&rows);
+    }
     println!("\ntotal time {:.0} s; results in {}", started.elapsed().as_secs_f64(), args.out.display());
     Ok(())
 }

@@ -357,7 +357,7 @@ pub struct Panel {
 
 /// Line plots, one panel per row of the image, x and y linear from 0.
 pub fn line_svg(path: &Path, title: &str, panels: &[Panel]) -> std::io::Result<()> {
-    let (w, ph, top) = (1000.0, 260.0, 50.0);
+    let (w, ph, top) = (1250.0, 260.0, 50.0);
     let h = top + panels.len() as f64 * (ph + 80.0);
     let mut s = String::new();
     let _ = writeln!(

@@ -2,7 +2,7 @@
 //! router side of every workload, driven through `router-sdk`.
 
 use crate::procs::{self, Group, Spec};
-use crate::stats::{Event, MAX_EVENTS, now_us};
+use crate::stats::{Event, MAX_EVENTS, Pace, now_us};
 use anyhow::{Context, bail};
 use rand::SeedableRng;
 use router_prekeys::sign::KeyPair;
@@ -189,10 +189,18 @@ fn stamped_latency(b: &[u8]) -> Option<u64> {
     Some(now_us().saturating_sub(t))
 }
 
-async fn register(c: &RouterClient, user: &str, registration_id: u32) -> anyhow::Result<()> {
-    c.register_user(user).await.with_context(|| format!("register {user}"))?;
-    c.register_device(user, 1, registration_id).await.with_context(|| format!("register device of {user}"))?;
-    Ok(())
+/// Registers `user` with device 1; one already registered (an earlier point
+/// on the same cluster) is fine.
+pub async fn register(c: &RouterClient, user: &str, registration_id: u32) -> anyhow::Result<()> {
+    let exists = |e: &router_sdk::SdkError| e.code() == Some(tonic::Code::AlreadyExists);
+    match c.register_user(user).await {
+        Err(e) if !exists(&e) => return Err(e).with_context(|| format!("register {user}")),
+        _ => {}
+    }
+    match c.register_device(user, 1, registration_id).await {
+        Err(e) if !exists(&e) => Err(e).with_context(|| format!("register device of {user}")),
+        _ => Ok(()),
+    }
 }
 
 /// Send-side and receive-side events of a delivery run.
@@ -277,6 +285,9 @@ async fn drain(accepted: u64, delivered: &AtomicU64, per_msg: u64, stop: &Atomic
 }
 
 pub struct DeliveryOpts {
+    /// Offered load in sends per second (open loop, see `Pace`); `None`:
+    /// closed loop, `window` sends always in flight.
+    pub pace: Option<f64>,
     pub total: Duration,
     pub window: usize,
     pub clients: usize,
@@ -299,10 +310,15 @@ pub async fn delivery(cluster: &RouterCluster, o: &DeliveryOpts) -> anyhow::Resu
         (0..o.clients.max(1)).map(|i| cluster.client("a", i % n, None)).collect::<Result<_, _>>()?;
     let start_us = now_us();
     let payload = o.payload;
-    let (acks, errors) = closed_loop(&clients, o.window, Instant::now() + o.total, "send", move |c, t, k| async move {
-        c.send(to_receiver(format!("m-{t}-{k}"), payload)).await.map(drop)
-    })
-    .await?;
+    let pace = o.pace.map(Pace::new);
+    // Message ids unique to this run: the router deduplicates sends by id, so
+    // a second run on the same cluster reusing ids would queue nothing.
+    let run_id = now_us();
+    let (acks, errors) =
+        closed_loop(&clients, o.window, pace, Instant::now() + o.total, "send", move |c, t, k| async move {
+            c.send(to_receiver(format!("m-{run_id}-{t}-{k}"), payload)).await.map(drop)
+        })
+        .await?;
     let mut run = DeliveryRun { start_us, acks, errors, ..Default::default() };
     run.undelivered = drain(run.acks.len() as u64, &delivered, 1, &stop, Duration::from_secs(30)).await;
     let (ev, _) = rx.await??;
@@ -367,7 +383,7 @@ pub async fn groups(cluster: &RouterCluster, o: &GroupOpts) -> anyhow::Result<De
     let clients: Vec<RouterClient> = (0..n).map(|i| cluster.client("a", i, None)).collect::<Result<_, _>>()?;
     let payload = o.payload;
     let end = Instant::now() + o.total;
-    let (acks, errors) = closed_loop(&clients, o.window, end, "group send", move |c, t, k| {
+    let (acks, errors) = closed_loop(&clients, o.window, None, end, "group send", move |c, t, k| {
         let creator = creator.clone();
         async move {
             let req = SendGroupRequest {
@@ -401,6 +417,7 @@ pub async fn groups(cluster: &RouterCluster, o: &GroupOpts) -> anyhow::Result<De
 async fn closed_loop<F, Fut>(
     clients: &[RouterClient],
     window: usize,
+    pace: Option<Arc<Pace>>,
     end: Instant,
     what: &'static str,
     op: F,
@@ -411,12 +428,15 @@ where
 {
     let mut tasks = Vec::new();
     for t in 0..window {
-        let (c, op) = (clients[t % clients.len()].clone(), op.clone());
+        let (c, op, pace) = (clients[t % clients.len()].clone(), op.clone(), pace.clone());
         tasks.push(tokio::spawn(async move {
             let (mut ev, mut errors, mut k) = (Vec::new(), 0u64, 0u64);
             while Instant::now() < end {
                 k += 1;
-                let t0 = now_us();
+                let t0 = match &pace {
+                    Some(p) => p.slot().await,
+                    None => now_us(),
+                };
                 match op(c.clone(), t, k).await {
                     Ok(()) => {
                         let at = now_us();
@@ -576,14 +596,19 @@ pub async fn claims(
 /// A 1:1 send of `payload` stamped bytes from the sender's device 1 to the
 /// receiver's device 1 (the users every router workload sets up).
 pub fn to_receiver(message_id: String, payload: usize) -> SendRequest {
+    envelope(message_id, "handle:receiver", 2002, payload)
+}
+
+/// A 1:1 send of `payload` stamped bytes from the sender's device 1 to device 1 of `recipient`.
+pub fn envelope(message_id: String, recipient: &str, registration_id: u32, payload: usize) -> SendRequest {
     SendRequest {
         message_id,
-        recipient_user_id: "handle:receiver".into(),
+        recipient_user_id: recipient.into(),
         content_type: ContentType::Message as i32,
         ttl_seconds: 0,
         parts: vec![DeviceCiphertext {
             device_id: 1,
-            registration_id: 2002,
+            registration_id,
             message_type: 1,
             ciphertext: stamp(payload).into(),
         }],

@@ -1,7 +1,8 @@
 //! Measurement windows, percentiles and the median / min–max summary of repetitions.
 
 use serde::Serialize;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 static T0: OnceLock<Instant> = OnceLock::new();
@@ -20,6 +21,32 @@ pub const MAX_EVENTS: usize = 20_000_000;
 pub struct Event {
     pub at_us: u64,
     pub lat_us: u64,
+}
+
+/// Open-loop pacing: send slots `1 / rate` apart, each claimed by whichever
+/// worker is free. A latency counts from its slot, not from when a worker got
+/// to it, so a system that stalls is charged for the wait (no coordinated
+/// omission).
+pub struct Pace {
+    next_us: AtomicU64,
+    interval_us: u64,
+}
+
+impl Pace {
+    pub fn new(rate_per_s: f64) -> Arc<Pace> {
+        let interval_us = (1e6 / rate_per_s.max(1.0)).round().max(1.0) as u64;
+        Arc::new(Pace { next_us: AtomicU64::new(now_us()), interval_us })
+    }
+
+    /// Waits for the next free slot; returns its time in µs.
+    pub async fn slot(&self) -> u64 {
+        let at = self.next_us.fetch_add(self.interval_us, Ordering::Relaxed);
+        let now = now_us();
+        if at > now {
+            tokio::time::sleep(Duration::from_micros(at - now)).await;
+        }
+        at
+    }
 }
 
 /// A load phase: warm-up, then `reps` consecutive measurement windows.

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug, Serialize)]
 pub struct Delivery {
     pub system: String,
+    /// Every accepted message was on disk (fsynced) on a quorum before its ack.
+    pub fsync_per_write: bool,
     pub accepted: Triple,
     pub delivered: Triple,
     pub cost: Cost,
@@ -129,6 +131,7 @@ async fn run_router(
         );
         res.delivery.push(Delivery {
             system: label.into(),
+            fsync_per_write: true,
             accepted: summarize(plan, run.start_us, &run.acks),
             delivered: summarize(plan, run.start_us, &run.deliveries),
             cost: samples.cost(plan, run.start_us, &run.deliveries, args.payload),
@@ -299,6 +302,7 @@ async fn run_nats(args: &Args, plan: &Plan, work: &Path, pki: &Pki, res: &mut Re
             );
             res.delivery.push(Delivery {
                 system: label.clone(),
+                fsync_per_write: sync,
                 accepted: summarize(plan, run.start_us, &run.acks),
                 delivered: summarize(plan, run.start_us, &run.deliveries),
                 cost: samples.cost(plan, run.start_us, &run.deliveries, args.payload),
@@ -521,11 +525,8 @@ pub fn failover_table(rows: &[Failover]) -> Table {
 fn pairwise(res: &Results) -> Vec<Row> {
     let mut out = Vec::new();
     let this = res.delivery.iter().find(|d| d.system == THIS_BUILD);
-    let best_peer = res
-        .delivery
-        .iter()
-        .filter(|d| !d.system.starts_with("routerd") && d.system.contains("fsync per write"))
-        .max_by(|a, b| {
+    let best_peer =
+        res.delivery.iter().filter(|d| !d.system.starts_with("routerd") && d.fsync_per_write).max_by(|a, b| {
             let r = |d: &Delivery| d.accepted.rate.map_or(0.0, |s| s.median);
             r(a).total_cmp(&r(b))
         });

@@ -142,6 +142,13 @@ mod tests {
         assert!(Stat::of(&[f64::NAN]).is_none());
     }
 
+    #[tokio::test]
+    async fn pace_hands_out_slots_one_interval_apart() {
+        let pace = Pace::new(1000.0);
+        let (a, b, c) = (pace.slot().await, pace.slot().await, pace.slot().await);
+        assert_eq!((b - a, c - b), (1000, 1000));
+    }
+
     #[test]
     fn windows_split_events() {
         let plan = Plan { warmup: Duration::from_secs(1), window: Duration::from_secs(1), reps: 2 };

@@ -136,8 +136,10 @@ impl Index {
     fn truncate(&mut self, since: u64) {
         while self.positions.back().is_some_and(|p| p.log_id.index >= since) {
             self.positions.pop_back();
-            if self.cache.len() > self.positions.len() {
-                let (_, size) = self.cache.pop_back().expect("cache is not longer than the log");
+            // The cache holds the log's last entries: the one just dropped is
+            // its last one whenever it holds any (also when it covers only a
+            // tail of the log, after a restart or an eviction).
+            if let Some((_, size)) = self.cache.pop_back() {
                 self.cache_bytes -= size;
             }
         }

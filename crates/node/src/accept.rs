@@ -249,9 +249,19 @@ impl AsyncWrite for Counted {
 /// A gRPC server with the per-connection bounds of `[connections]`: streams
 /// per connection, and pings of idle connections (the provider, peer and
 /// federation listeners are built from it).
+///
+/// A client may cancel as many calls before the server took them up as it
+/// may have open (`max_concurrent_streams`) before the connection is closed
+/// with GOAWAY. h2's default of 20 guards against the rapid-reset attack,
+/// but callers that time out under load (openraft cancels an AppendEntries
+/// after its per-call timeout, the SDK an attempt after `attempt_timeout`)
+/// reach it in normal operation, and the GOAWAY then fails every call on the
+/// connection at once: replication stalls, elections churn and providers see
+/// `RESOURCE_EXHAUSTED` "h2 protocol error". The bound stays per connection.
 pub fn bounded_server(max_concurrent_streams: u32) -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .max_concurrent_streams(max_concurrent_streams)
+        .http2_max_pending_accept_reset_streams(Some(max_concurrent_streams as usize))
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
 }
 

@@ -51,7 +51,7 @@ pub struct Figures {
 }
 
 /// A `/proc/<pid>/status` memory field (`VmRSS`, `VmHWM`) in MiB.
-fn status_mib(pid: u32, field: &str) -> Option<f64> {
+pub fn status_mib(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let value = status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
     let kib: f64 = value.trim().trim_end_matches("kB").trim().parse().ok()?;
@@ -177,15 +177,7 @@ pub async fn run(routerd: &Path, work: &Path, o: &Opts) -> anyhow::Result<Figure
     let li = leader as usize - 1;
     let applied = cluster.status(li).await.map_or(0, |s| s.last_applied_index);
     figures.leader_rss_before_snapshot_mib = node_mib(&cluster, li, "VmRSS");
-    let built = Instant::now();
-    cluster.trigger_snapshot(li).await?;
-    while built.elapsed() < Duration::from_secs(600) {
-        if cluster.status(li).await.is_some_and(|s| s.snapshot_index >= applied) {
-            figures.snapshot_build_s = Some(built.elapsed().as_secs_f64());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    figures.snapshot_build_s = cluster.snapshot_applied(li, Duration::from_secs(600)).await?;
     figures.leader_hwm_mib = node_mib(&cluster, li, "VmHWM");
     cluster.procs.kill9(follower)?;
     let data = cluster.data_dir(follower);

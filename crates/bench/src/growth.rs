@@ -8,8 +8,10 @@
 //! 3. queued mail: provider e away while 0, 100 k, 1 M envelopes of
 //!    `--payload` bytes queue for it; at each level the delivery workload
 //!    (a to b, beside the backlog), resident memory, the data directories,
-//!    the leader's snapshot build time and a follower's kill -9 to
-//!    `health: ok`; then e comes back and drains its mailbox.
+//!    the leader's snapshot build time, a follower's kill -9 to
+//!    `health: ok` (log replay) and a wiped follower's catch-up by snapshot
+//!    install (time and peak memory); then e comes back and drains its
+//!    mailbox.
 //!
 //! Each level is cumulative (the cluster keeps what the previous one added).
 
@@ -38,6 +40,11 @@ pub struct Point {
     pub data_dir_mib_max_node: f64,
     pub snapshot_build_s: Option<f64>,
     pub restart_to_ok_s: Option<f64>,
+    /// A follower whose data directory was wiped, caught up by a snapshot
+    /// install: seconds to `health: ok` with everything applied, and its peak
+    /// resident memory meanwhile.
+    pub install_to_ok_s: Option<f64>,
+    pub install_peak_rss_mib: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -70,6 +77,7 @@ pub async fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
             "max node data dir MiB",
             "snapshot build s",
             "follower kill -9 → ok s",
+            "wiped follower → ok s (peak RSS MiB)",
         ],
     );
     for p in &points {
@@ -85,6 +93,10 @@ pub async fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
             num_cell(Some(p.data_dir_mib_max_node)),
             num_cell(p.snapshot_build_s),
             num_cell(p.restart_to_ok_s),
+            match (p.install_to_ok_s, p.install_peak_rss_mib) {
+                (Some(s), Some(m)) => format!("{} ({})", num_cell(Some(s)), num_cell(Some(m))),
+                (s, _) => num_cell(s),
+            },
         ]);
     }
     let mut drain_table = Table::new(
@@ -163,7 +175,10 @@ pub async fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
                 v.iter_mut().for_each(|s| s.name.push_str(": snapshot build"));
                 let mut r = series("queued entries", |p| p.restart_to_ok_s);
                 r.iter_mut().for_each(|s| s.name.push_str(": restart to ok"));
+                let mut w = series("queued entries", |p| p.install_to_ok_s);
+                w.iter_mut().for_each(|s| s.name.push_str(": wiped, snapshot install to ok"));
                 v.extend(r);
+                v.extend(w);
                 v
             },
         },
@@ -216,6 +231,7 @@ async fn one(
         let mut p = measure(args, &plan, &rc, dir, label, "queued entries", q).await?;
         p.snapshot_build_s = snapshot_build(&rc).await?;
         p.restart_to_ok_s = follower_restart(&mut rc).await?;
+        (p.install_to_ok_s, p.install_peak_rss_mib) = follower_install(&mut rc).await?;
         points.push(p);
     }
 
@@ -271,6 +287,8 @@ async fn measure(
             / (1 << 20) as f64,
         snapshot_build_s: None,
         restart_to_ok_s: None,
+        install_to_ok_s: None,
+        install_peak_rss_mib: None,
     })
 }
 
@@ -365,20 +383,10 @@ async fn fill(
     Ok(added.load(Ordering::Relaxed))
 }
 
-/// The leader snapshots everything applied so far: seconds until its
-/// snapshot index reaches it (bounded at 10 minutes).
+/// The leader snapshots everything applied so far (bounded at 10 minutes).
 async fn snapshot_build(rc: &RouterCluster) -> anyhow::Result<Option<f64>> {
     let li = rc.wait_for_leader(Duration::from_secs(30)).await? as usize - 1;
-    let applied = rc.status(li).await.map_or(0, |s| s.last_applied_index);
-    let t = Instant::now();
-    rc.trigger_snapshot(li).await?;
-    while t.elapsed() < Duration::from_secs(600) {
-        if rc.status(li).await.is_some_and(|s| s.snapshot_index >= applied) {
-            return Ok(Some(t.elapsed().as_secs_f64()));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(None)
+    rc.snapshot_applied(li, Duration::from_secs(600)).await
 }
 
 /// A follower killed with SIGKILL and restarted: seconds until `health: ok`
@@ -398,6 +406,30 @@ async fn follower_restart(rc: &mut RouterCluster) -> anyhow::Result<Option<f64>>
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(None)
+}
+
+/// A follower killed, its data directory wiped, and restarted: the leader
+/// sends it the snapshot just built. Seconds until it serves with everything
+/// applied that the leader had, and its peak resident memory (`VmHWM`).
+async fn follower_install(rc: &mut RouterCluster) -> anyhow::Result<(Option<f64>, Option<f64>)> {
+    let leader = rc.wait_for_leader(Duration::from_secs(30)).await?;
+    let applied = rc.status(leader as usize - 1).await.map_or(0, |s| s.last_applied_index);
+    let follower = (1..=rc.nodes() as u64).find(|&id| id != leader).context("a follower")? as usize - 1;
+    rc.procs.kill9(follower)?;
+    let data = rc.data_dir(follower);
+    std::fs::remove_dir_all(&data)?;
+    std::fs::create_dir_all(&data)?;
+    let t = Instant::now();
+    rc.procs.restart(follower)?;
+    while t.elapsed() < Duration::from_secs(600) {
+        if rc.status(follower).await.is_some_and(|s| s.health == "ok" && s.last_applied_index >= applied) {
+            let peak = rc.procs.running[follower].as_ref().and_then(|g| crate::backlog::status_mib(g.pid(), "VmHWM"));
+            return Ok((Some(t.elapsed().as_secs_f64()), peak));
+        }
+        rc.procs_alive()?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((None, None))
 }
 
 /// Receives and acks until `expected` entries arrived or nothing came for 10 s

@@ -141,6 +141,30 @@ impl RouterCluster {
         Ok(())
     }
 
+    /// Has node `i` snapshot everything it applied so far: seconds until its
+    /// snapshot index reaches that, or `None` after `limit`. The trigger is
+    /// repeated every second: openraft ignores one while a build (the
+    /// automatic one, say) is still running.
+    pub async fn snapshot_applied(&self, i: usize, limit: Duration) -> anyhow::Result<Option<f64>> {
+        let applied = self.status(i).await.map_or(0, |s| s.last_applied_index);
+        let t = Instant::now();
+        let mut triggered: Option<Instant> = None;
+        while t.elapsed() < limit {
+            if triggered.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                // A busy node may not answer within the admin timeout: try again.
+                if let Err(e) = self.trigger_snapshot(i).await {
+                    eprintln!("  trigger snapshot on node {}: {e:#}", i + 1);
+                }
+                triggered = Some(Instant::now());
+            }
+            if self.status(i).await.is_some_and(|s| s.snapshot_index >= applied) {
+                return Ok(Some(t.elapsed().as_secs_f64()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(None)
+    }
+
     /// Node `i`'s (0-based) data directory.
     pub fn data_dir(&self, i: usize) -> PathBuf {
         self.dir.join(format!("node-{}", i + 1))

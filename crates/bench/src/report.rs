@@ -298,12 +298,8 @@ impl Table {
     }
 
     pub fn markdown(&self) -> String {
-        let mut s = format!(
-            "### {}\n\n| {} |\n|{}|\n",
-            self.title,
-            self.columns.join(" | "),
-            "---|".repeat(self.columns.len())
-        );
+        let mut s =
+            format!("### {}\n\n| {} |\n|{}\n", self.title, self.columns.join(" | "), "---|".repeat(self.columns.len()));
         for r in &self.rows {
             let _ = writeln!(s, "| {} |", r.join(" | "));
         }

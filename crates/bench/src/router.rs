@@ -87,7 +87,29 @@ impl RouterCluster {
         let send_batch = (router_sdk::client::DEFAULT_MAX_SEND_BATCH, router_sdk::client::DEFAULT_MAX_SEND_BATCH_CALLS);
         let c = RouterCluster { dir: dir.to_path_buf(), base_port, procs, admin, send_batch };
         c.wait_for_leader(Duration::from_secs(30)).await?;
+        c.wait_for_providers(Duration::from_secs(30)).await?;
         Ok(c)
+    }
+
+    /// Waits until every node lists providers a..e as active: a leader is
+    /// elected before the onboarding `init-dev` configured has applied, and
+    /// a call in between is refused `PROVIDER_NOT_ONBOARDED`.
+    async fn wait_for_providers(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        for a in &self.admin {
+            loop {
+                let listed =
+                    a.clone().list_providers(ListProvidersRequest {}).await.map(|r| r.into_inner().provider_ids);
+                if listed.as_ref().is_ok_and(|ids| PROVIDERS.iter().all(|p| ids.iter().any(|i| i == p))) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("providers {PROVIDERS:?} not active on every node within {timeout:?} ({listed:?})");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
     }
 
     pub fn nodes(&self) -> usize {

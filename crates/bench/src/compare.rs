@@ -4,13 +4,14 @@
 //! each point: rate and latency over the measurement windows and what a
 //! message costs (CPU, disk bytes, device flushes, memory; see `cost`).
 
+use crate::args::Args;
 use crate::cost::{Cost, Meter};
 use crate::failover::{self, FWriter};
 use crate::nats::{self, Variant};
 use crate::pki::Pki;
 use crate::report::{self, Bars, Row, Series, Table, stat_cell};
 use crate::stats::{Plan, Stat, Triple, summarize};
-use crate::{Args, etcd, procs, router};
+use crate::{etcd, procs, router};
 use anyhow::Context;
 use serde::Serialize;
 use std::path::{Path, PathBuf};

@@ -15,12 +15,13 @@
 //!
 //! Each level is cumulative (the cluster keeps what the previous one added).
 
+use crate::args::Args;
 use crate::backlog::{dir_bytes, max_rss};
+use crate::compare;
 use crate::cost::Meter;
 use crate::report::{Panel, Series, Table, num_cell, stat_cell};
 use crate::router::{self, RouterCluster};
 use crate::stats::{Plan, Stat, Triple, summarize};
-use crate::{Args, compare};
 use anyhow::Context;
 use serde::Serialize;
 use std::path::Path;

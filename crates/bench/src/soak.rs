@@ -6,10 +6,11 @@
 //! message, resident memory), so the effects of snapshots, the dedup window
 //! filling and log compaction show as they happen.
 
+use crate::args::Args;
 use crate::cost::Meter;
 use crate::report::{Panel, Series, Table, num_cell};
 use crate::stats::Plan;
-use crate::{Args, compare, router};
+use crate::{compare, router};
 use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;

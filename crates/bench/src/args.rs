@@ -141,6 +141,19 @@ impl Args {
             reps: self.reps.max(1),
         }
     }
+    /// The delivery workload as the flags describe it, for `total`, closed
+    /// loop (`pace: None`) or offered at `pace` msg/s.
+    pub fn delivery_opts(&self, total: Duration, pace: Option<f64>) -> crate::router::DeliveryOpts {
+        crate::router::DeliveryOpts {
+            pace,
+            total,
+            window: self.inflight,
+            clients: self.clients,
+            payload: self.payload,
+            receive_window: self.receive_window,
+        }
+    }
+
     pub fn wants(&self, w: &str) -> bool {
         self.only.iter().any(|x| x == w)
     }

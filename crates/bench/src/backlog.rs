@@ -16,7 +16,6 @@
 use crate::report::Row;
 use crate::router::RouterCluster;
 use crate::stats::Stat;
-use anyhow::Context;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,23 +63,6 @@ fn rss_mib(pid: u32) -> Option<f64> {
 
 fn node_mib(cluster: &RouterCluster, i: usize, field: &str) -> Option<f64> {
     cluster.procs.running[i].as_ref().and_then(|g| status_mib(g.pid(), field))
-}
-
-/// Waits (bounded by `limit`) until node `i` reports `health: ok`; answers how long it took.
-async fn until_ok(
-    cluster: &mut RouterCluster,
-    i: usize,
-    since: Instant,
-    limit: Duration,
-) -> anyhow::Result<Option<f64>> {
-    while since.elapsed() < limit {
-        if cluster.health(i).await.as_deref() == Some("ok") {
-            return Ok(Some(since.elapsed().as_secs_f64()));
-        }
-        cluster.procs_alive()?;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(None)
 }
 
 /// The largest resident memory of the running nodes, in MiB.
@@ -160,42 +142,20 @@ pub async fn run(routerd: &Path, work: &Path, o: &Opts) -> anyhow::Result<Figure
     let disk = (1..=3).map(|id| dir_bytes(&work.join(format!("node-{id}")))).max().unwrap_or(0);
     figures.disk_per_payload_byte = disk as f64 / queued_bytes.max(1) as f64;
 
-    // Restart a follower: time to `health: ok`, and its memory then. The
-    // page cache is written back first, so the figure is the restart's own
-    // work, not the disk still catching up with the fill.
-    let _ = std::process::Command::new("sync").status();
-    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
-    let follower = (1..=3u64).find(|&id| id != leader).context("a follower")? as usize - 1;
-    cluster.procs.kill9(follower)?;
-    let restarted = Instant::now();
-    cluster.procs.restart(follower)?;
-    figures.restart_to_ok_s = until_ok(&mut cluster, follower, restarted, Duration::from_secs(300)).await?;
+    // Restart a follower: time to `health: ok`, and its memory then.
+    let follower = cluster.a_follower().await?;
+    let li = cluster.wait_for_leader(Duration::from_secs(30)).await? as usize - 1;
+    figures.restart_to_ok_s = cluster.restart_to_ok(follower, Duration::from_secs(300)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     figures.restart_rss_mib = node_mib(&cluster, follower, "VmRSS");
 
-    // The leader snapshots the backlog; a wiped follower is caught up by it.
-    let li = leader as usize - 1;
+    // The leader snapshots the backlog; a wiped follower is caught up by it
+    // (serving, and holding everything the snapshot covers).
     let applied = cluster.status(li).await.map_or(0, |s| s.last_applied_index);
     figures.leader_rss_before_snapshot_mib = node_mib(&cluster, li, "VmRSS");
     figures.snapshot_build_s = cluster.snapshot_applied(li, Duration::from_secs(600)).await?;
     figures.leader_hwm_mib = node_mib(&cluster, li, "VmHWM");
-    cluster.procs.kill9(follower)?;
-    let data = cluster.data_dir(follower);
-    std::fs::remove_dir_all(&data)?;
-    std::fs::create_dir_all(&data)?;
-    let wiped = Instant::now();
-    cluster.procs.restart(follower)?;
-    // Caught up: serving, and holding everything the snapshot covers.
-    figures.wiped_to_ok_s = None;
-    while wiped.elapsed() < Duration::from_secs(600) {
-        let status = cluster.status(follower).await;
-        if status.is_some_and(|s| s.health == "ok" && s.last_applied_index >= applied) {
-            figures.wiped_to_ok_s = Some(wiped.elapsed().as_secs_f64());
-            break;
-        }
-        cluster.procs_alive()?;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    figures.wiped_to_ok_s = cluster.wipe_to_caught_up(follower, applied, Duration::from_secs(600)).await?;
     figures.wiped_hwm_mib = node_mib(&cluster, follower, "VmHWM");
     drop(receiver);
     Ok(figures)

@@ -5,7 +5,7 @@
 //! message costs (CPU, disk bytes, device flushes, memory; see `cost`).
 
 use crate::args::Args;
-use crate::cost::{Cost, Meter};
+use crate::cost::{Cost, Meter, Samples};
 use crate::failover::{self, FWriter};
 use crate::nats::{self, Variant};
 use crate::pki::Pki;
@@ -31,6 +31,28 @@ pub struct Delivery {
 }
 
 /// One system's figures at one point of the directory-write workload.
+impl Delivery {
+    fn of(
+        system: &str,
+        fsync_per_write: bool,
+        plan: &Plan,
+        run: &router::DeliveryRun,
+        samples: &Samples,
+        payload: usize,
+    ) -> Self {
+        run.print();
+        Delivery {
+            system: system.into(),
+            fsync_per_write,
+            accepted: summarize(plan, run.start_us, &run.acks),
+            delivered: summarize(plan, run.start_us, &run.deliveries),
+            cost: samples.cost(plan, run.start_us, &run.deliveries, payload),
+            errors: run.errors,
+            undelivered: run.undelivered,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Writes {
     pub system: String,
@@ -73,6 +95,20 @@ pub fn builds(args: &Args) -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
     Ok(v)
 }
 
+/// Three routerd processes of `bin` in `dir`, with the flags' extra config
+/// (`extra_toml` in front of it) and SDK batching.
+pub async fn start_router(
+    args: &Args,
+    bin: &Path,
+    dir: &Path,
+    extra_toml: &str,
+) -> anyhow::Result<router::RouterCluster> {
+    std::fs::create_dir_all(dir)?;
+    let mut rc = router::RouterCluster::start(bin, dir, args.router_port, 3, extra_toml).await?;
+    rc.send_batch = (args.send_batch, args.send_batch_calls);
+    Ok(rc)
+}
+
 pub async fn run(args: &Args, work: &Path) -> anyhow::Result<Vec<Row>> {
     let plan = args.plan();
     let mut res = Results::default();
@@ -104,41 +140,14 @@ async fn run_router(
     println!("== {label}: 3 processes ({})", bin.display());
     let limits =
         format!("\n[limits]\nprekey_claim_burst = 100000000\nprekey_claim_refill_ms = 1\n{}\n", args.router_config);
-    std::fs::create_dir_all(dir)?;
-    let mut rc = router::RouterCluster::start(bin, dir, args.router_port, 3, &limits).await?;
-    rc.send_batch = (args.send_batch, args.send_batch_calls);
+    let mut rc = start_router(args, bin, dir, &limits).await?;
     if args.wants("delivery") {
         println!(
             "-- delivery: {} sends in flight over {} clients, {} B, receiver window {}",
             args.inflight, args.clients, args.payload, args.receive_window
         );
-        let meter = Meter::start(rc.procs.pids(), dir);
-        let opts = router::DeliveryOpts {
-            pace: None,
-            total: plan.total(),
-            window: args.inflight,
-            clients: args.clients,
-            payload: args.payload,
-            receive_window: args.receive_window,
-        };
-        let run = router::delivery(&rc, &opts).await?;
-        let samples = meter.finish().await;
-        println!(
-            "   accepted {} delivered {} errors {} undelivered after drain {}",
-            run.acks.len(),
-            run.deliveries.len(),
-            run.errors,
-            run.undelivered
-        );
-        res.delivery.push(Delivery {
-            system: label.into(),
-            fsync_per_write: true,
-            accepted: summarize(plan, run.start_us, &run.acks),
-            delivered: summarize(plan, run.start_us, &run.deliveries),
-            cost: samples.cost(plan, run.start_us, &run.deliveries, args.payload),
-            errors: run.errors,
-            undelivered: run.undelivered,
-        });
+        let (run, samples) = router::metered_delivery(&rc, &args.delivery_opts(plan.total(), None)).await?;
+        res.delivery.push(Delivery::of(label, true, plan, &run, &samples, args.payload));
         rc.procs.check_alive()?;
     }
     if args.wants("claims") {
@@ -294,22 +303,7 @@ async fn run_nats(args: &Args, plan: &Plan, work: &Path, pki: &Pki, res: &mut Re
             )
             .await?;
             let samples = meter.finish().await;
-            println!(
-                "   accepted {} delivered {} errors {} undelivered after drain {}",
-                run.acks.len(),
-                run.deliveries.len(),
-                run.errors,
-                run.undelivered
-            );
-            res.delivery.push(Delivery {
-                system: label.clone(),
-                fsync_per_write: sync,
-                accepted: summarize(plan, run.start_us, &run.acks),
-                delivered: summarize(plan, run.start_us, &run.deliveries),
-                cost: samples.cost(plan, run.start_us, &run.deliveries, args.payload),
-                errors: run.errors,
-                undelivered: run.undelivered,
-            });
+            res.delivery.push(Delivery::of(&label, sync, plan, &run, &samples, args.payload));
             nc.procs.check_alive()?;
         }
         if (variant, sync) == failover_on && args.wants("failover") {
@@ -423,10 +417,6 @@ fn ratio(a: Option<Stat>, b: Option<Stat>) -> String {
     }
 }
 
-fn rate(t: &Triple) -> Option<Stat> {
-    t.rate
-}
-
 fn rss(c: &Cost) -> String {
     stat_cell(c.rss_mib_total)
 }
@@ -463,7 +453,7 @@ pub fn delivery_table(rows: &[Delivery]) -> Table {
             stat_cell(d.cost.write_amplification),
             stat_cell(d.cost.device_flushes_per_s),
             rss(&d.cost),
-            this.map_or("—".into(), |x| ratio(rate(&x.accepted), rate(&d.accepted))),
+            this.map_or("—".into(), |x| ratio(x.accepted.rate, d.accepted.rate)),
             this.map_or("—".into(), |x| ratio(x.accepted.p99, d.accepted.p99)),
         ]);
     }

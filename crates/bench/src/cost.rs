@@ -145,8 +145,6 @@ impl Samples {
 /// size, no device counters).
 #[derive(Clone, Debug, Serialize)]
 pub struct WindowCost {
-    pub seconds: f64,
-    pub messages: f64,
     pub cpu_us_per_msg: f64,
     pub cpu_us_by_process: Vec<f64>,
     pub disk_bytes_per_msg: f64,
@@ -174,8 +172,6 @@ fn window_cost(a: &Sample, b: &Sample, events: &[Event], payload: usize) -> Opti
         _ => f64::NAN,
     };
     Some(WindowCost {
-        seconds: secs,
-        messages: msgs,
         cpu_us_per_msg: per(cpu),
         cpu_us_by_process: deltas.iter().map(|d| per(d.0)).collect(),
         disk_bytes_per_msg: per(disk),

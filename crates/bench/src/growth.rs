@@ -18,11 +18,9 @@
 use crate::args::Args;
 use crate::backlog::{dir_bytes, max_rss};
 use crate::compare;
-use crate::cost::Meter;
 use crate::report::{Panel, Series, Table, num_cell, stat_cell};
 use crate::router::{self, RouterCluster};
 use crate::stats::{Plan, Stat, Triple, summarize};
-use anyhow::Context;
 use serde::Serialize;
 use std::path::Path;
 use std::sync::Arc;
@@ -197,16 +195,14 @@ async fn one(
     drains: &mut Vec<Drain>,
 ) -> anyhow::Result<()> {
     println!("== growth, {label} ({})", bin.display());
-    std::fs::create_dir_all(dir)?;
     let _ = std::process::Command::new("sync").status();
-    let mut rc = RouterCluster::start(bin, dir, args.router_port, 3, &args.router_config).await?;
-    rc.send_batch = (args.send_batch, args.send_batch_calls);
+    let mut rc = compare::start_router(args, bin, dir, &args.router_config).await?;
     let plan = args.plan();
 
     for &n in &args.growth_streams {
         let idle = IdleStreams::open(&rc, n.saturating_sub(1), args.receive_window)?;
         println!("-- {n} receive streams");
-        let p = measure(args, &plan, &rc, dir, label, "receive streams", n as u64).await?;
+        let p = measure(args, &plan, &rc, label, "receive streams", n as u64).await?;
         idle.close().await;
         points.push(p);
     }
@@ -218,7 +214,7 @@ async fn one(
         register_users(&directory, registered, u).await?;
         registered = registered.max(u);
         println!("-- {u} users of provider d registered ({:.1} s)", t.elapsed().as_secs_f64());
-        points.push(measure(args, &plan, &rc, dir, label, "directory users", u).await?);
+        points.push(measure(args, &plan, &rc, label, "directory users", u).await?);
     }
 
     let away = rc.client("e", 2 % rc.nodes(), None)?;
@@ -229,10 +225,17 @@ async fn one(
         let t = Instant::now();
         queued += fill(&sender, queued, q, args.inflight, args.payload).await?;
         println!("-- {queued} entries queued for provider e ({:.1} s)", t.elapsed().as_secs_f64());
-        let mut p = measure(args, &plan, &rc, dir, label, "queued entries", q).await?;
+        let mut p = measure(args, &plan, &rc, label, "queued entries", q).await?;
         p.snapshot_build_s = snapshot_build(&rc).await?;
-        p.restart_to_ok_s = follower_restart(&mut rc).await?;
-        (p.install_to_ok_s, p.install_peak_rss_mib) = follower_install(&mut rc).await?;
+        // A follower restarted on its data (log replay), then wiped and
+        // caught up by the snapshot just built (install), with its peak memory.
+        let follower = rc.a_follower().await?;
+        p.restart_to_ok_s = rc.restart_to_ok(follower, Duration::from_secs(300)).await?;
+        let li = rc.wait_for_leader(Duration::from_secs(30)).await? as usize - 1;
+        let applied = rc.status(li).await.map_or(0, |s| s.last_applied_index);
+        p.install_to_ok_s = rc.wipe_to_caught_up(follower, applied, Duration::from_secs(600)).await?;
+        p.install_peak_rss_mib =
+            rc.procs.running[follower].as_ref().and_then(|g| crate::backlog::status_mib(g.pid(), "VmHWM"));
         points.push(p);
     }
 
@@ -253,22 +256,11 @@ async fn measure(
     args: &Args,
     plan: &Plan,
     rc: &RouterCluster,
-    dir: &Path,
     label: &str,
     axis: &str,
     x: u64,
 ) -> anyhow::Result<Point> {
-    let meter = Meter::start(rc.procs.pids(), dir);
-    let opts = router::DeliveryOpts {
-        pace: None,
-        total: plan.total(),
-        window: args.inflight,
-        clients: args.clients,
-        payload: args.payload,
-        receive_window: args.receive_window,
-    };
-    let run = router::delivery(rc, &opts).await?;
-    let samples = meter.finish().await;
+    let (run, samples) = router::metered_delivery(rc, &args.delivery_opts(plan.total(), None)).await?;
     let accepted = summarize(plan, run.start_us, &run.acks);
     println!(
         "   accepted {} msg/s, p99 {} ms, {} errors",
@@ -388,49 +380,6 @@ async fn fill(
 async fn snapshot_build(rc: &RouterCluster) -> anyhow::Result<Option<f64>> {
     let li = rc.wait_for_leader(Duration::from_secs(30)).await? as usize - 1;
     rc.snapshot_applied(li, Duration::from_secs(600)).await
-}
-
-/// A follower killed with SIGKILL and restarted: seconds until `health: ok`
-/// (after a `sync`, so the figure is the restart's own work).
-async fn follower_restart(rc: &mut RouterCluster) -> anyhow::Result<Option<f64>> {
-    let _ = std::process::Command::new("sync").status();
-    let leader = rc.wait_for_leader(Duration::from_secs(30)).await?;
-    let follower = (1..=rc.nodes() as u64).find(|&id| id != leader).context("a follower")? as usize - 1;
-    rc.procs.kill9(follower)?;
-    let t = Instant::now();
-    rc.procs.restart(follower)?;
-    while t.elapsed() < Duration::from_secs(300) {
-        if rc.health(follower).await.as_deref() == Some("ok") {
-            return Ok(Some(t.elapsed().as_secs_f64()));
-        }
-        rc.procs_alive()?;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(None)
-}
-
-/// A follower killed, its data directory wiped, and restarted: the leader
-/// sends it the snapshot just built. Seconds until it serves with everything
-/// applied that the leader had, and its peak resident memory (`VmHWM`).
-async fn follower_install(rc: &mut RouterCluster) -> anyhow::Result<(Option<f64>, Option<f64>)> {
-    let leader = rc.wait_for_leader(Duration::from_secs(30)).await?;
-    let applied = rc.status(leader as usize - 1).await.map_or(0, |s| s.last_applied_index);
-    let follower = (1..=rc.nodes() as u64).find(|&id| id != leader).context("a follower")? as usize - 1;
-    rc.procs.kill9(follower)?;
-    let data = rc.data_dir(follower);
-    std::fs::remove_dir_all(&data)?;
-    std::fs::create_dir_all(&data)?;
-    let t = Instant::now();
-    rc.procs.restart(follower)?;
-    while t.elapsed() < Duration::from_secs(600) {
-        if rc.status(follower).await.is_some_and(|s| s.health == "ok" && s.last_applied_index >= applied) {
-            let peak = rc.procs.running[follower].as_ref().and_then(|g| crate::backlog::status_mib(g.pid(), "VmHWM"));
-            return Ok((Some(t.elapsed().as_secs_f64()), peak));
-        }
-        rc.procs_alive()?;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok((None, None))
 }
 
 /// Receives and acks until `expected` entries arrived or nothing came for 10 s

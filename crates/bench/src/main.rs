@@ -67,20 +67,16 @@ async fn run_backlog(args: &Args, work: &std::path::Path) -> anyhow::Result<Vec<
         base_port: args.router_port,
         extra_toml: args.router_config.clone(),
     };
-    let binary =
-        |p: &std::path::Path| std::fs::canonicalize(p).with_context(|| format!("routerd binary {}", p.display()));
-    let mut old = None;
-    if let Some(baseline) = &args.baseline_routerd {
-        let baseline = binary(baseline)?;
-        println!("== backlog, previous build ({})", baseline.display());
-        let figures = backlog::run(&baseline, &work.join("baseline"), &opts).await?;
-        println!("{figures:?}");
-        old = Some(figures);
+    let mut figures = Vec::new();
+    for (label, bin) in compare::builds(args)? {
+        println!("== backlog, {label} ({})", bin.display());
+        let f =
+            backlog::run(&bin, &work.join(if label == compare::BASELINE { "baseline" } else { "this" }), &opts).await?;
+        println!("{f:?}");
+        figures.push(f);
     }
-    let routerd = binary(&args.routerd)?;
-    println!("== backlog, this build ({})", routerd.display());
-    let new = backlog::run(&routerd, &work.join("this"), &opts).await?;
-    println!("{new:?}");
+    let new = figures.pop().context("this build's figures")?;
+    let old = figures.pop();
     let rows = backlog::rows(&opts, &new, old.as_ref());
     let header = format!(
         "Backlog: {} envelopes of {} B for an absent provider, {} sends in flight; 3 nodes on loopback.",

@@ -5,6 +5,7 @@
 
 use crate::pki::Pki;
 use crate::procs::{self, Group, Spec};
+use crate::router::DeliveryRun;
 use crate::stats::{Event, MAX_EVENTS, now_us};
 use anyhow::{Context, anyhow, bail};
 use serde_json::{Value, json};
@@ -541,14 +542,6 @@ fn stamped(len: usize) -> Vec<u8> {
     v
 }
 
-pub struct JsRun {
-    pub start_us: u64,
-    pub acks: Vec<Event>,
-    pub deliveries: Vec<Event>,
-    pub errors: u64,
-    pub undelivered: u64,
-}
-
 fn pub_ack_ok(m: &anyhow::Result<Msg>) -> bool {
     matches!(m, Ok(m) if m.status.is_none() && !contains(&m.payload, b"\"error\""))
 }
@@ -566,7 +559,7 @@ pub async fn delivery(
     clients: usize,
     payload: usize,
     pull_outstanding: u32,
-) -> anyhow::Result<JsRun> {
+) -> anyhow::Result<DeliveryRun> {
     let stop = Arc::new(AtomicBool::new(false));
     let delivered = Arc::new(AtomicU64::new(0));
     let mut consumers = Vec::new();
@@ -629,7 +622,7 @@ pub async fn delivery(
             (ev, errors)
         }));
     }
-    let mut run = JsRun { start_us, acks: Vec::new(), deliveries: Vec::new(), errors: 0, undelivered: 0 };
+    let mut run = DeliveryRun { start_us, ..Default::default() };
     for t in tasks {
         let (ev, e) = t.await?;
         run.acks.extend(ev);

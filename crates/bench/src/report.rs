@@ -140,10 +140,8 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
-/// Two panels: throughput vs concurrent clients (log-spaced categories), and
-/// p50 / p99 latency bars (p99 as the light bar behind the p50 bar).
-pub fn svg(path: &Path, title: &str, series: &[Series], bars: &[Bars]) -> std::io::Result<()> {
-    let (w, h) = (1100.0, 480.0);
+/// An SVG document of `w` x `h` on white, `title` at the top left.
+fn svg_start(w: f64, h: f64, title: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -154,6 +152,14 @@ pub fn svg(path: &Path, title: &str, series: &[Series], bars: &[Bars]) -> std::i
         r#"<rect width="100%" height="100%" fill="white"/><text x="20" y="24" font-size="15">{}</text>"#,
         esc(title)
     );
+    s
+}
+
+/// Two panels: throughput vs concurrent clients (log-spaced categories), and
+/// p50 / p99 latency bars (p99 as the light bar behind the p50 bar).
+pub fn svg(path: &Path, title: &str, series: &[Series], bars: &[Bars]) -> std::io::Result<()> {
+    let (w, h) = (1100.0, 480.0);
+    let mut s = svg_start(w, h, title);
     // Panel 1: throughput vs clients.
     let (x0, y0, pw, ph) = (70.0, 60.0, 420.0, 340.0);
     let xs: Vec<f64> = {
@@ -355,16 +361,7 @@ pub struct Panel {
 pub fn line_svg(path: &Path, title: &str, panels: &[Panel]) -> std::io::Result<()> {
     let (w, ph, top) = (1250.0, 260.0, 50.0);
     let h = top + panels.len() as f64 * (ph + 80.0);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(
-        s,
-        r#"<rect width="100%" height="100%" fill="white"/><text x="20" y="24" font-size="15">{}</text>"#,
-        esc(title)
-    );
+    let mut s = svg_start(w, h, title);
     for (pi, p) in panels.iter().enumerate() {
         let (x0, y0, pw) = (80.0, top + 20.0 + pi as f64 * (ph + 80.0), 640.0);
         let pts =

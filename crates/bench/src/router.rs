@@ -145,11 +145,6 @@ impl RouterCluster {
         self.procs.check_alive()
     }
 
-    /// Node `i`'s (0-based) `health` field, `None` while it does not answer.
-    pub async fn health(&self, i: usize) -> Option<String> {
-        self.status(i).await.map(|s| s.health)
-    }
-
     /// Node `i`'s (0-based) status, `None` while it does not answer.
     pub async fn status(&self, i: usize) -> Option<StatusResponse> {
         let mut admin = self.admin[i].clone();
@@ -182,6 +177,53 @@ impl RouterCluster {
             if self.status(i).await.is_some_and(|s| s.snapshot_index >= applied) {
                 return Ok(Some(t.elapsed().as_secs_f64()));
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(None)
+    }
+
+    /// A follower (0-based) of the leader every node agrees on.
+    pub async fn a_follower(&self) -> anyhow::Result<usize> {
+        let leader = self.wait_for_leader(Duration::from_secs(30)).await?;
+        Ok((1..=self.nodes() as u64).find(|&id| id != leader).context("a follower")? as usize - 1)
+    }
+
+    /// Node `i` killed with SIGKILL and restarted on its data (after a
+    /// `sync`, so the figure is the restart's own work, not the disk still
+    /// writing back): seconds until it reports `health: ok`, `None` after `limit`.
+    pub async fn restart_to_ok(&mut self, i: usize, limit: Duration) -> anyhow::Result<Option<f64>> {
+        let _ = std::process::Command::new("sync").status();
+        self.procs.kill9(i)?;
+        let t = Instant::now();
+        self.procs.restart(i)?;
+        self.until(i, t, limit, |s| s.health == "ok").await
+    }
+
+    /// Node `i` killed, its data directory wiped, and restarted: the leader
+    /// catches it up (by snapshot once its log is purged). Seconds until it
+    /// serves with `applied` applied, `None` after `limit`.
+    pub async fn wipe_to_caught_up(&mut self, i: usize, applied: u64, limit: Duration) -> anyhow::Result<Option<f64>> {
+        self.procs.kill9(i)?;
+        let data = self.data_dir(i);
+        std::fs::remove_dir_all(&data)?;
+        std::fs::create_dir_all(&data)?;
+        let t = Instant::now();
+        self.procs.restart(i)?;
+        self.until(i, t, limit, |s| s.health == "ok" && s.last_applied_index >= applied).await
+    }
+
+    async fn until(
+        &mut self,
+        i: usize,
+        since: Instant,
+        limit: Duration,
+        done: impl Fn(&StatusResponse) -> bool,
+    ) -> anyhow::Result<Option<f64>> {
+        while since.elapsed() < limit {
+            if self.status(i).await.is_some_and(|s| done(&s)) {
+                return Ok(Some(since.elapsed().as_secs_f64()));
+            }
+            self.procs_alive()?;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(None)
@@ -249,7 +291,7 @@ pub async fn register(c: &RouterClient, user: &str, registration_id: u32) -> any
     }
 }
 
-/// Send-side and receive-side events of a delivery run.
+/// Send-side and receive-side events of a delivery run (any system).
 #[derive(Default)]
 pub struct DeliveryRun {
     pub start_us: u64,
@@ -261,6 +303,28 @@ pub struct DeliveryRun {
     pub member_deliveries: Vec<Event>,
     pub errors: u64,
     pub undelivered: u64,
+}
+
+impl DeliveryRun {
+    pub fn print(&self) {
+        println!(
+            "   accepted {} delivered {} errors {} undelivered after drain {}",
+            self.acks.len(),
+            self.deliveries.len(),
+            self.errors,
+            self.undelivered
+        );
+    }
+}
+
+/// The delivery workload with the cluster's processes metered meanwhile.
+pub async fn metered_delivery(
+    cluster: &RouterCluster,
+    o: &DeliveryOpts,
+) -> anyhow::Result<(DeliveryRun, crate::cost::Samples)> {
+    let meter = crate::cost::Meter::start(cluster.procs.pids(), &cluster.dir);
+    let run = delivery(cluster, o).await?;
+    Ok((run, meter.finish().await))
 }
 
 /// Receives from one provider's mailbox and acks in batches from a second task.

@@ -7,7 +7,6 @@
 //! filling and log compaction show as they happen.
 
 use crate::args::Args;
-use crate::cost::Meter;
 use crate::report::{Panel, Series, Table, num_cell};
 use crate::stats::Plan;
 use crate::{compare, router};
@@ -121,21 +120,9 @@ async fn phase(
         Some(r) => format!("offered {r:.0} msg/s"),
     };
     println!("== soak, {label}, {load}, {} s", plan.total().as_secs());
-    std::fs::create_dir_all(dir)?;
     let _ = std::process::Command::new("sync").status();
-    let mut rc = router::RouterCluster::start(bin, dir, args.router_port, 3, &args.router_config).await?;
-    rc.send_batch = (args.send_batch, args.send_batch_calls);
-    let meter = Meter::start(rc.procs.pids(), dir);
-    let opts = router::DeliveryOpts {
-        pace: rate,
-        total: plan.total(),
-        window: args.inflight,
-        clients: args.clients,
-        payload: args.payload,
-        receive_window: args.receive_window,
-    };
-    let run = router::delivery(&rc, &opts).await?;
-    let samples = meter.finish().await;
+    let mut rc = compare::start_router(args, bin, dir, &args.router_config).await?;
+    let (run, samples) = router::metered_delivery(&rc, &args.delivery_opts(plan.total(), rate)).await?;
     rc.procs.check_alive()?;
     let acks = plan.split(run.start_us, &run.acks);
     let dels = plan.split(run.start_us, &run.deliveries);

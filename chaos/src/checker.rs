@@ -221,7 +221,7 @@ pub fn check(h: &History) -> (Stats, Vec<Violation>) {
 /// So few ok claims would leave the stock checks nothing to check.
 const MIN_OK_CLAIMS: usize = 10;
 
-/// 6. Prekey stock: every uploaded key was handed out in an ok claim or is
+/// Check 6, prekey stock: every uploaded key was handed out in an ok claim or is
 /// still in stock (`History::remaining`), apart from at most one per device
 /// for each claim whose outcome is unknown; and enough claims succeeded for
 /// that to mean something.

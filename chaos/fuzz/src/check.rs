@@ -241,7 +241,8 @@ impl Model {
 
 /// The send dedup of `State`, modelled: answers of fresh sends, forgotten
 /// oldest first at the start of a batch once older than the window or
-/// beyond the count limit (`Dedup::prune` in `crates/core/src/state.rs`).
+/// beyond the count limit, of all senders together or (cluster version 5)
+/// of each sender (`SendAnswers::prune` in `crates/core/src/dedup.rs`).
 #[derive(Clone, Debug, Default)]
 struct DedupModel {
     order: std::collections::VecDeque<(u64, Key)>,
@@ -249,16 +250,33 @@ struct DedupModel {
 }
 
 impl DedupModel {
-    fn prune(&mut self, now: u64, limits: &Limits) {
-        while let Some((stamp, _)) = self.order.front() {
-            let too_old = now.saturating_sub(*stamp) > limits.dedup_window_ms;
-            let too_many = self.order.len() as u64 > limits.max_dedup_entries;
-            if !(too_old || too_many) {
-                break;
+    fn prune(&mut self, now: u64, limits: &Limits, per_sender: bool) {
+        if !per_sender {
+            while let Some((stamp, _)) = self.order.front() {
+                let too_old = now.saturating_sub(*stamp) > limits.dedup_window_ms;
+                let too_many = self.order.len() as u64 > limits.max_dedup_entries;
+                if !(too_old || too_many) {
+                    break;
+                }
+                let (_, key) = self.order.pop_front().expect("front exists");
+                self.answers.remove(&key);
             }
-            let (_, key) = self.order.pop_front().expect("front exists");
-            self.answers.remove(&key);
+            return;
         }
+        // Per sender: walk the order from the newest back, keeping a
+        // sender's answer while it is young enough and within its count.
+        let mut kept_per_sender: BTreeMap<ProviderId, u64> = BTreeMap::new();
+        let mut kept = std::collections::VecDeque::new();
+        for (stamp, key) in self.order.drain(..).rev() {
+            let count = kept_per_sender.entry(key.0.clone()).or_default();
+            if now.saturating_sub(stamp) <= limits.dedup_window_ms && *count < limits.max_dedup_entries {
+                *count += 1;
+                kept.push_front((stamp, key));
+            } else {
+                self.answers.remove(&key);
+            }
+        }
+        self.order = kept;
     }
 
     fn insert(&mut self, now: u64, key: Key, answer: Outcome) {
@@ -411,7 +429,7 @@ impl Checker {
         let now = after.clock_ms;
         let mut notes = BatchNotes::default();
         if let Some(d) = &mut self.dedup {
-            d.prune(now, &before.limits);
+            d.prune(now, &before.limits, before.cluster_version() >= router_core::dedup::SENDER_WINDOWS_VERSION);
         }
         self.once.prune(now);
         for (cmd, out) in batch.commands.iter().zip(outs) {
@@ -489,7 +507,14 @@ impl Checker {
                 self.raise_limits(&state.limits);
                 // Keys claimed after the backup was taken are in its stock again.
                 self.gone.clear();
-                self.dedup = self.backups.iter().find(|(b, _)| b == state.as_ref()).map(|(_, d)| d.clone());
+                // A `Restore` carries what the log encodes: a backup's
+                // per-sender windows are not part of it.
+                let per_sender = state.send_answers().sender_windows().is_some();
+                self.dedup = if per_sender {
+                    Some(DedupModel::default())
+                } else {
+                    self.backups.iter().find(|(b, _)| b == state.as_ref()).map(|(_, d)| d.clone())
+                };
                 self.trusted = self.dedup.is_some();
             }
             (Command::Restore { .. }, Outcome::Rejected(Rejection::RestoreIntoNonEmpty)) => {}
@@ -808,7 +833,7 @@ impl Checker {
         // What the state remembers is what the model remembers.
         if let Some(d) = &self.dedup {
             for key in &self.keys {
-                assert_eq!(after.dedup_answer(&key.0, &key.1), d.answers.get(key), "remembered answer of {key:?}");
+                assert_eq!(after.dedup_answer(&key.0, &key.1).as_ref(), d.answers.get(key), "remembered answer of {key:?}");
             }
         }
     }

@@ -314,7 +314,7 @@ pub enum Op {
     Restore {
         slot: u8,
     },
-    /// `SetClusterVersion`, 0 to 5 (5 is past what this build knows).
+    /// `SetClusterVersion`, 0 to 6 (6 is past what this build knows).
     SetClusterVersion {
         version: u8,
     },
@@ -581,7 +581,7 @@ impl Builder {
                 let backup = self.backups[*slot as usize % self.backups.len()].clone();
                 Command::Restore { state: Box::new(backup) }
             }
-            Op::SetClusterVersion { version } => Command::SetClusterVersion { version: u32::from(version % 6) },
+            Op::SetClusterVersion { version } => Command::SetClusterVersion { version: u32::from(version % 7) },
             Op::SetIncarnation { node, incarnation } => {
                 Command::SetIncarnation { node: u64::from(node % 3) + 1, incarnation: u64::from(*incarnation) }
             }

@@ -23,6 +23,8 @@
 //! - `group`: groups, roles, epochs and hub-ordered group messages.
 //! - `ids`: identifier newtypes and small value types.
 //! - `command`: [`Command`] and [`Batch`].
+//! - `dedup`: the send answers kept for the dedup window, per sender from
+//!   cluster version 5.
 //! - `payload`: what commands carry and the state keeps (envelopes, device
 //!   parts, prekey uploads, request ids); a leaf.
 //! - `outcome`: [`Outcome`] and [`Rejection`] (a rejection is an outcome, not an error).
@@ -37,6 +39,7 @@
 
 pub mod blob;
 pub mod command;
+pub mod dedup;
 pub mod federation;
 pub mod group;
 pub mod ids;

@@ -16,7 +16,8 @@ pub struct Limits {
     pub max_mailbox_entries: u64,
     /// How long an accepted send's answer is remembered for retries.
     pub dedup_window_ms: u64,
-    /// At most this many remembered answers; the oldest go first.
+    /// At most this many remembered answers per sender provider (of all
+    /// senders together below cluster version 5); the oldest go first.
     pub max_dedup_entries: u64,
     /// TTL given to expiry reports queued for a sender.
     pub report_ttl_ms: u64,

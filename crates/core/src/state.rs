@@ -22,7 +22,7 @@ use crate::outcome::{Outcome, Rejection};
 use crate::payload::{PrekeyUpload, SendEnvelope};
 use crate::provider::{ProviderAction, ProviderRecord, ProviderStatus};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -35,7 +35,9 @@ pub struct State {
     pub groups: BTreeMap<GroupId, GroupRecord>,
     /// (expires_at_ms, mailbox owner, seq) for every mailbox entry.
     expiry: BTreeSet<(u64, ProviderId, Seq)>,
-    dedup: Dedup,
+    /// Answers of accepted sends for the dedup window (`crate::dedup`); per
+    /// sender from cluster version 5 on, when the snapshot section carries them.
+    dedup: crate::dedup::SendAnswers,
     /// Claim token buckets: (requester, target user) -> (milli-tokens, last refill stamp).
     claim_buckets: BTreeMap<(ProviderId, UserId), (u64, u64)>,
     /// Leader stamp of the last bucket pruning (once a minute of leader time).
@@ -91,128 +93,6 @@ pub struct UserRecord {
 pub struct DeviceRecord {
     pub registration_id: RegistrationId,
     pub keys: Option<DeviceKeys>,
-}
-
-/// Answers of accepted sends, by (sender provider, message id), for the
-/// dedup window. Stamps are monotonic, so insertion order is time order.
-///
-/// `answers` is a hash map: it holds up to `max_dedup_entries` (10 M) keys
-/// and is only looked up; as a B-tree its string-comparing descent was half
-/// of a node's apply time under load. It is serialized as a serde map like
-/// the B-tree it replaced (so snapshots of either build read in the other),
-/// in `order`'s order rather than the hash map's, so that replicas holding
-/// equal state write identical snapshot bytes. Invariant: every answer has
-/// exactly one place in `order` (apply keeps it; decoding restores it).
-#[derive(Clone, Default, PartialEq, Eq)]
-struct Dedup {
-    answers: HashMap<(ProviderId, MessageId), Outcome>,
-    order: VecDeque<(u64, ProviderId, MessageId)>,
-}
-
-/// In `order`'s order, like the encoding: a `Debug` rendering of the state is
-/// part of the simulation's replay check, and a hash map's order is random.
-impl std::fmt::Debug for Dedup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let answers = self.order.iter().map(|(_, p, m)| {
-            let key = (p.clone(), m.clone());
-            let answer = self.answers.get(&key);
-            (key, answer)
-        });
-        f.debug_struct("Dedup").field("answers", &DebugMap(answers.collect())).field("order", &self.order).finish()
-    }
-}
-
-struct DebugMap<K, V>(Vec<(K, V)>);
-
-impl<K: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for DebugMap<K, V> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.0.iter().map(|(k, v)| (k, v))).finish()
-    }
-}
-
-impl<'de> Deserialize<'de> for Dedup {
-    /// Decodes the two fields, then restores the invariant for input that
-    /// breaks it (only damaged or hand-made data does): an order entry
-    /// without an answer, or repeating one, is dropped; an answer without a
-    /// place in the order goes to its front (the first to be pruned), in key
-    /// order so that every replica does the same.
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Fields {
-            answers: HashMap<(ProviderId, MessageId), Outcome>,
-            order: VecDeque<(u64, ProviderId, MessageId)>,
-        }
-        let Fields { answers: mut unplaced, order: listed } = Fields::deserialize(deserializer)?;
-        let mut dedup = Dedup { answers: HashMap::with_capacity(unplaced.len()), order: VecDeque::new() };
-        dedup.order.reserve(listed.len());
-        for (stamp, provider, message_id) in listed {
-            let key = (provider, message_id);
-            if let Some(answer) = unplaced.remove(&key) {
-                dedup.order.push_back((stamp, key.0.clone(), key.1.clone()));
-                dedup.answers.insert(key, answer);
-            }
-        }
-        let mut rest: Vec<_> = unplaced.into_iter().collect();
-        rest.sort_by(|a, b| b.0.cmp(&a.0));
-        for (key, answer) in rest {
-            dedup.order.push_front((0, key.0.clone(), key.1.clone()));
-            dedup.answers.insert(key, answer);
-        }
-        Ok(dedup)
-    }
-}
-
-impl Serialize for Dedup {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        /// `answers` in `order`'s order; every answer has exactly one place
-        /// in `order` (both are written together and pruned together).
-        struct InOrder<'a>(&'a Dedup);
-        impl Serialize for InOrder<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let Dedup { answers, order } = self.0;
-                if answers.len() != order.len() {
-                    return Err(serde::ser::Error::custom("dedup answers and their order disagree"));
-                }
-                use serde::ser::SerializeMap;
-                let mut map = serializer.serialize_map(Some(order.len()))?;
-                for (_, p, m) in order {
-                    let key = (p.clone(), m.clone());
-                    let answer = answers
-                        .get(&key)
-                        .ok_or_else(|| serde::ser::Error::custom("a dedup entry without its answer"))?;
-                    map.serialize_entry(&key, answer)?;
-                }
-                map.end()
-            }
-        }
-        let mut st = serializer.serialize_struct("Dedup", 2)?;
-        st.serialize_field("answers", &InOrder(self))?;
-        st.serialize_field("order", &self.order)?;
-        st.end()
-    }
-}
-
-impl Dedup {
-    fn prune(&mut self, now_ms: u64, limits: &Limits) {
-        while let Some((stamp, _, _)) = self.order.front() {
-            let too_old = now_ms.saturating_sub(*stamp) > limits.dedup_window_ms;
-            let too_many = self.order.len() as u64 > limits.max_dedup_entries;
-            if !(too_old || too_many) {
-                break;
-            }
-            let (_, p, m) = self.order.pop_front().expect("front exists");
-            self.answers.remove(&(p, m));
-        }
-        // After a burst the window empties again, but the map keeps its peak
-        // capacity (up to max_dedup_entries slots) forever: give most of it
-        // back once three quarters are unused. Amortized: the map must lose
-        // three quarters of its entries between two shrinks.
-        if self.answers.capacity() > 4096 && self.answers.len() < self.answers.capacity() / 4 {
-            self.answers.shrink_to(self.answers.len() * 2);
-            self.order.shrink_to(self.order.len() * 2);
-        }
-    }
 }
 
 impl State {
@@ -283,6 +163,9 @@ impl State {
             for mailbox in self.mailboxes.values_mut() {
                 mailbox.next_seq = mailbox.next_seq.max(1);
             }
+        }
+        if self.cluster_version() >= crate::dedup::SENDER_WINDOWS_VERSION {
+            self.dedup.split_per_sender();
         }
         Ok(Outcome::Done)
     }
@@ -577,9 +460,8 @@ impl State {
 
     fn send(&mut self, env: &SendEnvelope) -> Result<Outcome, Rejection> {
         self.onboarded(&env.sender)?;
-        let key = (env.sender.clone(), env.message_id.clone());
-        if let Some(answer) = self.dedup.answers.get(&key) {
-            return Ok(answer.clone());
+        if let Some(answer) = self.dedup.get(&env.sender, &env.message_id) {
+            return Ok(answer);
         }
         let recipient_provider = self.route(env)?;
         // Check before creating the mailbox: a rejected send changes nothing.
@@ -594,8 +476,7 @@ impl State {
         let seq = self.mailbox_mut(&recipient_provider).push(now, expires, MailboxItem::Envelope(env.clone()));
         self.expiry.insert((expires, recipient_provider, seq));
         let answer = Outcome::Sent { seq, accepted_at_ms: now };
-        self.dedup.answers.insert(key.clone(), answer.clone());
-        self.dedup.order.push_back((now, key.0, key.1));
+        self.dedup.insert(now, &env.sender, &env.message_id, answer.clone());
         Ok(answer)
     }
 
@@ -717,9 +598,8 @@ impl State {
 
     fn send_group(&mut self, g: &GroupSend) -> Result<Outcome, Rejection> {
         self.own_user(&g.sender, &g.sender_user)?;
-        let key = (g.sender.clone(), g.message_id.clone());
-        if let Some(answer) = self.dedup.answers.get(&key) {
-            return Ok(answer.clone());
+        if let Some(answer) = self.dedup.get(&g.sender, &g.message_id) {
+            return Ok(answer);
         }
         let rec = self.groups.get(&g.group).ok_or_else(|| Rejection::GroupNotFound { group: g.group.clone() })?;
         let member_elsewhere =
@@ -735,7 +615,6 @@ impl State {
     /// federation peer with members; `g.sender` is the sender's provider as
     /// named here. The caller checked the sender's membership.
     pub(super) fn fan_out_group(&mut self, g: &GroupSend) -> Result<Outcome, Rejection> {
-        let key = (g.sender.clone(), g.message_id.clone());
         let rec = self.groups.get(&g.group).ok_or_else(|| Rejection::GroupNotFound { group: g.group.clone() })?;
         // Recipients by provider (local members) and by peer (remote members),
         // from the membership as of this entry.
@@ -783,8 +662,7 @@ impl State {
             self.expiry.insert((expires, mailbox, seq));
         }
         let answer = Outcome::GroupSent { group_seq, epoch, accepted_at_ms: now };
-        self.dedup.answers.insert(key.clone(), answer.clone());
-        self.dedup.order.push_back((now, key.0, key.1));
+        self.dedup.insert(now, &g.sender, &g.message_id, answer.clone());
         Ok(answer)
     }
 
@@ -832,6 +710,10 @@ impl State {
         let (cluster_version, once) = (self.cluster_version, std::mem::take(&mut self.once));
         let incarnations = std::mem::take(&mut self.incarnations);
         *self = backup.clone();
+        // What the command's encoding carries, as every replica decodes it:
+        // per-sender windows are not part of it (only this in-memory path,
+        // which the node never takes, could see them).
+        self.dedup = backup.dedup.encoded_part();
         self.clock_ms = clock_ms;
         self.federation = federation;
         self.once = once;
@@ -921,8 +803,18 @@ impl State {
     }
 
     /// Remembered answer for a send, if still in the dedup window.
-    pub fn dedup_answer(&self, sender: &ProviderId, message_id: &MessageId) -> Option<&Outcome> {
-        self.dedup.answers.get(&(sender.clone(), message_id.clone()))
+    pub fn dedup_answer(&self, sender: &ProviderId, message_id: &MessageId) -> Option<Outcome> {
+        self.dedup.get(sender, message_id)
+    }
+
+    /// The send answers (`crate::dedup`), for a snapshot's section.
+    pub fn send_answers(&self) -> &crate::dedup::SendAnswers {
+        &self.dedup
+    }
+
+    /// Puts back the per-sender windows a snapshot's section carried.
+    pub fn set_sender_windows(&mut self, windows: crate::dedup::SenderWindows) {
+        self.dedup.set_sender_windows(windows);
     }
 }
 

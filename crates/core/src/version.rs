@@ -9,7 +9,13 @@
 //! knows the higher version. From the entry that raises it on, every replica
 //! applies the new rules.
 //!
-//! Version 4 (this build, [`CLUSTER_VERSION`]):
+//! Version 5 (this build, [`CLUSTER_VERSION`]):
+//! - send answers are kept in one window per sender, by a digest of the
+//!   message id, and `Limits::max_dedup_entries` caps each sender's window
+//!   rather than all senders' together (`crate::dedup`): one sender's volume
+//!   no longer evicts another's answers.
+//!
+//! Version 4:
 //! - [`crate::Command::SetIncarnation`] records which incarnation of each
 //!   Raft member the cluster admitted (`state::incarnation`); the transport
 //!   refuses votes and appends from, and discards answers by, any other.
@@ -34,7 +40,7 @@
 /// `SetClusterVersion` reads as this).
 pub const BASE_CLUSTER_VERSION: u32 = 1;
 /// The highest cluster version this build applies.
-pub const CLUSTER_VERSION: u32 = 4;
+pub const CLUSTER_VERSION: u32 = 5;
 
 /// How far one log entry may move the replicated clock forward (version 2).
 /// The leader stamps an entry at least every `IDLE_TICK` of the node's writer

@@ -178,7 +178,7 @@ fn read_header<R: Read>(input: &mut R) -> Result<(u8, u64), BackupError> {
         }
     }
     if filled < HEADER_BYTES {
-        let magic_so_far = &MAGIC[..filled.min(4)] == &header[..filled.min(4)];
+        let magic_so_far = MAGIC[..filled.min(4)] == header[..filled.min(4)];
         return Err(if magic_so_far { BackupError::Truncated } else { BackupError::BadMagic });
     }
     if &header[..4] != MAGIC {

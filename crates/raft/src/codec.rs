@@ -12,6 +12,8 @@
 //!  version 5 (incarnations)  [5][bincode(value)]                       log entries holding SetIncarnation
 //!                            [5][bincode(value)][bincode(extras, progress, incarnations)]
 //!                                                                      snapshots of a state with members' incarnations
+//!  version 6 (send answers   [6][bincode(value)][bincode(extras, progress, incarnations, sender windows)]
+//!   per sender)                                                        snapshots of a state at cluster version 5
 //! ```
 //!
 //! Every stored value (log entries, vote, committed, purged id, snapshots)
@@ -51,8 +53,11 @@ pub const PARTED_RESTORE_FORMAT: u8 = 4;
 /// Log entries with `SetIncarnation`, snapshots of a state with members'
 /// incarnations (only at cluster version 4, which every member applies).
 pub const INCARNATION_FORMAT: u8 = 5;
+/// Snapshots of a state whose send answers are kept per sender (only at
+/// cluster version 5, which every member applies). No log entry needs it.
+pub const SENDER_WINDOWS_FORMAT: u8 = 6;
 /// The newest layout this build reads and writes.
-pub const FORMAT_VERSION: u8 = INCARNATION_FORMAT;
+pub const FORMAT_VERSION: u8 = SENDER_WINDOWS_FORMAT;
 
 /// A stored value could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]

@@ -63,7 +63,7 @@ pub mod wal;
 pub use backend::{Backend, BackendError, MemBackend, SledBackend, Tree};
 pub use codec::{
     BASE_FORMAT, CLUSTER_VERSION_FORMAT, FEDERATION_FORMAT, FORMAT_VERSION, FormatError, INCARNATION_FORMAT,
-    PARTED_RESTORE_FORMAT, commands_format, entry_format,
+    PARTED_RESTORE_FORMAT, SENDER_WINDOWS_FORMAT, commands_format, entry_format,
 };
 pub use disk::open_on_disk;
 pub use log_store::LogStore;

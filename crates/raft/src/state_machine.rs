@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
+use router_core::dedup::SenderWindows;
 use router_core::{Federation, Outcome, RestoreProgress, State, StateExtras};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -149,6 +150,17 @@ fn decode_payload(data: &[u8]) -> Result<SnapshotPayload, codec::FormatError> {
 
 /// [`decode_payload`] from a reader positioned after the version byte.
 fn read_payload<R: Read>(version: u8, input: R, limit: u64) -> Result<SnapshotPayload, codec::FormatError> {
+    if version >= codec::SENDER_WINDOWS_FORMAT {
+        type Section = (StateExtras, Option<RestoreProgress>, BTreeMap<u64, u64>, SenderWindows);
+        let (mut payload, section) = codec::read_with_section::<_, SnapshotPayload, Section>(version, input, limit)?;
+        if let Some((extras, progress, incarnations, windows)) = section {
+            payload.state.set_extras(extras);
+            payload.state.set_restore_progress(progress);
+            payload.state.set_incarnations(incarnations);
+            payload.state.set_sender_windows(windows);
+        }
+        return Ok(payload);
+    }
     if version >= codec::INCARNATION_FORMAT {
         type Section = (StateExtras, Option<RestoreProgress>, BTreeMap<u64, u64>);
         let (mut payload, section) = codec::read_with_section::<_, SnapshotPayload, Section>(version, input, limit)?;
@@ -221,6 +233,10 @@ fn refuse_unknown_rules(batch: &router_core::Batch, log_id: LogId) -> Result<(),
 /// Writes a snapshot of `payload` to `out`, in the oldest format that holds it.
 fn write_payload<W: std::io::Write>(out: W, payload: &SnapshotPayloadRef<'_>) -> Result<(), codec::FormatError> {
     let state = payload.state;
+    if let (Some(extras), Some(windows)) = (state.extras(), state.send_answers().sender_windows()) {
+        let section = (extras, state.restore_progress(), state.incarnations(), windows);
+        return codec::write_with_section(out, codec::SENDER_WINDOWS_FORMAT, payload, Some(&section));
+    }
     if let Some(extras) = state.extras().filter(|_| !state.incarnations().is_empty()) {
         let section = (extras, state.restore_progress(), state.incarnations());
         return codec::write_with_section(out, codec::INCARNATION_FORMAT, payload, Some(&section));

@@ -382,13 +382,17 @@ async fn snapshot_format_after_build(sm: &mut StateMachineStore<MemBackend>, bac
     stored.1[0]
 }
 
+/// The last cluster version whose snapshots keep the send answers in the
+/// state's own encoding: the formats 3 to 5 are written up to it.
+const BEFORE_SENDER_WINDOWS: u32 = router_core::dedup::SENDER_WINDOWS_VERSION - 1;
+
 #[test]
 fn a_raised_cluster_version_and_once_answers_survive_a_snapshot_in_format_3() {
     rt().block_on(async {
         let backend = MemBackend::new();
         let (_log, mut sm) = open(backend.clone()).unwrap();
         apply_and_snapshot(&mut sm).await;
-        let raise = Command::SetClusterVersion { version: router_core::CLUSTER_VERSION };
+        let raise = Command::SetClusterVersion { version: BEFORE_SENDER_WINDOWS };
         let once = Command::Once {
             request: router_core::RequestId { origin: 9, seq: 1 },
             command: Box::new(Command::AddProvider { provider: ProviderId::new("gamma") }),
@@ -401,7 +405,7 @@ fn a_raised_cluster_version_and_once_answers_survive_a_snapshot_in_format_3() {
         sm.apply(vec![entry]).await.unwrap();
         assert_eq!(snapshot_format_after_build(&mut sm, &backend).await, crate::CLUSTER_VERSION_FORMAT);
         let want = snapshot_of(&sm);
-        assert_eq!(want.cluster_version(), router_core::CLUSTER_VERSION);
+        assert_eq!(want.cluster_version(), BEFORE_SENDER_WINDOWS);
 
         let (_log, restarted) = open(backend).unwrap();
         let got = snapshot_of(&restarted);
@@ -415,7 +419,7 @@ fn a_restore_under_way_survives_a_snapshot_in_format_4() {
         let backend = MemBackend::new();
         let (_log, mut sm) = open(backend.clone()).unwrap();
         let commands = vec![
-            Command::SetClusterVersion { version: router_core::CLUSTER_VERSION },
+            Command::SetClusterVersion { version: BEFORE_SENDER_WINDOWS },
             Command::RestoreBegin { id: 42 },
             Command::RestoreItems {
                 id: 42,
@@ -460,7 +464,7 @@ fn members_incarnations_survive_a_snapshot_in_format_5() {
         let backend = MemBackend::new();
         let (_log, mut sm) = open(backend.clone()).unwrap();
         let commands = vec![
-            Command::SetClusterVersion { version: router_core::CLUSTER_VERSION },
+            Command::SetClusterVersion { version: BEFORE_SENDER_WINDOWS },
             Command::SetIncarnation { node: 1, incarnation: 0xfeed },
             Command::SetIncarnation { node: 2, incarnation: 0xbeef },
         ];
@@ -473,5 +477,49 @@ fn members_incarnations_survive_a_snapshot_in_format_5() {
 
         let (_log, restarted) = open(backend).unwrap();
         assert_eq!(snapshot_of(&restarted), want, "the incarnations came back with the state");
+    });
+}
+
+#[test]
+fn send_answers_kept_per_sender_survive_a_snapshot_in_format_6() {
+    use router_core::{ContentType, DevicePart, MessageId, SendEnvelope};
+    rt().block_on(async {
+        let backend = MemBackend::new();
+        let (_log, mut sm) = open(backend.clone()).unwrap();
+        apply_and_snapshot(&mut sm).await;
+        let acme = ProviderId::new("acme");
+        let send = Command::Send(SendEnvelope {
+            sender: acme.clone(),
+            sender_user: None,
+            sender_device: None,
+            message_id: MessageId::new("m-1"),
+            recipient: UserId::new("bob"),
+            content_type: ContentType::Message,
+            ttl_ms: 86_400_000,
+            parts: vec![DevicePart {
+                device: 1,
+                registration_id: 7,
+                message_type: 1,
+                ciphertext: router_core::Blob::from(vec![1u8; 8]),
+            }],
+            traceparent: None,
+        });
+        let commands = vec![
+            Command::SetClusterVersion { version: router_core::CLUSTER_VERSION },
+            Command::RegisterDevice { provider: acme.clone(), user: UserId::new("bob"), device: 1, registration_id: 7 },
+            send,
+        ];
+        let entry = Entry { log_id: log_id(2, 5), payload: EntryPayload::Normal(Batch { stamp_ms: 5_000, commands }) };
+        let replies = sm.apply(vec![entry]).await.unwrap();
+        assert!(matches!(replies[0][2], Outcome::Sent { .. }), "{replies:?}");
+        assert_eq!(snapshot_format_after_build(&mut sm, &backend).await, crate::SENDER_WINDOWS_FORMAT);
+        let want = snapshot_of(&sm);
+        let answer = want.dedup_answer(&acme, &MessageId::new("m-1"));
+        assert!(answer.is_some() && want.send_answers().sender_windows().is_some());
+
+        let (_log, restarted) = open(backend).unwrap();
+        let got = snapshot_of(&restarted);
+        assert_eq!(got, want, "the per-sender windows came back with the state");
+        assert_eq!(got.dedup_answer(&acme, &MessageId::new("m-1")), answer);
     });
 }

@@ -80,9 +80,8 @@ impl State {
         env: &SendEnvelope,
     ) -> Result<Outcome, Rejection> {
         self.onboarded(&env.sender)?;
-        let key = (env.sender.clone(), env.message_id.clone());
-        if let Some(answer) = self.dedup.answers.get(&key) {
-            return Ok(answer.clone());
+        if let Some(answer) = self.dedup.get(&env.sender, &env.message_id) {
+            return Ok(answer);
         }
         self.check_sender_user(env)?;
         let rec = self.active_peer(peer)?;
@@ -100,8 +99,7 @@ impl State {
         let seq = self.mailbox_mut(&queue).push(now, expires, item);
         self.expiry.insert((expires, queue, seq));
         let answer = Outcome::Sent { seq, accepted_at_ms: now };
-        self.dedup.answers.insert(key.clone(), answer.clone());
-        self.dedup.order.push_back((now, key.0, key.1));
+        self.dedup.insert(now, &env.sender, &env.message_id, answer.clone());
         Ok(answer)
     }
 
@@ -145,9 +143,8 @@ impl State {
         let mut local = env.clone();
         local.sender = qualified(&env.sender, origin);
         local.ttl_ms = ttl_left_ms;
-        let key = (local.sender.clone(), local.message_id.clone());
-        if let Some(answer) = self.dedup.answers.get(&key) {
-            return Ok(answer.clone());
+        if let Some(answer) = self.dedup.get(&local.sender, &local.message_id) {
+            return Ok(answer);
         }
         let recipient_provider = self.route_recipient(&local)?;
         self.onboarded(&recipient_provider)?;
@@ -157,11 +154,11 @@ impl State {
         }
         let now = self.clock_ms;
         let expires = now.saturating_add(ttl_left_ms);
+        let (sender, message_id) = (local.sender.clone(), local.message_id.clone());
         let seq = self.mailbox_mut(&recipient_provider).push(now, expires, MailboxItem::Envelope(local));
         self.expiry.insert((expires, recipient_provider, seq));
         let answer = Outcome::Sent { seq, accepted_at_ms: now };
-        self.dedup.answers.insert(key.clone(), answer.clone());
-        self.dedup.order.push_back((now, key.0, key.1));
+        self.dedup.insert(now, &sender, &message_id, answer.clone());
         Ok(answer)
     }
 
@@ -175,7 +172,7 @@ impl State {
         reason: &UndeliverableReason,
     ) -> Result<Outcome, Rejection> {
         let key = relayed_item_key(origin, item);
-        if self.dedup.answers.contains_key(&key) {
+        if self.dedup.contains(&key.0, &key.1) {
             return Ok(Outcome::Done);
         }
         if !self.providers.contains_key(to) {
@@ -197,10 +194,9 @@ impl State {
         };
         let now = self.clock_ms;
         let expires = now.saturating_add(self.limits.report_ttl_ms);
-        let seq = self.mailbox_mut(&to).push(now, expires, report);
+        let seq = self.mailbox_mut(to).push(now, expires, report);
         self.expiry.insert((expires, to.clone(), seq));
-        self.dedup.answers.insert(key.clone(), Outcome::Done);
-        self.dedup.order.push_back((now, key.0, key.1));
+        self.dedup.insert(now, &key.0, &key.1, Outcome::Done);
         Ok(Outcome::Done)
     }
 
@@ -214,7 +210,7 @@ impl State {
         delivery: &crate::group::GroupDelivery,
     ) -> Result<Outcome, Rejection> {
         let key = relayed_item_key(origin, item);
-        if self.dedup.answers.contains_key(&key) {
+        if self.dedup.contains(&key.0, &key.1) {
             return Ok(Outcome::Done);
         }
         // The sender, as the edge renamed it: a provider of `origin` must be
@@ -255,8 +251,7 @@ impl State {
             let seq = self.mailbox_mut(&provider).push(now, expires, MailboxItem::Group(local));
             self.expiry.insert((expires, provider, seq));
         }
-        self.dedup.answers.insert(key.clone(), Outcome::Done);
-        self.dedup.order.push_back((now, key.0, key.1));
+        self.dedup.insert(now, &key.0, &key.1, Outcome::Done);
         Ok(Outcome::Done)
     }
 
@@ -299,8 +294,8 @@ impl State {
             return Err(Rejection::NotServedByPeer { provider: send.sender.clone(), peer: origin.clone() });
         }
         let local = crate::group::GroupSend { sender: qualified(&send.sender, origin), ..send.clone() };
-        if let Some(answer) = self.dedup.answers.get(&(local.sender.clone(), local.message_id.clone())) {
-            return Ok(answer.clone());
+        if let Some(answer) = self.dedup.get(&local.sender, &local.message_id) {
+            return Ok(answer);
         }
         let rec =
             self.groups.get(&local.group).ok_or_else(|| Rejection::GroupNotFound { group: local.group.clone() })?;

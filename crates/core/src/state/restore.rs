@@ -16,6 +16,7 @@
 //!   sequence number a later item of the backup holds.
 
 use super::State;
+use crate::dedup::{Answer, Digest, RememberedAnswer};
 use crate::federation::Federation;
 use crate::group::{GroupId, GroupRecord};
 use crate::ids::{MessageId, ProviderId, Seq, UserId};
@@ -65,6 +66,15 @@ pub enum StateItem {
     },
     /// Federation peers and remote group members (only when there are any).
     Peers(Box<Federation>),
+    /// A send answer of a per-sender window (cluster version 5), which keeps
+    /// a digest of the message id, not the id: restorable only into a
+    /// cluster at version 5 or later.
+    SenderAnswer {
+        stamp_ms: u64,
+        sender: ProviderId,
+        digest: Digest,
+        answer: Answer,
+    },
 }
 
 impl StateItem {
@@ -105,16 +115,19 @@ impl State {
             ..
         } = self;
         let settings = StateItem::Settings { clock_ms, limits, buckets_pruned_at_ms };
-        let mut answers = dedup.answers;
         let mailbox_items = mailboxes.into_iter().flat_map(|(owner, mailbox)| {
             let head = StateItem::Mailbox { owner: owner.clone(), next_seq: mailbox.next_seq };
             let entries =
                 mailbox.entries.into_values().map(move |entry| StateItem::Entry { owner: owner.clone(), entry });
             std::iter::once(head).chain(entries)
         });
-        let send_answers = dedup.order.into_iter().filter_map(move |(stamp_ms, sender, message_id)| {
-            let outcome = answers.remove(&(sender.clone(), message_id.clone()))?;
-            Some(StateItem::SendAnswer { stamp_ms, sender, message_id, outcome })
+        let send_answers = dedup.into_answers().map(|answer| match answer {
+            RememberedAnswer::ById { stamp_ms, sender, message_id, outcome } => {
+                StateItem::SendAnswer { stamp_ms, sender, message_id, outcome }
+            }
+            RememberedAnswer::ByDigest { stamp_ms, sender, digest, answer } => {
+                StateItem::SenderAnswer { stamp_ms, sender, digest, answer }
+            }
         });
         let buckets = claim_buckets.into_iter().map(|((requester, user), (milli_tokens, refilled_at_ms))| {
             StateItem::ClaimBucket { requester, user, milli_tokens, refilled_at_ms }
@@ -131,13 +144,22 @@ impl State {
     }
 
     /// The state [`State::into_items`] yielded `items` from (outside the
-    /// log: reading a backup file).
+    /// log: reading a backup file). Answers kept by digest come from
+    /// per-sender windows, which the state then keeps.
     pub fn from_items(items: impl IntoIterator<Item = StateItem>) -> State {
         let mut state = State::default();
         for item in items {
+            if matches!(item, StateItem::SenderAnswer { .. }) && state.dedup.sender_windows().is_none() {
+                state.dedup.split_per_sender();
+            }
             state.insert_item(item);
         }
         state
+    }
+
+    /// Whether `item` needs a cluster at `SENDER_WINDOWS_VERSION` or later.
+    pub fn needs_sender_windows(item: &StateItem) -> bool {
+        matches!(item, StateItem::SenderAnswer { .. })
     }
 
     /// The restore under way, if any (carried by snapshots).
@@ -167,6 +189,7 @@ impl State {
             once: std::mem::take(&mut self.once),
             incarnations: std::mem::take(&mut self.incarnations),
             restore: Some(RestoreProgress { id, next_part: 0, items: 0 }),
+            dedup: crate::dedup::SendAnswers::for_version(self.cluster_version()),
             ..State::default()
         };
         *self = kept;
@@ -251,11 +274,10 @@ impl State {
                 self.expiry.insert(key);
             }
             StateItem::SendAnswer { stamp_ms, sender, message_id, outcome } => {
-                let key = (sender, message_id);
-                if !self.dedup.answers.contains_key(&key) {
-                    self.dedup.order.push_back((stamp_ms, key.0.clone(), key.1.clone()));
-                    self.dedup.answers.insert(key, outcome);
-                }
+                self.dedup.insert_remembered(RememberedAnswer::ById { stamp_ms, sender, message_id, outcome });
+            }
+            StateItem::SenderAnswer { stamp_ms, sender, digest, answer } => {
+                self.dedup.insert_remembered(RememberedAnswer::ByDigest { stamp_ms, sender, digest, answer });
             }
             StateItem::ClaimBucket { requester, user, milli_tokens, refilled_at_ms } => {
                 self.claim_buckets.insert((requester, user), (milli_tokens, refilled_at_ms));

@@ -671,7 +671,7 @@ fn retried_send_gets_the_first_answer_and_is_stored_once() {
     assert_eq!(h.seqs(PB), vec![0]);
     assert_eq!(h.seqs(PC), Vec::<Seq>::new());
     assert_eq!(h.state.mailboxes, after_first.mailboxes);
-    assert_eq!(h.state.dedup_answer(&pid(PA), &mid("m1")), Some(&sent(0, s)));
+    assert_eq!(h.state.dedup_answer(&pid(PA), &mid("m1")), Some(sent(0, s)));
 
     // After the recipient acked it, a retry still gets the first answer and
     // does not store it again.
@@ -917,30 +917,6 @@ fn dedup_keeps_at_most_max_entries_oldest_first() {
         vec![send(PA, "m3", "bob", &[(1, 11)], 1_000_000), send(PA, "m1", "bob", &[(1, 11)], 1_000_000)],
     );
     assert_eq!(outs, vec![sent(2, s), sent(3, s + 1)]);
-}
-
-#[test]
-fn dedup_gives_memory_back_after_a_burst() {
-    let limits = Limits { dedup_window_ms: 1_000, ..Limits::default() };
-    let mut h = Harness::with_limits(limits);
-    h.user(PB, "bob", &[(1, 11)]);
-    let s = T0 + 10;
-    let burst: Vec<_> = (0..20_000).map(|i| send(PA, &format!("b{i}"), "bob", &[(1, 11)], 1_000_000)).collect();
-    for chunk in burst.chunks(1_000) {
-        h.batch_at(s, chunk.to_vec());
-    }
-    let peak = h.state.dedup.answers.capacity();
-    assert!(peak >= 20_000, "{peak}");
-    // The window passes; a few new sends keep the table in use.
-    h.batch_at(s + 2_000, vec![send(PA, "after", "bob", &[(1, 11)], 1_000_000)]);
-    assert_eq!(h.state.dedup.answers.len(), 1);
-    assert!(
-        h.state.dedup.answers.capacity() < peak / 4,
-        "capacity {} after peak {peak}",
-        h.state.dedup.answers.capacity()
-    );
-    assert!(h.state.dedup.order.capacity() < peak / 4);
-    assert!(h.state.dedup_answer(&pid(PA), &mid("after")).is_some());
 }
 
 // -------------------------------------------------------------- limits
@@ -2139,44 +2115,6 @@ fn a_restore_brings_the_federation_section_back_in_its_own_command() {
     assert_eq!(target.state.federation, backup.federation);
 }
 
-/// Damaged input (found by the log_entry fuzzer): an order entry repeated,
-/// one without an answer, an answer without an order entry. Decoding makes a
-/// consistent table; its encoding decodes to the same table, and two decodes
-/// of the same bytes encode identically.
-#[test]
-fn dedup_decodes_damaged_input_into_a_consistent_table() {
-    use std::collections::{BTreeMap, VecDeque};
-    #[derive(serde::Serialize)]
-    struct Fields {
-        answers: BTreeMap<(ProviderId, MessageId), Outcome>,
-        order: VecDeque<(u64, ProviderId, MessageId)>,
-    }
-    let sent = |seq| Outcome::Sent { seq, accepted_at_ms: 5 };
-    let damaged = Fields {
-        answers: BTreeMap::from([
-            ((pid("a"), mid("1")), sent(1)),
-            ((pid("a"), mid("2")), sent(2)),
-            ((pid("a"), mid("3")), sent(3)),
-        ]),
-        order: VecDeque::from([
-            (5, pid("a"), mid("2")),
-            (6, pid("a"), mid("9")),
-            (7, pid("a"), mid("2")),
-            (8, pid("a"), mid("3")),
-        ]),
-    };
-    let bytes = bincode::serialize(&damaged).unwrap();
-    let dedup: super::Dedup = bincode::deserialize(&bytes).unwrap();
-    let order: Vec<_> = dedup.order.iter().map(|(t, _, m)| (*t, m.as_str().to_string())).collect();
-    assert_eq!(order, vec![(0, "1".into()), (5, "2".into()), (8, "3".into())]);
-    assert_eq!(dedup.answers.len(), 3);
-    let encoded = bincode::serialize(&dedup).unwrap();
-    let again: super::Dedup = bincode::deserialize(&encoded).unwrap();
-    assert_eq!(again, dedup);
-    let other: super::Dedup = bincode::deserialize(&bytes).unwrap();
-    assert_eq!(bincode::serialize(&other).unwrap(), encoded, "same bytes on every replica");
-}
-
 // ------------------------------------------------------ cluster version 2
 
 mod cluster_version_2 {
@@ -2568,5 +2506,108 @@ mod incarnations {
         target.ok(Command::RestoreFinish { id: 3, parts: 1 });
         assert_eq!(target.state.incarnations(), &std::collections::BTreeMap::from([(1, 99), (2, 5)]));
         assert!(target.state.user(&uid("bob")).is_some());
+    }
+}
+
+// ------------------------------------------------------ cluster version 5
+
+mod cluster_version_5 {
+    use super::*;
+    use crate::dedup::SENDER_WINDOWS_VERSION;
+    use crate::state::restore::StateItem;
+
+    fn flood(h: &mut Harness, sender: &str, n: usize, stamp: u64) {
+        let sends: Vec<_> = (0..n).map(|i| send(sender, &format!("{sender}-{i}"), "bob", &[(1, 11)], 60_000)).collect();
+        h.batch_at(stamp, sends);
+    }
+
+    /// Below version 5 the cap is shared: a flood from one sender evicts
+    /// another sender's answer, and its retry is stored a second time.
+    #[test]
+    fn below_version_5_one_senders_flood_evicts_anothers_answer() {
+        let limits = Limits { max_dedup_entries: 3, max_mailbox_entries: 100, ..Limits::default() };
+        let mut h = Harness::with_limits(limits);
+        h.user(PB, "bob", &[(1, 11)]);
+        h.at(T0 + 1, send(PC, "c-1", "bob", &[(1, 11)], 60_000));
+        flood(&mut h, PA, 5, T0 + 2);
+        h.at(T0 + 3, ack(PC, &[]));
+        assert_eq!(h.state.dedup_answer(&pid(PC), &mid("c-1")), None, "evicted by pa's flood");
+    }
+
+    #[test]
+    fn from_version_5_a_flood_evicts_only_its_senders_answers() {
+        let limits = Limits { max_dedup_entries: 3, max_mailbox_entries: 100, ..Limits::default() };
+        let mut h = Harness::with_limits(limits);
+        h.ok(Command::SetClusterVersion { version: SENDER_WINDOWS_VERSION });
+        h.user(PB, "bob", &[(1, 11)]);
+        let first = h.at(T0 + 1, send(PC, "c-1", "bob", &[(1, 11)], 60_000));
+        flood(&mut h, PA, 5, T0 + 2);
+        h.at(T0 + 3, ack(PC, &[]));
+        assert_eq!(h.state.dedup_answer(&pid(PC), &mid("c-1")), Some(first.clone()));
+        // pa keeps its newest three, oldest first out.
+        assert_eq!(h.state.dedup_answer(&pid(PA), &mid("pa-0")), None);
+        assert!(h.state.dedup_answer(&pid(PA), &mid("pa-2")).is_some());
+        assert_eq!(h.state.send_answers().len(), 4);
+        // A retry of pc's send is answered, not stored again.
+        let depth = h.state.mailbox_depth(&pid(PB));
+        assert_eq!(h.at(T0 + 4, send(PC, "c-1", "bob", &[(1, 11)], 60_000)), first);
+        assert_eq!(h.state.mailbox_depth(&pid(PB)), depth);
+    }
+
+    /// The entry that raises the version turns the shared window into
+    /// per-sender windows holding every answer, on every replica alike.
+    #[test]
+    fn raising_the_version_keeps_every_answer() {
+        let limits = Limits { max_mailbox_entries: 100, ..Limits::default() };
+        let mut h = Harness::with_limits(limits);
+        h.user(PB, "bob", &[(1, 11)]);
+        h.ok(Command::SetClusterVersion { version: SENDER_WINDOWS_VERSION - 1 });
+        flood(&mut h, PA, 4, T0 + 2);
+        flood(&mut h, PC, 2, T0 + 3);
+        let before: Vec<_> = ["pa-0", "pa-3", "pc-1"]
+            .iter()
+            .map(|m| h.state.dedup_answer(&pid(&m[..2]), &mid(m)).expect("remembered"))
+            .collect();
+        let mut replica = h.state.clone();
+        h.ok(Command::SetClusterVersion { version: SENDER_WINDOWS_VERSION });
+        assert!(h.state.send_answers().sender_windows().is_some());
+        assert_eq!(h.state.send_answers().len(), 6);
+        let after: Vec<_> =
+            ["pa-0", "pa-3", "pc-1"].iter().map(|m| h.state.dedup_answer(&pid(&m[..2]), &mid(m)).unwrap()).collect();
+        assert_eq!(before, after);
+        replica.apply_batch(&Batch {
+            stamp_ms: h.stamp,
+            commands: vec![Command::SetClusterVersion { version: SENDER_WINDOWS_VERSION }],
+        });
+        assert_eq!(replica, h.state);
+        assert_eq!(format!("{replica:?}"), format!("{:?}", h.state), "same rendering on every replica");
+    }
+
+    /// A backup of a version-5 state restores its answers into a version-5
+    /// cluster; the shared layout cannot hold them (the node refuses such a
+    /// restore into an older cluster, `needs_sender_windows`).
+    #[test]
+    fn per_sender_answers_survive_a_backup_and_a_restore_in_parts() {
+        let limits = Limits { max_mailbox_entries: 100, ..Limits::default() };
+        let mut source = Harness::with_limits(limits.clone());
+        source.ok(Command::SetClusterVersion { version: SENDER_WINDOWS_VERSION });
+        source.user(PB, "bob", &[(1, 11)]);
+        flood(&mut source, PA, 3, T0 + 2);
+        let items: Vec<StateItem> = source.state.clone().into_items().collect();
+        assert!(items.iter().any(State::needs_sender_windows));
+        let offline = State::from_items(items.clone());
+        assert_eq!(offline.dedup_answer(&pid(PA), &mid("pa-1")), source.state.dedup_answer(&pid(PA), &mid("pa-1")));
+
+        let mut target = Harness::with_limits(limits);
+        target.ok(Command::SetClusterVersion { version: SENDER_WINDOWS_VERSION });
+        assert_eq!(target.apply(Command::RestoreBegin { id: 7 }), Outcome::Done);
+        assert_eq!(target.apply(Command::RestoreItems { id: 7, part: 0, items }), Outcome::Done);
+        assert_eq!(target.apply(Command::RestoreFinish { id: 7, parts: 1 }), Outcome::Done);
+        for m in ["pa-0", "pa-1", "pa-2"] {
+            assert_eq!(target.state.dedup_answer(&pid(PA), &mid(m)), source.state.dedup_answer(&pid(PA), &mid(m)));
+        }
+        let depth = target.state.mailbox_depth(&pid(PB));
+        target.at(target.stamp + 1, send(PA, "pa-1", "bob", &[(1, 11)], 60_000));
+        assert_eq!(target.state.mailbox_depth(&pid(PB)), depth, "a retry after the restore is not stored again");
     }
 }

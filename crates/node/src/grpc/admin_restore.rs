@@ -28,6 +28,8 @@ struct Counts {
     frames: u32,
     users: u64,
     mailbox_entries: u64,
+    /// Send answers kept by digest (a backup of a cluster at version 5).
+    sender_answers: u64,
 }
 
 pub async fn restore(ctx: &Ctx, mut stream: tonic::Streaming<BackupChunk>) -> Result<RestoreResponse, Status> {
@@ -46,6 +48,11 @@ pub async fn restore(ctx: &Ctx, mut stream: tonic::Streaming<BackupChunk>) -> Re
     let spool = spool.into_std().await;
     let dir = ctx.data_dir.clone();
     let (file, counts) = blocking(move || check(spool, &dir)).await?.map_err(bad_backup)?;
+    let current = ctx.read(|s| s.cluster_version());
+    let needed = router_core::dedup::SENDER_WINDOWS_VERSION;
+    if counts.sender_answers > 0 && current < needed {
+        return Err(status::rejection(&router_core::Rejection::ClusterVersionTooLow { needed, current }));
+    }
 
     let id: u64 = rand::random();
     ctx.write(Command::RestoreBegin { id }).await?;
@@ -109,6 +116,7 @@ fn check(mut spool: std::fs::File, dir: &std::path::Path) -> Result<(std::fs::Fi
             match item {
                 StateItem::User { .. } => counts.users += 1,
                 StateItem::Entry { .. } => counts.mailbox_entries += 1,
+                item if router_core::State::needs_sender_windows(item) => counts.sender_answers += 1,
                 _ => {}
             }
         }

@@ -59,6 +59,7 @@ async fn metrics_describe_traffic_and_pass_promtool() {
     assert_eq!(value(&text, r#"router_acked_total{provider="beta"}"#), 2.0);
     assert_eq!(value(&text, r#"router_delivered_total{provider="beta"}"#), 5.0);
     assert_eq!(value(&text, r#"router_mailbox_depth{provider="beta"}"#), 3.0);
+    assert_eq!(value(&text, r#"router_send_answers{sender="alpha"}"#), 5.0, "one answer per accepted send");
     assert_eq!(value(&text, r#"router_raft{field="is_leader"}"#), if still_leads { 1.0 } else { 0.0 });
     assert_eq!(value(&text, r#"router_raft{field="voters"}"#), 3.0);
     assert_eq!(value(&text, r#"router_grpc_requests_total{code="NotFound",method="Send",service="Messaging"}"#), 1.0);

@@ -833,7 +833,11 @@ impl Checker {
         // What the state remembers is what the model remembers.
         if let Some(d) = &self.dedup {
             for key in &self.keys {
-                assert_eq!(after.dedup_answer(&key.0, &key.1).as_ref(), d.answers.get(key), "remembered answer of {key:?}");
+                assert_eq!(
+                    after.dedup_answer(&key.0, &key.1).as_ref(),
+                    d.answers.get(key),
+                    "remembered answer of {key:?}"
+                );
             }
         }
     }
@@ -846,7 +850,8 @@ impl Checker {
         }
         for mb in state.mailboxes.values() {
             for e in mb.entries.values() {
-                let wire = router_node::grpc::wire::mailbox_entry(e.clone()).expect("in-memory ciphertexts always read");
+                let wire = router_node::grpc::wire::mailbox_entry(router_core::MailboxEntry::clone(e))
+                    .expect("in-memory ciphertexts always read");
                 assert_eq!(
                     (wire.seq, wire.accepted_at_ms, wire.expires_at_ms),
                     (e.seq, e.accepted_at_ms, e.expires_at_ms)

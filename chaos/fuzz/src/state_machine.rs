@@ -7,9 +7,7 @@
 
 use crate::check::{Checker, Stats};
 use crate::model::{Builder, Plan, T0, setup};
-use router_core::{Batch, Command, Limits, Outcome, State, StateExtras};
-use router_raft::codec;
-use std::collections::BTreeMap;
+use router_core::{Batch, Command, Limits, Outcome, State};
 
 pub fn run(data: &[u8]) {
     let stats = run_with_stats(data);
@@ -57,38 +55,18 @@ pub fn run_with_stats(data: &[u8]) -> Option<Stats> {
         assert_eq!(outs, replica_outs, "replicas answered differently");
     }
     assert_eq!(state, replica, "replicas diverged");
-    let encode = |s: &State| codec::encode_with_section(codec::CLUSTER_VERSION_FORMAT, s, s.extras().as_ref());
+    let encode = |s: &State| router_raft::encode_state(s);
     assert_eq!(encode(&state).expect("encode state"), encode(&replica).expect("encode replica"), "snapshots differ");
     checker.finish(&state);
     Some(checker.stats)
 }
 
-/// A snapshot install: encode, decode, and it must be the same state. The
-/// state's extras (cluster version, Once answers) travel in the snapshot's
-/// trailing section, with the members' incarnations once there are any
-/// (format 5), as `router_raft` writes it.
+/// A snapshot install: encode, decode, and it must be the same state, in
+/// the format `router_raft` writes snapshots in (its sections: extras,
+/// restore progress, incarnations, per-sender send answers).
 fn snapshot_round_trip(s: &State) -> State {
-    type Section = (StateExtras, Option<router_core::RestoreProgress>, BTreeMap<u64, u64>);
-    let back = match s.extras().filter(|_| !s.incarnations().is_empty()) {
-        Some(extras) => {
-            let section = (extras, None::<router_core::RestoreProgress>, s.incarnations());
-            let bytes = codec::encode_with_section(codec::INCARNATION_FORMAT, s, Some(&section)).expect("encode state");
-            let (mut back, section) = codec::decode_with_section::<State, Section>(&bytes).expect("decode state");
-            let (extras, _, incarnations) = section.expect("the section was written");
-            back.set_extras(extras);
-            back.set_incarnations(incarnations);
-            back
-        }
-        None => {
-            let bytes = codec::encode_with_section(codec::CLUSTER_VERSION_FORMAT, s, s.extras().as_ref())
-                .expect("encode state");
-            let (mut back, extras) = codec::decode_with_section::<State, StateExtras>(&bytes).expect("decode state");
-            if let Some(extras) = extras {
-                back.set_extras(extras);
-            }
-            back
-        }
-    };
+    let bytes = router_raft::encode_state(s).expect("encode state");
+    let back = router_raft::decode_state(&bytes).expect("decode state");
     assert_eq!(&back, s, "snapshot round trip");
     back
 }

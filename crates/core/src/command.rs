@@ -226,7 +226,7 @@ impl Command {
             Command::Restore { state } => {
                 for mailbox in state.mailboxes.values_mut() {
                     for entry in mailbox.entries.values_mut() {
-                        entry.item.blobs_mut(out);
+                        std::sync::Arc::make_mut(entry).item.blobs_mut(out);
                     }
                 }
             }

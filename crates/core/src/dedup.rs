@@ -351,6 +351,11 @@ impl SenderWindows {
     pub fn sender_len(&self, sender: &ProviderId) -> usize {
         self.windows.get(sender).map_or(0, |w| w.order.len())
     }
+
+    /// Every sender with answers, and how many.
+    pub fn counts(&self) -> impl Iterator<Item = (&ProviderId, usize)> {
+        self.windows.iter().map(|(sender, w)| (sender, w.order.len()))
+    }
 }
 
 /// After a burst a window empties again, but its map keeps its peak capacity

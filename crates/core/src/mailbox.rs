@@ -5,13 +5,17 @@ use crate::ids::{MessageId, ProviderId, Seq, UserId};
 use crate::payload::SendEnvelope;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mailbox {
     /// The next sequence number to assign; sequences are never reused, even
     /// after acks, so a receiver can dedupe by sequence.
     pub next_seq: Seq,
-    pub entries: BTreeMap<Seq, MailboxEntry>,
+    /// Shared, never changed in place: a snapshot's copy of the state and a
+    /// receive stream's batch take a reference, not a copy of the envelope.
+    /// Encoded exactly as the entries themselves.
+    pub entries: BTreeMap<Seq, Arc<MailboxEntry>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,12 +76,12 @@ impl Mailbox {
     pub fn push(&mut self, accepted_at_ms: u64, expires_at_ms: u64, item: MailboxItem) -> Seq {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.entries.insert(seq, MailboxEntry { seq, accepted_at_ms, expires_at_ms, item });
+        self.entries.insert(seq, Arc::new(MailboxEntry { seq, accepted_at_ms, expires_at_ms, item }));
         seq
     }
 
     /// Up to `limit` entries with `seq >= from`, in order.
-    pub fn range_from(&self, from: Seq, limit: usize) -> impl Iterator<Item = &MailboxEntry> {
+    pub fn range_from(&self, from: Seq, limit: usize) -> impl Iterator<Item = &Arc<MailboxEntry>> {
         self.entries.range(from..).map(|(_, e)| e).take(limit)
     }
 
@@ -107,5 +111,38 @@ impl crate::federation::RelayedKind {
             MailboxItem::Group(delivery) => Some(crate::federation::RelayedKind::Group(delivery.clone())),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sharing entries changes nothing on disk or on the wire: a mailbox
+    /// encodes exactly as one holding the entries themselves (what snapshots
+    /// of older builds hold).
+    #[test]
+    fn shared_entries_encode_as_the_entries_themselves() {
+        #[derive(Serialize)]
+        struct Plain {
+            next_seq: Seq,
+            entries: BTreeMap<Seq, MailboxEntry>,
+        }
+        let mut mailbox = Mailbox { next_seq: 1, ..Mailbox::default() };
+        let item = |n: u32| MailboxItem::PrekeyLowStock {
+            user: UserId::new("u"),
+            device: n,
+            one_time_remaining: n,
+            kyber_one_time_remaining: 0,
+        };
+        mailbox.push(5, 10, item(1));
+        mailbox.push(6, 11, item(2));
+        let plain = Plain {
+            next_seq: mailbox.next_seq,
+            entries: mailbox.entries.iter().map(|(s, e)| (*s, MailboxEntry::clone(e))).collect(),
+        };
+        let bytes = bincode::serialize(&mailbox).unwrap();
+        assert_eq!(bytes, bincode::serialize(&plain).unwrap());
+        assert_eq!(bincode::deserialize::<Mailbox>(&bytes).unwrap(), mailbox);
     }
 }

@@ -738,6 +738,7 @@ impl State {
             let Some(entry) = self.mailboxes.get_mut(&owner).and_then(|m| m.entries.remove(&seq)) else {
                 continue;
             };
+            let entry = std::sync::Arc::unwrap_or_clone(entry);
             let (sender, message_id, recipient, recipient_provider) = match entry.item {
                 MailboxItem::Envelope(env) => (env.sender, env.message_id, env.recipient, owner),
                 MailboxItem::Outbound { recipient_provider, envelope } => {
@@ -786,7 +787,7 @@ impl State {
     }
 
     /// Up to `limit` entries of `provider`'s mailbox with `seq >= from`.
-    pub fn mailbox_from(&self, provider: &ProviderId, from: Seq, limit: usize) -> Vec<MailboxEntry> {
+    pub fn mailbox_from(&self, provider: &ProviderId, from: Seq, limit: usize) -> Vec<std::sync::Arc<MailboxEntry>> {
         match self.mailboxes.get(provider) {
             Some(m) => m.range_from(from, limit).cloned().collect(),
             None => Vec::new(),

@@ -70,7 +70,7 @@ pub use log_store::LogStore;
 pub use payloads::PayloadStore;
 pub use snapshot_data::SnapshotData;
 pub use snapshot_files::SnapshotFiles;
-pub use state_machine::StateMachineStore;
+pub use state_machine::{StateMachineStore, decode_state, encode_state};
 pub use stats::{StorageStats, StorageStatsSnapshot};
 pub use types::{
     Entry, LogId, Membership, NodeAddr, NodeId, Raft, Snapshot, SnapshotMeta, StorageError, StoredMembership,

@@ -327,6 +327,7 @@ impl State {
                 unknown += 1;
                 continue;
             };
+            let entry = std::sync::Arc::unwrap_or_clone(entry);
             self.expiry.remove(&(entry.expires_at_ms, queue.clone(), seq));
             removed += 1;
             let (Some((reason, detail)), MailboxItem::Outbound { envelope, .. }) = (refusal, entry.item) else {

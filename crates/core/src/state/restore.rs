@@ -117,8 +117,10 @@ impl State {
         let settings = StateItem::Settings { clock_ms, limits, buckets_pruned_at_ms };
         let mailbox_items = mailboxes.into_iter().flat_map(|(owner, mailbox)| {
             let head = StateItem::Mailbox { owner: owner.clone(), next_seq: mailbox.next_seq };
-            let entries =
-                mailbox.entries.into_values().map(move |entry| StateItem::Entry { owner: owner.clone(), entry });
+            let entries = mailbox.entries.into_values().map(move |entry| StateItem::Entry {
+                owner: owner.clone(),
+                entry: std::sync::Arc::unwrap_or_clone(entry),
+            });
             std::iter::once(head).chain(entries)
         });
         let send_answers = dedup.into_answers().map(|answer| match answer {
@@ -268,7 +270,7 @@ impl State {
                 let key = (entry.expires_at_ms, owner.clone(), entry.seq);
                 let mailbox = self.mailbox_mut(&owner);
                 mailbox.next_seq = mailbox.next_seq.max(entry.seq.saturating_add(1));
-                if let Some(old) = mailbox.entries.insert(entry.seq, entry) {
+                if let Some(old) = mailbox.entries.insert(entry.seq, std::sync::Arc::new(entry)) {
                     self.expiry.remove(&(old.expires_at_ms, owner, old.seq));
                 }
                 self.expiry.insert(key);

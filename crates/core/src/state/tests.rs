@@ -193,7 +193,11 @@ impl Harness {
     }
 
     fn entries(&self, provider: &str) -> Vec<MailboxEntry> {
-        self.state.mailbox_from(&pid(provider), 0, usize::MAX)
+        self.state
+            .mailbox_from(&pid(provider), 0, usize::MAX)
+            .into_iter()
+            .map(std::sync::Arc::unwrap_or_clone)
+            .collect()
     }
 
     fn seqs(&self, provider: &str) -> Vec<Seq> {

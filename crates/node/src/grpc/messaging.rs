@@ -171,7 +171,7 @@ async fn deliver(
         // state removes and reports them a grace period later (cluster
         // version 2), so a report means the entry was not delivered.
         // Payloads are read back after the lock is released: apply waits for it.
-        let next: Result<(Vec<router_core::MailboxEntry>, Seq), Rejection> = ctx.read(|s| {
+        let next: Result<(Vec<std::sync::Arc<router_core::MailboxEntry>>, Seq), Rejection> = ctx.read(|s| {
             if let Some(refusal) = s.provider_refusal(&provider) {
                 return Err(refusal);
             }
@@ -208,7 +208,7 @@ async fn deliver(
                 _ => None,
             };
             let seq = core_entry.seq;
-            let entry = match super::wire::mailbox_entry(core_entry) {
+            let entry = match super::wire::mailbox_entry(std::sync::Arc::unwrap_or_clone(core_entry)) {
                 Ok(entry) => entry,
                 Err(e) => {
                     // A payload this replica accepted and cannot read back:

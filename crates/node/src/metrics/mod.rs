@@ -59,6 +59,7 @@ pub struct Metrics {
     open_connections: IntGaugeVec,
     mailbox_depth: IntGaugeVec,
     mailbox_oldest: GaugeVec,
+    send_answers: IntGaugeVec,
     prekey_stock: IntGaugeVec,
     low_stock_devices: IntGaugeVec,
     /// Relay calls to a federation peer, by how they ended.
@@ -291,6 +292,12 @@ impl Metrics {
             ),
             open_streams,
             mailbox_depth: gauge(&registry, "mailbox_depth", "Entries awaiting the provider's ack.", &["provider"]),
+            send_answers: gauge(
+                &registry,
+                "send_answers",
+                "Send answers remembered for retries (the dedup window), per sender provider against the max_dedup_entries limit; sender=\"*\" for the window all senders shared below cluster version 5.",
+                &["sender"],
+            ),
             mailbox_oldest,
             prekey_stock: gauge(
                 &registry,

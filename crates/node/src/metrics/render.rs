@@ -73,6 +73,16 @@ impl Metrics {
                 let age = s.mailbox_oldest_ms(p).map_or(0, |t| s.clock_ms.saturating_sub(t));
                 self.mailbox_oldest.with_label_values(&[p.as_str()]).set(age as f64 / 1000.0);
             }
+            // Reset first: a sender whose window emptied has no series left.
+            self.send_answers.reset();
+            match s.send_answers().sender_windows() {
+                Some(windows) => {
+                    for (sender, n) in windows.counts() {
+                        self.send_answers.with_label_values(&[sender.as_str()]).set(n as i64);
+                    }
+                }
+                None => self.send_answers.with_label_values(&["*"]).set(s.send_answers().len() as i64),
+            }
             let mut stock: std::collections::BTreeMap<&str, (i64, i64)> =
                 s.providers.keys().map(|p| (p.as_str(), (0, 0))).collect();
             for rec in s.users.values() {

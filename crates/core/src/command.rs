@@ -308,6 +308,17 @@ impl Command {
         }
     }
 
+    /// Commands only builds that apply cluster version 5 can decode (a
+    /// restore part holding send answers kept by digest): a log entry holding
+    /// one is written in format version 6 (`router-raft`).
+    pub fn needs_sender_windows_format(&self) -> bool {
+        match self {
+            Command::RestoreItems { items, .. } => items.iter().any(crate::State::needs_sender_windows),
+            Command::Once { command, .. } => command.needs_sender_windows_format(),
+            _ => false,
+        }
+    }
+
     /// Commands only builds that apply cluster version 3 can decode: a log
     /// entry holding one is written in format version 4 (`router-raft`).
     pub fn needs_parted_restore_format(&self) -> bool {

@@ -29,7 +29,7 @@ use crate::limits::Limits;
 use crate::outcome::Outcome;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::Hash;
 
 /// The first cluster version whose rules keep one window per sender.
 pub const SENDER_WINDOWS_VERSION: u32 = 5;
@@ -235,7 +235,13 @@ impl<'de> Deserialize<'de> for SendAnswers {
 }
 
 /// A 128-bit digest of a message id: the first 16 bytes of its SHA-256.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+///
+/// Hashed in the windows' maps with std's keyed hasher: the sender chooses
+/// its message ids, and an unkeyed hash of the digest would let it search
+/// for ids that all land in one probe chain (every sender's apply slows).
+/// The key differs per process, which nothing observes: the maps are only
+/// looked up, never iterated.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub struct Digest(pub [u8; 16]);
 
 impl Digest {
@@ -245,33 +251,6 @@ impl Digest {
         let mut prefix = [0u8; 16];
         prefix.copy_from_slice(&full[..16]);
         Digest(prefix)
-    }
-}
-
-/// The bits of a digest are uniform already: hash by its first eight bytes.
-impl Hash for Digest {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&self.0[..8]);
-        state.write_u64(u64::from_le_bytes(first));
-    }
-}
-
-/// Passes [`Digest`]'s `write_u64` through (no SipHash round per lookup).
-#[derive(Default)]
-struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
     }
 }
 
@@ -315,7 +294,7 @@ pub struct SenderWindows {
 
 #[derive(Clone, Default, PartialEq, Eq)]
 struct SenderWindow {
-    answers: HashMap<Digest, Answer, BuildHasherDefault<DigestHasher>>,
+    answers: HashMap<Digest, Answer>,
     order: VecDeque<(u64, Digest)>,
 }
 

@@ -108,9 +108,13 @@ impl State {
     /// The section a snapshot needs after the serde encoding of the state,
     /// if any: none for a state older builds can hold as a whole.
     pub fn extras(&self) -> Option<StateExtrasRef<'_>> {
-        (self.cluster_version > crate::version::BASE_CLUSTER_VERSION || !self.once.is_empty()).then_some(
-            StateExtrasRef { federation: &self.federation, cluster_version: self.cluster_version, once: &self.once },
-        )
+        (self.cluster_version > crate::version::BASE_CLUSTER_VERSION || !self.once.is_empty())
+            .then(|| self.extras_section())
+    }
+
+    /// What [`State::extras`] holds, also for a state that would need none.
+    pub fn extras_section(&self) -> StateExtrasRef<'_> {
+        StateExtrasRef { federation: &self.federation, cluster_version: self.cluster_version, once: &self.once }
     }
 
     /// Puts back what [`State::extras`] gave a snapshot.
@@ -738,13 +742,16 @@ impl State {
             let Some(entry) = self.mailboxes.get_mut(&owner).and_then(|m| m.entries.remove(&seq)) else {
                 continue;
             };
-            let entry = std::sync::Arc::unwrap_or_clone(entry);
-            let (sender, message_id, recipient, recipient_provider) = match entry.item {
-                MailboxItem::Envelope(env) => (env.sender, env.message_id, env.recipient, owner),
+            // The entry may still be shared (a snapshot being encoded):
+            // copy only the ids the report needs, never the envelope.
+            let (sender, message_id, recipient, recipient_provider) = match &entry.item {
+                MailboxItem::Envelope(env) => {
+                    (env.sender.clone(), env.message_id.clone(), env.recipient.clone(), owner)
+                }
                 MailboxItem::Outbound { recipient_provider, envelope } => {
                     let peer = crate::federation::queue_peer(&owner).expect("outbound items live in peer queues");
-                    let at_peer = crate::federation::qualified(&recipient_provider, &peer);
-                    (envelope.sender, envelope.message_id, envelope.recipient, at_peer)
+                    let at_peer = crate::federation::qualified(recipient_provider, &peer);
+                    (envelope.sender.clone(), envelope.message_id.clone(), envelope.recipient.clone(), at_peer)
                 }
                 _ => continue,
             };

@@ -12,8 +12,9 @@
 //!  version 5 (incarnations)  [5][bincode(value)]                       log entries holding SetIncarnation
 //!                            [5][bincode(value)][bincode(extras, progress, incarnations)]
 //!                                                                      snapshots of a state with members' incarnations
-//!  version 6 (send answers   [6][bincode(value)][bincode(extras, progress, incarnations, sender windows)]
-//!   per sender)                                                        snapshots of a state at cluster version 5
+//!  version 6 (send answers   [6][bincode(value)]                       log entries with a restore part holding SenderAnswer
+//!   per sender)              [6][bincode(value)][bincode(extras, progress, incarnations, sender windows)]
+//!                                                                      snapshots of a state with per-sender windows
 //! ```
 //!
 //! Every stored value (log entries, vote, committed, purged id, snapshots)
@@ -53,8 +54,9 @@ pub const PARTED_RESTORE_FORMAT: u8 = 4;
 /// Log entries with `SetIncarnation`, snapshots of a state with members'
 /// incarnations (only at cluster version 4, which every member applies).
 pub const INCARNATION_FORMAT: u8 = 5;
-/// Snapshots of a state whose send answers are kept per sender (only at
-/// cluster version 5, which every member applies). No log entry needs it.
+/// Snapshots of a state whose send answers are kept per sender, and log
+/// entries with a restore part holding such answers (only at cluster
+/// version 5, which every member applies).
 pub const SENDER_WINDOWS_FORMAT: u8 = 6;
 /// The newest layout this build reads and writes.
 pub const FORMAT_VERSION: u8 = SENDER_WINDOWS_FORMAT;
@@ -191,7 +193,9 @@ pub fn entry_format(entry: &openraft::Entry<crate::types::TypeConfig>) -> u8 {
 /// The oldest format that holds all of `commands`.
 pub fn commands_format<'a>(commands: impl IntoIterator<Item = &'a router_core::Command>) -> u8 {
     commands.into_iter().fold(BASE_FORMAT, |format, c| {
-        let needed = if c.needs_incarnation_format() {
+        let needed = if c.needs_sender_windows_format() {
+            SENDER_WINDOWS_FORMAT
+        } else if c.needs_incarnation_format() {
             INCARNATION_FORMAT
         } else if c.needs_parted_restore_format() {
             PARTED_RESTORE_FORMAT

@@ -233,8 +233,10 @@ fn refuse_unknown_rules(batch: &router_core::Batch, log_id: LogId) -> Result<(),
 /// Writes a snapshot of `payload` to `out`, in the oldest format that holds it.
 fn write_payload<W: std::io::Write>(out: W, payload: &SnapshotPayloadRef<'_>) -> Result<(), codec::FormatError> {
     let state = payload.state;
-    if let (Some(extras), Some(windows)) = (state.extras(), state.send_answers().sender_windows()) {
-        let section = (extras, state.restore_progress(), state.incarnations(), windows);
+    // Whenever the windows exist, whatever the version says: an older format
+    // would encode them as an empty shared window and lose every answer.
+    if let Some(windows) = state.send_answers().sender_windows() {
+        let section = (state.extras_section(), state.restore_progress(), state.incarnations(), windows);
         return codec::write_with_section(out, codec::SENDER_WINDOWS_FORMAT, payload, Some(&section));
     }
     if let Some(extras) = state.extras().filter(|_| !state.incarnations().is_empty()) {

@@ -521,5 +521,32 @@ fn send_answers_kept_per_sender_survive_a_snapshot_in_format_6() {
         let got = snapshot_of(&restarted);
         assert_eq!(got, want, "the per-sender windows came back with the state");
         assert_eq!(got.dedup_answer(&acme, &MessageId::new("m-1")), answer);
+
+        // A state read back from a backup (offline) holds per-sender windows
+        // at version 0; its encoding must keep them all the same.
+        let offline = State::from_items(want.into_items());
+        assert_eq!(offline.cluster_version(), router_core::version::BASE_CLUSTER_VERSION);
+        let back = crate::decode_state(&crate::encode_state(&offline).unwrap()).unwrap();
+        assert_eq!(back.dedup_answer(&acme, &MessageId::new("m-1")), answer);
     });
+}
+
+#[test]
+fn a_restore_part_with_answers_by_digest_is_written_in_format_6() {
+    use router_core::dedup::{Answer, Digest};
+    use router_core::{MessageId, StateItem};
+    let by_digest = StateItem::SenderAnswer {
+        stamp_ms: 1,
+        sender: ProviderId::new("acme"),
+        digest: Digest::of(&MessageId::new("m-1")),
+        answer: Answer::Done,
+    };
+    let part = Command::RestoreItems { id: 1, part: 0, items: vec![by_digest] };
+    assert_eq!(crate::commands_format([&part]), crate::SENDER_WINDOWS_FORMAT);
+    let plain = Command::RestoreItems {
+        id: 1,
+        part: 0,
+        items: vec![StateItem::Mailbox { owner: ProviderId::new("acme"), next_seq: 1 }],
+    };
+    assert_eq!(crate::commands_format([&plain]), crate::PARTED_RESTORE_FORMAT);
 }

@@ -327,21 +327,22 @@ impl State {
                 unknown += 1;
                 continue;
             };
-            let entry = std::sync::Arc::unwrap_or_clone(entry);
             self.expiry.remove(&(entry.expires_at_ms, queue.clone(), seq));
             removed += 1;
-            let (Some((reason, detail)), MailboxItem::Outbound { envelope, .. }) = (refusal, entry.item) else {
+            // The entry may still be shared (the relay's batch, a snapshot):
+            // copy only the ids the report needs.
+            let (Some((reason, detail)), MailboxItem::Outbound { envelope, .. }) = (refusal, &entry.item) else {
                 continue;
             };
             let report = MailboxItem::Undeliverable {
                 to: envelope.sender.clone(),
-                message_id: envelope.message_id,
-                recipient: envelope.recipient,
+                message_id: envelope.message_id.clone(),
+                recipient: envelope.recipient.clone(),
                 reason: UndeliverableReason::Refused { reason: reason.clone(), detail: detail.clone() },
             };
             let expires = now.saturating_add(self.limits.report_ttl_ms);
             let seq = self.mailbox_mut(&envelope.sender).push(now, expires, report);
-            self.expiry.insert((expires, envelope.sender, seq));
+            self.expiry.insert((expires, envelope.sender.clone(), seq));
         }
         Ok(Outcome::Acked { removed, unknown })
     }

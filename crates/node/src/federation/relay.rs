@@ -122,6 +122,8 @@ async fn relay_batch(ctx: &Ctx, fed: &Federation, peer: &router_core::PeerRecord
         }
         items.push(item);
     }
+    // The batch is encoded: release the queue's entries now, not after the peer answered.
+    drop(entries);
     if items.is_empty() {
         return Ok(Progress::HeadMustWait);
     }

@@ -313,7 +313,7 @@ impl Command {
     /// one is written in format version 6 (`router-raft`).
     pub fn needs_sender_windows_format(&self) -> bool {
         match self {
-            Command::RestoreItems { items, .. } => items.iter().any(crate::State::needs_sender_windows),
+            Command::RestoreItems { items, .. } => items.iter().any(crate::StateItem::needs_sender_windows),
             Command::Once { command, .. } => command.needs_sender_windows_format(),
             _ => false,
         }

@@ -28,6 +28,7 @@ use crate::ids::{MessageId, ProviderId, Seq};
 use crate::limits::Limits;
 use crate::outcome::Outcome;
 use serde::{Deserialize, Serialize};
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::Hash;
 
@@ -88,10 +89,9 @@ impl SendAnswers {
     pub fn insert(&mut self, stamp_ms: u64, sender: &ProviderId, message_id: &MessageId, outcome: Outcome) {
         match &mut self.0 {
             Layout::Shared(w) => {
-                let key = (sender.clone(), message_id.clone());
-                if !w.answers.contains_key(&key) {
-                    w.order.push_back((stamp_ms, key.0.clone(), key.1.clone()));
-                    w.answers.insert(key, outcome);
+                if let Entry::Vacant(slot) = w.answers.entry((sender.clone(), message_id.clone())) {
+                    slot.insert(outcome);
+                    w.order.push_back((stamp_ms, sender.clone(), message_id.clone()));
                 }
             }
             Layout::PerSender(w) => {
@@ -304,7 +304,7 @@ impl SenderWindows {
             Some(w) => w,
             None => self.windows.entry(sender.clone()).or_default(),
         };
-        if let std::collections::hash_map::Entry::Vacant(slot) = window.answers.entry(digest) {
+        if let Entry::Vacant(slot) = window.answers.entry(digest) {
             slot.insert(answer);
             window.order.push_back((stamp_ms, digest));
         }

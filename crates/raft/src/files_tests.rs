@@ -25,8 +25,13 @@ fn entry(index: u64, commands: Vec<Command>) -> Entry {
 }
 
 fn send(n: u64, bytes: usize) -> Command {
+    send_from("alpha", n, bytes)
+}
+
+/// An envelope of `sender` for bob's device 1 (registration 7), message id `m-<n>`.
+pub(crate) fn send_from(sender: &str, n: u64, bytes: usize) -> Command {
     Command::Send(SendEnvelope {
-        sender: ProviderId::new("alpha"),
+        sender: ProviderId::new(sender),
         sender_user: None,
         sender_device: None,
         message_id: MessageId::new(format!("m-{n}")),

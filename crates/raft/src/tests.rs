@@ -482,28 +482,13 @@ fn members_incarnations_survive_a_snapshot_in_format_5() {
 
 #[test]
 fn send_answers_kept_per_sender_survive_a_snapshot_in_format_6() {
-    use router_core::{ContentType, DevicePart, MessageId, SendEnvelope};
+    use router_core::MessageId;
     rt().block_on(async {
         let backend = MemBackend::new();
         let (_log, mut sm) = open(backend.clone()).unwrap();
         apply_and_snapshot(&mut sm).await;
         let acme = ProviderId::new("acme");
-        let send = Command::Send(SendEnvelope {
-            sender: acme.clone(),
-            sender_user: None,
-            sender_device: None,
-            message_id: MessageId::new("m-1"),
-            recipient: UserId::new("bob"),
-            content_type: ContentType::Message,
-            ttl_ms: 86_400_000,
-            parts: vec![DevicePart {
-                device: 1,
-                registration_id: 7,
-                message_type: 1,
-                ciphertext: router_core::Blob::from(vec![1u8; 8]),
-            }],
-            traceparent: None,
-        });
+        let send = crate::files_tests::send_from("acme", 1, 8);
         let commands = vec![
             Command::SetClusterVersion { version: router_core::CLUSTER_VERSION },
             Command::RegisterDevice { provider: acme.clone(), user: UserId::new("bob"), device: 1, registration_id: 7 },

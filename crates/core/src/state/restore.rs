@@ -78,6 +78,11 @@ pub enum StateItem {
 }
 
 impl StateItem {
+    /// Whether the item needs a cluster at `SENDER_WINDOWS_VERSION` or later.
+    pub fn needs_sender_windows(&self) -> bool {
+        matches!(self, StateItem::SenderAnswer { .. })
+    }
+
     /// Every ciphertext the item holds, for the storage layer to place.
     pub fn blobs_mut<'a>(&'a mut self, out: &mut Vec<&'a mut crate::blob::Blob>) {
         if let StateItem::Entry { entry, .. } = self {
@@ -151,17 +156,12 @@ impl State {
     pub fn from_items(items: impl IntoIterator<Item = StateItem>) -> State {
         let mut state = State::default();
         for item in items {
-            if matches!(item, StateItem::SenderAnswer { .. }) && state.dedup.sender_windows().is_none() {
+            if item.needs_sender_windows() && state.dedup.sender_windows().is_none() {
                 state.dedup.split_per_sender();
             }
             state.insert_item(item);
         }
         state
-    }
-
-    /// Whether `item` needs a cluster at `SENDER_WINDOWS_VERSION` or later.
-    pub fn needs_sender_windows(item: &StateItem) -> bool {
-        matches!(item, StateItem::SenderAnswer { .. })
     }
 
     /// The restore under way, if any (carried by snapshots).

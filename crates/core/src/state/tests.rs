@@ -2589,7 +2589,7 @@ mod cluster_version_5 {
 
     /// A backup of a version-5 state restores its answers into a version-5
     /// cluster; the shared layout cannot hold them (the node refuses such a
-    /// restore into an older cluster, `needs_sender_windows`).
+    /// restore into an older cluster, `StateItem::needs_sender_windows`).
     #[test]
     fn per_sender_answers_survive_a_backup_and_a_restore_in_parts() {
         let limits = Limits { max_mailbox_entries: 100, ..Limits::default() };
@@ -2598,7 +2598,7 @@ mod cluster_version_5 {
         source.user(PB, "bob", &[(1, 11)]);
         flood(&mut source, PA, 3, T0 + 2);
         let items: Vec<StateItem> = source.state.clone().into_items().collect();
-        assert!(items.iter().any(State::needs_sender_windows));
+        assert!(items.iter().any(StateItem::needs_sender_windows));
         let offline = State::from_items(items.clone());
         assert_eq!(offline.dedup_answer(&pid(PA), &mid("pa-1")), source.state.dedup_answer(&pid(PA), &mid("pa-1")));
 

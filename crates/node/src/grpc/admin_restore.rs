@@ -116,7 +116,7 @@ fn check(mut spool: std::fs::File, dir: &std::path::Path) -> Result<(std::fs::Fi
             match item {
                 StateItem::User { .. } => counts.users += 1,
                 StateItem::Entry { .. } => counts.mailbox_entries += 1,
-                item if router_core::State::needs_sender_windows(item) => counts.sender_answers += 1,
+                item if item.needs_sender_windows() => counts.sender_answers += 1,
                 _ => {}
             }
         }

@@ -12,6 +12,11 @@
 //! the decoding thread ([`decode_with_sink`]), decoded blobs of at least
 //! [`BlobSink::min_len`] bytes go straight to the sink instead of to memory,
 //! so a large snapshot decodes with memory bounded by its metadata.
+//!
+//! A node's own snapshot file names its stored blobs by place instead
+//! ([`encode_with_places`], [`decode_with_places`]): the source's number
+//! (a payload segment), offset and length, so a snapshot does not copy the
+//! mail the node already keeps in files. That form never leaves the node.
 
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -22,6 +27,42 @@ use std::sync::Arc;
 pub trait BlobSource: Send + Sync + std::fmt::Debug + 'static {
     /// The `len` bytes at `offset`, checked (a damaged record is an error).
     fn read(&self, offset: u64, len: u32) -> std::io::Result<Bytes>;
+
+    /// The number a node's own snapshot names this source by, or `None`:
+    /// blobs of such a source are written out as bytes there too.
+    fn place(&self) -> Option<u64> {
+        None
+    }
+
+    /// Makes what was written to this source durable. Called only on
+    /// sources that name a place, before a snapshot that names them counts.
+    fn sync(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Finds the sources a node's own snapshot names by place.
+pub trait BlobPlaces: Send + Sync + 'static {
+    /// The source numbered `place`; an error if it is gone.
+    fn source(&self, place: u64) -> std::io::Result<Arc<dyn BlobSource>>;
+}
+
+/// The sources a snapshot names, by place: what it keeps alive.
+pub type PlacedSources = std::collections::BTreeMap<u64, Arc<dyn BlobSource>>;
+
+impl BlobPlaces for PlacedSources {
+    fn source(&self, place: u64) -> std::io::Result<Arc<dyn BlobSource>> {
+        self.get(&place).cloned().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, format!("no payload source numbered {place}"))
+        })
+    }
+}
+
+/// A blob as a node's own snapshot writes it.
+#[derive(Serialize, Deserialize)]
+enum Placed {
+    Bytes(Bytes),
+    At { place: u64, offset: u64, len: u32 },
 }
 
 /// Where a decoder puts the blobs it reads (see [`decode_with_sink`]).
@@ -142,6 +183,11 @@ impl std::fmt::Debug for Blob {
 
 impl Serialize for Blob {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if let Some(placed) = PLACES_NAMED.with(|named| named.borrow_mut().as_mut().map(|named| self.placed(named))) {
+            return placed
+                .map_err(|e| serde::ser::Error::custom(format!("read stored blob: {e}")))?
+                .serialize(serializer);
+        }
         match &self.0 {
             Repr::Inline(b) => serializer.serialize_bytes(b),
             Repr::Stored { .. } => {
@@ -152,8 +198,30 @@ impl Serialize for Blob {
     }
 }
 
+impl Blob {
+    /// This blob as a node's own snapshot writes it, noting its source in `named`.
+    fn placed(&self, named: &mut PlacedSources) -> std::io::Result<Placed> {
+        if let Repr::Stored { source, offset, len } = &self.0
+            && let Some(place) = source.place()
+        {
+            named.entry(place).or_insert_with(|| source.clone());
+            return Ok(Placed::At { place, offset: *offset, len: *len });
+        }
+        Ok(Placed::Bytes(self.bytes()?))
+    }
+}
+
 impl<'de> Deserialize<'de> for Blob {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if let Some(places) = PLACES.with(|p| p.borrow().clone()) {
+            return match Placed::deserialize(deserializer)? {
+                Placed::Bytes(bytes) => Ok(Blob::from(bytes)),
+                Placed::At { place, offset, len } => places
+                    .source(place)
+                    .map(|source| Blob::stored(source, offset, len))
+                    .map_err(|e| serde::de::Error::custom(format!("stored blob: {e}"))),
+            };
+        }
         let bytes = Bytes::deserialize(deserializer)?;
         // A sink that cannot store (disk full) leaves the blob in memory:
         // the decode must not fail for want of a place to keep bytes it has.
@@ -166,6 +234,45 @@ impl<'de> Deserialize<'de> for Blob {
 
 thread_local! {
     static SINK: RefCell<Option<Arc<dyn BlobSink>>> = const { RefCell::new(None) };
+    /// Set while a node's own snapshot is encoded: the sources it named so far.
+    static PLACES_NAMED: RefCell<Option<PlacedSources>> = const { RefCell::new(None) };
+    /// Set while a node's own snapshot is decoded.
+    static PLACES: RefCell<Option<Arc<dyn BlobPlaces>>> = const { RefCell::new(None) };
+}
+
+/// Runs `encode` with the stored blobs serialized on this thread written by
+/// place (in-memory blobs and sources without a place as bytes); answers
+/// its result and every source it named. Only [`decode_with_places`] reads
+/// what it wrote.
+pub fn encode_with_places<T>(encode: impl FnOnce() -> T) -> (T, PlacedSources) {
+    struct Restore(Option<PlacedSources>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            PLACES_NAMED.with(|n| *n.borrow_mut() = previous);
+        }
+    }
+    let previous = PLACES_NAMED.with(|n| n.borrow_mut().replace(PlacedSources::new()));
+    let restore = Restore(previous);
+    let done = encode();
+    let named = PLACES_NAMED.with(|n| n.borrow_mut().take()).unwrap_or_default();
+    drop(restore);
+    (done, named)
+}
+
+/// Runs `decode` reading blobs as [`encode_with_places`] wrote them, their
+/// places found in `places`.
+pub fn decode_with_places<T>(places: Arc<dyn BlobPlaces>, decode: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Arc<dyn BlobPlaces>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            PLACES.with(|p| *p.borrow_mut() = previous);
+        }
+    }
+    let previous = PLACES.with(|p| p.borrow_mut().replace(places));
+    let _restore = Restore(previous);
+    decode()
 }
 
 /// Runs `decode` with `sink` receiving the blobs decoded on this thread.
@@ -241,6 +348,46 @@ mod tests {
         // The sink was for that decode only.
         let (after, _): (Blob, Blob) = bincode::deserialize(&encoded).unwrap();
         assert!(after.inline().is_some());
+    }
+
+    /// A buffer that names its place, as a payload segment does.
+    #[derive(Debug, Default)]
+    struct Numbered(Buffer);
+
+    impl BlobSource for Numbered {
+        fn read(&self, offset: u64, len: u32) -> std::io::Result<Bytes> {
+            self.0.read(offset, len)
+        }
+        fn place(&self) -> Option<u64> {
+            Some(7)
+        }
+    }
+
+    #[test]
+    fn placed_encoding_names_stored_blobs_and_reads_them_back_through_their_places() {
+        let numbered = Arc::new(Numbered::default());
+        numbered.0.0.lock().unwrap().extend_from_slice(b"xxciphertext");
+        let stored = Blob::stored(numbered.clone(), 2, 10);
+        let unnamed = ToBuffer(Arc::new(Buffer::default())).store(b"no place").unwrap();
+        let value = (stored.clone(), Blob::from_static(b"inline"), unnamed);
+        let (encoded, named) = encode_with_places(|| bincode::serialize(&value).unwrap());
+        assert_eq!(named.keys().copied().collect::<Vec<_>>(), vec![7], "only the numbered source is named");
+        assert!(!encoded.windows(10).any(|w| w == b"ciphertext"), "a placed blob is not copied");
+        let (a, b, c): (Blob, Blob, Blob) =
+            decode_with_places(Arc::new(named), || bincode::deserialize(&encoded).unwrap());
+        assert!(a.inline().is_none());
+        assert_eq!(a.bytes().unwrap(), Bytes::from_static(b"ciphertext"));
+        assert_eq!(
+            (b.inline().map(|b| &b[..]), c.inline().map(|b| &b[..])),
+            (Some(&b"inline"[..]), Some(&b"no place"[..]))
+        );
+        // Outside the closure, blobs encode as plain bytes again.
+        assert_eq!(
+            bincode::serialize(&stored).unwrap(),
+            bincode::serialize(&Blob::from_static(b"ciphertext")).unwrap()
+        );
+        let missing = decode_with_places(Arc::new(PlacedSources::new()), || bincode::deserialize::<Blob>(&encoded));
+        assert!(missing.is_err(), "a place that is gone fails the decode");
     }
 
     struct Full;

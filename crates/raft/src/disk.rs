@@ -4,7 +4,7 @@
 //! ```text
 //! <data_dir>/raft-log/    the Raft log, vote and committed id in segment files (`wal`)
 //! <data_dir>/snapshots/   the current snapshot, a file (`snapshot_files`)
-//! <data_dir>/payloads/    queued ciphertexts, rebuilt at every start (`payloads`)
+//! <data_dir>/payloads/    queued ciphertexts; the current snapshot keeps the segments it names (`payloads`)
 //! <data_dir>/raft/        sled: holds nothing but the markers below, once moved
 //! ```
 //!
@@ -60,7 +60,7 @@ pub async fn open_on_disk(data_dir: &Path) -> Result<(WalLogStore, StateMachineS
         SnapshotFiles::open(&data_dir.join("snapshots")).map_err(|e| fail(&e, "open the snapshot directory"))?;
     move_snapshot_out_of_sled(&backend, &snapshots).await?;
     let stats = Arc::new(StorageStats::default());
-    let payloads = PayloadStore::open(&data_dir.join("payloads"), stats.clone())
+    let payloads = PayloadStore::reopen(&data_dir.join("payloads"), stats.clone())
         .map_err(|e| fail(&e, "open the payload directory"))?;
     let log = WalLogStore::open(&log_dir, stats.clone())?;
     let sm = StateMachineStore::open_on_files(backend, stats, snapshots, payloads)?;
@@ -78,7 +78,7 @@ async fn move_snapshot_out_of_sled(backend: &SledBackend, snapshots: &SnapshotFi
         let write = || -> io::Result<()> {
             let pending = snapshots.begin_build()?;
             std::fs::write(&pending.data, &stored.data)?;
-            snapshots.commit(pending, &stored.meta)?;
+            snapshots.commit(pending, &stored.meta, Default::default())?;
             Ok(())
         };
         write().map_err(|e| {

@@ -114,16 +114,70 @@ fn queued_ciphertexts_leave_memory_and_come_back_after_a_restart() {
         assert_placed(&queued(&sm));
         assert_eq!(payload_files(dir.path()), 1);
         let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-        assert!(matches!(*snap.snapshot, SnapshotData::File(..)));
+        assert!(matches!(*snap.snapshot, SnapshotData::Deferred(..)), "bytes are made only for a peer");
         let state = sm.state().read().unwrap().clone();
         state
     });
+    let state_file = current_snapshot_file(dir.path());
+    assert!(state_file.ends_with("state"), "{}", state_file.display());
+    let size = std::fs::metadata(&state_file).unwrap().len();
+    assert!(size < BIG as u64, "the snapshot names the {} queued ciphertexts instead of copying them: {size} bytes", 3);
     rt().block_on(async {
         let (_log, mut sm) = crate::open_on_disk(dir.path()).await.unwrap();
         assert_eq!(*sm.state().read().unwrap(), want, "the snapshot file brings back the state");
         assert_placed(&queued(&sm));
+        assert_eq!(payload_files(dir.path()), 2, "the named segment is kept, a new one is open");
         let current = sm.get_current_snapshot().await.unwrap().expect("snapshot file kept");
         assert_eq!(current.meta.last_log_id, Some(log_id(1, 8)));
+    });
+}
+
+/// The file of the current snapshot of the node at `dir`: `state` (placed) or `data`.
+fn current_snapshot_file(dir: &Path) -> std::path::PathBuf {
+    let snapshots = dir.join("snapshots");
+    let current = std::fs::read_dir(&snapshots).unwrap().map(|e| e.unwrap().path()).find(|p| p.join("meta").exists());
+    let current = current.expect("a committed snapshot");
+    [current.join("state"), current.join("data")].into_iter().find(|p| p.exists()).expect("a snapshot file")
+}
+
+#[test]
+fn a_restart_drops_segments_no_snapshot_names_and_refuses_a_missing_one() {
+    let dir = TempDir::new().unwrap();
+    rt().block_on(async {
+        let (_log, mut sm) = crate::open_on_disk(dir.path()).await.unwrap();
+        apply_mail(&mut sm, 4).await;
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    });
+    // What a crash can leave: a segment written after the snapshot (the log has its records).
+    let stray = dir.path().join("payloads").join("00000042.seg");
+    std::fs::write(&stray, b"records the log still holds").unwrap();
+    rt().block_on(async {
+        let (_log, sm) = crate::open_on_disk(dir.path()).await.unwrap();
+        assert_placed(&queued(&sm));
+    });
+    assert!(!stray.exists(), "a segment the snapshot does not name is removed at start");
+    // A segment the snapshot names is gone: the node stops instead of starting without that mail.
+    for entry in std::fs::read_dir(dir.path().join("payloads")).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    let err = rt().block_on(crate::open_on_disk(dir.path())).map(|_| ()).expect_err("missing segment refused");
+    assert!(err.to_string().contains("payload segment 1 is missing"), "unclear error: {err}");
+}
+
+#[test]
+fn a_snapshot_read_after_a_restart_is_sent_with_its_bytes() {
+    let (leader_dir, follower_dir) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    rt().block_on(async {
+        let (_l, leader, _) = snapshot_of_mail(leader_dir.path(), 6).await;
+        let want = leader.state().read().unwrap().clone();
+        drop(leader);
+        let (_l, mut leader) = crate::open_on_disk(leader_dir.path()).await.unwrap();
+        let snap = leader.get_current_snapshot().await.unwrap().expect("current snapshot");
+        let (_f, mut follower) = crate::open_on_disk(follower_dir.path()).await.unwrap();
+        follower.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+        assert_eq!(*follower.state().read().unwrap(), want);
+        assert_placed(&queued(&follower));
+        assert!(current_snapshot_file(follower_dir.path()).ends_with("data"), "a received snapshot keeps its bytes");
     });
 }
 
@@ -218,9 +272,7 @@ fn a_damaged_snapshot_file_stops_the_node_instead_of_decoding_another_state() {
         apply_mail(&mut sm, 4).await;
         sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
     });
-    let snapshots = dir.path().join("snapshots");
-    let current = std::fs::read_dir(&snapshots).unwrap().map(|e| e.unwrap().path()).find(|p| p.join("meta").exists());
-    let data = current.expect("a committed snapshot").join("data");
+    let data = current_snapshot_file(dir.path());
     let mut bytes = std::fs::read(&data).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;

@@ -2,8 +2,9 @@
 //! never held whole in memory.
 //!
 //! ```text
-//! <data_dir>/snapshots/<n>/data   the encoded snapshot (what openraft sends, in chunks)
-//! <data_dir>/snapshots/<n>/meta   its SnapshotMeta, and the data's length and CRC32 (codec-encoded)
+//! <data_dir>/snapshots/<n>/state  a snapshot this node built: payloads named by place ("placed" form)
+//! <data_dir>/snapshots/<n>/data   or one it received: payloads as bytes (the form openraft sends)
+//! <data_dir>/snapshots/<n>/meta   its SnapshotMeta, and the file's length and CRC32 (codec-encoded)
 //! <data_dir>/snapshots/build-<k>/ one being built
 //! <data_dir>/snapshots/recv-<k>/  one being received
 //! ```
@@ -19,11 +20,17 @@
 //! The meta file records the data's length and CRC32, checked before a
 //! stored snapshot is decoded at start: a damaged file stops the node
 //! instead of decoding into a different state.
+//!
+//! A placed snapshot keeps the payload segments it names ([`PlacedSources`],
+//! set in the same step as the commit that makes it current): they go only
+//! once a newer snapshot replaces it.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use router_core::blob::PlacedSources;
 
 use crate::codec;
 use crate::types::SnapshotMeta;
@@ -34,9 +41,22 @@ pub struct SnapshotFiles {
     dir: PathBuf,
     /// Numbers `tmp-<k>` directories.
     next_tmp: Arc<AtomicU64>,
-    /// Makes "is the current one older? then replace it" one step.
-    commit: Arc<Mutex<()>>,
+    /// Makes "is the current one older? then replace it" one step, and
+    /// holds the payload segments the current snapshot names.
+    commit: Arc<Mutex<PlacedSources>>,
 }
+
+/// How a snapshot file holds the payloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// As bytes: what openraft sends and receives, and what older builds wrote.
+    Bytes,
+    /// By place in this node's payload segments (`state` file).
+    Placed,
+}
+
+const BYTES_FILE: &str = "data";
+const PLACED_FILE: &str = "state";
 
 /// What the meta file holds.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -51,6 +71,7 @@ struct StoredMeta {
 pub struct Current {
     pub meta: SnapshotMeta,
     pub data: PathBuf,
+    pub form: Form,
     data_len: u64,
     data_crc32: u32,
 }
@@ -90,6 +111,18 @@ fn checksum(path: &Path) -> io::Result<(u64, u32)> {
 
 const BUILD_PREFIX: &str = "build-";
 const RECEIVE_PREFIX: &str = "recv-";
+/// A placed snapshot written out as bytes for a peer: unlinked once open.
+const SCRATCH_PREFIX: &str = "bytes-";
+
+/// The current snapshot opened for reading, with the segments it names.
+#[derive(Debug)]
+pub struct Opened {
+    pub meta: SnapshotMeta,
+    pub file: std::fs::File,
+    pub path: PathBuf,
+    pub form: Form,
+    pub sources: PlacedSources,
+}
 
 /// A snapshot being written: its directory and data file.
 #[derive(Debug)]
@@ -109,6 +142,8 @@ impl SnapshotFiles {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with(BUILD_PREFIX) || name.starts_with(RECEIVE_PREFIX) {
                 std::fs::remove_dir_all(entry.path())?;
+            } else if name.starts_with(SCRATCH_PREFIX) {
+                std::fs::remove_file(entry.path())?;
             }
         }
         files.remove_older_than(files.newest()?)?;
@@ -147,26 +182,45 @@ impl SnapshotFiles {
         let dir = self.dir.join(n.to_string());
         let meta = std::fs::read(dir.join("meta"))?;
         let stored: StoredMeta = codec::decode(&meta).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        Ok(Some(Current {
-            meta: stored.meta,
-            data: dir.join("data"),
-            data_len: stored.data_len,
-            data_crc32: stored.data_crc32,
-        }))
+        let form = if dir.join(PLACED_FILE).exists() { Form::Placed } else { Form::Bytes };
+        let data = dir.join(if form == Form::Placed { PLACED_FILE } else { BYTES_FILE });
+        Ok(Some(Current { meta: stored.meta, data, form, data_len: stored.data_len, data_crc32: stored.data_crc32 }))
     }
 
     /// [`Self::current`] with its data file opened, in one step with respect
     /// to commits (which remove the snapshot they replace).
-    pub fn open_current(&self) -> io::Result<Option<(SnapshotMeta, std::fs::File, PathBuf)>> {
-        let _commit = self.commit.lock().unwrap_or_else(|p| p.into_inner());
+    pub fn open_current(&self) -> io::Result<Option<Opened>> {
+        let sources = self.commit.lock().unwrap_or_else(|p| p.into_inner());
         let Some(current) = self.current()? else { return Ok(None) };
         let file = std::fs::File::open(&current.data)?;
-        Ok(Some((current.meta, file, current.data)))
+        Ok(Some(Opened { meta: current.meta, file, path: current.data, form: current.form, sources: sources.clone() }))
     }
 
-    /// A new directory to build a snapshot in.
+    /// Makes `sources` the segments the current snapshot names (at start,
+    /// once the current snapshot was decoded).
+    pub fn keep_sources(&self, sources: PlacedSources) {
+        *self.commit.lock().unwrap_or_else(|p| p.into_inner()) = sources;
+    }
+
+    /// A new directory to build a snapshot in, payloads as bytes.
     pub fn begin_build(&self) -> io::Result<Pending> {
-        self.begin(BUILD_PREFIX)
+        self.begin(BUILD_PREFIX, BYTES_FILE)
+    }
+
+    /// A new directory to build a placed snapshot in.
+    pub fn begin_build_placed(&self) -> io::Result<Pending> {
+        self.begin(BUILD_PREFIX, PLACED_FILE)
+    }
+
+    /// A new file for a placed snapshot written out as bytes, opened for
+    /// reading and writing and already unlinked: it lives as long as the
+    /// descriptor, and nothing of it is left after a crash.
+    pub fn scratch(&self) -> io::Result<std::fs::File> {
+        let k = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!("{SCRATCH_PREFIX}{k}"));
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+        std::fs::remove_file(&path)?;
+        Ok(file)
     }
 
     /// A new directory to receive a snapshot in; removes earlier receives
@@ -178,24 +232,25 @@ impl SnapshotFiles {
                 std::fs::remove_dir_all(entry.path())?;
             }
         }
-        self.begin(RECEIVE_PREFIX)
+        self.begin(RECEIVE_PREFIX, BYTES_FILE)
     }
 
-    fn begin(&self, prefix: &str) -> io::Result<Pending> {
+    fn begin(&self, prefix: &str, file: &str) -> io::Result<Pending> {
         let k = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let dir = self.dir.join(format!("{prefix}{k}"));
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
         std::fs::create_dir(&dir)?;
-        let data = dir.join("data");
+        let data = dir.join(file);
         Ok(Pending { dir, data })
     }
 
-    /// Makes `pending` (its data written) the current snapshot, unless the
-    /// current one covers more of the log. Answers whether it did. The data
-    /// file is fsynced here; call from a blocking thread.
-    pub fn commit(&self, pending: Pending, meta: &SnapshotMeta) -> io::Result<bool> {
+    /// Makes `pending` (its data written) the current snapshot, naming
+    /// `sources`, unless the current one covers more of the log. Answers
+    /// whether it did. The data file is fsynced here (the sources must be
+    /// already); call from a blocking thread.
+    pub fn commit(&self, pending: Pending, meta: &SnapshotMeta, sources: PlacedSources) -> io::Result<bool> {
         std::fs::File::open(&pending.data)?.sync_all()?;
         let (data_len, data_crc32) = checksum(&pending.data)?;
         let stored = StoredMeta { meta: meta.clone(), data_len, data_crc32 };
@@ -204,7 +259,7 @@ impl SnapshotFiles {
         std::fs::write(&meta_path, meta_bytes)?;
         std::fs::File::open(&meta_path)?.sync_all()?;
         std::fs::File::open(&pending.dir)?.sync_all()?;
-        let _commit = self.commit.lock().unwrap_or_else(|p| p.into_inner());
+        let mut named = self.commit.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(current) = self.current()?
             && current.meta.last_log_id > meta.last_log_id
         {
@@ -215,20 +270,23 @@ impl SnapshotFiles {
         std::fs::rename(&pending.dir, self.dir.join(n.to_string()))?;
         std::fs::File::open(&self.dir)?.sync_all()?;
         self.remove_older_than(Some(n))?;
+        // The segments the replaced snapshot named may go from here.
+        *named = sources;
         Ok(true)
     }
 
     /// Runs `fill` on `pending`'s data file (writes it, or checks what was
-    /// received), then commits it with `meta`; when `fill` fails, removes it.
+    /// received), then commits it with `meta` and the segments `fill` says
+    /// it names; when `fill` fails, removes it.
     pub fn complete<T>(
         &self,
         pending: Pending,
         meta: &SnapshotMeta,
-        fill: impl FnOnce(&Path) -> io::Result<T>,
+        fill: impl FnOnce(&Path) -> io::Result<(T, PlacedSources)>,
     ) -> io::Result<T> {
         match fill(&pending.data) {
-            Ok(done) => {
-                self.commit(pending, meta)?;
+            Ok((done, sources)) => {
+                self.commit(pending, meta, sources)?;
                 Ok(done)
             }
             Err(e) => {
@@ -269,7 +327,7 @@ mod tests {
     fn write(files: &SnapshotFiles, index: u64) -> bool {
         let pending = files.begin_build().unwrap();
         std::fs::write(&pending.data, format!("data {index}")).unwrap();
-        files.commit(pending, &meta(index)).unwrap()
+        files.commit(pending, &meta(index), PlacedSources::new()).unwrap()
     }
 
     #[test]

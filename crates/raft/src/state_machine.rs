@@ -4,8 +4,11 @@
 //!  committed entries ──> apply ──> State::apply_batch ──> Vec<Outcome> (the client's answer)
 //!       │                  └──> applied watch (last applied index)
 //!       └──> their ciphertexts ──> PayloadStore (on disk only; before apply, outside the lock)
-//!  build_snapshot: (last_applied, membership, State) ──> streamed encode ──> snapshot file + fsync
-//!  open():         snapshot file ──> streamed decode (ciphertexts straight to PayloadStore) ──> State
+//!  build_snapshot: (last_applied, membership, State) ──> streamed encode, payloads by place
+//!                  ──> fsync of the payload segments it names ──> `state` file + fsync
+//!  sent to a peer: `state` file ──> decode (handles) ──> encode with the bytes ──> unlinked scratch file
+//!  install:        received `data` file ──> streamed decode (ciphertexts straight to PayloadStore) ──> State
+//!  open():         `state` file ──> decode, segments of the last run claimed; or a `data` file as installs do
 //! ```
 //!
 //! Two layouts. On disk ([`StateMachineStore::open_on_files`]) snapshots are
@@ -36,6 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
+use router_core::blob::{BlobPlaces, PlacedSources};
 use router_core::dedup::SenderWindows;
 use router_core::{Federation, Outcome, RestoreProgress, State, StateExtras};
 use serde::{Deserialize, Serialize};
@@ -45,7 +49,7 @@ use crate::backend::{Backend, Tree};
 use crate::codec::{self, io_error};
 use crate::payloads::PayloadStore;
 use crate::snapshot_data::SnapshotData;
-use crate::snapshot_files::{Pending, SnapshotFiles};
+use crate::snapshot_files::{Form, Opened, Pending, SnapshotFiles};
 use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 /// Where builds before the snapshot tree kept the snapshot (meta tree).
@@ -205,6 +209,53 @@ fn read_payload_file(path: &Path, payloads: &PayloadStore) -> std::io::Result<Sn
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// Decodes the placed snapshot file at `path`, its payloads found in `places`.
+fn read_placed_file(mut file: std::fs::File, places: Arc<dyn BlobPlaces>) -> std::io::Result<SnapshotPayload> {
+    use std::io::Seek as _;
+    let limit = file.metadata()?.len();
+    file.seek(std::io::SeekFrom::Start(0))?;
+    let mut input = BufReader::with_capacity(1 << 20, file);
+    let version = codec::read_version(&mut input).map_err(std::io::Error::other)?;
+    router_core::blob::decode_with_places(places, || read_payload(version, input, limit))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Writes the placed snapshot `placed` (whose payloads are in `sources`)
+/// out with its payloads as bytes into a scratch file of `snapshots`, and
+/// answers it at its start: what a peer receives. Memory holds the
+/// snapshot's metadata meanwhile, not its payloads.
+fn bytes_form(
+    snapshots: &SnapshotFiles,
+    placed: std::fs::File,
+    sources: PlacedSources,
+) -> std::io::Result<std::fs::File> {
+    use std::io::Seek as _;
+    let payload = read_placed_file(placed, Arc::new(sources))?;
+    let scratch = snapshots.scratch()?;
+    let mut out = BufWriter::with_capacity(1 << 20, scratch);
+    let payload_ref = SnapshotPayloadRef {
+        last_applied: &payload.last_applied,
+        membership: &payload.membership,
+        state: &payload.state,
+    };
+    write_payload(&mut out, &payload_ref).map_err(std::io::Error::other)?;
+    let mut file = out.into_inner().map_err(|e| e.into_error())?;
+    file.seek(std::io::SeekFrom::Start(0))?;
+    Ok(file)
+}
+
+/// The current snapshot as openraft reads it: the file itself, or for a
+/// placed one the bytes form, made when it is first read.
+fn snapshot_data(snapshots: &SnapshotFiles, opened: Opened) -> SnapshotData {
+    match opened.form {
+        Form::Bytes => SnapshotData::File(tokio::fs::File::from_std(opened.file), opened.path),
+        Form::Placed => {
+            let snapshots = snapshots.clone();
+            SnapshotData::deferred(move || bytes_form(&snapshots, opened.file, opened.sources))
+        }
+    }
+}
+
 /// An entry that raises the cluster version beyond what this build applies
 /// cannot be applied correctly here: a storage error, which stops openraft
 /// (the node fails closed) instead of letting this replica diverge. The
@@ -273,13 +324,15 @@ pub fn decode_state(bytes: &[u8]) -> Result<State, codec::FormatError> {
     Ok(decode_payload(bytes)?.state)
 }
 
-/// Writes a snapshot file at `path` and answers its size.
-fn write_payload_file(path: &Path, payload: &SnapshotPayloadRef<'_>) -> std::io::Result<u64> {
+/// Writes a placed snapshot file at `path`; answers its size and the
+/// payload segments it names.
+fn write_placed_file(path: &Path, payload: &SnapshotPayloadRef<'_>) -> std::io::Result<(u64, PlacedSources)> {
     let file = std::fs::File::create(path)?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
-    write_payload(&mut out, payload).map_err(std::io::Error::other)?;
+    let (written, sources) = router_core::blob::encode_with_places(|| write_payload(&mut out, payload));
+    written.map_err(std::io::Error::other)?;
     let file = out.into_inner().map_err(|e| e.into_error())?;
-    Ok(file.metadata()?.len())
+    Ok((file.metadata()?.len(), sources))
 }
 
 fn check_covers(payload: &SnapshotPayload, meta: &SnapshotMeta) -> std::io::Result<()> {
@@ -321,6 +374,12 @@ async fn received_file(snapshots: &SnapshotFiles, snapshot: SnapshotData) -> std
                 Ok(pending)
             })
             .await
+        }
+        mut deferred @ SnapshotData::Deferred(_) => {
+            let pending = snapshots.begin_receive()?;
+            let mut to = tokio::fs::File::create(&pending.data).await?;
+            tokio::io::copy(&mut deferred, &mut to).await?;
+            Ok(pending)
         }
     }
 }
@@ -393,7 +452,13 @@ impl<B: Backend> StateMachineStore<B> {
                     )
                 };
                 current.verify().map_err(|e| fail(&e))?;
-                let payload = read_payload_file(path, &payloads).map_err(|e| fail(&e))?;
+                let payload = match current.form {
+                    Form::Bytes => read_payload_file(path, &payloads),
+                    Form::Placed => {
+                        std::fs::File::open(path).and_then(|file| read_placed_file(file, Arc::new(payloads.clone())))
+                    }
+                }
+                .map_err(|e| fail(&e))?;
                 check_covers(&payload, meta).map_err(|e| fail(&e))?;
                 tracing::info!(
                     last_applied = ?payload.last_applied,
@@ -404,6 +469,11 @@ impl<B: Backend> StateMachineStore<B> {
             }
             None => (State::default(), Applied::default()),
         };
+        // What the current snapshot did not claim is for the log to refill.
+        let claimed = payloads.release_leftovers().map_err(|e| {
+            io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, &e, "remove payload segments of the last run")
+        })?;
+        snapshots.keep_sources(claimed);
         Ok(Self::assemble(backend, stats, state, applied, Some(Files { snapshots, payloads })))
     }
 
@@ -559,7 +629,7 @@ impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<B> {
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
         let (data, size) = match &self.files {
             Some(files) => {
-                let snapshots = files.snapshots.clone();
+                let (snapshots, payloads) = (files.snapshots.clone(), files.payloads.clone());
                 let meta_copy = meta.clone();
                 let written = blocking(move || {
                     let payload = SnapshotPayloadRef {
@@ -567,16 +637,27 @@ impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<B> {
                         membership: &applied.membership,
                         state: &state,
                     };
-                    snapshots.complete(snapshots.begin_build()?, &meta_copy, |path| {
-                        let size = write_payload_file(path, &payload)?;
+                    snapshots.complete(snapshots.begin_build_placed()?, &meta_copy, |path| {
+                        let (size, sources) = write_placed_file(path, &payload)?;
+                        // The segments first: the snapshot counts once committed.
+                        payloads.make_durable(&sources)?;
                         // Opened before the commit: it stays readable if a
                         // newer snapshot replaces this one meanwhile.
-                        let data = tokio::fs::File::from_std(std::fs::File::open(path)?);
-                        Ok((SnapshotData::File(data, path.to_path_buf()), size))
+                        let opened = Opened {
+                            meta: meta_copy.clone(),
+                            file: std::fs::File::open(path)?,
+                            path: path.to_path_buf(),
+                            form: Form::Placed,
+                            sources: sources.clone(),
+                        };
+                        Ok(((snapshot_data(&snapshots, opened), size, sources.len()), sources))
                     })
                 })
                 .await;
-                written.map_err(|e| io_error(subject(), ErrorVerb::Write, &e, "write snapshot file"))?
+                let (data, size, segments) =
+                    written.map_err(|e| io_error(subject(), ErrorVerb::Write, &e, "write snapshot file"))?;
+                self.span.in_scope(|| tracing::debug!(segments, "the snapshot names payload segments"));
+                (data, size)
             }
             None => {
                 let encoded = blocking(move || {
@@ -669,7 +750,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
                     snapshots.complete(pending, &meta_copy, |path| {
                         let payload = read_payload_file(path, &payloads)?;
                         check_covers(&payload, &meta_copy)?;
-                        Ok((payload, std::fs::metadata(path)?.len()))
+                        Ok(((payload, std::fs::metadata(path)?.len()), PlacedSources::new()))
                     })
                 })
                 .await;
@@ -678,11 +759,8 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
             None => {
                 let data = match *snapshot {
                     SnapshotData::Memory(c) => c.into_inner(),
-                    SnapshotData::File(_, path) => {
-                        let e = std::io::Error::other(format!(
-                            "{}: snapshot files need the on-disk layout",
-                            path.display()
-                        ));
+                    SnapshotData::File(..) | SnapshotData::Deferred(_) => {
+                        let e = std::io::Error::other("snapshot files need the on-disk layout");
                         return Err(io_error(subject(), ErrorVerb::Read, &e, "install received snapshot"));
                     }
                 };
@@ -719,7 +797,8 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
         let fail = |e: &std::io::Error| {
             io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e, "open the current snapshot")
         };
-        let Some((meta, file, path)) = files.snapshots.open_current().map_err(|e| fail(&e))? else { return Ok(None) };
-        Ok(Some(Snapshot { meta, snapshot: Box::new(SnapshotData::File(tokio::fs::File::from_std(file), path)) }))
+        let Some(opened) = files.snapshots.open_current().map_err(|e| fail(&e))? else { return Ok(None) };
+        let meta = opened.meta.clone();
+        Ok(Some(Snapshot { meta, snapshot: Box::new(snapshot_data(&files.snapshots, opened)) }))
     }
 }

@@ -15,6 +15,8 @@
 //!  version 6 (send answers   [6][bincode(value)]                       log entries with a restore part holding SenderAnswer
 //!   per sender)              [6][bincode(value)][bincode(extras, progress, incarnations, sender windows)]
 //!                                                                      snapshots of a state with per-sender windows
+//!  version 7 (placed         [7][bincode(meta)]                        the meta file of a snapshot this node built
+//!   snapshots)                                                         naming its payloads by place (never sent)
 //! ```
 //!
 //! Every stored value (log entries, vote, committed, purged id, snapshots)
@@ -58,8 +60,12 @@ pub const INCARNATION_FORMAT: u8 = 5;
 /// entries with a restore part holding such answers (only at cluster
 /// version 5, which every member applies).
 pub const SENDER_WINDOWS_FORMAT: u8 = 6;
+/// The meta file of a snapshot whose payloads are named by place in this
+/// node's payload segments. Such a snapshot never leaves the node, so no
+/// gate: the version only fences a rolled-back binary off the data directory.
+pub const PLACED_SNAPSHOT_FORMAT: u8 = 7;
 /// The newest layout this build reads and writes.
-pub const FORMAT_VERSION: u8 = SENDER_WINDOWS_FORMAT;
+pub const FORMAT_VERSION: u8 = PLACED_SNAPSHOT_FORMAT;
 
 /// A stored value could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]

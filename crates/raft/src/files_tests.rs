@@ -120,6 +120,8 @@ fn queued_ciphertexts_leave_memory_and_come_back_after_a_restart() {
     });
     let state_file = current_snapshot_file(dir.path());
     assert!(state_file.ends_with("state"), "{}", state_file.display());
+    let meta = std::fs::read(state_file.with_file_name("meta")).unwrap();
+    assert_eq!(meta[0], crate::codec::PLACED_SNAPSHOT_FORMAT, "older builds refuse a placed snapshot's meta");
     let size = std::fs::metadata(&state_file).unwrap().len();
     assert!(size < BIG as u64, "the snapshot names the {} queued ciphertexts instead of copying them: {size} bytes", 3);
     rt().block_on(async {
@@ -177,7 +179,10 @@ fn a_snapshot_read_after_a_restart_is_sent_with_its_bytes() {
         follower.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
         assert_eq!(*follower.state().read().unwrap(), want);
         assert_placed(&queued(&follower));
-        assert!(current_snapshot_file(follower_dir.path()).ends_with("data"), "a received snapshot keeps its bytes");
+        let kept = current_snapshot_file(follower_dir.path());
+        assert!(kept.ends_with("state"), "a received snapshot is kept placed: {}", kept.display());
+        assert!(std::fs::metadata(&kept).unwrap().len() < BIG as u64, "its bytes are in the payload files only");
+        assert!(!kept.with_file_name("data").exists());
     });
 }
 

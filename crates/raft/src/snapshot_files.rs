@@ -2,8 +2,8 @@
 //! never held whole in memory.
 //!
 //! ```text
-//! <data_dir>/snapshots/<n>/state  a snapshot this node built: payloads named by place ("placed" form)
-//! <data_dir>/snapshots/<n>/data   or one it received: payloads as bytes (the form openraft sends)
+//! <data_dir>/snapshots/<n>/state  payloads named by place in this node's segments ("placed" form)
+//! <data_dir>/snapshots/<n>/data   or payloads as bytes (the form openraft sends; older builds kept it)
 //! <data_dir>/snapshots/<n>/meta   its SnapshotMeta, and the file's length and CRC32 (codec-encoded)
 //! <data_dir>/snapshots/build-<k>/ one being built
 //! <data_dir>/snapshots/recv-<k>/  one being received
@@ -129,6 +129,7 @@ pub struct Opened {
 pub struct Pending {
     pub dir: PathBuf,
     pub data: PathBuf,
+    form: Form,
 }
 
 impl SnapshotFiles {
@@ -204,12 +205,12 @@ impl SnapshotFiles {
 
     /// A new directory to build a snapshot in, payloads as bytes.
     pub fn begin_build(&self) -> io::Result<Pending> {
-        self.begin(BUILD_PREFIX, BYTES_FILE)
+        self.begin(BUILD_PREFIX, Form::Bytes)
     }
 
     /// A new directory to build a placed snapshot in.
     pub fn begin_build_placed(&self) -> io::Result<Pending> {
-        self.begin(BUILD_PREFIX, PLACED_FILE)
+        self.begin(BUILD_PREFIX, Form::Placed)
     }
 
     /// A new file for a placed snapshot written out as bytes, opened for
@@ -232,18 +233,18 @@ impl SnapshotFiles {
                 std::fs::remove_dir_all(entry.path())?;
             }
         }
-        self.begin(RECEIVE_PREFIX, BYTES_FILE)
+        self.begin(RECEIVE_PREFIX, Form::Bytes)
     }
 
-    fn begin(&self, prefix: &str, file: &str) -> io::Result<Pending> {
+    fn begin(&self, prefix: &str, form: Form) -> io::Result<Pending> {
         let k = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let dir = self.dir.join(format!("{prefix}{k}"));
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
         std::fs::create_dir(&dir)?;
-        let data = dir.join(file);
-        Ok(Pending { dir, data })
+        let data = dir.join(if form == Form::Placed { PLACED_FILE } else { BYTES_FILE });
+        Ok(Pending { dir, data, form })
     }
 
     /// Makes `pending` (its data written) the current snapshot, naming
@@ -254,7 +255,10 @@ impl SnapshotFiles {
         std::fs::File::open(&pending.data)?.sync_all()?;
         let (data_len, data_crc32) = checksum(&pending.data)?;
         let stored = StoredMeta { meta: meta.clone(), data_len, data_crc32 };
-        let meta_bytes = codec::encode(&stored).map_err(io::Error::other)?;
+        // A placed snapshot's meta is of a version older builds refuse:
+        // they must not start on a snapshot whose payloads they cannot find.
+        let version = if pending.form == Form::Placed { codec::PLACED_SNAPSHOT_FORMAT } else { codec::BASE_FORMAT };
+        let meta_bytes = codec::encode_at(version, &stored).map_err(io::Error::other)?;
         let meta_path = pending.dir.join("meta");
         std::fs::write(&meta_path, meta_bytes)?;
         std::fs::File::open(&meta_path)?.sync_all()?;
@@ -297,7 +301,7 @@ impl SnapshotFiles {
     }
 
     /// Drops a snapshot that will not be committed.
-    fn discard(&self, pending: Pending) {
+    pub fn discard(&self, pending: Pending) {
         if let Err(e) = std::fs::remove_dir_all(&pending.dir) {
             tracing::warn!(dir = %pending.dir.display(), error = %e, "cannot remove an unfinished snapshot");
         }
@@ -307,7 +311,11 @@ impl SnapshotFiles {
     pub fn pending_of(&self, data: &Path) -> Option<Pending> {
         let dir = data.parent()?;
         let receiving = dir.file_name()?.to_string_lossy().starts_with(RECEIVE_PREFIX);
-        (receiving && dir.parent()? == self.dir).then(|| Pending { dir: dir.to_path_buf(), data: data.to_path_buf() })
+        (receiving && dir.parent()? == self.dir).then(|| Pending {
+            dir: dir.to_path_buf(),
+            data: data.to_path_buf(),
+            form: Form::Bytes,
+        })
     }
 }
 

@@ -7,8 +7,10 @@
 //!  build_snapshot: (last_applied, membership, State) ──> streamed encode, payloads by place
 //!                  ──> fsync of the payload segments it names ──> `state` file + fsync
 //!  sent to a peer: `state` file ──> decode (handles) ──> encode with the bytes ──> unlinked scratch file
-//!  install:        received `data` file ──> streamed decode (ciphertexts straight to PayloadStore) ──> State
-//!  open():         `state` file ──> decode, segments of the last run claimed; or a `data` file as installs do
+//!  install:        received file ──> streamed decode (ciphertexts straight to PayloadStore) ──> State
+//!                  ──> kept as a `state` file like a build's; the received file removed
+//!  open():         `state` file ──> decode, segments of the last run claimed; or an older build's
+//!                  `data` file ──> streamed decode as an install does
 //! ```
 //!
 //! Two layouts. On disk ([`StateMachineStore::open_on_files`]) snapshots are
@@ -242,6 +244,26 @@ fn bytes_form(
     let mut file = out.into_inner().map_err(|e| e.into_error())?;
     file.seek(std::io::SeekFrom::Start(0))?;
     Ok(file)
+}
+
+/// Commits `payload` as a placed snapshot with `meta`, once the payload
+/// segments it names are durable.
+fn keep_placed(
+    snapshots: &SnapshotFiles,
+    payloads: &PayloadStore,
+    meta: &SnapshotMeta,
+    payload: &SnapshotPayload,
+) -> std::io::Result<()> {
+    let payload = SnapshotPayloadRef {
+        last_applied: &payload.last_applied,
+        membership: &payload.membership,
+        state: &payload.state,
+    };
+    snapshots.complete(snapshots.begin_build_placed()?, meta, |path| {
+        let (_, sources) = write_placed_file(path, &payload)?;
+        payloads.make_durable(&sources)?;
+        Ok(((), sources))
+    })
 }
 
 /// The current snapshot as openraft reads it: the file itself, or for a
@@ -747,11 +769,16 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
                 let pending = received_file(&files.snapshots, *snapshot).await.map_err(|e| fail(&e))?;
                 let (snapshots, payloads, meta_copy) = (files.snapshots.clone(), files.payloads.clone(), meta.clone());
                 let installed = blocking(move || {
-                    snapshots.complete(pending, &meta_copy, |path| {
-                        let payload = read_payload_file(path, &payloads)?;
+                    let decoded = read_payload_file(&pending.data, &payloads).and_then(|payload| {
                         check_covers(&payload, &meta_copy)?;
-                        Ok(((payload, std::fs::metadata(path)?.len()), PlacedSources::new()))
-                    })
+                        Ok((payload, std::fs::metadata(&pending.data)?.len()))
+                    });
+                    // Its ciphertexts are in the payload files now: kept as
+                    // a placed snapshot, the received bytes are not kept twice.
+                    snapshots.discard(pending);
+                    let (payload, size) = decoded?;
+                    keep_placed(&snapshots, &payloads, &meta_copy, &payload)?;
+                    Ok((payload, size))
                 })
                 .await;
                 installed.map_err(|e| fail(&e))?

@@ -20,7 +20,10 @@ root="$(pwd)"
 # --- a baseline build (--baseline-ref REF) -------------------------------------
 # REF is checked out in a temporary worktree and built with the shared target
 # directory (only the workspace crates recompile); its routerd is kept as
-# target/baseline/routerd-<sha> and passed on as --baseline-routerd.
+# target/baseline/routerd-<sha> and passed on as --baseline-routerd. Then the
+# workspace crates' release artifacts are removed: cargo names them alike for
+# both trees, and would take REF's for this tree's whenever this tree's
+# sources are older than REF's build (measuring REF twice).
 args=()
 baseline_ref=""
 while [ $# -gt 0 ]; do
@@ -43,6 +46,10 @@ if [ -n "$baseline_ref" ]; then
         cp "$root/target/release/routerd" "$baseline_bin"
         git worktree remove --force "$worktree"
         trap - EXIT
+        members="$(cargo metadata --no-deps --format-version 1 --locked |
+            python3 -c 'import json, sys; print(" ".join("-p " + p["name"] for p in json.load(sys.stdin)["packages"]))')"
+        # shellcheck disable=SC2086 # one word per flag
+        cargo clean --release $members
     fi
     args+=(--baseline-routerd "$baseline_bin")
 fi

@@ -10,8 +10,11 @@
 //! under test (`--routerd`) and the previous one (`--baseline-routerd`), in
 //! the same run, so the rows compare the two. Last, the leader builds a
 //! snapshot of the whole backlog, and a follower whose data directory was
-//! wiped is caught up by it: build and catch-up times, and the peak resident
-//! memory (`VmHWM`) of the leader and of the follower meanwhile.
+//! wiped is caught up by it: build and catch-up times, the bytes the leader
+//! wrote for the build, and the peak resident memory (`VmHWM`) of the
+//! leader and of the follower meanwhile; that follower, now holding the
+//! snapshot, is killed (-9) and restarted once more (a start that decodes a
+//! snapshot of the whole backlog).
 
 use crate::report::Row;
 use crate::router::RouterCluster;
@@ -38,6 +41,10 @@ pub struct Figures {
     /// Data directory bytes per queued payload byte, max over the nodes.
     pub disk_per_payload_byte: f64,
     pub restart_to_ok_s: Option<f64>,
+    /// The wiped follower, holding the installed snapshot, killed and restarted.
+    pub restart_from_snapshot_s: Option<f64>,
+    /// What the leader wrote to storage while it built the snapshot.
+    pub snapshot_written_mib: Option<f64>,
     pub restart_rss_mib: Option<f64>,
     pub accepted: u64,
     pub snapshot_build_s: Option<f64>,
@@ -153,10 +160,17 @@ pub async fn run(routerd: &Path, work: &Path, o: &Opts) -> anyhow::Result<Figure
     // (serving, and holding everything the snapshot covers).
     let applied = cluster.status(li).await.map_or(0, |s| s.last_applied_index);
     figures.leader_rss_before_snapshot_mib = node_mib(&cluster, li, "VmRSS");
+    let leader_pid = cluster.procs.running[li].as_ref().map(|g| g.pid());
+    let written_before = leader_pid.and_then(crate::cost::written_bytes);
     figures.snapshot_build_s = cluster.snapshot_applied(li, Duration::from_secs(600)).await?;
+    let written_after = leader_pid.and_then(crate::cost::written_bytes);
+    figures.snapshot_written_mib = written_before
+        .zip(written_after)
+        .map(|(before, after)| after.saturating_sub(before) as f64 / (1u64 << 20) as f64);
     figures.leader_hwm_mib = node_mib(&cluster, li, "VmHWM");
     figures.wiped_to_ok_s = cluster.wipe_to_caught_up(follower, applied, Duration::from_secs(600)).await?;
     figures.wiped_hwm_mib = node_mib(&cluster, follower, "VmHWM");
+    figures.restart_from_snapshot_s = cluster.restart_to_ok(follower, Duration::from_secs(300)).await?;
     drop(receiver);
     Ok(figures)
 }
@@ -177,16 +191,18 @@ pub fn rows(o: &Opts, new: &Figures, old: Option<&Figures>) -> Vec<Row> {
         push(format!("max node RSS, {:.2} GiB queued", gib * fraction), "MiB", Some(rss), before, true);
     }
     // (figure, unit, read off a run, lower is better)
-    let figures: [(&str, &str, fn(&Figures) -> Option<f64>, bool); 9] = [
+    let figures: [(&str, &str, fn(&Figures) -> Option<f64>, bool); 11] = [
         ("fill rate", "MiB/s", |f| Some(f.fill_mib_per_s), false),
         ("data dir bytes per payload byte", "x", |f| Some(f.disk_per_payload_byte), true),
         ("follower kill -9 -> health ok", "s", |f| f.restart_to_ok_s, true),
         ("restarted follower RSS", "MiB", |f| f.restart_rss_mib, true),
         ("leader snapshot build", "s", |f| f.snapshot_build_s, true),
+        ("leader bytes written by the build", "MiB", |f| f.snapshot_written_mib, true),
         ("leader RSS before the snapshot", "MiB", |f| f.leader_rss_before_snapshot_mib, true),
         ("leader peak RSS (VmHWM)", "MiB", |f| f.leader_hwm_mib, true),
         ("wiped follower -> ok, snapshot applied", "s", |f| f.wiped_to_ok_s, true),
         ("wiped follower peak RSS (VmHWM)", "MiB", |f| f.wiped_hwm_mib, true),
+        ("that follower kill -9 -> ok (snapshot decode)", "s", |f| f.restart_from_snapshot_s, true),
     ];
     for (figure, unit, get, lower) in figures {
         push(figure.into(), unit, get(new), old.and_then(get), lower);

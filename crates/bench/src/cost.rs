@@ -181,6 +181,11 @@ fn window_cost(a: &Sample, b: &Sample, events: &[Event], payload: usize) -> Opti
     })
 }
 
+/// Bytes process `pid` has caused to be written to storage so far.
+pub fn written_bytes(pid: u32) -> Option<u64> {
+    field(&std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?, "write_bytes:")
+}
+
 fn read_proc(pid: u32) -> Option<ProcReading> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let cpu_us = parse_stat_cpu_ticks(&stat)? * TICK_US;

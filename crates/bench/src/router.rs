@@ -203,6 +203,21 @@ impl RouterCluster {
     /// catches it up (by snapshot once its log is purged). Seconds until it
     /// serves with `applied` applied, `None` after `limit`.
     pub async fn wipe_to_caught_up(&mut self, i: usize, applied: u64, limit: Duration) -> anyhow::Result<Option<f64>> {
+        // Until the leader purged some log, the wiped node would catch up
+        // from the log instead: wait for that first (openraft purges after
+        // the build, once no replication still reads those entries).
+        let purged = Instant::now();
+        loop {
+            let leader = self.wait_for_leader(Duration::from_secs(30)).await? as usize - 1;
+            if self.status(leader).await.is_some_and(|s| s.purged_index > 0) {
+                break;
+            }
+            if purged.elapsed() > Duration::from_secs(60) {
+                eprintln!("  the leader purged no log within 60 s: the wiped node may catch up from the log");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         self.procs.kill9(i)?;
         let data = self.data_dir(i);
         std::fs::remove_dir_all(&data)?;

@@ -606,7 +606,7 @@ fn print_status(out: Output, rows: &[(String, Option<StatusResponse>)]) {
                     "endpoint": e, "reachable": true, "node_id": s.node_id, "role": s.role, "term": s.current_term,
                     "leader_id": s.leader_id, "health": s.health, "last_log_index": s.last_log_index,
                     "commit_index": s.committed_index, "applied_index": s.last_applied_index,
-                    "snapshot_index": s.snapshot_index,
+                    "snapshot_index": s.snapshot_index, "purged_index": s.purged_index,
                     "voters": s.voters.iter().map(|v| v.node_id).collect::<Vec<_>>(),
                     "learners": s.learners.iter().map(|v| v.node_id).collect::<Vec<_>>(),
                     "replication_lag": s.replication_lag,

@@ -80,6 +80,12 @@ struct SnapshotPayload {
     state: State,
 }
 
+impl SnapshotPayload {
+    fn as_ref(&self) -> SnapshotPayloadRef<'_> {
+        SnapshotPayloadRef { last_applied: &self.last_applied, membership: &self.membership, state: &self.state }
+    }
+}
+
 /// The latest snapshot as stored in the backend's tree.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct StoredSnapshot {
@@ -211,7 +217,7 @@ fn read_payload_file(path: &Path, payloads: &PayloadStore) -> std::io::Result<Sn
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
-/// Decodes the placed snapshot file at `path`, its payloads found in `places`.
+/// Decodes the placed snapshot `file`, its payloads found in `places`.
 fn read_placed_file(mut file: std::fs::File, places: Arc<dyn BlobPlaces>) -> std::io::Result<SnapshotPayload> {
     use std::io::Seek as _;
     let limit = file.metadata()?.len();
@@ -235,34 +241,28 @@ fn bytes_form(
     let payload = read_placed_file(placed, Arc::new(sources))?;
     let scratch = snapshots.scratch()?;
     let mut out = BufWriter::with_capacity(1 << 20, scratch);
-    let payload_ref = SnapshotPayloadRef {
-        last_applied: &payload.last_applied,
-        membership: &payload.membership,
-        state: &payload.state,
-    };
-    write_payload(&mut out, &payload_ref).map_err(std::io::Error::other)?;
+    write_payload(&mut out, &payload.as_ref()).map_err(std::io::Error::other)?;
     let mut file = out.into_inner().map_err(|e| e.into_error())?;
     file.seek(std::io::SeekFrom::Start(0))?;
     Ok(file)
 }
 
 /// Commits `payload` as a placed snapshot with `meta`, once the payload
-/// segments it names are durable.
+/// segments it names are durable. Answers its size, and the snapshot opened
+/// before the commit: it stays readable if a newer one replaces it meanwhile.
 fn keep_placed(
     snapshots: &SnapshotFiles,
     payloads: &PayloadStore,
     meta: &SnapshotMeta,
-    payload: &SnapshotPayload,
-) -> std::io::Result<()> {
-    let payload = SnapshotPayloadRef {
-        last_applied: &payload.last_applied,
-        membership: &payload.membership,
-        state: &payload.state,
-    };
+    payload: &SnapshotPayloadRef<'_>,
+) -> std::io::Result<(u64, Opened)> {
     snapshots.complete(snapshots.begin_build_placed()?, meta, |path| {
-        let (_, sources) = write_placed_file(path, &payload)?;
+        let (size, sources) = write_placed_file(path, payload)?;
         payloads.make_durable(&sources)?;
-        Ok(((), sources))
+        let file = std::fs::File::open(path)?;
+        let opened =
+            Opened { meta: meta.clone(), file, path: path.to_path_buf(), form: Form::Placed, sources: sources.clone() };
+        Ok(((size, opened), sources))
     })
 }
 
@@ -659,21 +659,9 @@ impl<B: Backend> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<B> {
                         membership: &applied.membership,
                         state: &state,
                     };
-                    snapshots.complete(snapshots.begin_build_placed()?, &meta_copy, |path| {
-                        let (size, sources) = write_placed_file(path, &payload)?;
-                        // The segments first: the snapshot counts once committed.
-                        payloads.make_durable(&sources)?;
-                        // Opened before the commit: it stays readable if a
-                        // newer snapshot replaces this one meanwhile.
-                        let opened = Opened {
-                            meta: meta_copy.clone(),
-                            file: std::fs::File::open(path)?,
-                            path: path.to_path_buf(),
-                            form: Form::Placed,
-                            sources: sources.clone(),
-                        };
-                        Ok(((snapshot_data(&snapshots, opened), size, sources.len()), sources))
-                    })
+                    let (size, opened) = keep_placed(&snapshots, &payloads, &meta_copy, &payload)?;
+                    let segments = opened.sources.len();
+                    Ok((snapshot_data(&snapshots, opened), size, segments))
                 })
                 .await;
                 let (data, size, segments) =
@@ -777,7 +765,7 @@ impl<B: Backend> RaftStateMachine<TypeConfig> for StateMachineStore<B> {
                     // a placed snapshot, the received bytes are not kept twice.
                     snapshots.discard(pending);
                     let (payload, size) = decoded?;
-                    keep_placed(&snapshots, &payloads, &meta_copy, &payload)?;
+                    keep_placed(&snapshots, &payloads, &meta_copy, &payload.as_ref())?;
                     Ok((payload, size))
                 })
                 .await;

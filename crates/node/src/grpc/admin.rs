@@ -129,6 +129,7 @@ impl Admin for AdminService {
             voters,
             learners,
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            purged_index: m.purged.map_or(0, |l| l.index),
             replication_lag,
             build_version: crate::build_version(),
             format_version: router_raft::FORMAT_VERSION.into(),

@@ -151,7 +151,7 @@ fn a_restart_drops_segments_no_snapshot_names_and_refuses_a_missing_one() {
         sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
     });
     // What a crash can leave: a segment written after the snapshot (the log has its records).
-    let stray = dir.path().join("payloads").join("00000042.seg");
+    let stray = dir.path().join("payloads").join("00000042.payload");
     std::fs::write(&stray, b"records the log still holds").unwrap();
     rt().block_on(async {
         let (_log, sm) = crate::open_on_disk(dir.path()).await.unwrap();
@@ -183,6 +183,11 @@ fn a_snapshot_read_after_a_restart_is_sent_with_its_bytes() {
         assert!(kept.ends_with("state"), "a received snapshot is kept placed: {}", kept.display());
         assert!(std::fs::metadata(&kept).unwrap().len() < BIG as u64, "its bytes are in the payload files only");
         assert!(!kept.with_file_name("data").exists());
+        // A restart of the follower claims the segments the install wrote.
+        drop((_f, follower));
+        let (_f, follower) = crate::open_on_disk(follower_dir.path()).await.unwrap();
+        assert_eq!(*follower.state().read().unwrap(), want);
+        assert_placed(&queued(&follower));
     });
 }
 
@@ -202,14 +207,21 @@ fn a_snapshot_sent_in_chunks_is_installed_into_files() {
 
         let (_f, mut follower) = crate::open_on_disk(follower_dir.path()).await.unwrap();
         let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
-        // As openraft moves it: small chunks, read from one file, written to the other.
-        let mut chunk = vec![0u8; 1000];
-        loop {
-            let n = snap.snapshot.read(&mut chunk).await.unwrap();
-            if n == 0 {
-                break;
+        // As openraft's chunked sender moves it: the size first, then each
+        // chunk after a seek to its offset, written to the other file.
+        use tokio::io::AsyncSeekExt as _;
+        let end = snap.snapshot.seek(std::io::SeekFrom::End(0)).await.unwrap();
+        let mut offset = 0;
+        while offset < end {
+            snap.snapshot.seek(std::io::SeekFrom::Start(offset)).await.unwrap();
+            let mut chunk = Vec::with_capacity(1000);
+            while chunk.len() < chunk.capacity() {
+                if snap.snapshot.read_buf(&mut chunk).await.unwrap() == 0 {
+                    break;
+                }
             }
-            receiving.write_all(&chunk[..n]).await.unwrap();
+            receiving.write_all(&chunk).await.unwrap();
+            offset += chunk.len() as u64;
         }
         follower.install_snapshot(&snap.meta, receiving).await.unwrap();
         assert_eq!(*follower.state().read().unwrap(), *leader.state().read().unwrap());
@@ -284,4 +296,40 @@ fn a_damaged_snapshot_file_stops_the_node_instead_of_decoding_another_state() {
     std::fs::write(&data, bytes).unwrap();
     let err = rt().block_on(crate::open_on_disk(dir.path())).map(|_| ()).expect_err("damaged snapshot refused");
     assert!(err.to_string().contains("damaged"), "unclear error: {err}");
+}
+
+fn bytes_forms(dir: &Path) -> Vec<std::path::PathBuf> {
+    let snapshots = dir.join("snapshots");
+    let mut found: Vec<_> = std::fs::read_dir(snapshots)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("bytes-"))
+        .collect();
+    found.sort();
+    found
+}
+
+async fn read_all(mut snap: Snapshot) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    snap.snapshot.read_to_end(&mut bytes).await.unwrap();
+    bytes
+}
+
+#[test]
+fn a_bytes_form_written_for_one_send_serves_the_next_and_goes_with_its_snapshot() {
+    let dir = TempDir::new().unwrap();
+    rt().block_on(async {
+        let (_l, mut sm, _) = snapshot_of_mail(dir.path(), 6).await;
+        assert!(bytes_forms(dir.path()).is_empty(), "nothing is written before a peer reads");
+        let first = read_all(sm.get_current_snapshot().await.unwrap().unwrap()).await;
+        let kept = bytes_forms(dir.path());
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(std::fs::read(&kept[0]).unwrap(), first);
+        // The next send reads the kept file, not a new one.
+        std::fs::write(&kept[0], b"kept").unwrap();
+        let second = read_all(sm.get_current_snapshot().await.unwrap().unwrap()).await;
+        assert_eq!(second, b"kept");
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        assert!(bytes_forms(dir.path()).is_empty(), "it goes with the snapshot it was written for");
+    });
 }

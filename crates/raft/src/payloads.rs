@@ -2,7 +2,7 @@
 //! memory does not grow with the mail it holds.
 //!
 //! ```text
-//! <data_dir>/payloads/<n>.seg   records: [u32 len][u32 crc32(bytes)][bytes]
+//! <data_dir>/payloads/<n>.payload   records: [u32 len][u32 crc32(bytes)][bytes]
 //! entries to apply ──> PayloadStore::spill (their commands' ciphertexts, before apply)
 //!                  ──> State (mailbox entries hold Blob handles: segment, offset, len)
 //! receive stream / snapshot encode ──> Blob::bytes ──> pread + CRC check
@@ -45,7 +45,12 @@ pub const MIN_STORED_BYTES: usize = 256;
 const RECORD_HEADER: usize = 8;
 /// The most one write hands the kernel.
 const WRITE_BYTES: usize = 1 << 20;
-const SEGMENT_SUFFIX: &str = "seg";
+/// Not the `seg` of builds before snapshots named segments: those delete
+/// every `*.seg` at start, before they refuse a data directory whose
+/// snapshot they cannot read, and must not take the named segments with them.
+const SEGMENT_SUFFIX: &str = "payload";
+/// What those builds left: a cache of snapshot and log, removed at start.
+const LEGACY_SEGMENT_SUFFIX: &str = "seg";
 
 /// One segment file. Unlinked on drop once closed.
 #[derive(Debug)]
@@ -160,6 +165,8 @@ impl PayloadStore {
                     Some(id) => drop(leftovers.unclaimed.insert(id, path)),
                     None => std::fs::remove_file(&path)?,
                 }
+            } else if path.extension().is_some_and(|e| e == LEGACY_SEGMENT_SUFFIX) {
+                std::fs::remove_file(&path)?;
             }
         }
         let first = leftovers.unclaimed.keys().next_back().map_or(1, |last| last + 1);
@@ -353,7 +360,7 @@ mod tests {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".seg"))
+            .filter(|n| n.ends_with(".payload"))
             .collect();
         names.sort();
         names
@@ -433,17 +440,17 @@ mod tests {
         assert!(Arc::ptr_eq(&claimed, &reopened.source(3).unwrap()), "claimed once");
         assert!(reopened.source(9).is_err(), "a segment that is not there");
         let fresh = reopened.store(&[9u8; 300]).unwrap();
-        assert!(format!("{fresh:?}").contains("00000005.seg"), "new segments number past the old: {fresh:?}");
+        assert!(format!("{fresh:?}").contains("00000005.payload"), "new segments number past the old: {fresh:?}");
         let kept = reopened.release_leftovers().unwrap();
         assert_eq!(kept.keys().copied().collect::<Vec<_>>(), vec![3]);
-        assert_eq!(segment_files(dir.path()), vec!["00000003.seg".to_string(), "00000005.seg".to_string()]);
+        assert_eq!(segment_files(dir.path()), vec!["00000003.payload".to_string(), "00000005.payload".to_string()]);
         drop(kept);
         drop(claimed);
-        assert_eq!(segment_files(dir.path()), vec!["00000005.seg".to_string()], "unnamed, a claimed segment goes");
+        assert_eq!(segment_files(dir.path()), vec!["00000005.payload".to_string()], "unnamed, a claimed segment goes");
     }
 
     fn place_of(debug: &str) -> u64 {
-        let name = debug.split(".seg").next().unwrap();
+        let name = debug.split(".payload").next().unwrap();
         name[name.len() - 8..].parse().unwrap()
     }
 
@@ -470,8 +477,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = PayloadStore::open(dir.path(), Arc::default()).unwrap();
         let _kept = store.store(&[1u8; 512]).unwrap();
-        std::fs::write(dir.path().join("00000099.seg"), b"stale").unwrap();
+        std::fs::write(dir.path().join("00000099.payload"), b"stale").unwrap();
+        std::fs::write(dir.path().join("00000007.seg"), b"an older build's").unwrap();
         let _again = PayloadStore::open(dir.path(), Arc::default()).unwrap();
-        assert_eq!(segment_files(dir.path()), vec!["00000100.seg".to_string()], "a new open segment, numbered past");
+        assert_eq!(
+            segment_files(dir.path()),
+            vec!["00000100.payload".to_string()],
+            "a new open segment, numbered past"
+        );
+        assert!(!dir.path().join("00000007.seg").exists());
     }
 }

@@ -36,7 +36,9 @@ pub struct Deferred {
 }
 
 enum Stage {
-    Waiting(Option<Make>),
+    Waiting(Make),
+    /// Making it failed; every later read answers the same.
+    Failed(io::ErrorKind, String),
     Making(tokio::task::JoinHandle<io::Result<std::fs::File>>),
     Ready(tokio::fs::File),
 }
@@ -45,6 +47,7 @@ impl std::fmt::Debug for Deferred {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let stage = match &self.stage {
             Stage::Waiting(_) => "waiting",
+            Stage::Failed(..) => "failed",
             Stage::Making(_) => "making",
             Stage::Ready(_) => "ready",
         };
@@ -64,32 +67,42 @@ impl Deferred {
 
     fn poll_made(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            match &mut self.stage {
-                Stage::Waiting(make) => {
-                    let Some(make) = make.take() else {
-                        return Poll::Ready(Err(io::Error::other("snapshot file failed")));
-                    };
-                    self.stage = Stage::Making(tokio::task::spawn_blocking(make));
-                }
-                Stage::Making(task) => {
-                    let made = std::task::ready!(Pin::new(task).poll(cx))
-                        .map_err(|e| io::Error::other(format!("making the snapshot file: {e}")))
-                        .and_then(|made| made);
-                    match made {
-                        Ok(file) => {
-                            let mut file = tokio::fs::File::from_std(file);
-                            if let Some(seek) = self.seek.take() {
-                                Pin::new(&mut file).start_seek(seek)?;
+            match std::mem::replace(&mut self.stage, Stage::Failed(io::ErrorKind::Other, "busy".into())) {
+                Stage::Waiting(make) => self.stage = Stage::Making(tokio::task::spawn_blocking(make)),
+                Stage::Making(mut task) => match Pin::new(&mut task).poll(cx) {
+                    Poll::Pending => {
+                        self.stage = Stage::Making(task);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(joined) => {
+                        let made = joined
+                            .map_err(|e| io::Error::other(format!("making the snapshot file: {e}")))
+                            .and_then(|made| made)
+                            .and_then(|file| {
+                                let mut file = tokio::fs::File::from_std(file);
+                                if let Some(seek) = self.seek.take() {
+                                    Pin::new(&mut file).start_seek(seek)?;
+                                }
+                                Ok(file)
+                            });
+                        match made {
+                            Ok(file) => self.stage = Stage::Ready(file),
+                            Err(e) => {
+                                self.stage = Stage::Failed(e.kind(), e.to_string());
+                                return Poll::Ready(Err(e));
                             }
-                            self.stage = Stage::Ready(file);
-                        }
-                        Err(e) => {
-                            self.stage = Stage::Waiting(None);
-                            return Poll::Ready(Err(e));
                         }
                     }
+                },
+                Stage::Failed(kind, why) => {
+                    let e = io::Error::new(kind, why.clone());
+                    self.stage = Stage::Failed(kind, why);
+                    return Poll::Ready(Err(e));
                 }
-                Stage::Ready(_) => return Poll::Ready(Ok(())),
+                ready @ Stage::Ready(_) => {
+                    self.stage = ready;
+                    return Poll::Ready(Ok(()));
+                }
             }
         }
     }
@@ -103,7 +116,7 @@ impl SnapshotData {
     /// Data that `make` writes to a file (and answers it opened, at its
     /// start) the first time it is read or sought.
     pub fn deferred(make: impl FnOnce() -> io::Result<std::fs::File> + Send + 'static) -> Self {
-        SnapshotData::Deferred(Deferred { stage: Stage::Waiting(Some(Box::new(make))), seek: None })
+        SnapshotData::Deferred(Deferred { stage: Stage::Waiting(Box::new(make)), seek: None })
     }
 }
 
@@ -215,6 +228,7 @@ mod tests {
         let mut buf = Vec::new();
         let err = data.read_to_end(&mut buf).await.unwrap_err();
         assert!(err.to_string().contains("disk gone"), "{err}");
-        assert!(data.read_to_end(&mut buf).await.is_err(), "and keeps failing");
+        let again = data.read_to_end(&mut buf).await.unwrap_err();
+        assert!(again.to_string().contains("disk gone"), "and keeps failing with its cause: {again}");
     }
 }

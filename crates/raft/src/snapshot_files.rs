@@ -7,6 +7,7 @@
 //! <data_dir>/snapshots/<n>/meta   its SnapshotMeta, and the file's length and CRC32 (codec-encoded)
 //! <data_dir>/snapshots/build-<k>/ one being built
 //! <data_dir>/snapshots/recv-<k>/  one being received
+//! <data_dir>/snapshots/bytes-<k>   the current placed snapshot written out as bytes for a peer
 //! ```
 //!
 //! A snapshot is written under `build-<k>` or `recv-<k>`, both files
@@ -23,7 +24,9 @@
 //!
 //! A placed snapshot keeps the payload segments it names ([`PlacedSources`],
 //! set in the same step as the commit that makes it current): they go only
-//! once a newer snapshot replaces it.
+//! once a newer snapshot replaces it. So does the bytes form last written
+//! for a peer (`bytes-<k>`, not fsynced, removed at start): a retried or a
+//! second send reads it instead of writing it again.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -42,8 +45,28 @@ pub struct SnapshotFiles {
     /// Numbers `tmp-<k>` directories.
     next_tmp: Arc<AtomicU64>,
     /// Makes "is the current one older? then replace it" one step, and
-    /// holds the payload segments the current snapshot names.
-    commit: Arc<Mutex<PlacedSources>>,
+    /// holds what goes with the current snapshot.
+    commit: Arc<Mutex<Kept>>,
+}
+
+/// What goes with the current snapshot.
+#[derive(Debug, Default)]
+struct Kept {
+    /// The payload segments it names.
+    sources: PlacedSources,
+    /// Its bytes form as last written for a peer: snapshot id and file.
+    bytes_form: Option<(String, PathBuf)>,
+}
+
+impl Kept {
+    fn drop_bytes_form(&mut self) {
+        if let Some((_, path)) = self.bytes_form.take()
+            && let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a snapshot's bytes form");
+        }
+    }
 }
 
 /// How a snapshot file holds the payloads.
@@ -111,7 +134,7 @@ fn checksum(path: &Path) -> io::Result<(u64, u32)> {
 
 const BUILD_PREFIX: &str = "build-";
 const RECEIVE_PREFIX: &str = "recv-";
-/// A placed snapshot written out as bytes for a peer: unlinked once open.
+/// A placed snapshot written out as bytes for a peer.
 const SCRATCH_PREFIX: &str = "bytes-";
 
 /// The current snapshot opened for reading, with the segments it names.
@@ -191,16 +214,52 @@ impl SnapshotFiles {
     /// [`Self::current`] with its data file opened, in one step with respect
     /// to commits (which remove the snapshot they replace).
     pub fn open_current(&self) -> io::Result<Option<Opened>> {
-        let sources = self.commit.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = self.lock_kept();
         let Some(current) = self.current()? else { return Ok(None) };
         let file = std::fs::File::open(&current.data)?;
-        Ok(Some(Opened { meta: current.meta, file, path: current.data, form: current.form, sources: sources.clone() }))
+        let sources = kept.sources.clone();
+        Ok(Some(Opened { meta: current.meta, file, path: current.data, form: current.form, sources }))
+    }
+
+    fn lock_kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.commit.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes `sources` the segments the current snapshot names (at start,
     /// once the current snapshot was decoded).
     pub fn keep_sources(&self, sources: PlacedSources) {
-        *self.commit.lock().unwrap_or_else(|p| p.into_inner()) = sources;
+        self.lock_kept().sources = sources;
+    }
+
+    /// The bytes form written earlier for snapshot `id`, opened at its
+    /// start, if it is still kept.
+    pub fn kept_bytes_form(&self, id: &str) -> io::Result<Option<std::fs::File>> {
+        let kept = self.lock_kept();
+        match &kept.bytes_form {
+            Some((kept_id, path)) if kept_id == id => Ok(Some(std::fs::File::open(path)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Keeps the bytes form at `path` for the next send if snapshot `id` is
+    /// still the current one and none is kept yet; otherwise removes the
+    /// file (a reader that opened it keeps reading it).
+    pub fn keep_bytes_form(&self, id: &str, path: PathBuf) -> io::Result<()> {
+        let mut kept = self.lock_kept();
+        let current = self.current()?.is_some_and(|c| c.meta.snapshot_id == id);
+        if current && kept.bytes_form.is_none() {
+            kept.bytes_form = Some((id.to_string(), path));
+            return Ok(());
+        }
+        std::fs::remove_file(&path)
+    }
+
+    /// [`Self::keep_bytes_form`], its failure only logged: the caller's
+    /// file was written and is open, so its send can go on.
+    pub fn try_keep_bytes_form(&self, id: &str, path: PathBuf) {
+        if let Err(e) = self.keep_bytes_form(id, path) {
+            tracing::warn!(snapshot_id = id, error = %e, "cannot keep a snapshot's bytes form for the next send");
+        }
     }
 
     /// A new directory to build a snapshot in, payloads as bytes.
@@ -214,14 +273,12 @@ impl SnapshotFiles {
     }
 
     /// A new file for a placed snapshot written out as bytes, opened for
-    /// reading and writing and already unlinked: it lives as long as the
-    /// descriptor, and nothing of it is left after a crash.
-    pub fn scratch(&self) -> io::Result<std::fs::File> {
+    /// reading and writing (`open` removes what a crash leaves of it).
+    pub fn scratch(&self) -> io::Result<(std::fs::File, PathBuf)> {
         let k = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let path = self.dir.join(format!("{SCRATCH_PREFIX}{k}"));
         let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
-        std::fs::remove_file(&path)?;
-        Ok(file)
+        Ok((file, path))
     }
 
     /// A new directory to receive a snapshot in; removes earlier receives
@@ -263,7 +320,7 @@ impl SnapshotFiles {
         std::fs::write(&meta_path, meta_bytes)?;
         std::fs::File::open(&meta_path)?.sync_all()?;
         std::fs::File::open(&pending.dir)?.sync_all()?;
-        let mut named = self.commit.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kept = self.lock_kept();
         if let Some(current) = self.current()?
             && current.meta.last_log_id > meta.last_log_id
         {
@@ -272,10 +329,19 @@ impl SnapshotFiles {
         }
         let n = self.newest()?.map_or(1, |n| n + 1);
         std::fs::rename(&pending.dir, self.dir.join(n.to_string()))?;
-        std::fs::File::open(&self.dir)?.sync_all()?;
-        self.remove_older_than(Some(n))?;
-        // The segments the replaced snapshot named may go from here.
-        *named = sources;
+        // Current from here on, so it keeps its segments from here on; the
+        // replaced one keeps its own until the rename is known durable.
+        let replaced = std::mem::replace(&mut kept.sources, sources);
+        if let Err(e) = std::fs::File::open(&self.dir).and_then(|d| d.sync_all()) {
+            kept.sources.extend(replaced);
+            return Err(e);
+        }
+        drop(replaced);
+        kept.drop_bytes_form();
+        if let Err(e) = self.remove_older_than(Some(n)) {
+            // Harmless: the next commit or start removes them.
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove older snapshots");
+        }
         Ok(true)
     }
 

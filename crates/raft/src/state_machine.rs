@@ -6,7 +6,7 @@
 //!       └──> their ciphertexts ──> PayloadStore (on disk only; before apply, outside the lock)
 //!  build_snapshot: (last_applied, membership, State) ──> streamed encode, payloads by place
 //!                  ──> fsync of the payload segments it names ──> `state` file + fsync
-//!  sent to a peer: `state` file ──> decode (handles) ──> encode with the bytes ──> unlinked scratch file
+//!  sent to a peer: `state` file ──> decode (handles) ──> encode with the bytes ──> snapshots/bytes-<k>, kept with the snapshot
 //!  install:        received file ──> streamed decode (ciphertexts straight to PayloadStore) ──> State
 //!                  ──> kept as a `state` file like a build's; the received file removed
 //!  open():         `state` file ──> decode, segments of the last run claimed; or an older build's
@@ -228,23 +228,39 @@ fn read_placed_file(mut file: std::fs::File, places: Arc<dyn BlobPlaces>) -> std
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
-/// Writes the placed snapshot `placed` (whose payloads are in `sources`)
-/// out with its payloads as bytes into a scratch file of `snapshots`, and
-/// answers it at its start: what a peer receives. Memory holds the
-/// snapshot's metadata meanwhile, not its payloads.
+/// The bytes form of placed snapshot `id` (whose payloads are in
+/// `sources`), opened at its start: what a peer receives. Written once into
+/// a file of `snapshots` that is kept with the snapshot for the next send;
+/// memory holds the snapshot's metadata meanwhile, not its payloads.
 fn bytes_form(
     snapshots: &SnapshotFiles,
+    id: &str,
     placed: std::fs::File,
     sources: PlacedSources,
 ) -> std::io::Result<std::fs::File> {
     use std::io::Seek as _;
+    if let Some(kept) = snapshots.kept_bytes_form(id)? {
+        return Ok(kept);
+    }
     let payload = read_placed_file(placed, Arc::new(sources))?;
-    let scratch = snapshots.scratch()?;
-    let mut out = BufWriter::with_capacity(1 << 20, scratch);
-    write_payload(&mut out, &payload.as_ref()).map_err(std::io::Error::other)?;
-    let mut file = out.into_inner().map_err(|e| e.into_error())?;
-    file.seek(std::io::SeekFrom::Start(0))?;
-    Ok(file)
+    let (scratch, path) = snapshots.scratch()?;
+    let written = (|| {
+        let mut out = BufWriter::with_capacity(1 << 20, scratch);
+        write_payload(&mut out, &payload.as_ref()).map_err(std::io::Error::other)?;
+        let mut file = out.into_inner().map_err(|e| e.into_error())?;
+        file.seek(std::io::SeekFrom::Start(0))?;
+        Ok(file)
+    })();
+    match written {
+        Ok(file) => {
+            snapshots.try_keep_bytes_form(id, path);
+            Ok(file)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(e)
+        }
+    }
 }
 
 /// Commits `payload` as a placed snapshot with `meta`, once the payload
@@ -273,7 +289,9 @@ fn snapshot_data(snapshots: &SnapshotFiles, opened: Opened) -> SnapshotData {
         Form::Bytes => SnapshotData::File(tokio::fs::File::from_std(opened.file), opened.path),
         Form::Placed => {
             let snapshots = snapshots.clone();
-            SnapshotData::deferred(move || bytes_form(&snapshots, opened.file, opened.sources))
+            SnapshotData::deferred(move || {
+                bytes_form(&snapshots, &opened.meta.snapshot_id, opened.file, opened.sources)
+            })
         }
     }
 }
@@ -398,8 +416,10 @@ async fn received_file(snapshots: &SnapshotFiles, snapshot: SnapshotData) -> std
             .await
         }
         mut deferred @ SnapshotData::Deferred(_) => {
-            let pending = snapshots.begin_receive()?;
+            use tokio::io::AsyncSeekExt as _;
+            let pending = blocking(move || snapshots.begin_receive()).await?;
             let mut to = tokio::fs::File::create(&pending.data).await?;
+            deferred.seek(std::io::SeekFrom::Start(0)).await?;
             tokio::io::copy(&mut deferred, &mut to).await?;
             Ok(pending)
         }

@@ -240,54 +240,48 @@ thread_local! {
     static PLACES: RefCell<Option<Arc<dyn BlobPlaces>>> = const { RefCell::new(None) };
 }
 
+/// Runs `run` with `value` in this thread's `slot`, then puts back what
+/// was there before (also when `run` panics); answers `run`'s result and
+/// what the slot held at its end.
+fn with_slot<V: 'static, T>(
+    slot: &'static std::thread::LocalKey<RefCell<Option<V>>>,
+    value: V,
+    run: impl FnOnce() -> T,
+) -> (T, Option<V>) {
+    struct Restore<V: 'static>(&'static std::thread::LocalKey<RefCell<Option<V>>>, Option<V>);
+    impl<V: 'static> Drop for Restore<V> {
+        fn drop(&mut self) {
+            let previous = self.1.take();
+            self.0.with(|s| *s.borrow_mut() = previous);
+        }
+    }
+    let previous = slot.with(|s| s.borrow_mut().replace(value));
+    let restore = Restore(slot, previous);
+    let done = run();
+    let left = slot.with(|s| s.borrow_mut().take());
+    drop(restore);
+    (done, left)
+}
+
 /// Runs `encode` with the stored blobs serialized on this thread written by
 /// place (in-memory blobs and sources without a place as bytes); answers
 /// its result and every source it named. Only [`decode_with_places`] reads
 /// what it wrote.
 pub fn encode_with_places<T>(encode: impl FnOnce() -> T) -> (T, PlacedSources) {
-    struct Restore(Option<PlacedSources>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let previous = self.0.take();
-            PLACES_NAMED.with(|n| *n.borrow_mut() = previous);
-        }
-    }
-    let previous = PLACES_NAMED.with(|n| n.borrow_mut().replace(PlacedSources::new()));
-    let restore = Restore(previous);
-    let done = encode();
-    let named = PLACES_NAMED.with(|n| n.borrow_mut().take()).unwrap_or_default();
-    drop(restore);
-    (done, named)
+    let (done, named) = with_slot(&PLACES_NAMED, PlacedSources::new(), encode);
+    (done, named.unwrap_or_default())
 }
 
 /// Runs `decode` reading blobs as [`encode_with_places`] wrote them, their
 /// places found in `places`.
 pub fn decode_with_places<T>(places: Arc<dyn BlobPlaces>, decode: impl FnOnce() -> T) -> T {
-    struct Restore(Option<Arc<dyn BlobPlaces>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let previous = self.0.take();
-            PLACES.with(|p| *p.borrow_mut() = previous);
-        }
-    }
-    let previous = PLACES.with(|p| p.borrow_mut().replace(places));
-    let _restore = Restore(previous);
-    decode()
+    with_slot(&PLACES, places, decode).0
 }
 
 /// Runs `decode` with `sink` receiving the blobs decoded on this thread.
 /// The sink is removed afterwards, also when `decode` panics.
 pub fn decode_with_sink<T>(sink: Arc<dyn BlobSink>, decode: impl FnOnce() -> T) -> T {
-    struct Restore(Option<Arc<dyn BlobSink>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let previous = self.0.take();
-            SINK.with(|s| *s.borrow_mut() = previous);
-        }
-    }
-    let previous = SINK.with(|s| s.borrow_mut().replace(sink));
-    let _restore = Restore(previous);
-    decode()
+    with_slot(&SINK, sink, decode).0
 }
 
 #[cfg(test)]

@@ -51,7 +51,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use libsignal_protocol::{
@@ -129,33 +128,18 @@ impl std::fmt::Debug for SledProtocolStore {
     }
 }
 
-/// How long [`open_db`] waits for a just-dropped handle to release the
-/// database's file lock.
-const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(2);
-
 /// Opens the sled database in `dir`.
 ///
 /// No background flusher: every mutating call flushes before it returns, so
 /// a timer flush would add nothing. A store dropped a moment ago in this
-/// process may still hold the file lock while sled's I/O threads finish with
-/// it, so a lock held elsewhere is retried for [`LOCK_RELEASE_WAIT`] before
-/// the error is returned.
+/// process may still hold the file lock, so that is waited out
+/// ([`router_sled_durable::retry_while_locked`]).
 fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
-    let deadline = Instant::now() + LOCK_RELEASE_WAIT;
-    loop {
-        match sled::Config::new().path(dir).flush_every_ms(None).open() {
-            Err(sled::Error::Io(e)) if is_lock_held(&e) && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            other => return Ok(other?),
-        }
-    }
-}
-
-/// sled reports a lock held by another handle as an `Other` I/O error
-/// wrapping the `WouldBlock` from `flock`.
-fn is_lock_held(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
+    let open = || sled::Config::new().path(dir).flush_every_ms(None).open();
+    Ok(router_sled_durable::retry_while_locked(open, |e| match e {
+        sled::Error::Io(e) => Some(e),
+        _ => None,
+    })?)
 }
 
 impl SledProtocolStore {

@@ -106,8 +106,14 @@ impl SledBackend {
         // No background flusher: every append already flushes (group commit),
         // and sled's timer flush (every 500 ms by default) made the explicit
         // flush that raced it wait, a ~40 ms stall about twice a second.
-        let db =
-            sled::Config::new().path(dir).flush_every_ms(None).open().map_err(|e| fail(&e, "open sled database"))?;
+        // A handle dropped a moment ago in this process (a restart in a
+        // test, an older build's data being moved) may still hold the lock.
+        let open = || sled::Config::new().path(dir).flush_every_ms(None).open();
+        let db = router_sled_durable::retry_while_locked(open, |e| match e {
+            sled::Error::Io(e) => Some(e),
+            _ => None,
+        })
+        .map_err(|e| fail(&e, "open sled database"))?;
         let log = db.open_tree(Tree::Log.name()).map_err(|e| fail(&e, "open sled tree \"log\""))?;
         let meta = db.open_tree(Tree::Meta.name()).map_err(|e| fail(&e, "open sled tree \"meta\""))?;
         let snapshot = db.open_tree(Tree::Snapshot.name()).map_err(|e| fail(&e, "open sled tree \"snapshot\""))?;

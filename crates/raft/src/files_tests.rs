@@ -145,11 +145,7 @@ fn current_snapshot_file(dir: &Path) -> std::path::PathBuf {
 #[test]
 fn a_restart_drops_segments_no_snapshot_names_and_refuses_a_missing_one() {
     let dir = TempDir::new().unwrap();
-    rt().block_on(async {
-        let (_log, mut sm) = crate::open_on_disk(dir.path()).await.unwrap();
-        apply_mail(&mut sm, 4).await;
-        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-    });
+    rt().block_on(snapshot_of_mail(dir.path(), 4));
     // What a crash can leave: a segment written after the snapshot (the log has its records).
     let stray = dir.path().join("payloads").join("00000042.payload");
     std::fs::write(&stray, b"records the log still holds").unwrap();
@@ -284,11 +280,7 @@ fn an_older_builds_sled_snapshot_is_moved_to_a_file_and_fenced_off() {
 #[test]
 fn a_damaged_snapshot_file_stops_the_node_instead_of_decoding_another_state() {
     let dir = TempDir::new().unwrap();
-    rt().block_on(async {
-        let (_log, mut sm) = crate::open_on_disk(dir.path()).await.unwrap();
-        apply_mail(&mut sm, 4).await;
-        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-    });
+    rt().block_on(snapshot_of_mail(dir.path(), 4));
     let data = current_snapshot_file(dir.path());
     let mut bytes = std::fs::read(&data).unwrap();
     let middle = bytes.len() / 2;

@@ -66,6 +66,10 @@ impl Deferred {
     }
 
     fn poll_made(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Every chunk read comes here: the made file answers at once.
+        if matches!(self.stage, Stage::Ready(_)) {
+            return Poll::Ready(Ok(()));
+        }
         loop {
             match std::mem::replace(&mut self.stage, Stage::Failed(io::ErrorKind::Other, "busy".into())) {
                 Stage::Waiting(make) => self.stage = Stage::Making(tokio::task::spawn_blocking(make)),

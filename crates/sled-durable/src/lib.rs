@@ -3,8 +3,9 @@
 //!
 //! # What this crate owns
 //! [`FileSync`], opened next to a sled database, and called after every
-//! `Db::flush` that must be durable. Users: router-raft's log and state
-//! storage, router-e2ee's Signal protocol store.
+//! `Db::flush` that must be durable; [`retry_while_locked`], for opening one
+//! that a handle dropped a moment ago may still lock. Users: router-raft's
+//! log and state storage, router-e2ee's Signal protocol store.
 //!
 //! # What it must not do
 //! Depend on sled or know its format: it only knows the names of the files
@@ -15,6 +16,35 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How long [`retry_while_locked`] waits for a database handle dropped in
+/// this process to release the directory's file lock.
+pub const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// Runs `open` again while it fails because another handle holds the
+/// database's file lock, for at most [`LOCK_RELEASE_WAIT`]: a database
+/// dropped a moment ago may hold it while sled's I/O threads finish with it.
+/// `io_error` finds the I/O error in `open`'s; sled 0.34 reports `flock`'s
+/// `WouldBlock` as an `Other` error saying "could not acquire lock".
+pub fn retry_while_locked<T, E>(
+    mut open: impl FnMut() -> Result<T, E>,
+    io_error: impl Fn(&E) -> Option<&std::io::Error>,
+) -> Result<T, E> {
+    let deadline = Instant::now() + LOCK_RELEASE_WAIT;
+    loop {
+        match open() {
+            Err(e) if io_error(&e).is_some_and(is_lock_held) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            done => return done,
+        }
+    }
+}
+
+fn is_lock_held(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
+}
 
 /// What sled 0.34's flush leaves undone, done after it.
 ///
